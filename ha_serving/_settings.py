@@ -1,0 +1,143 @@
+"""Every tunable of the stack, typed and grouped, read from the environment here only.
+
+``Settings.from_env()`` is the single place that looks at ``os.environ``; everything
+else receives a ``Settings`` (or one of its groups) as an argument, so tests build
+their own without touching the process environment.
+
+Environment variables (all optional):
+
+=============================  ===============================================
+``HA_SERVING_DB_URL``          external state store (``mysql+pymysql://…`` or ``sqlite:///…``)
+``HA_SERVING_RUN_DIR``         where the local stack keeps data, logs, topology
+``HA_SERVING_CLUSTERS``        how many local Ray clusters ``up`` starts
+``HA_SERVING_MARIADBD``        path of the ``mariadbd``/``mysqld`` binary to use
+``HA_SERVING_REDIS_SERVER``    path of the ``redis-server`` binary to use
+=============================  ===============================================
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ha_serving._errors import InvalidSpec
+
+MAX_CLUSTERS = 9
+"""Cluster i lives at 127.0.i.x and owns a port block; 9 keeps every block below 32768."""
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class StoreSettings(_Group):
+    url: str | None = None
+    """SQLAlchemy URL of the state store; None lets ``up`` choose (private mariadbd first)."""
+
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    """Seconds to wait for a DB connection; short, so a dead DB is reported, not waited on."""
+
+
+class StackSettings(_Group):
+    run_dir: Path = Path(".run")
+    """Directory for the topology file, DB data, Redis data and logs of the local stack."""
+
+    clusters: int = Field(default=2, ge=1, le=MAX_CLUSTERS)
+    """Local Ray clusters; 2 is the smallest number that shows cross-cluster failover."""
+
+    workers_per_cluster: int = Field(default=1, ge=1, le=8)
+    """Worker nodes per cluster (at 127.0.i.2 upwards); the head runs no user work."""
+
+    worker_cpus: int = Field(default=8, ge=1, le=256)
+    """Logical CPUs each worker node advertises. Actors reserve 1 to be scheduled but idle
+    at ~0, so this is a packing limit, not a claim on this machine's 2 real cores."""
+
+    object_store_mb: int = Field(default=128, ge=78)
+    """Plasma store per node in MiB. Ray's default (30% of RAM per node) would oversubscribe
+    /dev/shm with several nodes on one host; serving payloads are small. 78 is Ray's floor."""
+
+    port_base: int = Field(default=10000, ge=1024, le=12000)
+    """Cluster i, node n uses ports ``port_base + i*2000 + n*200`` up to +199; Ray binds some
+    on every interface, so clusters must never share a port."""
+
+    node_start_timeout_s: float = Field(default=90.0, gt=0)
+    """How long ``up`` waits for all nodes to register alive before it gives up and cleans up."""
+
+    gcs_reconnect_timeout_s: int = Field(default=60, ge=5)
+    """How long workers and raylets wait for a restarted GCS (head) before they exit (Ray's
+    ``gcs_rpc_server_reconnect_timeout_s``); a head restart must finish within it."""
+
+    dashboard: bool = False
+    """Run Ray's full dashboard on heads (+~700 MB each); the Job Submission API needs it."""
+
+    db_address: str = "127.0.100.1"
+    """Loopback address of the private DB server, its own so a drill can partition it."""
+
+    db_port: int = 9306
+    """Port of the private DB server (3306 may be the machine's shared server)."""
+
+    redis_address: str = "127.0.100.2"
+    """Loopback address of the private Redis used for Ray GCS fault tolerance."""
+
+    redis_port: int = 9379
+    """Port of the private Redis (6379 may be the machine's shared server)."""
+
+    ray_bin: str = Field(default_factory=lambda: str(Path(sys.executable).with_name("ray")))
+    """The ``ray`` CLI of the running interpreter, so nodes run the same Ray as the caller."""
+
+    mariadbd_bin: str | None = Field(
+        default_factory=lambda: shutil.which("mariadbd") or shutil.which("mysqld")
+    )
+    """MySQL-compatible server binary for the private DB; None falls back (see README)."""
+
+    redis_bin: str | None = Field(default_factory=lambda: shutil.which("redis-server"))
+    """Redis binary for GCS fault tolerance; None starts clusters without GCS FT."""
+
+
+class Settings(_Group):
+    stack: StackSettings = StackSettings()
+    store: StoreSettings = StoreSettings()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``); the only reader of it."""
+        env = os.environ if env is None else env
+        stack: dict[str, object] = {}
+        store: dict[str, object] = {}
+        if v := env.get("HA_SERVING_RUN_DIR"):
+            stack["run_dir"] = Path(v)
+        if v := env.get("HA_SERVING_CLUSTERS"):
+            stack["clusters"] = v
+        if v := env.get("HA_SERVING_MARIADBD"):
+            stack["mariadbd_bin"] = v
+        if v := env.get("HA_SERVING_REDIS_SERVER"):
+            stack["redis_bin"] = v
+        if v := env.get("HA_SERVING_DB_URL"):
+            store["url"] = v
+        return cls.build(stack=stack, store=store)
+
+    @classmethod
+    def build(cls, **groups: Mapping[str, object]) -> Settings:
+        """Validate ``groups`` into Settings, turning pydantic's error into InvalidSpec."""
+        try:
+            return cls.model_validate({k: dict(v) for k, v in groups.items()})
+        except ValidationError as exc:
+            raise InvalidSpec("settings", _problems(exc)) from None
+
+    def with_stack(self, **changes: object) -> Settings:
+        """A copy with some stack fields changed, validated like the originals."""
+        return Settings.build(
+            stack={**self.stack.model_dump(), **changes}, store=self.store.model_dump()
+        )
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    return [
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+        for err in exc.errors()
+    ]

@@ -1,0 +1,1 @@
+"""Lowest layer: time, task supervision and logging helpers with no project imports above."""
