@@ -1,0 +1,54 @@
+# ha-serving: local HA serving stack on Ray. `make up` / `make test` on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CLUSTERS ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: venv up down status demo test test-unit test-integration lint fmt clean
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+## up: private DB + Redis + $(CLUSTERS) local Ray clusters (CLUSTERS=3 make up)
+up: venv
+	$(BIN)/ha-serving up --clusters '$(CLUSTERS)'
+
+## down: stop exactly what `up` started
+down: venv
+	$(BIN)/ha-serving down
+
+status: venv
+	$(BIN)/ha-serving status
+
+## demo: the main job — bring the stack up and show it
+demo: up
+
+## test: unit + integration tests (real MariaDB, real Ray clusters)
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+fmt: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean: down
+	rm -rf .run

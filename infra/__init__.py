@@ -1,0 +1,24 @@
+"""The local multi-cluster stack: bring it up and down, inspect it, inject faults.
+
+Each node, the DB and Redis run in their own process group; the topology file in the
+run directory records them, and everything here acts by process group from that file,
+never by process name.
+"""
+
+from infra.faults import kill_cluster, kill_node, restart_cluster, restart_node
+from infra.stack import DownResult, UpResult, down, status, up
+from infra.topology import Topology, load
+
+__all__ = [
+    "DownResult",
+    "Topology",
+    "UpResult",
+    "down",
+    "kill_cluster",
+    "kill_node",
+    "load",
+    "restart_cluster",
+    "restart_node",
+    "status",
+    "up",
+]

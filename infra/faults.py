@@ -1,0 +1,99 @@
+"""Fault primitives on the local stack: kill and restart nodes and whole clusters.
+
+A kill is a crash, not a shutdown: SIGKILL to the node's process group and every
+descendant (Ray workers run in their own sessions), as if the machine lost power.
+Restarting a head of a GCS-FT cluster reuses its argv and environment (same Redis
+namespace), after removing ``<temp-dir>/ray_current_cluster``, which would otherwise make
+``ray start`` refuse; it must happen within the workers' reconnect timeout
+(``StackSettings.gcs_reconnect_timeout_s``) or the workers exit.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ha_serving._errors import StackError
+from infra import procs, topology
+from infra.stack import _wait_nodes, locked
+from infra.topology import Cluster, Node, Topology
+
+NODE_START_TIMEOUT_S = 60.0
+
+
+def _load(run_dir: Path) -> Topology:
+    topo = topology.load(run_dir.resolve())
+    if topo is None:
+        raise StackError(f"no stack is up in {run_dir} (run `make up`)")
+    return topo
+
+
+def _lookup(topo: Topology, name: str) -> tuple[Cluster, Node]:
+    try:
+        return topo.find_node(name)
+    except KeyError as exc:
+        raise StackError(str(exc.args[0])) from None
+
+
+def kill_node(run_dir: Path, name: str) -> int:
+    """SIGKILL node ``name`` (e.g. ``a-head``, ``b-w1``) and its Ray workers."""
+    with locked(run_dir.resolve()):
+        _, node = _lookup(_load(run_dir), name)
+        return procs.kill(node.proc)
+
+
+def kill_cluster(run_dir: Path, cluster: str) -> int:
+    """SIGKILL every node of ``cluster``; other clusters are not touched."""
+    with locked(run_dir.resolve()):
+        c = _cluster(_load(run_dir), cluster)
+        return sum(procs.kill(n.proc) for n in c.nodes)
+
+
+def restart_node(run_dir: Path, name: str, *, timeout_s: float = NODE_START_TIMEOUT_S) -> Node:
+    """Start a killed node again with its old command line; wait until its GCS counts it."""
+    with locked(run_dir.resolve()):
+        topo = _load(run_dir)
+        cluster, node = _lookup(topo, name)
+        _restart(topo, cluster, [node], timeout_s)
+        return node
+
+
+def restart_cluster(run_dir: Path, cluster: str, *, timeout_s: float = NODE_START_TIMEOUT_S) -> None:
+    """Start every dead node of ``cluster`` again, head first."""
+    with locked(run_dir.resolve()):
+        topo = _load(run_dir)
+        c = _cluster(topo, cluster)
+        dead = [n for n in c.nodes if not procs.alive(n.proc)]
+        if not dead:
+            raise StackError(f"every node of cluster {cluster} is running")
+        heads = [n for n in dead if n.role == "head"]
+        workers = [n for n in dead if n.role == "worker"]
+        if heads:
+            _restart(topo, c, heads, timeout_s)
+        if workers:
+            _restart(topo, c, workers, timeout_s)
+
+
+def _restart(topo: Topology, cluster: Cluster, nodes: list[Node], timeout_s: float) -> None:
+    for node in nodes:
+        if procs.alive(node.proc):
+            raise StackError(f"node {node.name} is running; kill it first")
+    head = cluster.head
+    if head not in nodes and not procs.alive(head.proc):
+        raise StackError(f"head of cluster {cluster.name} is down; restart it first")
+    spawned_at = time.time()
+    for node in nodes:
+        if node.role == "head":
+            (node.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+        node.proc = procs.spawn(node.proc.argv, env=node.proc.env, log=node.proc.log)
+    topo.save()
+    # a node restarted at the same address registers anew; its predecessor's entry may
+    # still look alive until the GCS notices, so only count registrations after the spawn
+    _wait_nodes(cluster, nodes, timeout_s, registered_after=spawned_at - 1.0)
+
+
+def _cluster(topo: Topology, name: str) -> Cluster:
+    try:
+        return topo.cluster(name)
+    except KeyError as exc:
+        raise StackError(str(exc.args[0])) from None

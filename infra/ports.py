@@ -1,0 +1,68 @@
+"""Addresses and ports of the local stack, computed, never guessed.
+
+Cluster i (1-based) lives at 127.0.i.x: its head at 127.0.i.1, worker n at 127.0.i.(n+1).
+Ray binds some ports on every interface, so each node owns a disjoint port block:
+``port_base + i*2000 + n*200`` … ``+199``; offsets within a block are fixed below.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import string
+
+from ha_serving._errors import StackError
+from infra.topology import NodePorts
+
+BLOCK_PER_CLUSTER = 2000
+BLOCK_PER_NODE = 200
+WORKER_PORTS_FROM = 20
+"""Offsets 20..199 of a node's block are its Ray worker ports (180 worker processes)."""
+
+
+def cluster_name(index: int) -> str:
+    """Cluster 1 is "a", 2 is "b", …: short names for CLI use (``--cluster a``)."""
+    return string.ascii_lowercase[index - 1]
+
+
+def node_address(cluster_index: int, node_index: int) -> str:
+    return f"127.0.{cluster_index}.{node_index + 1}"
+
+
+def node_ports(port_base: int, cluster_index: int, node_index: int) -> NodePorts:
+    base = port_base + cluster_index * BLOCK_PER_CLUSTER + node_index * BLOCK_PER_NODE
+    head = node_index == 0
+    return NodePorts(
+        gcs=base if head else None,
+        node_manager=base + 1,
+        object_manager=base + 2,
+        metrics_export=base + 3,
+        dashboard_agent_grpc=base + 4,
+        dashboard_agent_listen=base + 5,
+        runtime_env_agent=base + 6,
+        ray_client_server=base + 7 if head else None,
+        dashboard=base + 8 if head else None,
+        min_worker=base + WORKER_PORTS_FROM,
+        max_worker=base + BLOCK_PER_NODE - 1,
+    )
+
+
+def ensure_free(address: str, ports: list[int], *, what: str) -> None:
+    """Raise StackError naming the first port of ``ports`` that cannot be bound."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # as servers do: a port whose old connections linger in TIME_WAIT is free
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((address, port))
+            except OSError as exc:
+                reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise StackError(f"port {address}:{port} for {what} is {reason}") from None
+
+
+def tcp_answers(address: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

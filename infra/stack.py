@@ -1,0 +1,313 @@
+"""Bring the local multi-cluster stack up, report on it, and take it down.
+
+``up`` starts, in order: the state store, Redis, every cluster's head, then the
+workers, saving the topology after each step so that even if ``up`` itself dies,
+``down`` finds what was started. If any step fails, everything started so far is
+stopped again before the error propagates: a failed ``up`` leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ha_serving._errors import StackError
+from ha_serving._settings import Settings
+from infra import procs, services, topology
+from infra.ports import cluster_name, ensure_free, node_address, node_ports
+from infra.ray_nodes import alive_since, node_argv, node_env
+from infra.topology import Cluster, Node, Topology
+
+Report = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+# --- run directory ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock: one up/down/fault at a time per stack."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = (run_dir / ".lock").open("w")
+    except OSError as exc:
+        raise StackError(f"run directory {run_dir} is not writable: {exc.strerror}") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(f"another ha-serving command is using {run_dir}") from None
+        yield
+
+
+def ray_temp_root(run_dir: Path) -> Path:
+    """Ray's temp dirs, under /tmp: Ray's unix socket paths must stay under ~107 bytes."""
+    digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]  # noqa: S324
+    return Path("/tmp") / f"hasrv-{digest}"  # noqa: S108 - per-run-dir, not shared
+
+
+# --- up -----------------------------------------------------------------------------
+
+
+class UpResult(BaseModel):
+    topology: Topology
+    already_up: bool
+    seconds: float
+
+
+def up(settings: Settings, *, report: Report = _quiet) -> UpResult:
+    s = settings.stack
+    run_dir = s.run_dir.resolve()
+    started = time.monotonic()
+    with locked(run_dir):
+        existing = topology.load(run_dir)
+        if existing is not None:
+            dead = [name for name, ok in _liveness(existing).items() if not ok]
+            if dead:
+                raise StackError(
+                    f"the stack in {run_dir} is partly down ({', '.join(dead)} not running); "
+                    "run `make down` first, or restart those parts with `ha-serving node restart`"
+                )
+            return UpResult(topology=existing, already_up=True, seconds=0.0)
+        if not Path(s.ray_bin).exists():
+            raise StackError(f"ray binary not found: {s.ray_bin} (is the venv installed?)")
+        _ensure_ports_free(settings)
+        topo: Topology | None = None
+        try:
+            topo = _start(settings, run_dir, report)
+        except BaseException:
+            report("start failed: stopping what was started")
+            partial = topology.load(run_dir)
+            if partial is not None:
+                _stop(partial, report=_quiet)
+            topology.remove(run_dir)
+            raise
+        return UpResult(topology=topo, already_up=False, seconds=time.monotonic() - started)
+
+
+def _ensure_ports_free(settings: Settings) -> None:
+    s = settings.stack
+    for i in range(1, s.clusters + 1):
+        for n in range(s.workers_per_cluster + 1):
+            ports = node_ports(s.port_base, i, n)
+            address = node_address(i, n)
+            ensure_free(address, ports.fixed(), what=f"Ray node {address}")
+            worker_range = list(range(ports.min_worker, ports.max_worker + 1))
+            ensure_free(address, worker_range, what=f"Ray workers of {address}")
+
+
+def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
+    s = settings.stack
+    report("starting the state store")
+    db = services.start_database(settings, run_dir)
+    # Saved at once, so a failure from here on finds the DB in the topology and stops it.
+    topo = Topology(
+        run_dir=run_dir,
+        run_id=uuid.uuid4().hex[:12],
+        created_at=time.time(),
+        clusters=[],
+        db=db,
+        redis=None,
+    )
+    topo.save()
+    report(f"state store: {db.kind} at {db.address or db.url}")
+    if s.redis_bin:
+        report("starting Redis for GCS fault tolerance")
+        topo.redis = services.start_redis(
+            s.redis_bin, run_dir / "redis", address=s.redis_address, port=s.redis_port
+        )
+        topo.save()
+    else:
+        report("no redis-server found: clusters start WITHOUT GCS fault tolerance")
+    temp_root = ray_temp_root(run_dir)
+    for i in range(1, s.clusters + 1):
+        topo.clusters.append(_start_node_set(settings, topo, i, temp_root, heads=True))
+        topo.save()
+    report(f"waiting for {s.clusters} head node(s)")
+    for c in topo.clusters:
+        _wait_nodes(c, [c.head], s.node_start_timeout_s)
+    for c in topo.clusters:
+        c.nodes += _start_node_set(settings, topo, c.index, temp_root, heads=False).nodes
+        topo.save()
+    report(f"waiting for {s.clusters * s.workers_per_cluster} worker node(s)")
+    for c in topo.clusters:
+        _wait_nodes(c, c.nodes, s.node_start_timeout_s)
+    return topo
+
+
+def _start_node_set(
+    settings: Settings, topo: Topology, index: int, temp_root: Path, *, heads: bool
+) -> Cluster:
+    """Spawn cluster ``index``'s head (``heads``) or its workers; returns them as a Cluster."""
+    s = settings.stack
+    name = cluster_name(index)
+    head_ports = node_ports(s.port_base, index, 0)
+    gcs_address = f"{node_address(index, 0)}:{head_ports.gcs}"
+    namespace = f"hasrv-{topo.run_id}-{name}" if topo.redis else None
+    nodes = []
+    for n in [0] if heads else range(1, s.workers_per_cluster + 1):
+        role = "head" if n == 0 else "worker"
+        address = node_address(index, n)
+        ports = node_ports(s.port_base, index, n)
+        node_name = f"{name}-head" if n == 0 else f"{name}-w{n}"
+        temp_dir = temp_root / node_name
+        argv = node_argv(
+            s, role=role, address=address, ports=ports, temp_dir=temp_dir, gcs_address=gcs_address
+        )
+        redis = topo.redis.address if topo.redis else None
+        env = node_env(s, role=role, redis=redis, namespace=namespace)
+        proc = procs.spawn(argv, env=env, log=topo.run_dir / "logs" / f"{node_name}.log")
+        nodes.append(
+            Node(name=node_name, role=role, address=address, ports=ports, temp_dir=temp_dir,
+                 proc=proc)
+        )  # fmt: skip
+    return Cluster(
+        name=name, index=index, gcs_address=gcs_address, storage_namespace=namespace, nodes=nodes
+    )
+
+
+def _wait_nodes(
+    cluster: Cluster, nodes: list[Node], timeout_s: float, *, registered_after: float = 0.0
+) -> None:
+    """Wait until the GCS reports every node in ``nodes`` alive; fail fast if one exits."""
+
+    def ready() -> bool:
+        for n in nodes:
+            if not procs.alive(n.proc):
+                raise StackError(
+                    f"Ray node {n.name} ({n.address}) exited at start: {procs.log_tail(n.proc.log)}"
+                )
+        seen = alive_since(cluster.gcs_address) or {}
+        return all(seen.get(n.address, -1.0) >= registered_after for n in nodes)
+
+    def why() -> str:
+        seen = alive_since(cluster.gcs_address)
+        if seen is None:
+            return f"GCS {cluster.gcs_address} does not answer"
+        missing = [n.name for n in nodes if n.address not in seen]
+        return f"not registered: {', '.join(missing)}"
+
+    try:
+        procs.wait_for(f"cluster {cluster.name}", ready, timeout_s=timeout_s, on_fail=why)
+    except TimeoutError as exc:
+        raise StackError(str(exc)) from None
+
+
+# --- status -------------------------------------------------------------------------
+
+
+def _liveness(topo: Topology) -> dict[str, bool]:
+    parts = {n.name: procs.alive(n.proc) for c in topo.clusters for n in c.nodes}
+    if topo.db.proc is not None:
+        parts["db"] = procs.alive(topo.db.proc)
+    if topo.redis is not None:
+        parts["redis"] = procs.alive(topo.redis.proc)
+    return parts
+
+
+def status(run_dir: Path) -> dict[str, object] | None:
+    """The stack as ``ha-serving status --json`` prints it; None when nothing is up."""
+    topo = topology.load(run_dir.resolve())
+    if topo is None:
+        return None
+    with ThreadPoolExecutor(max_workers=len(topo.clusters) + 2) as pool:
+        seen = dict(
+            zip(
+                [c.name for c in topo.clusters],
+                pool.map(lambda c: alive_since(c.gcs_address), topo.clusters),
+                strict=True,
+            )
+        )
+        db_alive = pool.submit(services.database_alive, topo.db)
+        redis_alive = pool.submit(services.redis_alive, topo.redis) if topo.redis else None
+        clusters = [_cluster_status(c, seen[c.name]) for c in topo.clusters]
+        return {
+            "run_dir": str(topo.run_dir),
+            "clusters": clusters,
+            "db": {"kind": topo.db.kind, "url": topo.db.url, "alive": db_alive.result()},
+            "redis": {
+                "address": topo.redis.address if topo.redis else None,
+                "alive": redis_alive.result() if redis_alive else False,
+                "gcs_fault_tolerance": topo.redis is not None,
+            },
+        }
+
+
+def _cluster_status(c: Cluster, seen: dict[str, float] | None) -> dict[str, object]:
+    nodes = []
+    for n in c.nodes:
+        running = procs.alive(n.proc)
+        registered = seen is not None and n.address in seen
+        nodes.append(
+            {
+                "name": n.name,
+                "address": n.address,
+                "role": n.role,
+                # a node is alive when its processes run and its GCS counts it; with the
+                # head down the GCS cannot be asked, so a running worker is reported alive
+                "alive": running and (registered or seen is None),
+                "pid": n.proc.pid,
+                "pgid": n.proc.pgid,
+            }
+        )
+    return {
+        "name": c.name,
+        "gcs_address": c.gcs_address,
+        "gcs_alive": seen is not None,
+        "gcs_fault_tolerance": c.storage_namespace is not None,
+        "nodes": nodes,
+    }
+
+
+# --- down ---------------------------------------------------------------------------
+
+
+class DownResult(BaseModel):
+    was_up: bool
+    stopped: int
+    """How many processes were signalled (nodes with their Ray workers, DB, Redis)."""
+
+
+def down(run_dir: Path, *, report: Report = _quiet) -> DownResult:
+    run_dir = run_dir.resolve()
+    with locked(run_dir):
+        topo = topology.load(run_dir)
+        if topo is None:
+            return DownResult(was_up=False, stopped=0)
+        stopped = _stop(topo, report=report)
+        topology.remove(run_dir)
+        return DownResult(was_up=True, stopped=stopped)
+
+
+def _stop(topo: Topology, *, report: Report) -> int:
+    stopped = 0
+    for c in topo.clusters:
+        report(f"stopping cluster {c.name}")
+        # SIGKILL at once: a node keeps nothing worth a clean shutdown (its GCS state is
+        # discarded with the Redis data below), and SIGTERM made `down` wait ~5 s per node
+        for n in c.nodes:
+            stopped += procs.kill(n.proc)
+    if topo.redis is not None:
+        report("stopping Redis")
+        stopped += procs.kill(topo.redis.proc, grace_s=5)
+        # GCS state of clusters that no longer exist: nothing can ever read it again
+        shutil.rmtree(topo.run_dir / "redis", ignore_errors=True)
+    if topo.db.proc is not None or topo.db.container_id is not None:
+        report("stopping the state store")
+        stopped += 1
+        services.stop_database(topo.db)
+    shutil.rmtree(ray_temp_root(topo.run_dir), ignore_errors=True)
+    return stopped

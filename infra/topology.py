@@ -1,0 +1,137 @@
+"""The topology file: where every part of the local stack is and which process owns it.
+
+``up`` writes it, ``down``/``status`` and the fault primitives read it. It is the only
+record of what the stack started, so ``down`` can stop exactly that, by process group.
+Writes are atomic (temp file + rename) so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+TOPOLOGY_FILE = "topology.json"
+
+Role = Literal["head", "worker"]
+DBKind = Literal["mariadb", "external", "testcontainers", "sqlite"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Proc(_Model):
+    """A process the stack started: ``pgid`` is its own process group (``setsid``)."""
+
+    pid: int
+    pgid: int
+    argv: list[str]
+    env: dict[str, str] = {}
+    """Variables added to the inherited environment, kept so a restart is identical."""
+    log: Path
+
+
+class NodePorts(_Model):
+    gcs: int | None
+    node_manager: int
+    object_manager: int
+    metrics_export: int
+    dashboard_agent_grpc: int
+    dashboard_agent_listen: int
+    runtime_env_agent: int
+    ray_client_server: int | None
+    dashboard: int | None
+    min_worker: int
+    max_worker: int
+
+    def fixed(self) -> list[int]:
+        """Every single port (not the worker range) this node binds."""
+        values = self.model_dump(exclude={"min_worker", "max_worker"}).values()
+        return [p for p in values if p is not None]
+
+
+class Node(_Model):
+    name: str
+    role: Role
+    address: str
+    ports: NodePorts
+    temp_dir: Path
+    proc: Proc
+
+
+class Cluster(_Model):
+    name: str
+    index: int
+    gcs_address: str
+    storage_namespace: str | None
+    """Ray ``external_storage_namespace`` in Redis; None when the cluster has no GCS FT."""
+    nodes: list[Node]
+
+    @property
+    def head(self) -> Node:
+        return next(n for n in self.nodes if n.role == "head")
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+
+class Database(_Model):
+    kind: DBKind
+    url: str
+    """SQLAlchemy URL; the private server's has no password."""
+    address: str | None = None
+    proc: Proc | None = None
+    container_id: str | None = None
+
+
+class Redis(_Model):
+    address: str
+    proc: Proc
+
+
+class Topology(_Model):
+    run_dir: Path
+    run_id: str
+    created_at: float
+    clusters: list[Cluster]
+    db: Database
+    redis: Redis | None
+    """None when no redis-server was found: clusters then run without GCS FT."""
+
+    def cluster(self, name: str) -> Cluster:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        known = ", ".join(c.name for c in self.clusters)
+        raise KeyError(f"no cluster {name!r} (known: {known})")
+
+    def find_node(self, name: str) -> tuple[Cluster, Node]:
+        for c in self.clusters:
+            for n in c.nodes:
+                if n.name == name:
+                    return c, n
+        known = ", ".join(n.name for c in self.clusters for n in c.nodes)
+        raise KeyError(f"no node {name!r} (known: {known})")
+
+    def save(self) -> None:
+        path = self.run_dir / TOPOLOGY_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        os.replace(tmp, path)
+
+
+def load(run_dir: Path) -> Topology | None:
+    path = run_dir / TOPOLOGY_FILE
+    if not path.exists():
+        return None
+    return Topology.model_validate_json(path.read_text())
+
+
+def remove(run_dir: Path) -> None:
+    (run_dir / TOPOLOGY_FILE).unlink(missing_ok=True)

@@ -1,0 +1,50 @@
+"""Integration fixtures: a real local stack (private MariaDB, Redis, Ray clusters).
+
+Its addresses and ports differ from `make up`'s defaults, so the tests can run while a
+developer's own stack is up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import infra
+from ha_serving._settings import Settings
+
+TEST_PORT_BASE = 11000
+"""Cluster i's nodes use 11000 + i*2000 …: disjoint from `make up`'s 10000 + i*2000 …"""
+
+
+def stack_settings(run_dir: Path, **stack: object) -> Settings:
+    base = Settings.from_env()
+    return Settings.build(
+        stack={
+            **base.stack.model_dump(),
+            "run_dir": run_dir,
+            "clusters": 2,
+            "workers_per_cluster": 1,
+            "worker_cpus": 4,
+            "port_base": TEST_PORT_BASE,
+            "db_address": "127.0.101.2",
+            "db_port": 9326,
+            "redis_address": "127.0.101.3",
+            "redis_port": 9389,
+            "gcs_reconnect_timeout_s": 60,
+            **stack,
+        },
+        store={},
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]:
+    """A 2-cluster stack (1 head + 1 worker each) for one test module."""
+    settings = stack_settings(tmp_path_factory.mktemp("stack"))
+    result = infra.up(settings)
+    try:
+        yield result.topology
+    finally:
+        infra.down(settings.stack.run_dir)
