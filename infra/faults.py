@@ -58,7 +58,9 @@ def restart_node(run_dir: Path, name: str, *, timeout_s: float = NODE_START_TIME
         return node
 
 
-def restart_cluster(run_dir: Path, cluster: str, *, timeout_s: float = NODE_START_TIMEOUT_S) -> None:
+def restart_cluster(
+    run_dir: Path, cluster: str, *, timeout_s: float = NODE_START_TIMEOUT_S
+) -> None:
     """Start every dead node of ``cluster`` again, head first."""
     with locked(run_dir.resolve()):
         topo = _load(run_dir)

@@ -94,7 +94,7 @@ def start_mariadb(binary: str, data_dir: Path, *, address: str, port: int) -> Da
     ensure_free(address, [port], what="the private database")
     data_dir.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "data" / "mysql").exists():
-        _install_db(binary, data_dir)
+        _install_db(data_dir)
     init = data_dir / "init.sql"
     init.write_text(_INIT_SQL)
     argv = [
@@ -128,7 +128,7 @@ def start_mariadb(binary: str, data_dir: Path, *, address: str, port: int) -> Da
     return db
 
 
-def _install_db(binary: str, data_dir: Path) -> None:
+def _install_db(data_dir: Path) -> None:
     installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
     if installer is None:
         raise StackError("mariadb-install-db not found next to the MySQL-compatible server")
@@ -155,9 +155,7 @@ def _try_testcontainers() -> Database | None:
     """A MySQL container when testcontainers and a Docker engine are both there."""
     if shutil.which("docker") is None:
         return None
-    probe = subprocess.run(
-        ["docker", "info"], capture_output=True, timeout=10, check=False
-    )
+    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False)
     if probe.returncode != 0:
         return None
     try:
@@ -171,7 +169,9 @@ def _try_testcontainers() -> Database | None:
     container.with_env("TESTCONTAINERS_RYUK_DISABLED", "true")
     container.start()
     url = container.get_connection_url()
-    return Database(kind="testcontainers", url=url, container_id=container.get_wrapped_container().id)
+    return Database(
+        kind="testcontainers", url=url, container_id=container.get_wrapped_container().id
+    )
 
 
 def stop_database(db: Database) -> None:
@@ -227,4 +227,3 @@ def redis_alive(redis: Redis) -> bool:
 
 def stop_redis(redis: Redis) -> None:
     procs.kill(redis.proc, grace_s=5)
-

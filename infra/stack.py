@@ -25,7 +25,7 @@ from ha_serving._settings import Settings
 from infra import procs, services, topology
 from infra.ports import cluster_name, ensure_free, node_address, node_ports
 from infra.ray_nodes import alive_since, node_argv, node_env
-from infra.topology import Cluster, Node, Topology
+from infra.topology import Cluster, Node, Role, Topology
 
 Report = Callable[[str], None]
 
@@ -159,7 +159,7 @@ def _start_node_set(
     namespace = f"hasrv-{topo.run_id}-{name}" if topo.redis else None
     nodes = []
     for n in [0] if heads else range(1, s.workers_per_cluster + 1):
-        role = "head" if n == 0 else "worker"
+        role: Role = "head" if n == 0 else "worker"
         address = node_address(index, n)
         ports = node_ports(s.port_base, index, n)
         node_name = f"{name}-head" if n == 0 else f"{name}-w{n}"

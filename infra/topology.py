@@ -7,7 +7,6 @@ Writes are atomic (temp file + rename) so a crash never leaves half a file.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -123,7 +122,7 @@ class Topology(_Model):
         path = self.run_dir / TOPOLOGY_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(self.model_dump_json(indent=2))
-        os.replace(tmp, path)
+        tmp.replace(path)
 
 
 def load(run_dir: Path) -> Topology | None:

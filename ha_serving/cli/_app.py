@@ -30,7 +30,8 @@ out = Console()
 err = Console(stderr=True)
 
 RunDir = Annotated[
-    Path | None, typer.Option("--run-dir", help="Stack directory (default: HA_SERVING_RUN_DIR or .run).")
+    Path | None,
+    typer.Option("--run-dir", help="Stack directory (default: HA_SERVING_RUN_DIR or .run)."),
 ]
 
 
@@ -56,7 +57,7 @@ def up(
     # taken as text so a bad value gets the same one-line error as HA_SERVING_CLUSTERS
     settings = _settings(run_dir, clusters=clusters or None, workers_per_cluster=workers or None)
     with err.status("starting the stack") as spinner:
-        result = infra.up(settings, report=lambda msg: spinner.update(msg))
+        result = infra.up(settings, report=spinner.update)
     topo = result.topology
     if result.already_up:
         out.print(f"the stack in {topo.run_dir} is already up; nothing changed")
@@ -70,7 +71,7 @@ def down(run_dir: RunDir = None) -> None:
     """Stop exactly what `up` started, by process group, and remove the topology."""
     path = _run_dir(run_dir)
     with err.status("stopping the stack") as spinner:
-        result = infra.down(path, report=lambda msg: spinner.update(msg))
+        result = infra.down(path, report=spinner.update)
     if result.was_up:
         out.print(f"stack down: {result.stopped} processes stopped")
     else:

@@ -39,7 +39,9 @@ def _started_from(run_dir: Path) -> list[int]:
     return found
 
 
-def _assert_clean_failure(result: subprocess.CompletedProcess[str], run_dir: Path, *words: str) -> None:
+def _assert_clean_failure(
+    result: subprocess.CompletedProcess[str], run_dir: Path, *words: str
+) -> None:
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines, "no error printed"
