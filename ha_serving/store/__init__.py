@@ -1,0 +1,35 @@
+"""Durable state: services, operations, AppMaster state, leases and the audit log.
+
+One ``Store`` over SQLAlchemy Core serves MySQL/MariaDB (``mysql+pymysql://``, for HA)
+and SQLite (``sqlite:///file``, for a laptop) with the same statements. The schema is
+versioned and migrated by ``Store.connect``.
+"""
+
+from ha_serving.store._engine import TimeSource, db_now, safe_url, store_retry
+from ha_serving.store._lease import Lease
+from ha_serving.store._records import (
+    AlreadyExists,
+    EventRecord,
+    OperationRecord,
+    ServiceRecord,
+    UnknownOperation,
+)
+from ha_serving.store._schema import SCHEMA_VERSION, SchemaTooNew, migrate
+from ha_serving.store._store import Store
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AlreadyExists",
+    "EventRecord",
+    "Lease",
+    "OperationRecord",
+    "SchemaTooNew",
+    "ServiceRecord",
+    "Store",
+    "TimeSource",
+    "UnknownOperation",
+    "db_now",
+    "migrate",
+    "safe_url",
+    "store_retry",
+]

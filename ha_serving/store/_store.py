@@ -1,0 +1,395 @@
+"""``Store``: the one object the rest of the stack uses to read and write durable state.
+
+Every method is one short transaction. Writes to versioned rows are compare-and-set on
+the ``version`` column (``UPDATE ... WHERE version = :expected``); a lost race raises
+``ConflictError`` with the version found, and the caller re-reads and decides. Transient
+DB failures raise ``StoreUnavailable``; retrying is the caller's business
+(``store_retry``). Methods are blocking: async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection, Engine
+
+from ha_serving._errors import ConflictError, StoreUnavailable, UnknownService
+from ha_serving.store import _lease
+from ha_serving.store._engine import (
+    TimeSource,
+    db_now,
+    make_engine,
+    safe_url,
+    translate_errors,
+)
+from ha_serving.store._lease import Lease
+from ha_serving.store._records import (
+    AlreadyExists,
+    EventRecord,
+    OperationRecord,
+    ServiceRecord,
+    UnknownOperation,
+)
+from ha_serving.store._schema import (
+    appmaster_state,
+    events,
+    migrate,
+    operations,
+    read_version,
+    services,
+)
+
+
+class Store:
+    """Durable state on MySQL/MariaDB or SQLite. Build with ``Store.connect(url)``."""
+
+    def __init__(self, engine: Engine, *, clock: TimeSource | None = None) -> None:
+        """Wrap an engine made by ``make_engine``; prefer ``Store.connect``."""
+        self._engine = engine
+        self._clock = clock
+        self.url = safe_url(engine.url)
+        """The store's URL with the password masked."""
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        connect_timeout_s: float = 3.0,
+        query_timeout_s: float = 30.0,
+        clock: TimeSource | None = None,
+    ) -> Store:
+        """Connect, check that the DB answers, and migrate it to ``SCHEMA_VERSION``.
+
+        ``query_timeout_s`` bounds each MySQL round trip, so a DB that stops answering
+        (SIGSTOP, partition) raises instead of hanging; SQLite waits up to
+        ``connect_timeout_s`` for a lock. ``clock`` replaces the DB's clock for lease
+        expiry and timestamps (fake-time tests); leave it None in production.
+        Raises ``StoreUnavailable`` if the DB does not answer within
+        ``connect_timeout_s``, ``SchemaTooNew`` for a newer DB.
+        """
+        engine = make_engine(
+            url, connect_timeout_s=connect_timeout_s, query_timeout_s=query_timeout_s
+        )
+        store = cls(engine, clock=clock)
+        try:
+            with translate_errors(store.url):
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+                migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close pooled connections; the Store must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with translate_errors(self.url), self._engine.begin() as conn:
+            yield conn
+
+    def _now_sql(self) -> sa.ColumnElement[float]:
+        """The "now" of one statement: the DB's clock, or the injected clock's reading."""
+        if self._clock is None:
+            return db_now()
+        return sa.literal(self._clock.now(), sa.Double())
+
+    def ping(self) -> bool:
+        """Whether the DB answers right now; never raises for an unreachable DB."""
+        try:
+            with self._tx() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except StoreUnavailable:
+            return False
+        return True
+
+    def now(self) -> float:
+        """The store's current time in epoch seconds (the clock leases expire by)."""
+        if self._clock is not None:
+            return self._clock.now()
+        with self._tx() as conn:
+            return float(conn.execute(sa.select(db_now())).scalar_one())
+
+    def schema_version(self) -> int:
+        with self._tx() as conn:
+            return read_version(conn)
+
+    # --- services ---------------------------------------------------------------------
+
+    def create_service(self, name: str, spec: Mapping[str, Any]) -> ServiceRecord:
+        """Store a new service at version 1; ``AlreadyExists`` if the name is taken."""
+        now = self._now_sql()
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    sa.insert(services).values(
+                        name=name,
+                        spec=dict(spec),
+                        spec_version=1,
+                        version=1,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                return self._service(conn, name)
+        except exc.IntegrityError:
+            raise AlreadyExists("services", name) from None
+
+    def get_service(self, name: str) -> ServiceRecord:
+        """The service's record; ``UnknownService`` if there is none."""
+        with self._tx() as conn:
+            return self._service(conn, name)
+
+    def list_services(self) -> list[ServiceRecord]:
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(services).order_by(services.c.name))
+            return [ServiceRecord.from_record(row._mapping) for row in rows]
+
+    def update_service(
+        self, name: str, spec: Mapping[str, Any], *, expected_version: int
+    ) -> ServiceRecord:
+        """Replace the spec if the row is still at ``expected_version``, else
+        ``ConflictError``; bumps both ``version`` and ``spec_version``."""
+        with self._tx() as conn:
+            updated = conn.execute(
+                sa.update(services)
+                .where(services.c.name == name, services.c.version == expected_version)
+                .values(
+                    spec=dict(spec),
+                    spec_version=services.c.spec_version + 1,
+                    version=services.c.version + 1,
+                    updated_at=self._now_sql(),
+                )
+            )
+            if updated.rowcount != 1:
+                actual = self._service(conn, name).version  # UnknownService if gone
+                raise ConflictError("services", name, expected_version, actual)
+            return self._service(conn, name)
+
+    def _service(self, conn: Connection, name: str) -> ServiceRecord:
+        row = conn.execute(sa.select(services).where(services.c.name == name)).one_or_none()
+        if row is None:
+            raise UnknownService(name)
+        return ServiceRecord.from_record(row._mapping)
+
+    # --- operations -------------------------------------------------------------------
+
+    def create_operation(self, op: OperationRecord) -> OperationRecord:
+        """Store ``op`` at version 1 and return it as stored.
+
+        Idempotent: creating the same ``op_id`` again with the same service, kind and
+        plan returns the stored row (with whatever progress it has made); a different
+        request under the same ``op_id`` raises ``AlreadyExists``.
+        """
+        now = self._now_sql()
+        values = op.to_record() | {"version": 1, "created_at": now, "updated_at": now}
+        try:
+            with self._tx() as conn:
+                conn.execute(sa.insert(operations).values(values))
+                return self._operation(conn, op.op_id)
+        except exc.IntegrityError:
+            pass
+        stored = self.get_operation(op.op_id)
+        if not stored.same_request(op):
+            raise AlreadyExists("operations", op.op_id) from None
+        return stored
+
+    def get_operation(self, op_id: str) -> OperationRecord:
+        """The operation's record; ``UnknownOperation`` if there is none."""
+        with self._tx() as conn:
+            return self._operation(conn, op_id)
+
+    def list_operations(
+        self, service: str | None = None, status: str | None = None
+    ) -> list[OperationRecord]:
+        """Operations, oldest first, optionally only one service's or one status'."""
+        query = sa.select(operations).order_by(operations.c.created_at, operations.c.op_id)
+        if service is not None:
+            query = query.where(operations.c.service == service)
+        if status is not None:
+            query = query.where(operations.c.status == status)
+        with self._tx() as conn:
+            return [OperationRecord.from_record(row._mapping) for row in conn.execute(query)]
+
+    def advance_operation(
+        self,
+        op_id: str,
+        *,
+        expected_version: int,
+        step: int | None = None,
+        status: str | None = None,
+        error: str | None = None,
+        epoch: int | None = None,
+    ) -> OperationRecord:
+        """Record progress if the row is still at ``expected_version``, else
+        ``ConflictError``. Fields left None keep their value (so a recorded error survives
+        later status changes); ``epoch`` records the leader that made the progress."""
+        changes: dict[str, Any] = {
+            "version": operations.c.version + 1,
+            "updated_at": self._now_sql(),
+        }
+        if step is not None:
+            changes["step"] = step
+        if status is not None:
+            changes["status"] = status
+        if error is not None:
+            changes["error"] = error
+        if epoch is not None:
+            changes["epoch"] = epoch
+        with self._tx() as conn:
+            updated = conn.execute(
+                sa.update(operations)
+                .where(operations.c.op_id == op_id, operations.c.version == expected_version)
+                .values(changes)
+            )
+            if updated.rowcount != 1:
+                actual = self._operation(conn, op_id).version  # UnknownOperation if gone
+                raise ConflictError("operations", op_id, expected_version, actual)
+            return self._operation(conn, op_id)
+
+    def _operation(self, conn: Connection, op_id: str) -> OperationRecord:
+        row = conn.execute(sa.select(operations).where(operations.c.op_id == op_id)).one_or_none()
+        if row is None:
+            raise UnknownOperation(op_id)
+        return OperationRecord.from_record(row._mapping)
+
+    # --- appmaster state --------------------------------------------------------------
+
+    def save_appmaster_state(
+        self,
+        cluster: str,
+        service: str,
+        state: Mapping[str, Any],
+        *,
+        expected_version: int | None,
+    ) -> int:
+        """Write one job's AppMaster state; return its new version.
+
+        ``expected_version=None`` creates it and requires that none exists yet;
+        otherwise the stored version must equal it. A mismatch raises ``ConflictError``
+        (``expected`` 0 stands for "absent", ``actual`` None for "there is none").
+        """
+        key = f"{cluster}/{service}"
+        now = self._now_sql()
+        if expected_version is None:
+            try:
+                with self._tx() as conn:
+                    conn.execute(
+                        sa.insert(appmaster_state).values(
+                            cluster=cluster,
+                            service=service,
+                            state=dict(state),
+                            version=1,
+                            updated_at=now,
+                        )
+                    )
+                    return 1
+            except exc.IntegrityError:
+                found = self.load_appmaster_state(cluster, service)
+                actual = None if found is None else found[1]
+                raise ConflictError("appmaster_state", key, 0, actual) from None
+        where = (
+            appmaster_state.c.cluster == cluster,
+            appmaster_state.c.service == service,
+        )
+        with self._tx() as conn:
+            updated = conn.execute(
+                sa.update(appmaster_state)
+                .where(*where, appmaster_state.c.version == expected_version)
+                .values(state=dict(state), version=expected_version + 1, updated_at=now)
+            )
+            if updated.rowcount != 1:
+                actual = conn.execute(
+                    sa.select(appmaster_state.c.version).where(*where)
+                ).scalar_one_or_none()
+                raise ConflictError("appmaster_state", key, expected_version, actual)
+            return expected_version + 1
+
+    def load_appmaster_state(self, cluster: str, service: str) -> tuple[dict[str, Any], int] | None:
+        """``(state, version)`` of one job's AppMaster, or None if never saved."""
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(appmaster_state.c.state, appmaster_state.c.version).where(
+                    appmaster_state.c.cluster == cluster,
+                    appmaster_state.c.service == service,
+                )
+            ).one_or_none()
+        return None if row is None else (dict(row.state), int(row.version))
+
+    # --- events -----------------------------------------------------------------------
+
+    def append_event(
+        self,
+        kind: str,
+        *,
+        cluster: str | None = None,
+        service: str | None = None,
+        op_id: str | None = None,
+        epoch: int | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append to the audit log; return the event's id (ids grow with time)."""
+        with self._tx() as conn:
+            inserted = conn.execute(
+                sa.insert(events).values(
+                    at=self._now_sql(),
+                    kind=kind,
+                    cluster=cluster,
+                    service=service,
+                    op_id=op_id,
+                    epoch=epoch,
+                    detail=None if detail is None else dict(detail),
+                )
+            )
+            key = inserted.inserted_primary_key
+            if key is None:  # only for executemany, which this is not
+                raise RuntimeError("the DB did not report the new event's id")
+            return int(key[0])
+
+    def list_events(self, *, service: str | None = None, limit: int = 100) -> list[EventRecord]:
+        """The latest ``limit`` events, optionally of one service, newest last."""
+        query = sa.select(events).order_by(events.c.id.desc()).limit(limit)
+        if service is not None:
+            query = query.where(events.c.service == service)
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        return [EventRecord.from_record(row._mapping) for row in reversed(rows)]
+
+    # --- leases (the state machine lives in _lease.py) --------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease | None:
+        """Take lease ``name`` for ``ttl_s`` seconds, or None if another holder has it."""
+        with self._tx() as conn:
+            return _lease.acquire(conn, self._now_sql(), name, holder, ttl_s)
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        """Extend ``lease`` by ``ttl_s`` from now; ``LeaseLost`` if it expired or moved."""
+        with self._tx() as conn:
+            return _lease.renew(conn, self._now_sql(), lease, ttl_s)
+
+    def release_lease(self, lease: Lease) -> bool:
+        """Free ``lease`` if still held at its epoch; False (no change) otherwise."""
+        with self._tx() as conn:
+            return _lease.release(conn, self._now_sql(), lease)
+
+    def get_lease(self, name: str) -> Lease | None:
+        with self._tx() as conn:
+            return _lease.get(conn, name)

@@ -1,0 +1,666 @@
+"""The store's contract, written once and run against every backend.
+
+``tests/unit`` runs it on SQLite files, ``tests/integration/test_store_mysql.py`` on a
+fresh MySQL/MariaDB database. Each check takes a ``Backend`` (a URL of an empty DB plus
+a way to open Stores on it) and is named after the claim it checks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import hypothesis.strategies as st
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from ha_serving._errors import ConflictError, LeaseLost, UnknownService
+from ha_serving.store import (
+    SCHEMA_VERSION,
+    AlreadyExists,
+    Lease,
+    OperationRecord,
+    SchemaTooNew,
+    Store,
+    UnknownOperation,
+)
+from ha_serving.util.clock import FakeClock
+
+T = TypeVar("T")
+
+
+@dataclass
+class Backend:
+    """An empty database and the Stores a check opened on it (closed at teardown)."""
+
+    url: str
+    stores: list[Store] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def connect(self, clock: FakeClock | None = None) -> Store:
+        store = Store.connect(self.url, clock=clock)
+        with self._lock:
+            self.stores.append(store)
+        return store
+
+    def execute(self, sql: str, **params: Any) -> None:
+        """Run raw SQL behind the Store's back (to fake a newer schema, say)."""
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(sql), params)
+        finally:
+            engine.dispose()
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+
+def race(n: int, fn: Callable[[int], T]) -> list[T]:
+    """Run ``fn(0..n-1)`` in n threads released at once; re-raise the first failure."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = fn(i)
+        except BaseException as error:  # handed to the main thread below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    if errors:
+        raise errors[0]
+    return results
+
+
+RACERS = 8
+
+# --- schema and migrations ---------------------------------------------------------------
+
+
+def fresh_db_is_migrated_to_schema_version(b: Backend) -> None:
+    assert b.connect().schema_version() == SCHEMA_VERSION
+
+
+def second_connect_migrates_nothing_and_keeps_data(b: Backend) -> None:
+    b.connect().create_service("kept", {"replicas": 1})
+    again = b.connect()
+    assert again.schema_version() == SCHEMA_VERSION
+    assert again.get_service("kept").spec == {"replicas": 1}
+
+
+def concurrent_first_connects_all_succeed(b: Backend) -> None:
+    stores = race(4, lambda _: b.connect())
+    assert {s.schema_version() for s in stores} == {SCHEMA_VERSION}
+
+
+def db_with_newer_schema_is_refused(b: Backend) -> None:
+    b.connect()
+    b.execute("UPDATE schema_version SET version = :v", v=SCHEMA_VERSION + 1)
+    with pytest.raises(SchemaTooNew) as caught:
+        b.connect()
+    assert (caught.value.found, caught.value.known) == (SCHEMA_VERSION + 1, SCHEMA_VERSION)
+    assert "upgrade" in str(caught.value)
+
+
+# --- services ----------------------------------------------------------------------------
+
+
+def created_service_starts_at_version_1(b: Backend) -> None:
+    store = b.connect()
+    created = store.create_service("echo", {"replicas": 2, "env": {"A": "é"}})
+    assert (created.version, created.spec_version) == (1, 1)
+    assert store.get_service("echo") == created
+    assert created.spec == {"replicas": 2, "env": {"A": "é"}}
+
+
+def creating_an_existing_service_raises_already_exists(b: Backend) -> None:
+    store = b.connect()
+    store.create_service("echo", {"replicas": 1})
+    with pytest.raises(AlreadyExists):
+        store.create_service("echo", {"replicas": 9})
+    assert store.get_service("echo").spec == {"replicas": 1}
+
+
+def service_names_are_case_sensitive(b: Backend) -> None:
+    store = b.connect()
+    store.create_service("Echo", {"n": 1})
+    store.create_service("echo", {"n": 2})
+    assert [s.name for s in store.list_services()] == ["Echo", "echo"]
+
+
+def unknown_service_raises_unknown_service(b: Backend) -> None:
+    store = b.connect()
+    with pytest.raises(UnknownService):
+        store.get_service("nope")
+    with pytest.raises(UnknownService):
+        store.update_service("nope", {}, expected_version=1)
+
+
+def update_service_bumps_version_and_spec_version(b: Backend) -> None:
+    store = b.connect()
+    store.create_service("echo", {"replicas": 1})
+    updated = store.update_service("echo", {"replicas": 3}, expected_version=1)
+    assert (updated.version, updated.spec_version, updated.spec) == (2, 2, {"replicas": 3})
+    assert store.get_service("echo") == updated
+
+
+def update_service_with_stale_version_raises_conflict(b: Backend) -> None:
+    first, second = b.connect(), b.connect()
+    first.create_service("echo", {"replicas": 1})
+    first.update_service("echo", {"replicas": 2}, expected_version=1)
+    with pytest.raises(ConflictError) as caught:
+        second.update_service("echo", {"replicas": 5}, expected_version=1)
+    assert (caught.value.table, caught.value.expected, caught.value.actual) == ("services", 1, 2)
+    assert second.get_service("echo").spec == {"replicas": 2}
+
+
+def concurrent_service_updates_exactly_one_wins(b: Backend) -> None:
+    b.connect().create_service("echo", {"replicas": 1})
+    stores = [b.connect() for _ in range(RACERS)]
+
+    def update(i: int) -> bool:
+        try:
+            stores[i].update_service("echo", {"replicas": i}, expected_version=1)
+        except ConflictError:
+            return False
+        return True
+
+    assert sum(race(RACERS, update)) == 1
+    assert stores[0].get_service("echo").version == 2
+
+
+# --- operations --------------------------------------------------------------------------
+
+
+def _op(op_id: str = "op-1", service: str = "echo", **kw: Any) -> OperationRecord:
+    return OperationRecord(
+        op_id=op_id, service=service, kind="update", plan={"steps": [1, 2]}, **kw
+    )
+
+
+def create_operation_is_idempotent_for_the_same_request(b: Backend) -> None:
+    store = b.connect()
+    created = store.create_operation(_op())
+    assert (created.version, created.step, created.status) == (1, 0, "pending")
+    progressed = store.advance_operation("op-1", expected_version=1, step=1, status="running")
+    assert store.create_operation(_op()) == progressed
+    assert len(store.list_operations()) == 1
+
+
+def create_operation_with_a_different_request_under_the_same_id_is_refused(b: Backend) -> None:
+    store = b.connect()
+    store.create_operation(_op())
+    with pytest.raises(AlreadyExists):
+        store.create_operation(_op(service="other"))
+
+
+def advance_operation_is_compare_and_set(b: Backend) -> None:
+    store = b.connect()
+    store.create_operation(_op())
+    advanced = store.advance_operation("op-1", expected_version=1, step=1, epoch=7)
+    assert (advanced.version, advanced.step, advanced.epoch, advanced.status) == (
+        2,
+        1,
+        7,
+        "pending",
+    )
+    with pytest.raises(ConflictError) as caught:
+        store.advance_operation("op-1", expected_version=1, step=2)
+    assert (caught.value.expected, caught.value.actual) == (1, 2)
+    assert store.get_operation("op-1") == advanced
+
+
+def recorded_operation_error_survives_later_status_changes(b: Backend) -> None:
+    store = b.connect()
+    store.create_operation(_op())
+    store.advance_operation("op-1", expected_version=1, status="failed", error="step 1: boom")
+    done = store.advance_operation("op-1", expected_version=2, status="rolled_back")
+    assert (done.status, done.error) == ("rolled_back", "step 1: boom")
+
+
+def unknown_operation_raises_unknown_operation(b: Backend) -> None:
+    store = b.connect()
+    with pytest.raises(UnknownOperation):
+        store.get_operation("nope")
+    with pytest.raises(UnknownOperation):
+        store.advance_operation("nope", expected_version=1, step=1)
+
+
+def list_operations_filters_by_service_and_status(b: Backend) -> None:
+    store = b.connect()
+    store.create_operation(_op("a", "echo"))
+    store.create_operation(_op("b", "echo"))
+    store.create_operation(_op("c", "other"))
+    store.advance_operation("b", expected_version=1, status="done")
+    assert [o.op_id for o in store.list_operations(service="echo")] == ["a", "b"]
+    assert [o.op_id for o in store.list_operations(status="pending")] == ["a", "c"]
+    assert [o.op_id for o in store.list_operations("echo", "done")] == ["b"]
+
+
+# --- appmaster state ---------------------------------------------------------------------
+
+
+def appmaster_state_round_trips_with_versions(b: Backend) -> None:
+    store = b.connect()
+    assert store.load_appmaster_state("c1", "echo") is None
+    assert store.save_appmaster_state("c1", "echo", {"step": 0}, expected_version=None) == 1
+    assert store.save_appmaster_state("c1", "echo", {"step": 1}, expected_version=1) == 2
+    assert store.load_appmaster_state("c1", "echo") == ({"step": 1}, 2)
+    assert store.load_appmaster_state("c2", "echo") is None
+
+
+def appmaster_state_create_when_present_raises_conflict(b: Backend) -> None:
+    store = b.connect()
+    store.save_appmaster_state("c1", "echo", {"step": 0}, expected_version=None)
+    with pytest.raises(ConflictError) as caught:
+        store.save_appmaster_state("c1", "echo", {"step": 9}, expected_version=None)
+    assert (caught.value.expected, caught.value.actual) == (0, 1)
+
+
+def appmaster_state_stale_or_missing_version_raises_conflict(b: Backend) -> None:
+    store = b.connect()
+    with pytest.raises(ConflictError) as missing:
+        store.save_appmaster_state("c1", "echo", {"step": 0}, expected_version=1)
+    assert missing.value.actual is None
+    store.save_appmaster_state("c1", "echo", {"step": 0}, expected_version=None)
+    store.save_appmaster_state("c1", "echo", {"step": 1}, expected_version=1)
+    with pytest.raises(ConflictError) as stale:
+        store.save_appmaster_state("c1", "echo", {"step": 7}, expected_version=1)
+    assert (stale.value.expected, stale.value.actual) == (1, 2)
+    assert store.load_appmaster_state("c1", "echo") == ({"step": 1}, 2)
+
+
+# --- events and time ---------------------------------------------------------------------
+
+
+def events_list_newest_last_limited_and_filtered(b: Backend) -> None:
+    store = b.connect()
+    ids = [
+        store.append_event("deploy", service="echo" if i % 2 else "other", epoch=i)
+        for i in range(6)
+    ]
+    assert ids == sorted(ids)
+    store.append_event("note", cluster="c1", op_id="op-1", detail={"why": "test"})
+    latest = store.list_events(limit=3)
+    assert [e.kind for e in latest] == ["deploy", "deploy", "note"]
+    assert latest[-1].detail == {"why": "test"}
+    assert (latest[-1].cluster, latest[-1].op_id, latest[-1].epoch) == ("c1", "op-1", None)
+    assert [e.epoch for e in store.list_events(service="echo")] == [1, 3, 5]
+
+
+def injected_clock_stamps_rows(b: Backend) -> None:
+    clock = FakeClock(start=5_000.0)
+    store = b.connect(clock=clock)
+    assert store.now() == 5_000.0
+    store.create_service("echo", {})
+    clock.advance(7.5)
+    updated = store.update_service("echo", {"n": 1}, expected_version=1)
+    assert (updated.created_at, updated.updated_at) == (5_000.0, 5_007.5)
+
+
+def db_clock_reads_utc_epoch_seconds(b: Backend) -> None:
+    """The DB's clock agrees with this machine's within seconds (no timezone offset)."""
+    store = b.connect()
+    assert abs(store.now() - time.time()) < 5.0
+    assert store.ping()
+
+
+STORE_CHECKS: list[Callable[[Backend], None]] = [
+    fresh_db_is_migrated_to_schema_version,
+    second_connect_migrates_nothing_and_keeps_data,
+    concurrent_first_connects_all_succeed,
+    db_with_newer_schema_is_refused,
+    created_service_starts_at_version_1,
+    creating_an_existing_service_raises_already_exists,
+    service_names_are_case_sensitive,
+    unknown_service_raises_unknown_service,
+    update_service_bumps_version_and_spec_version,
+    update_service_with_stale_version_raises_conflict,
+    concurrent_service_updates_exactly_one_wins,
+    create_operation_is_idempotent_for_the_same_request,
+    create_operation_with_a_different_request_under_the_same_id_is_refused,
+    advance_operation_is_compare_and_set,
+    recorded_operation_error_survives_later_status_changes,
+    unknown_operation_raises_unknown_operation,
+    list_operations_filters_by_service_and_status,
+    appmaster_state_round_trips_with_versions,
+    appmaster_state_create_when_present_raises_conflict,
+    appmaster_state_stale_or_missing_version_raises_conflict,
+    events_list_newest_last_limited_and_filtered,
+    injected_clock_stamps_rows,
+    db_clock_reads_utc_epoch_seconds,
+]
+
+
+# --- leases ------------------------------------------------------------------------------
+
+LEASE = "keeper-leader"
+
+
+def first_acquire_creates_epoch_1(b: Backend) -> None:
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    assert store.get_lease(LEASE) is None
+    lease = store.acquire_lease(LEASE, "k1", 10.0)
+    assert lease == Lease(LEASE, "k1", 1, clock.now() + 10.0)
+    assert store.get_lease(LEASE) == lease
+
+
+def held_lease_is_refused_to_another_holder(b: Backend) -> None:
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    lease = store.acquire_lease(LEASE, "k1", 10.0)
+    clock.advance(9.5)
+    assert store.acquire_lease(LEASE, "k2", 10.0) is None
+    assert store.get_lease(LEASE) == lease
+
+
+def holder_reacquiring_gets_the_same_lease_without_epoch_bump(b: Backend) -> None:
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    lease = store.acquire_lease(LEASE, "k1", 10.0)
+    clock.advance(3.0)
+    assert store.acquire_lease(LEASE, "k1", 10.0) == lease
+
+
+def lease_expires_exactly_at_expires_at(b: Backend) -> None:
+    """At now == expires_at the lease is expired: not renewable, takeable with epoch+1."""
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    lease = store.acquire_lease(LEASE, "k1", 10.0)
+    assert lease is not None
+    clock.advance(10.0)
+    with pytest.raises(LeaseLost):
+        store.renew_lease(lease, 10.0)
+    taken = store.acquire_lease(LEASE, "k2", 10.0)
+    assert taken == Lease(LEASE, "k2", 2, clock.now() + 10.0)
+
+
+def expired_lease_reacquired_by_its_old_holder_gets_a_new_epoch(b: Backend) -> None:
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    store.acquire_lease(LEASE, "k1", 1.0)
+    clock.advance(1.5)
+    again = store.acquire_lease(LEASE, "k1", 1.0)
+    assert again is not None
+    assert again.epoch == 2
+
+
+def renew_extends_from_now_at_the_same_epoch(b: Backend) -> None:
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    lease = store.acquire_lease(LEASE, "k1", 10.0)
+    assert lease is not None
+    clock.advance(4.0)
+    renewed = store.renew_lease(lease, 20.0)
+    assert renewed == Lease(LEASE, "k1", 1, clock.now() + 20.0)
+    assert store.renew_lease(lease, 5.0).expires_at == clock.now() + 5.0  # epoch is the key
+
+
+def stale_holder_cannot_renew_or_release_after_takeover(b: Backend) -> None:
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    old = store.acquire_lease(LEASE, "k1", 1.0)
+    assert old is not None
+    clock.advance(2.0)
+    new = store.acquire_lease(LEASE, "k2", 10.0)
+    with pytest.raises(LeaseLost) as caught:
+        store.renew_lease(old, 10.0)
+    assert (caught.value.name, caught.value.holder, caught.value.epoch) == (LEASE, "k1", 1)
+    assert store.release_lease(old) is False
+    assert store.get_lease(LEASE) == new
+
+
+def a_handle_from_an_older_epoch_of_the_same_holder_is_stale(b: Backend) -> None:
+    """After k1's lease expired and k1 took it again, k1's old handle can neither renew
+    nor release the new lease: the epoch, not the holder name, identifies a tenure."""
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    old = store.acquire_lease(LEASE, "k1", 1.0)
+    assert old is not None
+    clock.advance(1.0)
+    new = store.acquire_lease(LEASE, "k1", 10.0)
+    assert new is not None
+    assert new.epoch == old.epoch + 1
+    with pytest.raises(LeaseLost):
+        store.renew_lease(old, 10.0)
+    assert store.release_lease(old) is False
+    assert store.get_lease(LEASE) == new
+
+
+def release_frees_the_lease_and_the_next_acquire_bumps_the_epoch(b: Backend) -> None:
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    lease = store.acquire_lease(LEASE, "k1", 10.0)
+    assert lease is not None
+    assert store.release_lease(lease) is True
+    freed = store.get_lease(LEASE)
+    assert freed is not None
+    assert (freed.holder, freed.epoch, freed.held_at(clock.now())) == (None, 1, False)
+    with pytest.raises(LeaseLost):
+        store.renew_lease(lease, 10.0)
+    assert store.release_lease(lease) is False
+    again = store.acquire_lease(LEASE, "k1", 10.0)
+    assert again is not None
+    assert again.epoch == 2
+
+
+def nonpositive_ttl_is_rejected(b: Backend) -> None:
+    store = b.connect()
+    for ttl in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="ttl"):
+            store.acquire_lease(LEASE, "k1", ttl)
+
+
+def concurrent_acquirers_of_an_expired_lease_exactly_one_wins(b: Backend) -> None:
+    """N Stores race for an expired lease: one wins, the epoch grows by exactly one."""
+    clock = FakeClock()
+    first = b.connect(clock=clock)
+    old = first.acquire_lease(LEASE, "old", 1.0)
+    assert old is not None
+    clock.advance(5.0)
+    stores = [b.connect(clock=clock) for _ in range(RACERS)]
+    results = race(RACERS, lambda i: stores[i].acquire_lease(LEASE, f"k{i}", 10.0))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert winners[0].epoch == old.epoch + 1
+    assert first.get_lease(LEASE) == winners[0]
+
+
+def concurrent_acquirers_of_a_new_lease_exactly_one_wins(b: Backend) -> None:
+    """N Stores race to create a lease row (DB clock): one wins with epoch 1."""
+    stores = [b.connect() for _ in range(RACERS)]
+    results = race(RACERS, lambda i: stores[i].acquire_lease(LEASE, f"k{i}", 30.0))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert winners[0].epoch == 1
+    assert stores[0].get_lease(LEASE) == winners[0]
+
+
+def db_clock_expiry_lets_the_next_holder_in(b: Backend) -> None:
+    """Without an injected clock, a 1 s lease expires by the DB's clock; then another
+    holder takes it at epoch+1 and the old holder can no longer renew."""
+    store = b.connect()
+    lease = store.acquire_lease(LEASE, "k1", 1.0)
+    assert lease is not None
+    assert store.acquire_lease(LEASE, "k2", 1.0) is None
+    give_up = time.monotonic() + 10.0
+    while store.now() <= lease.expires_at:
+        assert time.monotonic() < give_up, "the DB clock did not pass expires_at"
+        time.sleep(0.05)
+    with pytest.raises(LeaseLost):
+        store.renew_lease(lease, 1.0)
+    taken = store.acquire_lease(LEASE, "k2", 1.0)
+    assert taken is not None
+    assert (taken.holder, taken.epoch) == ("k2", lease.epoch + 1)
+
+
+LEASE_CHECKS: list[Callable[[Backend], None]] = [
+    first_acquire_creates_epoch_1,
+    held_lease_is_refused_to_another_holder,
+    holder_reacquiring_gets_the_same_lease_without_epoch_bump,
+    lease_expires_exactly_at_expires_at,
+    expired_lease_reacquired_by_its_old_holder_gets_a_new_epoch,
+    renew_extends_from_now_at_the_same_epoch,
+    stale_holder_cannot_renew_or_release_after_takeover,
+    a_handle_from_an_older_epoch_of_the_same_holder_is_stale,
+    release_frees_the_lease_and_the_next_acquire_bumps_the_epoch,
+    nonpositive_ttl_is_rejected,
+    concurrent_acquirers_of_an_expired_lease_exactly_one_wins,
+    concurrent_acquirers_of_a_new_lease_exactly_one_wins,
+    db_clock_expiry_lets_the_next_holder_in,
+]
+
+
+# --- leases against a model, in fake time ------------------------------------------------
+
+
+@dataclass
+class LeaseModel:
+    """What the lease row should be, by the transition table in ``_lease.py``."""
+
+    holder: str | None = None
+    epoch: int = 0  # 0: no row yet
+    expires_at: float = 0.0
+
+    def held_at(self, now: float) -> bool:
+        return self.holder is not None and now < self.expires_at
+
+    def acquire(self, holder: str, ttl: float, now: float) -> bool:
+        if self.held_at(now):
+            return self.holder == holder
+        self.holder, self.epoch, self.expires_at = holder, self.epoch + 1, now + ttl
+        return True
+
+    def renew(self, holder: str, epoch: int, ttl: float, now: float) -> bool:
+        if self.held_at(now) and (self.holder, self.epoch) == (holder, epoch):
+            self.expires_at = now + ttl
+            return True
+        return False
+
+    def release(self, holder: str, epoch: int, now: float) -> bool:
+        if (self.holder, self.epoch) == (holder, epoch):
+            self.holder, self.expires_at = None, now
+            return True
+        return False
+
+    def as_lease(self, name: str) -> Lease | None:
+        return None if self.epoch == 0 else Lease(name, self.holder, self.epoch, self.expires_at)
+
+
+HOLDERS = st.sampled_from(["k1", "k2", "k3"])
+TTLS = st.sampled_from([1.0, 2.0, 5.0])
+TIME_STEPS = st.sampled_from([0.5, 1.0, 2.0, 5.0])  # exact binary fractions: ties do happen
+
+
+def lease_model_machine(b: Backend) -> type[RuleBasedStateMachine]:
+    """A state machine driving one lease in fake time and checking it against LeaseModel."""
+
+    class LeaseModelMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clock = FakeClock()
+            self.store = b.connect(clock=self.clock)
+            self.name = f"lease-{uuid.uuid4().hex[:12]}"
+            self.model = LeaseModel()
+            self.believed: dict[str, Lease] = {}  # each holder's latest lease
+            self.handles: list[Lease] = []  # every lease ever returned, stale ones too
+            self.holder_at_epoch: dict[int, str] = {}
+            self.max_epoch = 0
+
+        def _got(self, lease: Lease) -> None:
+            assert lease.holder is not None
+            self.believed[lease.holder] = lease
+            self.handles.append(lease)
+            assert self.holder_at_epoch.setdefault(lease.epoch, lease.holder) == lease.holder
+
+        @rule(holder=HOLDERS, ttl=TTLS)
+        def acquire(self, holder: str, ttl: float) -> None:
+            expect_success = self.model.acquire(holder, ttl, self.clock.now())
+            got = self.store.acquire_lease(self.name, holder, ttl)
+            if not expect_success:
+                assert got is None
+                return
+            assert got is not None
+            assert got == self.model.as_lease(self.name)
+            self._got(got)
+
+        @precondition(lambda self: bool(self.handles))
+        @rule(data=st.data(), ttl=TTLS)
+        def renew(self, data: st.DataObject, ttl: float) -> None:
+            lease = data.draw(st.sampled_from(self.handles))
+            assert lease.holder is not None
+            if self.model.renew(lease.holder, lease.epoch, ttl, self.clock.now()):
+                renewed = self.store.renew_lease(lease, ttl)
+                assert renewed == self.model.as_lease(self.name)
+                self._got(renewed)
+            else:
+                with pytest.raises(LeaseLost):
+                    self.store.renew_lease(lease, ttl)
+
+        @precondition(lambda self: bool(self.handles))
+        @rule(data=st.data())
+        def release(self, data: st.DataObject) -> None:
+            lease = data.draw(st.sampled_from(self.handles))
+            assert lease.holder is not None
+            expected = self.model.release(lease.holder, lease.epoch, self.clock.now())
+            assert self.store.release_lease(lease) is expected
+            if expected:
+                del self.believed[lease.holder]
+
+        @rule(seconds=TIME_STEPS)
+        def advance_time(self, seconds: float) -> None:
+            self.clock.advance(seconds)
+
+        @invariant()
+        def row_matches_model(self) -> None:
+            assert self.store.get_lease(self.name) == self.model.as_lease(self.name)
+
+        @invariant()
+        def at_most_one_holder_believes_it_holds_the_lease(self) -> None:
+            now = self.clock.now()
+            assert sum(lease.held_at(now) for lease in self.believed.values()) <= 1
+
+        @invariant()
+        def epochs_only_grow(self) -> None:
+            assert self.model.epoch >= self.max_epoch
+            self.max_epoch = self.model.epoch
+
+        def teardown(self) -> None:
+            self.store.close()
+
+    return LeaseModelMachine
+
+
+def lease_matches_model_in_fake_time(b: Backend, *, max_examples: int, steps: int) -> None:
+    """Random acquire/renew/release/advance sequences by 3 holders match LeaseModel; never
+    two holders at one epoch, never two unexpired believers, epochs only grow."""
+    run_state_machine_as_test(
+        lease_model_machine(b),
+        settings=settings(
+            max_examples=max_examples,
+            stateful_step_count=steps,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
