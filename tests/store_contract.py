@@ -7,6 +7,7 @@ a way to open Stores on it) and is named after the claim it checks.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -35,6 +36,7 @@ from ha_serving.store import (
     SchemaTooNew,
     Store,
     UnknownOperation,
+    UnknownPackage,
 )
 from ha_serving.util.clock import FakeClock
 
@@ -664,3 +666,41 @@ def lease_matches_model_in_fake_time(b: Backend, *, max_examples: int, steps: in
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+# --- code packages and endpoints ------------------------------------------------------
+
+
+def packages_are_content_addressed(b: Backend) -> None:
+    """A package is stored once per content and read back verified, by its SHA-256."""
+    store = b.connect()
+    data = b"PK\x03\x04 some zip bytes" * 1000
+    digest = store.put_package(data)
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert store.put_package(data) == digest  # idempotent
+    assert store.get_package(digest) == data
+    with pytest.raises(UnknownPackage):
+        store.get_package("0" * 64)
+
+
+def endpoints_lapse_without_heartbeat(b: Backend) -> None:
+    """An endpoint is listed until its TTL passes; a heartbeat extends it; removal is exact."""
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {"zone": "z1"}, ttl_s=10)
+    store.upsert_endpoint("echo", "b", "127.0.2.2:5000", {"zone": "z2"}, ttl_s=10)
+    assert [e.address for e in store.list_endpoints("echo")] == [
+        "127.0.1.2:5000",
+        "127.0.2.2:5000",
+    ]
+    clock.advance(6)
+    store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {"zone": "z1"}, ttl_s=10)
+    clock.advance(6)
+    assert [e.cluster for e in store.list_endpoints("echo")] == ["a"]
+    assert store.list_endpoints("echo")[0].labels == {"zone": "z1"}
+    store.upsert_endpoint("echo", "a", "127.0.1.2:6000", {}, ttl_s=10)
+    assert store.remove_endpoints("echo", "a", keep={"127.0.1.2:6000"}) == 1
+    assert [e.address for e in store.list_endpoints("echo")] == ["127.0.1.2:6000"]
+
+
+STORE_CHECKS += [packages_are_content_addressed, endpoints_lapse_without_heartbeat]

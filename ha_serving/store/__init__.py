@@ -5,6 +5,7 @@ and SQLite (``sqlite:///file``, for a laptop) with the same statements. The sche
 versioned and migrated by ``Store.connect``.
 """
 
+from ha_serving.store._catalog import Endpoint, UnknownPackage
 from ha_serving.store._engine import TimeSource, db_now, safe_url, store_retry
 from ha_serving.store._lease import Lease
 from ha_serving.store._records import (
@@ -20,6 +21,7 @@ from ha_serving.store._store import Store
 __all__ = [
     "SCHEMA_VERSION",
     "AlreadyExists",
+    "Endpoint",
     "EventRecord",
     "Lease",
     "OperationRecord",
@@ -28,6 +30,7 @@ __all__ = [
     "Store",
     "TimeSource",
     "UnknownOperation",
+    "UnknownPackage",
     "db_now",
     "migrate",
     "safe_url",

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import PlatformError, StoreUnavailable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema version this code reads and writes."""
 
 _MIGRATE_LOCK = "ha_serving_migrate"
@@ -147,6 +148,22 @@ events = sa.Table(
     **_MYSQL_TABLE,
 )
 
+packages = sa.Table(
+    "packages",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),  # sha256 hex of ``data``
+    sa.Column("data", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
+    **_MYSQL_TABLE,
+)
+"""Service code packages, content-addressed: clusters load code from here, never from
+the deployer's disk. Added in schema version 2."""
+
+_V1_TABLES = [
+    t for t in metadata.sorted_tables if t.name not in {"packages"}
+]  # what version 1 created, for migration 1
+
 
 class SchemaTooNew(PlatformError):
     """The DB was migrated by newer code; this code must not write to it."""
@@ -171,10 +188,17 @@ class Migration:
 
 
 def _v1_initial(conn: Connection) -> None:
-    metadata.create_all(conn, checkfirst=True)
+    metadata.create_all(conn, tables=_V1_TABLES, checkfirst=True)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial tables", _v1_initial),)
+def _v2_packages(conn: Connection) -> None:
+    packages.create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial tables", _v1_initial),
+    Migration(2, "content-addressed code packages", _v2_packages),
+)
 
 
 def read_version(conn: Connection) -> int:

@@ -18,7 +18,8 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import ConflictError, StoreUnavailable, UnknownService
-from ha_serving.store import _lease
+from ha_serving.store import _catalog, _lease
+from ha_serving.store._catalog import Endpoint
 from ha_serving.store._engine import (
     TimeSource,
     db_now,
@@ -393,3 +394,33 @@ class Store:
     def get_lease(self, name: str) -> Lease | None:
         with self._tx() as conn:
             return _lease.get(conn, name)
+
+    # --- code packages and endpoints (in _catalog.py) ---------------------------------
+
+    def put_package(self, data: bytes) -> str:
+        """Store a code package (idempotent); returns its SHA-256 digest."""
+        with self._tx() as conn:
+            return _catalog.put_package(conn, self._now_sql(), data)
+
+    def get_package(self, digest: str) -> bytes:
+        """The package with ``digest``, verified; ``UnknownPackage`` if absent."""
+        with self._tx() as conn:
+            return _catalog.get_package(conn, digest)
+
+    def upsert_endpoint(
+        self, service: str, cluster: str, address: str, labels: dict[str, Any], ttl_s: float
+    ) -> None:
+        """Register or heartbeat a proxy endpoint; it lapses ``ttl_s`` after the last call."""
+        with self._tx() as conn:
+            _catalog.upsert_endpoint(
+                conn, self._now_sql(), service, cluster, address, labels, ttl_s
+            )
+
+    def remove_endpoints(self, service: str, cluster: str, *, keep: set[str] | None = None) -> int:
+        with self._tx() as conn:
+            return _catalog.remove_endpoints(conn, service, cluster, keep)
+
+    def list_endpoints(self, service: str) -> list[Endpoint]:
+        """Unexpired endpoints of ``service`` on every cluster."""
+        with self._tx() as conn:
+            return _catalog.list_endpoints(conn, self._now_sql(), service)

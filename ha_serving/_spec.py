@@ -1,0 +1,160 @@
+"""A service's spec: what users write in YAML and what the platform persists.
+
+``load_spec(path)`` validates a YAML file into a ``ServiceSpec`` and reports every
+problem by field at once (``InvalidSpec.problems``), never just the first.
+``Revision`` is the part of a spec that an in-place update changes (code version,
+package, config); the AppMaster drives each instance's running revision towards the
+desired one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ha_serving._errors import InvalidSpec
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class RolloutPolicy(_Spec):
+    max_unavailable: int = Field(default=1, ge=1)
+    """Instances out of service at once during an update (drained, then updated)."""
+
+    max_surge: int = Field(default=0, ge=0)
+    """Extra instances allowed while replacing actors (resources/runtime env changes)."""
+
+    drain_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """How long a drained instance may finish in-flight requests before it is updated."""
+
+    health_check_period_s: float = Field(default=2.0, gt=0, le=300)
+    """Seconds between health checks of serving instances."""
+
+    health_check_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    """A health check slower than this counts as failed."""
+
+    failure_threshold: int = Field(default=3, ge=1)
+    """Failed instance updates in one rollout before it rolls back automatically."""
+
+
+class Resources(_Spec):
+    num_cpus: float = Field(default=1.0, ge=0)
+    """Logical CPUs per backend worker actor (a packing unit: see StackSettings.worker_cpus)."""
+
+    memory_mb: int | None = Field(default=None, ge=1)
+    """Memory reserved per worker actor, if any."""
+
+    runtime_env: dict[str, Any] | None = None
+    """Ray runtime_env of the worker actors; changing it replaces actors instead of
+    updating them in place."""
+
+
+class CodeRef(_Spec):
+    dir: str
+    """Directory with the service's modules, relative to the spec file. It is packaged and
+    stored in the DB by content hash; clusters never read the caller's disk."""
+
+    import_path: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """``module:Class`` inside ``dir``; modules import each other relatively."""
+
+
+class ServiceSpec(_Spec):
+    name: str = Field(pattern=NAME_PATTERN)
+    """Service name: lower-case letters, digits and dashes; it names actors and routes."""
+
+    version: str = Field(min_length=1, max_length=64)
+    """The code version; a new version with new code is an in-place code update."""
+
+    code: CodeRef
+    instances: int = Field(default=1, ge=0, le=5000)
+    """Replicas of the user class."""
+
+    instances_per_worker: int = Field(default=1, ge=1, le=100)
+    """Instances hosted by one worker actor (one process): packs light services."""
+
+    proxies: int = Field(default=2, ge=1, le=16)
+    """Proxy actors publishing the service (2+ so one can die without an outage)."""
+
+    max_concurrency: int = Field(default=32, ge=1, le=10_000)
+    """In-flight requests per instance before proxies shed load with RESOURCE_EXHAUSTED."""
+
+    resources: Resources = Resources()
+    config: dict[str, Any] = {}
+    """User config, passed to the class's ``reconfigure(config)``; JSON-serialisable."""
+
+    rollout: RolloutPolicy = RolloutPolicy()
+
+    @model_validator(mode="after")
+    def _config_is_json(self) -> ServiceSpec:
+        try:
+            json.dumps(self.config)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config must be JSON-serialisable: {exc}") from None
+        return self
+
+
+class Revision(_Spec):
+    """What an instance runs: code (by package digest), version and config."""
+
+    version: str
+    package: str
+    """SHA-256 of the code package in the DB."""
+    import_path: str
+    config: dict[str, Any] = {}
+
+    @property
+    def key(self) -> str:
+        """Short fingerprint: equal keys mean nothing to update."""
+        raw = json.dumps(self.model_dump(), sort_keys=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:12]
+
+    def same_code(self, other: Revision) -> bool:
+        return (self.package, self.import_path, self.version) == (
+            other.package,
+            other.import_path,
+            other.version,
+        )
+
+
+def parse_spec(data: object, *, source: str = "spec") -> ServiceSpec:
+    """Validate ``data`` (parsed YAML/JSON) into a spec; InvalidSpec lists every problem."""
+    if not isinstance(data, dict):
+        raise InvalidSpec(source, [f"top level must be a mapping, got {type(data).__name__}"])
+    try:
+        return ServiceSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(spec)'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise InvalidSpec(source, problems) from None
+
+
+def load_spec(path: Path) -> ServiceSpec:
+    """Read and validate a YAML spec file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidSpec(str(path), [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidSpec(str(path), [f"not valid YAML: {exc}"]) from None
+    return parse_spec(data, source=str(path))
+
+
+def code_dir(spec: ServiceSpec, spec_path: Path) -> Path:
+    """The spec's code directory, resolved against the spec file's folder."""
+    directory = (spec_path.parent / spec.code.dir).resolve()
+    if not directory.is_dir():
+        raise InvalidSpec(str(spec_path), [f"code.dir: {directory} is not a directory"])
+    return directory
