@@ -6,19 +6,32 @@ stderr and a non-zero exit: 2 for a user's mistake, 1 for a system failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import infra
-from ha_serving._errors import HAServingError, UserError
+from ha_serving._errors import (
+    HAServingError,
+    InvalidSpec,
+    StackError,
+    UnknownService,
+    UserError,
+)
 from ha_serving._settings import Settings
+from ha_serving.cli._services import ServiceOps, load_spec_file
+from ha_serving.client import Client
+from ha_serving.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 node_app = typer.Typer(no_args_is_help=True, help="Kill or restart one Ray node.")
@@ -29,6 +42,7 @@ app.add_typer(cluster_app, name="cluster")
 out = Console()
 err = Console(stderr=True)
 
+ClusterOpt = Annotated[str, typer.Option("--cluster", help="Cluster of the local stack.")]
 RunDir = Annotated[
     Path | None,
     typer.Option("--run-dir", help="Stack directory (default: HA_SERVING_RUN_DIR or .run)."),
@@ -80,10 +94,15 @@ def down(run_dir: RunDir = None) -> None:
 
 @app.command()
 def status(
+    service: Annotated[str | None, typer.Argument(help="A service: show its instances.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    cluster: ClusterOpt = "a",
     run_dir: RunDir = None,
 ) -> None:
-    """Show clusters, nodes (alive or not), the DB and Redis."""
+    """Show clusters, nodes (alive or not), the DB and Redis; or one service."""
+    if service is not None:
+        _service_status(service, cluster, run_dir, as_json=as_json)
+        return
     path = _run_dir(run_dir)
     report = infra.status(path)
     if report is None:
@@ -157,6 +176,184 @@ def cluster_restart(name: str, run_dir: RunDir = None) -> None:
     with err.status(f"restarting cluster {name}"):
         infra.restart_cluster(_run_dir(run_dir), name)
     out.print(f"cluster {name} is back")
+
+
+# --- services -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ops(cluster: str, run_dir: Path | None) -> Iterator[ServiceOps]:
+    path = _run_dir(run_dir)
+    topo = infra.load(path.resolve())
+    if topo is None:
+        raise StackError(f"no stack is up in {path} (run `make up`)")
+    try:
+        c = topo.cluster(cluster)
+    except KeyError as exc:
+        raise StackError(str(exc.args[0])) from None
+    store = Store.connect(topo.db.url)
+    ops = ServiceOps(store, topo.db.url, c.name, c.gcs_address, c.head.address)
+    try:
+        yield ops
+    finally:
+        ops.close()
+        store.close()
+
+
+Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the rollout ends.")]
+Timeout = Annotated[float, typer.Option(help="Seconds to wait for the rollout.")]
+
+
+def _follow(ops: ServiceOps, service: str, ack: dict[str, object], timeout: float) -> None:
+    out.print(f"accepted: {ack['op_id']}" + (" (duplicate)" if ack.get("duplicate") else ""))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task(service, total=None)
+
+        def show(view: dict[str, Any]) -> None:
+            instances = view.get("instances", [])
+            want = view.get("desired_version")
+            done = sum(1 for i in instances if i["phase"] == "serving" and i["version"] == want)
+            bar.update(
+                task,
+                total=max(len(instances), 1),
+                completed=done,
+                description=f"{service} -> {want}",
+            )
+
+        view = ops.wait(service, timeout_s=timeout, progress=show)
+    last = (view.get("history") or [{}])[-1]
+    out.print(f"{service}: rollout {last.get('status', 'done')} ({last.get('kind', '')})")
+    if last.get("status") == "rolled_back":
+        raise typer.Exit(1)
+
+
+@app.command()
+def deploy(
+    spec_file: Annotated[Path, typer.Argument(help="Service spec (YAML).")],
+    cluster: ClusterOpt = "a",
+    wait: Wait = True,
+    timeout: Timeout = 300.0,
+    run_dir: RunDir = None,
+) -> None:
+    """Deploy (or redeploy) a service from its spec onto one cluster."""
+    spec, code = load_spec_file(spec_file)
+    with _ops(cluster, run_dir) as ops:
+        ack = ops.deploy(spec, code)
+        if wait:
+            _follow(ops, spec.name, ack, timeout)
+
+
+@app.command()
+def update(
+    service: str,
+    config: Annotated[Path | None, typer.Option(help="New user config (YAML/JSON).")] = None,
+    code: Annotated[Path | None, typer.Option(help="Directory with the new code.")] = None,
+    version: Annotated[str | None, typer.Option(help="Version of the new code.")] = None,
+    cluster: ClusterOpt = "a",
+    wait: Wait = True,
+    timeout: Timeout = 300.0,
+    run_dir: RunDir = None,
+) -> None:
+    """Rolling in-place update: new config (reconfigure) or new code version."""
+    changes: dict[str, Any] = {}
+    if config is not None:
+        changes["config"] = _read_config(config)
+    if (code is None) != (version is None):
+        raise InvalidSpec("update", ["--code and --version go together"])
+    if code is not None:
+        if not code.is_dir():
+            raise InvalidSpec("update", [f"--code: {code} is not a directory"])
+        changes["code"] = code
+        changes["version"] = version
+    if not changes:
+        raise InvalidSpec("update", ["nothing to update: give --config or --code/--version"])
+    with _ops(cluster, run_dir) as ops:
+        ack = ops.change(service, kind="code" if code else "config", **changes)
+        if wait:
+            _follow(ops, service, ack, timeout)
+
+
+@app.command()
+def scale(
+    service: str,
+    instances: int,
+    cluster: ClusterOpt = "a",
+    wait: Wait = True,
+    timeout: Timeout = 300.0,
+    run_dir: RunDir = None,
+) -> None:
+    """Change the number of instances (scale-down drains before removing)."""
+    with _ops(cluster, run_dir) as ops:
+        ack = ops.change(service, kind="scale", instances=instances)
+        if wait:
+            _follow(ops, service, ack, timeout)
+
+
+@app.command()
+def call(
+    service: str,
+    method: str,
+    payload: Annotated[str, typer.Option("--json", help="JSON payload.")] = "null",
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 10.0,
+    run_dir: RunDir = None,
+) -> None:
+    """Call a method of a service through its proxies; print the JSON reply."""
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec("--json", [str(exc)]) from None
+    path = _run_dir(run_dir)
+    topo = infra.load(path.resolve())
+    if topo is None:
+        raise StackError(f"no stack is up in {path} (run `make up`)")
+    with Store.connect(topo.db.url) as store:
+        addresses = [e.address for e in store.list_endpoints(service)]
+    if not addresses:
+        raise UnknownService(service)
+    with Client(addresses) as client:
+        reply = client.call(service, method, value, timeout=timeout)
+    sys.stdout.write(json.dumps(reply) + "\n")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidSpec(str(path), [str(exc)]) from None
+    if not isinstance(data, dict):
+        raise InvalidSpec(str(path), ["config must be a mapping"])
+    return data
+
+
+def _service_status(service: str, cluster: str, run_dir: Path | None, *, as_json: bool) -> None:
+    with _ops(cluster, run_dir) as ops:
+        view = ops.describe(service)
+    if as_json:
+        sys.stdout.write(json.dumps(view, indent=2) + "\n")
+        return
+    if view.get("from_db"):
+        out.print(f"[yellow]AppMaster of {service} not answering; persisted state:[/]")
+        out.print_json(json.dumps(view["state"]))
+        return
+    table = Table(title=f"{service} on {cluster} (desired {view['desired_version']})")
+    for col in ("instance", "worker", "phase", "version", "in-flight"):
+        table.add_column(col)
+    for i in view["instances"]:
+        table.add_row(
+            i["id"], i["worker"], i["phase"], str(i["version"]), str(i.get("inflight", ""))
+        )
+    out.print(table)
+    for p in view["proxies"]:
+        out.print(f"proxy {p['name']:<16} {p['address']}  metrics {p['metrics_address']}")
+    if view.get("rollout"):
+        r = view["rollout"]
+        out.print(f"rollout {r['op_id']}: {r['status']} ({r['kind']}), failures {r['failures']}")
 
 
 def main() -> None:

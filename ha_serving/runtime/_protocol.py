@@ -29,13 +29,15 @@ class ActorSpec:
     name: str
     cls: type
     args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
     num_cpus: float = 0.0
     memory_mb: int | None = None
     runtime_env: dict[str, Any] | None = None
     max_concurrency: int = 1000
     """Concurrent calls the (async) actor accepts: proxies and backends are async."""
     max_restarts: int = -1
-    """Ray restarts a crashed actor in place (same name): -1 = forever."""
+    """Ray restarts a crashed actor in place (same name): -1 = forever. A restarted
+    worker comes back empty and the AppMaster reloads its instances."""
     resources: dict[str, float] = field(default_factory=dict)
 
 
@@ -48,7 +50,9 @@ class Runtime(Protocol):
         """Whether a live (or restarting) actor has this name."""
         ...
 
-    async def call(self, name: str, method: str, *args: Any, timeout_s: float = 30.0) -> Any:
+    async def call(
+        self, name: str, method: str, *args: Any, timeout_s: float = 30.0, **kwargs: Any
+    ) -> Any:
         """Call ``method`` on the named actor; ActorUnavailable if it cannot be reached."""
         ...
 

@@ -43,6 +43,8 @@ class RayRuntime:
             "num_cpus": spec.num_cpus,
             "max_concurrency": spec.max_concurrency,
             "max_restarts": spec.max_restarts,
+            # Ray must never re-run a call by itself: a user call is not known idempotent
+            "max_task_retries": 0,
         }
         if spec.memory_mb:
             options["memory"] = spec.memory_mb * 1024 * 1024
@@ -51,7 +53,7 @@ class RayRuntime:
         if spec.resources:
             options["resources"] = spec.resources
         actor_cls: Any = ray.remote(spec.cls)
-        self._handles[spec.name] = actor_cls.options(**options).remote(*spec.args)
+        self._handles[spec.name] = actor_cls.options(**options).remote(*spec.args, **spec.kwargs)
 
     async def exists(self, name: str) -> bool:
         try:
@@ -60,10 +62,12 @@ class RayRuntime:
             return False
         return True
 
-    async def call(self, name: str, method: str, *args: Any, timeout_s: float = 30.0) -> Any:
+    async def call(
+        self, name: str, method: str, *args: Any, timeout_s: float = 30.0, **kwargs: Any
+    ) -> Any:
         handle = self._handle(name)
         try:
-            ref = getattr(handle, method).remote(*args)
+            ref = getattr(handle, method).remote(*args, **kwargs)
             return await asyncio.wait_for(ref, timeout=timeout_s)
         except _UNREACHABLE as exc:
             self._handles.pop(name, None)  # a restarted actor is found again by name
@@ -78,3 +82,26 @@ class RayRuntime:
             return
         ray.kill(handle, no_restart=not restart)
         self._handles.pop(name, None)
+
+
+def connect(gcs_address: str, *, node_ip: str, namespace: str) -> None:
+    """Join the cluster at ``gcs_address`` as a driver (through the node at ``node_ip``).
+
+    One process can be a driver of one cluster at a time; ``disconnect`` first to switch.
+    """
+    import logging
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        address=gcs_address,
+        namespace=namespace,
+        _node_ip_address=node_ip,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+
+
+def disconnect() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,101 @@
+"""The AppMaster as a Ray actor: one detached, named, restartable actor per service per
+cluster. Ray restarts it after a crash; its constructor reloads the state from the DB
+and restarts the control loop, which re-attaches to the live actors by name."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ha_serving._settings import ProxySettings
+from ha_serving._spec import ServiceSpec
+from ha_serving.appmaster._core import AppMasterCore
+from ha_serving.appmaster._state import JobState
+from ha_serving.backend import BackendWorker
+from ha_serving.proxy import ProxyActor
+from ha_serving.runtime import ActorSpec
+from ha_serving.runtime._ray import RayRuntime
+from ha_serving.store import Store
+from ha_serving.util.aiotasks import guard
+
+NAMESPACE = "ha_serving"
+"""Ray namespace of every actor the platform creates."""
+
+CONTROL_CPUS = 0.01
+"""CPU reservation of AppMasters and proxies: non-zero only to keep them on worker nodes."""
+
+
+def appmaster_name(service: str) -> str:
+    return f"{service}-appmaster"
+
+
+def proxy_spec(namespace: str, cluster: str) -> Any:
+    def build(name: str, state: JobState) -> ActorSpec:
+        return ActorSpec(
+            name=name,
+            cls=ProxyActor,
+            args=(state.service,),
+            kwargs={"namespace": namespace, "cluster": cluster, "settings": ProxySettings()},
+            # a sliver of CPU keeps proxies off heads (--num-cpus=0): a head crash must not
+            # take a proxy with it; a proxy is I/O-bound and takes no backend's slot
+            num_cpus=CONTROL_CPUS,
+        )
+
+    return build
+
+
+def worker_spec() -> Any:
+    def build(name: str, state: JobState) -> ActorSpec:
+        res = state.spec.resources
+        return ActorSpec(
+            name=name,
+            cls=BackendWorker,
+            args=(name,),
+            num_cpus=res.num_cpus,
+            memory_mb=res.memory_mb,
+            runtime_env=res.runtime_env,
+        )
+
+    return build
+
+
+class AppMaster:
+    """Ray actor body (async): ``ray.remote(AppMaster)`` with max_restarts=-1."""
+
+    def __init__(self, cluster: str, service: str, db_url: str, namespace: str = NAMESPACE):
+        logging.basicConfig(level=logging.INFO)
+        self._core = AppMasterCore(
+            store=Store.connect(db_url),
+            runtime=RayRuntime(namespace),
+            cluster=cluster,
+            service=service,
+            proxy_actor=proxy_spec(namespace, cluster),
+            worker_actor=worker_spec(),
+        )
+        # Ray runs an async actor's methods on this loop; the loop starts with the actor,
+        # so a restarted AppMaster resumes without anyone calling it.
+        guard(
+            self._core.run(),
+            name=f"reconcile-{service}",
+            logger=self._core.log,
+            loop=asyncio.get_event_loop(),
+        )
+
+    async def apply(
+        self, spec: dict[str, Any], package: str, op_id: str, epoch: int = 0, kind: str = "deploy"
+    ) -> dict[str, Any]:
+        if self._core.state is None:
+            await self._core.load()
+        return await self._core.apply(
+            ServiceSpec.model_validate(spec), package, op_id=op_id, epoch=epoch, kind=kind
+        )
+
+    async def describe(self) -> dict[str, Any]:
+        return await self._core.describe_live()
+
+    async def converged(self) -> bool:
+        return self._core.converged()
+
+    async def ping(self) -> str:
+        return self._core.service

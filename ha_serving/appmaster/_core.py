@@ -1,0 +1,640 @@
+"""Act separately: the AppMaster's executor, a thin loop around the pure planner.
+
+Each round: observe the runtime, ``plan()``, apply the actions. Every state change is
+saved to the DB (compare-and-set) *before* the side effect it enables, through
+``_mutate``, which applies a change to the latest state under a lock so concurrent
+actions never lose each other's updates. If the DB is down, nothing new is acted on;
+proxies keep their last routing table, so the data plane keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ha_serving._errors import ConflictError, HAServingError, TransientError
+from ha_serving._spec import Revision, ServiceSpec
+from ha_serving._wire import RouteEntry, RoutingTable
+from ha_serving.appmaster._planner import (
+    Action,
+    Apply,
+    CreateInstances,
+    Drain,
+    FinishRollout,
+    Load,
+    MarkLost,
+    Observed,
+    ProxyView,
+    PushRoutes,
+    Remove,
+    RollBack,
+    StartProxy,
+    StartWorker,
+    StopWorker,
+    WorkerView,
+    plan,
+    proxy_names,
+)
+from ha_serving.appmaster._state import (
+    MAX_APPLIED_OPS,
+    Instance,
+    JobState,
+    Phase,
+    Proxy,
+    Rollout,
+    finish_rollout,
+)
+from ha_serving.runtime import ActorSpec, ActorUnavailable, Runtime
+from ha_serving.store import Store
+from ha_serving.util.clock import Clock, SystemClock
+from ha_serving.util.logs import bound
+
+ENDPOINT_TTL_S = 15.0
+"""Discovery lease of a proxy endpoint; refreshed every round (at most every period)."""
+FAILED_RETRY_S = 2.0
+"""A failed instance is retried after this long, so a broken version does not spin."""
+CALL_TIMEOUT_S = 30.0
+
+
+class StaleInstruction(HAServingError):
+    """An instruction from a Keeper epoch below the highest this AppMaster has seen."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+    def __init__(self, epoch: int, highest: int) -> None:
+        self.epoch = epoch
+        self.highest = highest
+        super().__init__(f"instruction epoch {epoch} < highest seen {highest}: refused")
+
+
+ActorFactory = Callable[[str, JobState], ActorSpec]
+
+
+class AppMasterCore:
+    """The control loop of one service on one cluster; Ray-free (``Runtime`` adapter)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runtime: Runtime,
+        cluster: str,
+        service: str,
+        proxy_actor: ActorFactory,
+        worker_actor: ActorFactory,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.cluster = cluster
+        self.service = service
+        self._proxy_actor = proxy_actor
+        self._worker_actor = worker_actor
+        self.clock = clock or SystemClock()
+        self.state: JobState | None = None
+        self._version: int | None = None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._packages: dict[str, bytes] = {}
+        self._last_health = 0.0
+        self._unhealthy: frozenset[str] = frozenset()
+        self.rounds = 0
+        self.log = bound("ha_serving.appmaster", cluster=cluster, service=service)
+
+    # --- durable state ----------------------------------------------------------------
+
+    async def load(self) -> JobState | None:
+        found = await asyncio.to_thread(self.store.load_appmaster_state, self.cluster, self.service)
+        if found is not None:
+            record, self._version = found
+            self.state = JobState.from_record(record)
+        return self.state
+
+    async def _mutate(self, change: Callable[[JobState], JobState]) -> JobState:
+        """Apply ``change`` to the latest state and persist it before returning it."""
+        async with self._lock:
+            current = self.state
+            if current is None:
+                raise HAServingError(f"{self.service}: no state to change")
+            new = change(current)
+            if new == current:
+                return current
+            self._version = await asyncio.to_thread(
+                self.store.save_appmaster_state,
+                self.cluster,
+                self.service,
+                new.to_record(),
+                expected_version=self._version,
+            )
+            self.state = new
+            return new
+
+    # --- instructions -----------------------------------------------------------------
+
+    async def apply(
+        self, spec: ServiceSpec, package: str, *, op_id: str, epoch: int = 0, kind: str = "deploy"
+    ) -> dict[str, Any]:
+        """Adopt ``spec`` (code in ``package``): durable before this returns.
+
+        Fenced by ``epoch`` (refused below the highest seen) and idempotent by ``op_id``.
+        """
+        desired = Revision(
+            version=spec.version,
+            package=package,
+            import_path=spec.code.import_path,
+            config=spec.config,
+        )
+        async with self._lock:
+            state = self.state
+            if state is not None:
+                if epoch < state.highest_epoch:
+                    raise StaleInstruction(epoch, state.highest_epoch)
+                if op_id in state.applied_ops:
+                    return {"op_id": op_id, "accepted": False, "duplicate": True}
+        now = self.clock.now()
+
+        def adopt(state: JobState | None) -> JobState:
+            if state is None:
+                return JobState(
+                    service=self.service,
+                    cluster=self.cluster,
+                    spec=spec,
+                    desired=desired,
+                    rollout=Rollout(
+                        op_id=op_id, kind=kind, from_rev=None, to_rev=desired, started_at=now
+                    ),
+                    highest_epoch=epoch,
+                    applied_ops=(op_id,),
+                )
+            rollout = state.rollout
+            if desired.key != state.desired.key or rollout is None:
+                if rollout is not None:
+                    state = finish_rollout(state, "superseded", now)
+                rollout = Rollout(
+                    op_id=op_id, kind=kind, from_rev=state.desired, to_rev=desired, started_at=now
+                )
+            return state.model_copy(
+                update={
+                    "spec": spec,
+                    "desired": desired,
+                    "rollout": rollout,
+                    "highest_epoch": max(epoch, state.highest_epoch),
+                    "applied_ops": (*state.applied_ops, op_id)[-MAX_APPLIED_OPS:],
+                }
+            )
+
+        if self.state is None:
+            async with self._lock:
+                new = adopt(None)
+                self._version = await asyncio.to_thread(
+                    self.store.save_appmaster_state,
+                    self.cluster,
+                    self.service,
+                    new.to_record(),
+                    expected_version=None,
+                )
+                self.state = new
+        else:
+            await self._mutate(adopt)
+        await asyncio.to_thread(
+            self.store.append_event,
+            "apply",
+            cluster=self.cluster,
+            service=self.service,
+            op_id=op_id,
+            epoch=epoch,
+            detail={"kind": kind, "version": spec.version},
+        )
+        self._wake.set()
+        return {"op_id": op_id, "accepted": True, "duplicate": False}
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reconcile forever: plan, act, and sleep only when there is nothing to do."""
+        while True:
+            try:
+                busy = await self.round()
+            except (TransientError, ConflictError) as exc:
+                self.log.warning("round failed, retrying: %s", exc)
+                if isinstance(exc, ConflictError):
+                    await self.load()  # someone else wrote: re-read before planning
+                busy = False
+            except Exception:  # a bug must not stop reconciliation; log it loudly
+                self.log.exception("round crashed")
+                busy = False
+            if not busy:
+                period = self.state.spec.rollout.health_check_period_s if self.state else 1.0
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(period, 1.0))
+
+    async def round(self) -> bool:
+        """One observe-plan-act round; True if it did something."""
+        if self.state is None and await self.load() is None:
+            return False
+        state = self._state()
+        observed = await self.observe(state)
+        actions = plan(state, observed, self.clock.now())
+        self.rounds += 1
+        await self.execute(actions, observed)
+        await self._heartbeat_endpoints(observed)
+        return bool(actions)
+
+    async def observe(self, state: JobState) -> Observed:
+        names = sorted({i.worker for i in state.instances.values()} | state.workers)
+        workers = await asyncio.gather(*(self._observe_worker(n) for n in names))
+        proxies = await asyncio.gather(*(self._observe_proxy(n) for n in proxy_names(state)))
+        now = self.clock.monotonic()
+        if now - self._last_health >= state.spec.rollout.health_check_period_s:
+            self._last_health = now
+            self._unhealthy = await self._health(state, dict(zip(names, workers, strict=True)))
+        return Observed(
+            workers=dict(zip(names, workers, strict=True)),
+            proxies=dict(zip(proxy_names(state), proxies, strict=True)),
+            unhealthy=self._unhealthy,
+        )
+
+    async def _observe_worker(self, name: str) -> WorkerView | None:
+        if not await self.runtime.exists(name):
+            return None
+        try:
+            stats = await self.runtime.call(name, "stats", timeout_s=5.0)
+        except ActorUnavailable:
+            return None
+        return WorkerView(hosted=frozenset(stats))
+
+    async def _observe_proxy(self, name: str) -> ProxyView | None:
+        if not await self.runtime.exists(name):
+            return None
+        try:
+            endpoint = await self.runtime.call(name, "start", timeout_s=10.0)
+            version = await self.runtime.call(name, "routes_version", timeout_s=5.0)
+        except ActorUnavailable:
+            return None
+        return ProxyView(routes_version=int(version), address=endpoint.address)
+
+    async def _health(
+        self, state: JobState, workers: dict[str, WorkerView | None]
+    ) -> frozenset[str]:
+        timeout = state.spec.rollout.health_check_timeout_s
+        serving = {i.id for i in state.serving()}
+
+        async def check(name: str) -> set[str]:
+            try:
+                answers = await self.runtime.call(name, "check_health_all", timeout_s=timeout)
+            except ActorUnavailable:
+                return set()  # the worker's loss is handled as "lost", not unhealthy
+            return {i for i, ok in answers.items() if not ok and i in serving}
+
+        bad = await asyncio.gather(*(check(n) for n, v in workers.items() if v is not None))
+        return frozenset().union(*bad) if bad else frozenset()
+
+    # --- executing actions ------------------------------------------------------------
+
+    async def execute(self, actions: list[Action], observed: Observed) -> None:
+        """Bookkeeping first, then side effects concurrently, then routes to proxies."""
+        book = [
+            a
+            for a in actions
+            if isinstance(a, (CreateInstances, MarkLost, RollBack, FinishRollout, Drain))
+        ]
+        for entry in book:
+            await self._book(entry)
+        effects: list[Awaitable[None]] = []
+        for a in actions:
+            if isinstance(a, StartProxy):
+                effects.append(self._start_proxy(a.name))
+            elif isinstance(a, StartWorker):
+                effects.append(self._start_worker(a.name))
+            elif isinstance(a, StopWorker):
+                effects.append(self._stop_worker(a.name))
+        await _gather(effects)
+        steps: list[Awaitable[None]] = []
+        for a in actions:
+            if isinstance(a, Load):
+                steps.append(self._load(a.id, a.revision))
+            elif isinstance(a, Apply):
+                steps.append(self._apply(a.id, a.revision))
+            elif isinstance(a, Remove):
+                steps.append(self._remove(a.id))
+        await _gather(steps)
+        state = self._state()
+        if state.routes_acked < state.routes_version or any(
+            isinstance(a, PushRoutes) for a in actions
+        ):
+            await self._push_routes(observed)
+
+    async def _book(self, action: Action) -> None:
+        now = self.clock.now()
+
+        def change(state: JobState) -> JobState:  # noqa: PLR0911 - one return per action
+            if isinstance(action, CreateInstances):
+                for inst in action.instances:
+                    state = state.with_instance(inst)
+                return state
+            if isinstance(action, MarkLost):
+                bump = any(state.instances[i].phase == Phase.SERVING for i in action.ids)
+                for i in action.ids:
+                    inst = state.instances[i]
+                    state = state.with_instance(inst.to(Phase.PENDING, running=None, purpose=""))
+                return _bump_routes(state) if bump else state
+            if isinstance(action, Drain):
+                nxt = state.routes_version + 1
+                for i in action.ids:
+                    inst = state.instances[i]
+                    state = state.with_instance(
+                        inst.to(Phase.DRAINING, drained_at_routes=nxt, purpose=action.purpose)
+                    )
+                return state.model_copy(update={"routes_version": nxt})
+            if isinstance(action, RollBack):
+                r = state.rollout
+                if r is None or r.from_rev is None:
+                    return finish_rollout(state, "failed", now)
+                rolled = r.model_copy(update={"status": "rolling_back"})
+                return state.model_copy(update={"desired": r.from_rev, "rollout": rolled})
+            if isinstance(action, FinishRollout):
+                return finish_rollout(state, action.status, now)
+            return state
+
+        await self._mutate(change)
+        if isinstance(action, (RollBack, FinishRollout)):
+            self.log.info("rollout %s", type(action).__name__)
+            await asyncio.to_thread(
+                self.store.append_event,
+                "rollout",
+                cluster=self.cluster,
+                service=self.service,
+                detail={"action": type(action).__name__},
+            )
+
+    async def _start_proxy(self, name: str) -> None:
+        await self.runtime.create(self._proxy_actor(name, self._state()))
+        endpoint = await self.runtime.call(name, "start", timeout_s=CALL_TIMEOUT_S)
+        metrics = f"{endpoint.address.rsplit(':', 1)[0]}:{endpoint.metrics_port}"
+        await self._mutate(
+            lambda s: s.model_copy(
+                update={
+                    "proxies": {
+                        **s.proxies,
+                        name: Proxy(name=name, address=endpoint.address, metrics_address=metrics),
+                    }
+                }
+            )
+        )
+        await asyncio.to_thread(
+            self.store.upsert_endpoint,
+            self.service,
+            self.cluster,
+            endpoint.address,
+            {"cluster": self.cluster, "proxy": name, "metrics": metrics},
+            ENDPOINT_TTL_S,
+        )
+
+    async def _start_worker(self, name: str) -> None:
+        state = await self._mutate(lambda s: s.model_copy(update={"workers": s.workers | {name}}))
+        await self.runtime.create(self._worker_actor(name, state))
+
+    async def _stop_worker(self, name: str) -> None:
+        await self.runtime.kill(name)
+        await self._mutate(lambda s: s.model_copy(update={"workers": s.workers - {name}}))
+
+    async def _package(self, digest: str) -> bytes:
+        data = self._packages.get(digest)
+        if data is None:
+            data = await asyncio.to_thread(self.store.get_package, digest)
+            # a rollout (and its rollback) needs two versions at most
+            self._packages = {k: v for k, v in self._packages.items() if k == self._desired_pkg()}
+            self._packages[digest] = data
+        return data
+
+    def _desired_pkg(self) -> str:
+        return self.state.desired.package if self.state else ""
+
+    async def _load(self, instance_id: str, rev: Revision) -> None:
+        inst = self._inst(instance_id)
+        result = await self._control(
+            inst.worker,
+            "add_instance",
+            instance_id,
+            package=await self._package(rev.package),
+            digest=rev.package,
+            import_path=rev.import_path,
+            version=rev.version,
+            config=rev.config,
+        )
+        await self._settle(instance_id, rev, result, loaded=result.ok)
+
+    async def _apply(self, instance_id: str, rev: Revision) -> None:
+        inst = self._inst(instance_id)
+        timeout = self._state().spec.rollout.drain_timeout_s
+        idle = await self.runtime.call(
+            inst.worker, "wait_idle", instance_id, timeout, timeout_s=timeout + 5
+        )
+        if not idle:
+            self.log.warning("drain timeout: updating %s with calls in flight", instance_id)
+        await self._mutate(lambda s: s.with_instance(s.instances[instance_id].to(Phase.UPDATING)))
+        if inst.running is not None and inst.running.same_code(rev):
+            result = await self._control(inst.worker, "reconfigure", instance_id, rev.config)
+        else:
+            result = await self._control(
+                inst.worker,
+                "load_code",
+                instance_id,
+                package=await self._package(rev.package),
+                digest=rev.package,
+                import_path=rev.import_path,
+                version=rev.version,
+                config=rev.config,
+            )
+        await self._settle(instance_id, rev, result, loaded=result.ok)
+
+    async def _settle(self, instance_id: str, rev: Revision, result: Any, *, loaded: bool) -> None:
+        """After a load/update: health-checked instances serve, others fail (and count)."""
+        inst = self._inst(instance_id)
+        healthy = False
+        if loaded:
+            try:
+                healthy = bool(
+                    await self.runtime.call(
+                        inst.worker, "check_health", instance_id, timeout_s=10.0
+                    )
+                )
+            except ActorUnavailable:
+                healthy = False
+        now = self.clock.now()
+
+        def change(state: JobState) -> JobState:
+            cur = state.instances[instance_id]
+            if healthy:
+                state = state.with_instance(cur.to(Phase.SERVING, running=rev, purpose=""))
+                return _bump_routes(state)
+            failed = cur.to(
+                Phase.FAILED, running=rev if loaded else cur.running, retry_at=now + FAILED_RETRY_S
+            )
+            state = state.with_instance(failed)
+            r = state.rollout
+            if r is not None and r.status == "running":
+                state = state.model_copy(
+                    update={"rollout": r.model_copy(update={"failures": r.failures + 1})}
+                )
+            return state
+
+        await self._mutate(change)
+        if not healthy:
+            self.log.warning(
+                "instance %s failed to serve %s: %s",
+                instance_id,
+                rev.version,
+                getattr(result, "message", "health check failed"),
+            )
+
+    async def _remove(self, instance_id: str) -> None:
+        inst = self._inst(instance_id)
+        if inst.phase == Phase.DRAINING:
+            timeout = self._state().spec.rollout.drain_timeout_s
+            await self.runtime.call(
+                inst.worker, "wait_idle", instance_id, timeout, timeout_s=timeout + 5
+            )
+        await self._mutate(lambda s: s.with_instance(s.instances[instance_id].to(Phase.REMOVING)))
+        with contextlib.suppress(ActorUnavailable):  # a dead worker hosts nothing
+            await self._control(inst.worker, "remove_instance", instance_id)
+        await self._mutate(lambda s: s.without_instance(instance_id))
+
+    async def _control(self, worker: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A worker control call; its ControlResult says whether it worked."""
+        return await self.runtime.call(worker, method, *args, timeout_s=CALL_TIMEOUT_S, **kwargs)
+
+    async def _push_routes(self, observed: Observed) -> None:
+        state = self._state()
+        table = RoutingTable(
+            service=self.service,
+            version=state.routes_version,
+            entries=tuple(
+                RouteEntry(
+                    instance_id=i.id,
+                    worker=i.worker,
+                    version=i.running.version if i.running else "",
+                    max_concurrency=state.spec.max_concurrency,
+                )
+                for i in state.serving()
+            ),
+        )
+        live = [n for n, v in observed.proxies.items() if v is not None]
+
+        async def push(name: str) -> bool:
+            try:
+                held = await self.runtime.call(name, "update_routes", table, timeout_s=10.0)
+            except ActorUnavailable:
+                return False
+            return int(held) >= table.version
+
+        acks = await asyncio.gather(*(push(n) for n in live))
+        if live and all(acks):
+            await self._mutate(
+                lambda s: s.model_copy(update={"routes_acked": max(s.routes_acked, table.version)})
+            )
+
+    async def _heartbeat_endpoints(self, observed: Observed) -> None:
+        state = self.state
+        if state is None:
+            return
+        live: set[str] = set()
+        for name, view in observed.proxies.items():
+            if view is not None and view.address:
+                live.add(view.address)
+                await asyncio.to_thread(
+                    self.store.upsert_endpoint,
+                    self.service,
+                    self.cluster,
+                    view.address,
+                    {"cluster": self.cluster, "proxy": name},
+                    ENDPOINT_TTL_S,
+                )
+        await asyncio.to_thread(self.store.remove_endpoints, self.service, self.cluster, keep=live)
+
+    def _inst(self, instance_id: str) -> Instance:
+        return self._state().instances[instance_id]
+
+    def _state(self) -> JobState:
+        if self.state is None:
+            raise HAServingError(f"{self.service}: AppMaster has no state yet")
+        return self.state
+
+    # --- reading ----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        state = self.state
+        if state is None:
+            return {"service": self.service, "cluster": self.cluster, "deployed": False}
+        return {
+            "service": self.service,
+            "cluster": self.cluster,
+            "deployed": True,
+            "spec": json.loads(state.spec.model_dump_json()),
+            "desired_version": state.desired.version,
+            "instances": [
+                {
+                    "id": i.id,
+                    "worker": i.worker,
+                    "phase": i.phase.value,
+                    "version": i.running.version if i.running else None,
+                }
+                for i in sorted(state.instances.values(), key=lambda i: i.index)
+            ],
+            "proxies": [p.model_dump() for p in state.proxies.values()],
+            "routes_version": state.routes_version,
+            "rollout": state.rollout.model_dump(mode="json") if state.rollout else None,
+            "history": [r.model_dump(mode="json") for r in state.history[-5:]],
+            "rounds": self.rounds,
+        }
+
+    async def describe_live(self) -> dict[str, Any]:
+        """``describe()`` plus each instance's in-flight calls, asked of its worker."""
+        view = self.describe()
+        workers = sorted({i["worker"] for i in view.get("instances", [])})
+
+        async def stats(name: str) -> dict[str, Any]:
+            try:
+                return dict(await self.runtime.call(name, "stats", timeout_s=5.0))
+            except ActorUnavailable:
+                return {}
+
+        merged: dict[str, Any] = {}
+        for found in await asyncio.gather(*(stats(w) for w in workers)):
+            merged.update(found)
+        for inst in view.get("instances", []):
+            s = merged.get(inst["id"])
+            inst["inflight"] = s["inflight"] if s is not None else None
+        return view
+
+    def converged(self) -> bool:
+        """Every instance serves the desired revision and no rollout is open."""
+        s = self.state
+        return (
+            s is not None
+            and s.rollout is None
+            and len(s.instances) == s.spec.instances
+            and all(
+                i.phase == Phase.SERVING
+                and i.running is not None
+                and i.running.key == s.desired.key
+                for i in s.instances.values()
+            )
+            and s.routes_acked >= s.routes_version
+        )
+
+
+def _bump_routes(state: JobState) -> JobState:
+    return state.model_copy(update={"routes_version": state.routes_version + 1})
+
+
+async def _gather(aws: list[Awaitable[None]]) -> None:
+    """Run side effects concurrently; the first failure is raised after all finished."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r

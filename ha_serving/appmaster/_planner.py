@@ -1,0 +1,258 @@
+"""Decide purely: ``plan(state, observed, now) -> list[Action]``.
+
+The planner compares what the state says should be (desired revision, instance count,
+proxies) with what the runtime shows (live workers and what they host, live proxies and
+the routing table each holds) and returns the next actions. It never does I/O; the
+executor applies the actions and persists every state change before its side effect.
+Called again after every round, it is level-triggered: a restarted AppMaster, or one
+whose last round half-failed, simply plans again from the persisted state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ha_serving._spec import Revision
+from ha_serving.appmaster._state import OUT_OF_SERVICE, Instance, JobState, Phase
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """A live worker actor and the ids of the instances it hosts."""
+
+    hosted: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ProxyView:
+    routes_version: int
+    address: str | None
+
+
+@dataclass(frozen=True)
+class Observed:
+    workers: dict[str, WorkerView | None] = field(default_factory=dict)
+    """Every worker the state names: its view, or None if it is dead/unreachable."""
+    proxies: dict[str, ProxyView | None] = field(default_factory=dict)
+    unhealthy: frozenset[str] = frozenset()
+    """Serving instances whose periodic health check failed."""
+
+
+# --- actions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartProxy:
+    name: str
+
+
+@dataclass(frozen=True)
+class StartWorker:
+    name: str
+
+
+@dataclass(frozen=True)
+class StopWorker:
+    name: str
+
+
+@dataclass(frozen=True)
+class CreateInstances:
+    instances: tuple[Instance, ...]
+
+
+@dataclass(frozen=True)
+class MarkLost:
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Load:
+    id: str
+    revision: Revision
+
+
+@dataclass(frozen=True)
+class Drain:
+    ids: tuple[str, ...]
+    purpose: str  # "update" | "remove"
+
+
+@dataclass(frozen=True)
+class Apply:
+    id: str
+    revision: Revision
+
+
+@dataclass(frozen=True)
+class Remove:
+    id: str
+
+
+@dataclass(frozen=True)
+class PushRoutes:
+    version: int
+
+
+@dataclass(frozen=True)
+class FinishRollout:
+    status: str
+
+
+@dataclass(frozen=True)
+class RollBack:
+    pass
+
+
+Action = (
+    StartProxy
+    | StartWorker
+    | StopWorker
+    | CreateInstances
+    | MarkLost
+    | Load
+    | Drain
+    | Apply
+    | Remove
+    | PushRoutes
+    | FinishRollout
+    | RollBack
+)
+
+
+def proxy_names(state: JobState) -> list[str]:
+    return [f"{state.service}-p{k}" for k in range(state.spec.proxies)]
+
+
+def worker_name(state: JobState, index: int) -> str:
+    return f"{state.service}-w{index // state.spec.instances_per_worker}"
+
+
+def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
+    """The next actions, in the order the executor should apply them."""
+    actions: list[Action] = []
+
+    # 1. proxies: every named proxy runs (a restarted one re-publishes its address)
+    for name in proxy_names(state):
+        view, known = observed.proxies.get(name), state.proxies.get(name)
+        if view is None or known is None or view.address != known.address:
+            actions.append(StartProxy(name))
+
+    # 2. instances the runtime lost (worker died or restarted empty) start over
+    lost = tuple(
+        i.id
+        for i in state.instances.values()
+        if i.phase not in {Phase.PENDING, Phase.REMOVING} and _lost(i, observed)
+    )
+    if lost:
+        actions.append(MarkLost(lost))
+
+    # 3. instance count follows the spec
+    actions += _scale(state)
+
+    # 4. workers that hosted instances must run; empty ones stop
+    needed = {i.worker for i in state.instances.values()}
+    for name in sorted(needed):
+        if observed.workers.get(name) is None:
+            actions.append(StartWorker(name))
+    actions += [StopWorker(w) for w, v in observed.workers.items() if v and w not in needed]
+
+    # 5. pending instances load the desired revision once their worker runs
+    for inst in _by_index(state, Phase.PENDING):
+        if inst.id not in lost and observed.workers.get(inst.worker) is not None:
+            actions.append(Load(inst.id, state.desired))
+
+    # 6. rollout / rollback bookkeeping, then the rolling update itself
+    actions += _rollout(state)
+    actions += _roll(state, observed, now, lost)
+
+    # 7. every live proxy holds the current routing table
+    if any(
+        v is not None and v.routes_version < state.routes_version for v in observed.proxies.values()
+    ):
+        actions.append(PushRoutes(state.routes_version))
+    return actions
+
+
+def _lost(inst: Instance, observed: Observed) -> bool:
+    view = observed.workers.get(inst.worker)
+    return view is None or inst.id not in view.hosted
+
+
+def _by_index(state: JobState, phase: Phase) -> list[Instance]:
+    return sorted((i for i in state.instances.values() if i.phase == phase), key=lambda i: i.index)
+
+
+def _scale(state: JobState) -> list[Action]:
+    live = [i for i in state.instances.values() if i.purpose != "remove"]
+    want = state.spec.instances
+    if len(live) < want:
+        used = {i.index for i in state.instances.values()}
+        new: list[Instance] = []
+        index = 0
+        while len(live) + len(new) < want:
+            if index not in used:
+                inst_id = f"{state.service}-{index}"
+                new.append(Instance(id=inst_id, worker=worker_name(state, index), index=index))
+            index += 1
+        return [CreateInstances(tuple(new))]
+    surplus = sorted(live, key=lambda i: i.index)[want:]
+    actions: list[Action] = []
+    drain = tuple(i.id for i in surplus if i.phase in (Phase.SERVING, Phase.FAILED))
+    if drain:
+        actions.append(Drain(drain, "remove"))
+    # pending ones never served: nothing to drain
+    actions += [Remove(i.id) for i in surplus if i.phase == Phase.PENDING]
+    return actions
+
+
+def _rollout(state: JobState) -> list[Action]:
+    r = state.rollout
+    if r is None:
+        return []
+    if r.status == "running" and r.failures >= state.spec.rollout.failure_threshold:
+        return [RollBack()]
+    converged = (
+        all(
+            i.phase == Phase.SERVING
+            and i.running is not None
+            and i.running.key == state.desired.key
+            for i in state.instances.values()
+        )
+        and len(state.instances) == state.spec.instances
+    )
+    if converged:
+        return [FinishRollout("succeeded" if r.status == "running" else "rolled_back")]
+    return []
+
+
+def _roll(state: JobState, observed: Observed, now: float, lost: tuple[str, ...]) -> list[Action]:
+    """Drain outdated instances, at most max_unavailable out at once; update drained ones."""
+    actions: list[Action] = []
+    acked = state.routes_acked
+    for inst in _by_index(state, Phase.DRAINING):
+        if inst.id in lost or inst.drained_at_routes > acked:
+            continue  # still routable somewhere: wait for every proxy's ack
+        if inst.purpose == "remove":
+            actions.append(Remove(inst.id))
+        else:
+            actions.append(Apply(inst.id, state.desired))
+    out = sum(1 for i in state.instances.values() if i.phase in OUT_OF_SERVICE)
+    budget = state.spec.rollout.max_unavailable - out
+    failed_due = [
+        i.id for i in _by_index(state, Phase.FAILED) if i.retry_at <= now and i.id not in lost
+    ]
+    # failed instances are already out of service: retrying one costs no budget
+    if failed_due:
+        actions.append(Drain(tuple(failed_due), "update"))
+    unhealthy = [i.id for i in state.serving() if i.id in observed.unhealthy]
+    outdated = [
+        i.id
+        for i in state.serving()
+        if (i.running is None or i.running.key != state.desired.key) and i.id not in lost
+    ]
+    candidates = [i for i in unhealthy + outdated if i not in lost]
+    chosen = list(dict.fromkeys(candidates))[: max(budget, 0)]
+    if chosen:
+        actions.append(Drain(tuple(chosen), "update"))
+    return actions

@@ -1,0 +1,152 @@
+"""Service operations behind the CLI: deploy, update, scale, status, call.
+
+The CLI acts on one cluster of the local stack (``--cluster``), as a Ray driver talking
+to the service's AppMaster; the Keeper (a later layer) takes this role for several
+clusters. Every instruction carries an op_id, so retrying a command is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ha_serving._errors import StackError, UnknownService
+from ha_serving._spec import ServiceSpec, code_dir, load_spec, parse_spec
+from ha_serving.appmaster import CONTROL_CPUS, NAMESPACE, AppMaster, appmaster_name
+from ha_serving.backend import make_package
+from ha_serving.runtime import ActorSpec
+from ha_serving.runtime._ray import RayRuntime, connect, disconnect
+from ha_serving.store import AlreadyExists, Store
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class ServiceOps:
+    """Deploy and drive services on one cluster (``gcs_address``) of a stack."""
+
+    def __init__(self, store: Store, db_url: str, cluster: str, gcs: str, node_ip: str) -> None:
+        self.store = store
+        self.db_url = db_url
+        self.cluster = cluster
+        self._gcs = gcs
+        self._node_ip = node_ip
+        self._runtime: RayRuntime | None = None
+
+    def _ray(self) -> RayRuntime:
+        if self._runtime is None:
+            connect(self._gcs, node_ip=self._node_ip, namespace=NAMESPACE)
+            self._runtime = RayRuntime(NAMESPACE)
+        return self._runtime
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            disconnect()
+            self._runtime = None
+
+    # --- instructions -----------------------------------------------------------------
+
+    def deploy(self, spec: ServiceSpec, code: Path, *, kind: str = "deploy") -> dict[str, Any]:
+        """Package the code into the DB, record the service, instruct the AppMaster."""
+        package = make_package(code)
+        digest = self.store.put_package(package.data)
+        record = {"spec": spec.model_dump(mode="json"), "package": digest}
+        try:
+            self.store.create_service(spec.name, record)
+        except AlreadyExists:
+            current = self.store.get_service(spec.name)
+            self.store.update_service(spec.name, record, expected_version=current.version)
+        return self._apply(spec, digest, kind)
+
+    def change(self, service: str, *, kind: str, **changes: Any) -> dict[str, Any]:
+        """Update the recorded spec (config, version/code, instances) and apply it."""
+        current = self._record(service)
+        spec = dict(current.spec["spec"])
+        digest = current.spec["package"]
+        if "code" in changes:
+            digest = self.store.put_package(make_package(changes.pop("code")).data)
+        spec.update(changes)
+        new = parse_spec(spec, source=f"{service} after {kind}")
+        record = {"spec": new.model_dump(mode="json"), "package": digest}
+        self.store.update_service(service, record, expected_version=current.version)
+        return self._apply(new, digest, kind)
+
+    def _record(self, service: str) -> Any:
+        try:
+            return self.store.get_service(service)
+        except UnknownService:
+            raise UnknownService(service) from None
+
+    def _apply(self, spec: ServiceSpec, digest: str, kind: str) -> dict[str, Any]:
+        runtime = self._ray()
+        name = appmaster_name(spec.name)
+
+        async def go() -> dict[str, Any]:
+            await runtime.create(
+                ActorSpec(
+                    name=name,
+                    cls=AppMaster,
+                    args=(self.cluster, spec.name, self.db_url),
+                    num_cpus=CONTROL_CPUS,
+                    max_concurrency=100,
+                )
+            )
+            op_id = f"{kind}-{uuid.uuid4().hex[:12]}"
+            return dict(
+                await runtime.call(
+                    name,
+                    "apply",
+                    spec.model_dump(mode="json"),
+                    digest,
+                    op_id,
+                    0,
+                    kind,
+                    timeout_s=60.0,
+                )
+            )
+
+        return asyncio.run(go())
+
+    # --- reading ----------------------------------------------------------------------
+
+    def describe(self, service: str) -> dict[str, Any]:
+        """The AppMaster's live view, or the persisted state if it does not answer."""
+        self._record(service)
+        runtime = self._ray()
+        try:
+            return dict(
+                asyncio.run(runtime.call(appmaster_name(service), "describe", timeout_s=10.0))
+            )
+        except Exception:
+            found = self.store.load_appmaster_state(self.cluster, service)
+            if found is None:
+                raise StackError(f"service {service} has no AppMaster on {self.cluster}") from None
+            return {"service": service, "cluster": self.cluster, "from_db": True, "state": found[0]}
+
+    def wait(self, service: str, *, timeout_s: float, progress: Progress) -> dict[str, Any]:
+        """Poll the AppMaster until its rollout is finished; report progress meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            view = self.describe(service)
+            progress(view)
+            if view.get("deployed") and view.get("rollout") is None and _settled(view):
+                return view
+            if time.monotonic() > deadline:
+                raise StackError(f"{service} did not settle within {timeout_s:.0f}s")
+            time.sleep(0.5)
+
+
+def _settled(view: dict[str, Any]) -> bool:
+    instances = view.get("instances", [])
+    return (
+        all(i["phase"] == "serving" for i in instances)
+        and len(instances) == view["spec"]["instances"]
+    )
+
+
+def load_spec_file(path: Path) -> tuple[ServiceSpec, Path]:
+    spec = load_spec(path)
+    return spec, code_dir(spec, path)

@@ -1,0 +1,317 @@
+"""The AppMaster's control loop on a fake runtime, a real SQLite store and real
+BackendWorkers (in-process): deploy, rolling updates, rollback, recovery, fencing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ha_serving._errors import StoreUnavailable
+from ha_serving._spec import ServiceSpec, parse_spec
+from ha_serving.appmaster import AppMasterCore, JobState, Phase, StaleInstruction
+from ha_serving.appmaster._state import OUT_OF_SERVICE
+from ha_serving.backend import BackendWorker, make_package
+from ha_serving.runtime import ActorSpec
+from ha_serving.store import Store
+from ha_serving.testing import FakeProxy, FakeRuntime
+from ha_serving.util.clock import FakeClock
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def spec(**overrides: Any) -> ServiceSpec:
+    data: dict[str, Any] = {
+        "name": "echo",
+        "version": "v1",
+        "code": {"dir": "echo_v1", "import_path": "echo:Echo"},
+        "instances": 6,
+        "instances_per_worker": 2,
+        "proxies": 2,
+        "rollout": {"max_unavailable": 2, "failure_threshold": 2},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_spec(data)
+
+
+class Harness:
+    """An AppMaster core plus everything it talks to, and a log of persisted states."""
+
+    def __init__(self, store: Store, runtime: FakeRuntime, clock: FakeClock) -> None:
+        self.store, self.runtime, self.clock = store, runtime, clock
+        self.saved: list[JobState] = []
+        original = store.save_appmaster_state
+
+        def recording_save(cluster: str, service: str, state: dict[str, Any], **kw: Any) -> int:
+            self.saved.append(JobState.from_record(state))
+            return original(cluster, service, state, **kw)
+
+        store.save_appmaster_state = recording_save  # type: ignore[method-assign]
+        self.core = self.new_core()
+
+    def new_core(self) -> AppMasterCore:
+        def proxy(name: str, state: JobState) -> ActorSpec:
+            return ActorSpec(name=name, cls=FakeProxy, args=(state.service,))
+
+        def worker(name: str, state: JobState) -> ActorSpec:
+            return ActorSpec(name=name, cls=BackendWorker, args=(name,))
+
+        return AppMasterCore(
+            store=self.store,
+            runtime=self.runtime,
+            cluster="a",
+            service="echo",
+            proxy_actor=proxy,
+            worker_actor=worker,
+            clock=self.clock,
+        )
+
+    def package(self, fixture: str) -> str:
+        return self.store.put_package(make_package(FIXTURES / fixture).data)
+
+    async def deploy(self, s: ServiceSpec, fixture: str, op_id: str, **kw: Any) -> dict[str, Any]:
+        return await self.core.apply(s, self.package(fixture), op_id=op_id, **kw)
+
+    async def converge(self, max_rounds: int = 200) -> int:
+        for n in range(max_rounds):
+            if not await self.core.round() and self.core.converged():
+                return n
+            self.clock.advance(1.0)
+        raise AssertionError(f"not converged: {self.core.describe()}")
+
+    def proxies(self) -> list[FakeProxy]:
+        return [a for a in self.runtime.actors.values() if isinstance(a, FakeProxy)]
+
+    async def call_all(self, method: str = "echo") -> list[Any]:
+        """Call every instance the proxies route to, through its worker."""
+        out = []
+        for entry in self.proxies()[0].table.entries:
+            worker = self.runtime.actors[entry.worker]
+            result = await worker.call(entry.instance_id, method, b'"hi"')
+            assert result.ok, result
+            out.append(result)
+        return out
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        yield Harness(store, FakeRuntime(), FakeClock())
+    finally:
+        store.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_deploy_converges_with_every_instance_routed_on_every_proxy(h: Harness) -> None:
+    """A first deploy starts 2 proxies, 3 packed workers, 6 serving instances, all routed."""
+
+    async def scenario() -> None:
+        ack = await h.deploy(spec(), "echo_v1", "op-1")
+        assert ack["accepted"]
+        await h.converge()
+        assert sorted(n for n in h.runtime.actors if "-w" in n) == ["echo-w0", "echo-w1", "echo-w2"]
+        for proxy in h.proxies():
+            assert len(proxy.table.entries) == 6
+        assert len(await h.call_all()) == 6
+        assert len(h.store.list_endpoints("echo")) == 2
+        assert h.core.describe()["history"][-1]["status"] == "succeeded"
+
+    run(scenario())
+
+
+def _check_rollout_invariants(h: Harness, max_unavailable: int) -> None:
+    """Every persisted state respects max_unavailable; nothing is touched while routable."""
+    for state in h.saved:
+        out = [i for i in state.instances.values() if i.phase in OUT_OF_SERVICE]
+        assert len(out) <= max_unavailable, [(i.id, i.phase) for i in out]
+        for inst in state.instances.values():
+            if inst.phase == Phase.UPDATING:
+                # it left routing at drained_at_routes and every proxy acked that table
+                assert state.routes_acked >= inst.drained_at_routes
+    for proxy in h.proxies():
+        for table in proxy.tables:
+            versions = {i.id: i for s in h.saved for i in s.instances.values()}
+            assert all(e.instance_id in versions for e in table.entries)
+
+
+def test_config_update_rolls_in_place_at_most_max_unavailable_at_a_time(h: Harness) -> None:
+    """reconfigure() runs on the same objects, 2 at a time, each drained and re-checked."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        before = {r.instance_id: r for r in await h.call_all()}
+        objects = {k: v.payload for k, v in before.items()}
+        h.saved.clear()
+        await h.deploy(spec(config={"prefix": ">"}), "echo_v1", "op-2", kind="config")
+        await h.converge()
+        _check_rollout_invariants(h, 2)
+        after = await h.call_all()
+        import json
+
+        for r in after:
+            body = json.loads(r.payload)
+            assert body["prefix"] == ">"
+            assert body["obj"] == json.loads(objects[r.instance_id])["obj"]  # same object
+
+    run(scenario())
+
+
+def test_code_update_loads_new_version_in_place_without_new_actors(h: Harness) -> None:
+    """A new code version is loaded into the existing workers; no actor is created."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        created = list(h.runtime.created)
+        h.saved.clear()
+        await h.deploy(spec(version="v2"), "echo_v2", "op-2", kind="code")
+        await h.converge()
+        _check_rollout_invariants(h, 2)
+        assert h.runtime.created == created
+        assert {r.version for r in await h.call_all()} == {"v2"}
+        assert {i["version"] for i in h.core.describe()["instances"]} == {"v2"}
+
+    run(scenario())
+
+
+def test_failing_update_rolls_back_after_the_threshold(h: Harness) -> None:
+    """A version whose health check fails is rolled back to v1 after 2 failures."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        await h.deploy(spec(version="sick"), "sick", "op-2", kind="code")
+        await h.converge()
+        _check_rollout_invariants(h, 2)
+        assert {r.version for r in await h.call_all()} == {"v1"}
+        last = h.core.describe()["history"][-1]
+        assert last["status"] == "rolled_back"
+        assert last["failures"] >= 2
+
+    run(scenario())
+
+
+def test_restarted_appmaster_resumes_a_rollout_and_reattaches_by_name(h: Harness) -> None:
+    """A new AppMaster mid-rollout reloads the DB state, creates no actor, finishes it."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        created = list(h.runtime.created)
+        await h.deploy(spec(version="v2"), "echo_v2", "op-2", kind="code")
+        for _ in range(3):
+            await h.core.round()
+        mid = h.core.describe()["instances"]
+        assert {i["version"] for i in mid} == {"v1", "v2"} or any(
+            i["phase"] != "serving" for i in mid
+        )
+        h.core = h.new_core()  # the old one is gone (SIGKILL); Ray starts a new one
+        assert await h.core.load() is not None
+        await h.converge()
+        assert h.runtime.created == created
+        assert {r.version for r in await h.call_all()} == {"v2"}
+
+    run(scenario())
+
+
+def test_crashed_worker_comes_back_empty_and_its_instances_are_reloaded(h: Harness) -> None:
+    """Ray restarts a dead worker empty; its instances are re-loaded at the desired revision."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(config={"prefix": "p"}), "echo_v1", "op-1")
+        await h.converge()
+        h.runtime.crash("echo-w1")
+        await h.converge()
+        results = await h.call_all()
+        assert len(results) == 6
+        assert all(b'"prefix": "p"' in r.payload for r in results)
+
+    run(scenario())
+
+
+def test_job_gone_is_rebuilt_from_the_persisted_revision_not_defaults(h: Harness) -> None:
+    """All actors lost after an update to v2: a fresh AppMaster rebuilds v2 from the DB."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        await h.deploy(spec(version="v2", config={"prefix": "x"}), "echo_v2", "op-2")
+        await h.converge()
+        h.runtime.actors.clear()
+        h.core = h.new_core()
+        await h.core.load()
+        await h.converge()
+        results = await h.call_all()
+        assert {r.version for r in results} == {"v2"}
+        assert len(results) == 6
+
+    run(scenario())
+
+
+def test_scale_up_and_down_packs_workers_and_stops_empty_ones(h: Harness) -> None:
+    """6 -> 9 adds a worker's worth; 9 -> 3 drains the highest and stops empty workers."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        await h.deploy(spec(instances=9), "echo_v1", "op-2", kind="scale")
+        await h.converge()
+        assert len(await h.call_all()) == 9
+        await h.deploy(spec(instances=3), "echo_v1", "op-3", kind="scale")
+        await h.converge()
+        assert sorted(r.instance_id for r in await h.call_all()) == ["echo-0", "echo-1", "echo-2"]
+        assert sorted(n for n in h.runtime.actors if "-w" in n) == ["echo-w0", "echo-w1"]
+
+    run(scenario())
+
+
+def test_stale_epoch_is_refused_and_repeated_op_id_ignored(h: Harness) -> None:
+    """Fencing: epoch 4 after epoch 5 is refused; the same op_id twice is applied once."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1", epoch=5)
+        again = await h.deploy(spec(instances=2), "echo_v1", "op-1", epoch=5)
+        assert again["duplicate"]
+        assert h.core.state is not None
+        assert h.core.state.spec.instances == 6
+        with pytest.raises(StaleInstruction):
+            await h.deploy(spec(instances=2), "echo_v1", "op-2", epoch=4)
+
+    run(scenario())
+
+
+def test_control_plane_down_leaves_proxies_their_last_table(h: Harness) -> None:
+    """With the store failing, rounds fail, but proxies keep routing every instance."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        package = h.package("echo_v2")
+
+        def db_down(*_: Any, **__: Any) -> Any:
+            raise StoreUnavailable("db down")
+
+        h.store.save_appmaster_state = db_down  # type: ignore[method-assign]
+        h.store.load_appmaster_state = db_down  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailable):
+            await h.core.apply(spec(version="v2"), package, op_id="op-2")
+        h.runtime.crash("echo-w1")  # something needs doing, but nothing can be persisted
+        with pytest.raises(StoreUnavailable):
+            await h.core.round()
+        assert all(len(p.table.entries) == 6 for p in h.proxies())
+        assert h.core.state is not None
+        assert h.core.state.desired.version == "v1"
+
+    run(scenario())
