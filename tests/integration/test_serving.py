@@ -1,0 +1,218 @@
+"""The serving core on a real Ray cluster and a real MariaDB, under constant client load:
+deploy, in-place config and code updates, scaling, and the three AppMaster recoveries."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+import infra
+from ha_serving._spec import load_spec
+from ha_serving.appmaster import NAMESPACE, appmaster_name
+from ha_serving.cli._services import ServiceOps
+from ha_serving.store import Store
+from tests.integration.load import Load
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ECHO = ROOT / "examples" / "echo"
+
+
+@pytest.fixture(scope="module")
+def ops(stack: infra.Topology) -> Iterator[ServiceOps]:
+    """Service operations on cluster a of the test stack, as the CLI does them."""
+    a = stack.cluster("a")
+    store = Store.connect(stack.db.url)
+    o = ServiceOps(store, stack.db.url, "a", a.gcs_address, a.head.address)
+    try:
+        yield o
+    finally:
+        o.close()
+        store.close()
+
+
+def _quiet(_: dict[str, Any]) -> None:
+    return None
+
+
+def _settle(ops: ServiceOps, service: str = "echo", timeout_s: float = 120) -> dict[str, Any]:
+    return ops.wait(service, timeout_s=timeout_s, progress=_quiet)
+
+
+def _pid(name: str) -> int:
+    handle = ray.get_actor(name, namespace=NAMESPACE)
+    return int(ray.get(handle.__ray_call__.remote(lambda _self: os.getpid()), timeout=30))
+
+
+def _assert_no_failures(load: Load) -> None:
+    out = load.out
+    assert out.issued == out.recorded, "a request neither succeeded nor failed explicitly"
+    assert out.failures == 0, dict(out.codes)
+
+
+def test_deploy_then_call_through_both_proxies(ops: ServiceOps) -> None:
+    """`deploy` brings 4 instances (2 per worker) and 2 proxies; calls succeed via either."""
+    spec = load_spec(ECHO / "echo.yaml")
+    ops.deploy(spec, ECHO / "code")
+    view = _settle(ops)
+    assert [i["phase"] for i in view["instances"]] == ["serving"] * 4
+    assert len({i["worker"] for i in view["instances"]}) == 2
+    endpoints = ops.store.list_endpoints("echo")
+    assert len(endpoints) == 2
+    with Load(ops.store, "echo", threads=2) as load:
+        load.wait_for(200)
+    _assert_no_failures(load)
+    assert load.out.replies[-1]["prefix"] == ">"
+
+
+def test_config_update_under_load_is_in_place_with_zero_failures(ops: ServiceOps) -> None:
+    """reconfigure() rolls over every instance, one at a time, without a failed request
+    and without a new worker process."""
+    pids = {w: _pid(w) for w in ("echo-w0", "echo-w1")}
+    with Load(ops.store, "echo") as load:
+        load.wait_for(100)
+        ops.change("echo", kind="config", config={"prefix": "cfg2"})
+        _settle(ops)
+        load.wait_for(100)
+    _assert_no_failures(load)
+    assert load.out.replies[-1]["prefix"] == "cfg2"
+    assert {w: _pid(w) for w in pids} == pids
+
+
+def test_code_update_under_load_loads_new_version_in_same_actors(
+    ops: ServiceOps, tmp_path: Path
+) -> None:
+    """A new code version is loaded in place (same processes), zero failed requests."""
+    code = tmp_path / "code"
+    shutil.copytree(ECHO / "code", code)
+    source = code / "echo.py"
+    source.write_text(source.read_text().replace('VERSION = "1"', 'VERSION = "2"'))
+    pids = {w: _pid(w) for w in ("echo-w0", "echo-w1")}
+    with Load(ops.store, "echo") as load:
+        load.wait_for(100)
+        ops.change("echo", kind="code", code=code, version="2")
+        view = _settle(ops)
+        load.wait_for(100)
+    _assert_no_failures(load)
+    assert {i["version"] for i in view["instances"]} == {"2"}
+    assert load.out.replies[-1]["version"] == "2"
+    assert {w: _pid(w) for w in pids} == pids
+
+
+def test_appmaster_sigkill_mid_rollout_resumes_with_zero_failures(ops: ServiceOps) -> None:
+    """SIGKILL of the AppMaster's process during a rollout: Ray restarts it, it reloads
+    its state from the DB, re-attaches to the live actors and finishes the rollout;
+    the proxies keep serving meanwhile."""
+    name = appmaster_name("echo")
+    old_pid = _pid(name)
+    with Load(ops.store, "echo") as load:
+        load.wait_for(100)
+        # 4 instances x 1 s of reconfigure, one at a time: the rollout lasts ~4 s
+        ops.change(
+            "echo", kind="config", config={"prefix": "after-kill", "reconfigure_delay_s": 1.0}
+        )
+        _wait_rollout_progress(ops, at_least=1)
+        os.kill(old_pid, signal.SIGKILL)
+        view = _settle(ops)
+        load.wait_for(100)
+    _assert_no_failures(load)
+    assert _pid(name) != old_pid
+    assert load.out.replies[-1]["prefix"] == "after-kill"
+    assert view["history"][-1]["status"] == "succeeded"
+
+
+def _wait_rollout_progress(ops: ServiceOps, *, at_least: int, timeout_s: float = 30) -> None:
+    """Wait until the running rollout has updated ``at_least`` instances, not all."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view = ops.describe("echo")
+        state = ops.store.load_appmaster_state("a", "echo")
+        assert state is not None
+        desired = state[0]["desired"]
+        done = sum(
+            1
+            for i in state[0]["instances"].values()
+            if i["phase"] == "serving" and i["running"] == desired
+        )
+        if view.get("rollout") is not None and at_least <= done < len(view["instances"]):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the rollout never reached the middle")
+
+
+def test_backend_worker_killed_its_instances_are_replaced_nothing_lost(ops: ServiceOps) -> None:
+    """SIGKILL of a backend worker: every request still ends in a reply or an explicit
+    error, and the worker's instances serve again (same config and version)."""
+    with Load(ops.store, "echo") as load:
+        load.wait_for(100)
+        os.kill(_pid("echo-w1"), signal.SIGKILL)
+        time.sleep(1.0)  # let the loss be observed while load runs
+        view = _settle(ops)
+        load.wait_for(200)
+    out = load.out
+    assert out.issued == out.recorded
+    assert set(out.codes) <= {"OK", "UNAVAILABLE"}, dict(out.codes)
+    assert out.codes["OK"] > 0.95 * out.recorded
+    assert [i["phase"] for i in view["instances"]] == ["serving"] * 4
+    assert {i["version"] for i in view["instances"]} == {"2"}
+    assert load.out.replies[-1]["prefix"] == "after-kill"
+
+
+def test_job_gone_is_rebuilt_from_persisted_spec_and_version(ops: ServiceOps) -> None:
+    """Every actor of the job killed at once (proxies and workers for good, the AppMaster
+    by SIGKILL): the restarted AppMaster rebuilds them at version 2 with the last config,
+    not the spec file's defaults."""
+    for n in ("echo-p0", "echo-p1", "echo-w0", "echo-w1"):
+        ray.kill(ray.get_actor(n, namespace=NAMESPACE), no_restart=True)
+    os.kill(_pid(appmaster_name("echo")), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            view = _settle(ops, timeout_s=60)
+            if len(ops.store.list_endpoints("echo")) == 2:
+                break
+        except Exception:
+            time.sleep(0.5)
+    with Load(ops.store, "echo", threads=2) as load:
+        load.wait_for(100)
+    _assert_no_failures(load)
+    assert {i["version"] for i in view["instances"]} == {"2"}
+    assert load.out.replies[-1]["prefix"] == "after-kill"
+
+
+def test_rolling_update_of_50_packed_instances_under_load(ops: ServiceOps) -> None:
+    """Scale to 50 instances (10 per worker), then an in-place rolling config update of
+    all 50 under constant load: 100% of requests succeed. Prints the update duration."""
+    spec = ops.store.get_service("echo").spec["spec"]
+    ops.change(
+        "echo",
+        kind="scale",
+        instances=50,
+        instances_per_worker=10,
+        rollout={**spec["rollout"], "max_unavailable": 5},
+    )
+    _settle(ops, timeout_s=300)
+    with Load(ops.store, "echo") as load:
+        load.wait_for(100)
+        started = time.monotonic()
+        ops.change("echo", kind="config", config={"prefix": "fifty"})
+        view = _settle(ops, timeout_s=300)
+        duration = time.monotonic() - started
+        load.wait_for(100)
+    _assert_no_failures(load)
+    assert len(view["instances"]) == 50
+    print(
+        f"\n50-instance in-place rolling update: {duration:.1f}s, "
+        f"{load.out.recorded} requests, {load.out.failures} failed"
+    )
+    assert json.dumps(load.out.replies[-1]).count("fifty") == 1
