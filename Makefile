@@ -52,3 +52,7 @@ fmt: venv
 
 clean: down
 	rm -rf .run
+
+## proto: regenerate the data-plane stubs after editing ha_serving/proto/serving.proto
+proto: venv
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. ha_serving/proto/serving.proto

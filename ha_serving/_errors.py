@@ -44,6 +44,27 @@ class UnknownService(UserError):
         super().__init__(f"unknown service {service!r}")
 
 
+class UserCodeError(UserError):
+    """The user's code raised (import, constructor, reconfigure or a method); fix the code."""
+
+    grpc_status = "UNKNOWN"
+
+    def __init__(self, action: str, error_type: str, detail: str) -> None:
+        self.action = action
+        self.error_type = error_type
+        self.detail = detail
+        super().__init__(f"{action} failed: {error_type}: {detail}")
+
+
+class CallError(HAServingError):
+    """A data-plane call ended in a non-OK gRPC status; ``code`` is the status name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
 # --- caused by the system ----------------------------------------------------------
 
 
@@ -64,6 +85,32 @@ class TransientError(PlatformError):
 
 class StoreUnavailable(TransientError):
     """The state store did not answer."""
+
+
+class BackPressure(TransientError):
+    """Every instance able to take the call is at its concurrency cap; retry elsewhere/later."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class BackendUnavailable(TransientError):
+    """A backend worker could not be reached; ``reached_user_code`` says if a retry is safe."""
+
+    def __init__(self, worker: str, reason: str, *, reached_user_code: bool) -> None:
+        self.worker = worker
+        self.reason = reason
+        self.reached_user_code = reached_user_code
+        super().__init__(f"backend worker {worker!r} unavailable: {reason}")
+
+
+class UnknownInstance(PlatformError):
+    """The addressed instance is not hosted here (never added, or already removed)."""
+
+    grpc_status = "NOT_FOUND"
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"no instance {instance_id!r} is hosted here")
 
 
 class ConflictError(PlatformError):

@@ -99,9 +99,60 @@ class StackSettings(_Group):
     """Redis binary for GCS fault tolerance; None starts clusters without GCS FT."""
 
 
+class ProxySettings(_Group):
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest request a proxy accepts, in bytes (gRPC's own 4 MiB default); larger ones get
+    RESOURCE_EXHAUSTED from gRPC before any user code runs."""
+
+    default_timeout_s: float = Field(default=30.0, gt=0)
+    """Seconds a call may take when the client set no deadline, so a hung backend cannot
+    hold a request (and its concurrency slot) forever."""
+
+    stop_grace_s: float = Field(default=10.0, ge=0)
+    """Seconds a stopping proxy lets in-flight calls finish before cancelling them; longer
+    than a typical call, shorter than an operator's patience during a drain."""
+
+    max_concurrent_rpcs: int = Field(default=10_000, ge=1)
+    """Calls one proxy holds at once before gRPC answers RESOURCE_EXHAUSTED; bounds memory
+    under overload far above what 2 cores serve."""
+
+    max_method_labels: int = Field(default=100, ge=1)
+    """Distinct method names kept as metric labels; further names share ``<other>`` so
+    garbage method names cannot blow up the metrics' cardinality."""
+
+
+class ClientSettings(_Group):
+    timeout_s: float = Field(default=10.0, gt=0)
+    """Overall deadline of one call in seconds, retries included."""
+
+    max_attempts: int = Field(default=3, ge=1)
+    """Tries per call (first + retries); 3 covers one dead proxy and one dead instance."""
+
+    retry_ratio: float = Field(default=0.2, ge=0)
+    """Retries allowed per request made (a token bucket): 0.2 keeps a failing backend from
+    seeing more than 1.2x the offered load (a retry storm)."""
+
+    retry_floor: float = Field(default=10.0, ge=0)
+    """Retries per second allowed on top of ``retry_ratio`` (and the most a quiet client can
+    burst), so a client that sends little can still retry its few failures."""
+
+    endpoint_down_s: float = Field(default=2.0, ge=0)
+    """Seconds an endpoint answering UNAVAILABLE is skipped; short, because proxies restart
+    fast and a stale mark would concentrate load on the others."""
+
+    retry_backoff_s: float = Field(default=0.02, ge=0)
+    """Base pause before a retry in seconds (jittered, doubled per attempt); small, since a
+    retry goes to another endpoint, not back to the one that failed."""
+
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest reply the client accepts, in bytes; matches the proxy's request limit."""
+
+
 class Settings(_Group):
     stack: StackSettings = StackSettings()
     store: StoreSettings = StoreSettings()
+    proxy: ProxySettings = ProxySettings()
+    client: ClientSettings = ClientSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -131,9 +182,9 @@ class Settings(_Group):
 
     def with_stack(self, **changes: object) -> Settings:
         """A copy with some stack fields changed, validated like the originals."""
-        return Settings.build(
-            stack={**self.stack.model_dump(), **changes}, store=self.store.model_dump()
-        )
+        groups = {name: getattr(self, name).model_dump() for name in type(self).model_fields}
+        groups["stack"] = {**groups["stack"], **changes}
+        return Settings.build(**groups)
 
 
 def _problems(exc: ValidationError) -> list[str]:

@@ -518,7 +518,10 @@ class AppMasterCore:
                     instance_id=i.id,
                     worker=i.worker,
                     version=i.running.version if i.running else "",
-                    max_concurrency=state.spec.max_concurrency,
+                    # each proxy enforces its own cap: share the instance's among them
+                    max_concurrency=max(
+                        1, state.spec.max_concurrency // len(state.proxies or {"": 0})
+                    ),
                 )
                 for i in state.serving()
             ),

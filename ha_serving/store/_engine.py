@@ -12,6 +12,7 @@ unchanged on MySQL/MariaDB (pymysql) and SQLite. What differs lives here:
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,11 +122,21 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control away from the sqlite3 module so "begin" below decides.
         dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        finally:
-            cursor.close()
+        # Readers never block the writer in WAL mode. Switching a fresh file to WAL needs
+        # an exclusive lock, and SQLite reports "locked" at once (no busy wait) when
+        # several processes open a new DB together: retry briefly.
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(sqlite3.OperationalError),
+            wait=tenacity.wait_exponential(multiplier=0.01, max=0.2),
+            stop=tenacity.stop_after_delay(5),
+            reraise=True,
+        ):
+            with attempt:
+                cursor = dbapi_conn.cursor()
+                try:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:

@@ -1,0 +1,140 @@
+"""Small values that cross the data plane: proxy <-> backend, AppMaster -> proxy.
+
+They are frozen dataclasses with no Ray or gRPC in them, so they pickle through Ray
+actor calls unchanged and the AppMaster, proxy and backend agree on one shape.
+``code`` fields hold gRPC status *names* ("OK", "NOT_FOUND", ...) rather than
+``grpc.StatusCode`` members, because the backend never imports gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+SERVING_SERVICE = "ha_serving.v1.Serving"
+"""Full gRPC name of the data-plane service (see ``ha_serving/proto/serving.proto``)."""
+
+CALL_METHOD = f"/{SERVING_SERVICE}/Call"
+"""Full gRPC method path of ``Serving.Call``, used by the client and the proxy."""
+
+RETRY_SAFE_KEY = "ha-retry-safe"
+"""Trailing-metadata key a proxy sets on every non-OK answer it makes: "1" when the call
+is known not to have reached user code (a retry cannot run it twice), else "0". Its
+absence means the error came from the transport, not from a proxy."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """What a backend instance made of one call; never an exception across Ray."""
+
+    ok: bool
+    payload: bytes
+    code: str
+    message: str
+    instance_id: str
+    version: str
+    reached_user_code: bool
+
+    @classmethod
+    def success(cls, payload: bytes, *, instance_id: str, version: str) -> CallResult:
+        return cls(True, payload, "OK", "", instance_id, version, reached_user_code=True)
+
+    @classmethod
+    def failure(
+        cls,
+        code: str,
+        message: str,
+        *,
+        reached_user_code: bool,
+        instance_id: str = "",
+        version: str = "",
+    ) -> CallResult:
+        return cls(False, b"", code, message, instance_id, version, reached_user_code)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    """Outcome of a control call on a backend worker (add, reconfigure, load_code...).
+
+    Returned rather than raised, because exceptions with custom constructors do not
+    survive Ray's pickling intact and the AppMaster wants the code and message anyway.
+    """
+
+    ok: bool
+    code: str = "OK"
+    message: str = ""
+
+    @classmethod
+    def failed(cls, code: str, message: str) -> ControlResult:
+        return cls(False, code, message)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    """One routable instance: where it lives and how many calls it may hold at once."""
+
+    instance_id: str
+    worker: str
+    """Name of the Ray actor (BackendWorker) hosting the instance."""
+    version: str
+    max_concurrency: int
+    """Calls one proxy sends the instance at once; the cap is per proxy."""
+
+    def __post_init__(self) -> None:
+        if not self.instance_id or not self.worker:
+            raise ValueError("a route entry needs an instance_id and a worker")
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency of {self.instance_id} must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """The instances of one service that are in service now, at table ``version``.
+
+    The AppMaster bumps ``version`` on every change and removes an instance from the
+    table *before* draining it, so a proxy holding the table never routes to it again.
+    """
+
+    service: str
+    version: int
+    entries: tuple[RouteEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        ids = [e.instance_id for e in self.entries]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"routing table v{self.version} of {self.service} repeats an id")
+
+    def to_record(self) -> dict[str, object]:
+        """A JSON-able dict for the store."""
+        return {
+            "service": self.service,
+            "version": self.version,
+            "entries": [
+                {
+                    "instance_id": e.instance_id,
+                    "worker": e.worker,
+                    "version": e.version,
+                    "max_concurrency": e.max_concurrency,
+                }
+                for e in self.entries
+            ],
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> RoutingTable:
+        raw = record.get("entries", [])
+        if not isinstance(raw, list):
+            raise TypeError("routing table record: entries must be a list")
+        entries = tuple(
+            RouteEntry(
+                instance_id=str(e["instance_id"]),
+                worker=str(e["worker"]),
+                version=str(e["version"]),
+                max_concurrency=int(e["max_concurrency"]),
+            )
+            for e in raw
+        )
+        version = record["version"]
+        if not isinstance(version, int):
+            raise TypeError("routing table record: version must be an int")
+        return cls(service=str(record["service"]), version=version, entries=entries)

@@ -1,0 +1,31 @@
+"""Backend: hosts instances of users' classes and runs their calls.
+
+``make_package``/``load_class`` move code as content-addressed zips and import it into a
+fresh namespace per load; ``InstanceHost`` is the pure-asyncio core; ``BackendWorker``
+is the Ray actor body the AppMaster creates (with ``backend_actor_options``).
+"""
+
+from ha_serving.backend._actor import BackendWorker, backend_actor_options
+from ha_serving.backend._host import RESERVED_METHODS, InstanceHost, InstanceStats
+from ha_serving.backend._package import (
+    MAX_PACKAGE_BYTES,
+    Package,
+    load_class,
+    make_package,
+    namespace_of,
+    unload_namespace,
+)
+
+__all__ = [
+    "MAX_PACKAGE_BYTES",
+    "RESERVED_METHODS",
+    "BackendWorker",
+    "InstanceHost",
+    "InstanceStats",
+    "Package",
+    "backend_actor_options",
+    "load_class",
+    "make_package",
+    "namespace_of",
+    "unload_namespace",
+]

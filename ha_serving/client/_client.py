@@ -1,0 +1,383 @@
+"""Client and AsyncClient: call a service through its proxies, retrying only what is safe.
+
+Each call picks an endpoint at random among the healthy ones (an endpoint answering
+UNAVAILABLE is skipped for ``endpoint_down_s``), with one reused channel per endpoint.
+A failed attempt is retried on another endpoint only when a retry cannot run user code
+twice, within the call's overall deadline, ``max_attempts``, and a ``RetryBudget``:
+
+* the proxy's trailer ``ha-retry-safe: 1`` on UNAVAILABLE or RESOURCE_EXHAUSTED, or
+* UNAVAILABLE with no such trailer at all: the error came from the transport
+  (connection refused, proxy gone), before any proxy took the request.
+
+Everything else, notably any error from a call that reached user code, goes straight
+to the caller as ``CallError(code, message)``. The endpoint list is replaceable
+(``set_addresses``) so discovery can feed it; a removed endpoint's channel is closed
+once its last call has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from ha_serving._errors import CallError
+from ha_serving._settings import ClientSettings
+from ha_serving._wire import CALL_METHOD, RETRY_SAFE_KEY
+from ha_serving.proto.serving_pb2 import CallReply, CallRequest
+
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+C = TypeVar("C")  # a channel: grpc.Channel or grpc.aio.Channel
+
+
+class RetryBudget:
+    """Token bucket limiting retries to ``ratio`` x requests + ``floor`` per second.
+
+    Each request deposits ``ratio`` tokens, time adds ``floor`` tokens per second, a
+    retry takes one; the bucket holds at most ``max(floor, 1)``. So a failing backend
+    sees at most (1 + ratio) x the offered load plus a trickle, never a retry storm.
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.2,
+        floor: float = 10.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ratio = ratio
+        self._floor = floor
+        self._cap = max(floor, 1.0)
+        self._clock = clock
+        self._balance = self._cap
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def on_request(self) -> None:
+        with self._lock:
+            self._refill()
+            self._balance = min(self._cap, self._balance + self._ratio)
+
+    def try_retry(self) -> bool:
+        """Take a token if one is there; False means "do not retry"."""
+        with self._lock:
+            self._refill()
+            if self._balance < 1.0:
+                return False
+            self._balance -= 1.0
+            return True
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._balance = min(self._cap, self._balance + (now - self._last) * self._floor)
+        self._last = now
+
+
+class _Endpoint(Generic[C]):
+    def __init__(self, address: str, channel: C, stub: Any) -> None:
+        self.address = address
+        self.channel = channel
+        self.stub = stub
+        self.active = 0
+        self.down_until = 0.0
+        self.retired = False
+
+
+class _Core(Generic[C]):
+    """What Client and AsyncClient share: endpoints, budget, retry decisions."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        settings: ClientSettings,
+        timeout_s: float | None,
+        retry_budget: RetryBudget | None,
+        rng: random.Random | None,
+        open_channel: Callable[[str], tuple[C, Any]],
+    ) -> None:
+        self.settings = settings
+        self.timeout_s = settings.timeout_s if timeout_s is None else timeout_s
+        self.budget = retry_budget or RetryBudget(settings.retry_ratio, settings.retry_floor)
+        self.rng = rng or random.Random()  # noqa: S311 - endpoint choice, not crypto
+        self.clock = time.monotonic
+        self.lock = threading.Lock()
+        self._open = open_channel
+        self.endpoints: dict[str, _Endpoint[C]] = {}
+        self.replace(addresses)
+
+    def replace(self, addresses: Sequence[str]) -> list[_Endpoint[C]]:
+        """Adopt ``addresses``; return the dropped endpoints that can be closed now."""
+        with self.lock:
+            wanted = list(dict.fromkeys(addresses))
+            for address in wanted:
+                if address not in self.endpoints:
+                    channel, stub = self._open(address)
+                    self.endpoints[address] = _Endpoint(address, channel, stub)
+            closable = []
+            for address in [a for a in self.endpoints if a not in wanted]:
+                ep = self.endpoints.pop(address)
+                ep.retired = True
+                if ep.active == 0:
+                    closable.append(ep)
+            return closable
+
+    def request(
+        self, service: str, method: str, payload: bytes, metadata: Mapping[str, str] | None
+    ) -> CallRequest:
+        self.budget.on_request()
+        return CallRequest(service=service, method=method, payload=payload, metadata=metadata)
+
+    def deadline(self, timeout: float | None) -> float:
+        return self.clock() + (self.timeout_s if timeout is None else timeout)
+
+    def begin(self, tried: set[str], deadline: float, attempt: int) -> tuple[_Endpoint[C], float]:
+        """Choose the endpoint for this attempt and count the call on it."""
+        remaining = deadline - self.clock()
+        if remaining <= 0:
+            raise CallError("DEADLINE_EXCEEDED", f"deadline passed after {attempt - 1} attempts")
+        with self.lock:
+            live = list(self.endpoints.values())
+            if not live:
+                raise CallError("UNAVAILABLE", "the client has no endpoint to call")
+            fresh = [ep for ep in live if ep.address not in tried] or live
+            now = self.clock()
+            healthy = [ep for ep in fresh if ep.down_until <= now]
+            ep = self.rng.choice(healthy or fresh)
+            ep.active += 1
+            return ep, remaining
+
+    def end(self, ep: _Endpoint[C]) -> bool:
+        """The call on ``ep`` ended; True if its channel should now be closed."""
+        with self.lock:
+            ep.active -= 1
+            return ep.retired and ep.active == 0
+
+    def after_failure(
+        self, ep: _Endpoint[C], err: grpc.aio.AioRpcError | grpc.Call, attempt: int, deadline: float
+    ) -> float:
+        """Backoff before retrying, or raise the CallError the caller gets."""
+        code = err.code()
+        safe = _retry_safe(code, err.trailing_metadata())
+        if code == grpc.StatusCode.UNAVAILABLE and safe:
+            # The proxy itself is gone or has nothing to route to. (An UNAVAILABLE that
+            # may have run user code blames a backend, not the proxy: keep using it.)
+            with self.lock:
+                ep.down_until = self.clock() + self.settings.endpoint_down_s
+        error = CallError(code.name, f"{err.details()} (via {ep.address})")
+        if not safe or attempt >= self.settings.max_attempts:
+            raise error
+        remaining = deadline - self.clock()
+        if remaining <= 0 or not self.budget.try_retry():
+            raise error
+        pause = self.settings.retry_backoff_s * (2.0 ** (attempt - 1)) * self.rng.uniform(0.5, 1.0)
+        return min(pause, remaining)
+
+    def mark_up(self, ep: _Endpoint[C]) -> None:
+        ep.down_until = 0.0
+
+
+def _retry_safe(code: grpc.StatusCode, trailers: Iterable[tuple[str, Any]] | None) -> bool:
+    flag = next((str(v) for k, v in (trailers or ()) if k == RETRY_SAFE_KEY), None)
+    if flag is None:  # not answered by a proxy: a transport failure before the request
+        return code == grpc.StatusCode.UNAVAILABLE
+    return flag == "1" and code in _RETRYABLE
+
+
+def _decode(reply: CallReply) -> object:
+    try:
+        return json.loads(reply.payload)
+    except ValueError as exc:
+        raise CallError("INTERNAL", f"reply of {reply.instance_id} is not JSON: {exc}") from None
+
+
+def _options(settings: ClientSettings) -> list[tuple[str, Any]]:
+    return [("grpc.max_receive_message_length", settings.max_message_bytes)]
+
+
+class Client:
+    """Blocking client; thread-safe; ``with Client([...]) as c: c.call(...)``."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        retry_budget: RetryBudget | None = None,
+        settings: ClientSettings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        s = settings or ClientSettings()
+
+        def open_channel(address: str) -> tuple[grpc.Channel, Any]:
+            channel = grpc.insecure_channel(address, options=_options(s))
+            stub = channel.unary_unary(
+                CALL_METHOD,
+                request_serializer=CallRequest.SerializeToString,
+                response_deserializer=CallReply.FromString,
+            )
+            return channel, stub
+
+        self._core: _Core[grpc.Channel] = _Core(
+            addresses,
+            settings=s,
+            timeout_s=timeout_s,
+            retry_budget=retry_budget,
+            rng=rng,
+            open_channel=open_channel,
+        )
+
+    def set_addresses(self, addresses: Sequence[str]) -> None:
+        for ep in self._core.replace(addresses):
+            ep.channel.close()
+
+    def call(
+        self,
+        service: str,
+        method: str,
+        payload_obj: object = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> object:
+        """Call with a JSON-able value; return the decoded JSON answer or raise CallError."""
+        payload = json.dumps(payload_obj).encode()
+        return _decode(self.call_raw(service, method, payload, timeout=timeout, metadata=metadata))
+
+    def call_raw(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> CallReply:
+        core = self._core
+        request = core.request(service, method, payload, metadata)
+        deadline = core.deadline(timeout)
+        tried: set[str] = set()
+        attempt = 0
+        while True:
+            attempt += 1
+            ep, remaining = core.begin(tried, deadline, attempt)
+            try:
+                reply: CallReply = ep.stub(request, timeout=remaining)
+            except grpc.RpcError as err:
+                if not isinstance(err, grpc.Call):  # pragma: no cover - grpc always gives one
+                    raise
+                pause = core.after_failure(ep, err, attempt, deadline)
+                tried.add(ep.address)
+                time.sleep(pause)
+                continue
+            finally:
+                if core.end(ep):
+                    ep.channel.close()
+            core.mark_up(ep)
+            return reply
+
+    def close(self) -> None:
+        self.set_addresses([])
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """The same for asyncio (grpc.aio); use in one event loop."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        retry_budget: RetryBudget | None = None,
+        settings: ClientSettings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        s = settings or ClientSettings()
+
+        def open_channel(address: str) -> tuple[grpc.aio.Channel, Any]:
+            channel = grpc.aio.insecure_channel(address, options=_options(s))
+            stub = channel.unary_unary(
+                CALL_METHOD,
+                request_serializer=CallRequest.SerializeToString,
+                response_deserializer=CallReply.FromString,
+            )
+            return channel, stub
+
+        self._core: _Core[grpc.aio.Channel] = _Core(
+            addresses,
+            settings=s,
+            timeout_s=timeout_s,
+            retry_budget=retry_budget,
+            rng=rng,
+            open_channel=open_channel,
+        )
+
+    async def set_addresses(self, addresses: Sequence[str]) -> None:
+        for ep in self._core.replace(addresses):
+            await ep.channel.close()
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        payload_obj: object = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> object:
+        """Call with a JSON-able value; return the decoded JSON answer or raise CallError."""
+        payload = json.dumps(payload_obj).encode()
+        reply = await self.call_raw(service, method, payload, timeout=timeout, metadata=metadata)
+        return _decode(reply)
+
+    async def call_raw(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> CallReply:
+        core = self._core
+        request = core.request(service, method, payload, metadata)
+        deadline = core.deadline(timeout)
+        tried: set[str] = set()
+        attempt = 0
+        while True:
+            attempt += 1
+            ep, remaining = core.begin(tried, deadline, attempt)
+            try:
+                reply: CallReply = await ep.stub(request, timeout=remaining)
+            except grpc.aio.AioRpcError as err:
+                pause = core.after_failure(ep, err, attempt, deadline)
+                tried.add(ep.address)
+                await asyncio.sleep(pause)
+                continue
+            finally:
+                if core.end(ep):
+                    await ep.channel.close()
+            core.mark_up(ep)
+            return reply
+
+    async def close(self) -> None:
+        await self.set_addresses([])
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,28 @@
+"""Proxy: publishes one service over gRPC and routes each call to a backend instance.
+
+``Router`` (power of two choices under per-instance caps) and ``ProxyServer`` (grpc.aio,
+health service, deadlines, safe retries) are Ray-free; ``ProxyActor`` is the Ray actor
+body the AppMaster creates (with ``proxy_actor_options``).
+"""
+
+from ha_serving.proxy._actor import (
+    ProxyActor,
+    ProxyEndpoint,
+    RayBackendCaller,
+    proxy_actor_options,
+)
+from ha_serving.proxy._metrics import LATENCY_BUCKETS, ProxyMetrics
+from ha_serving.proxy._router import Router
+from ha_serving.proxy._server import BackendCaller, ProxyServer
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "BackendCaller",
+    "ProxyActor",
+    "ProxyEndpoint",
+    "ProxyMetrics",
+    "ProxyServer",
+    "RayBackendCaller",
+    "Router",
+    "proxy_actor_options",
+]

@@ -1,0 +1,145 @@
+"""ProxyActor: the Ray actor body of a proxy; the only Ray-aware code of the data plane.
+
+The AppMaster creates it with ``ray.remote(ProxyActor).options(**proxy_actor_options(...))``
+and calls ``start()`` (bind to this node's IP, port 0), then ``update_routes(table)`` on
+every routing change, ``inflight()`` while draining, and ``stop(grace_s)`` before killing
+it. ``RayBackendCaller`` turns a routed call into ``BackendWorker.call`` on the worker
+actor found by name; everything else lives in ``ProxyServer`` and ``Router``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from ha_serving._errors import BackendUnavailable
+from ha_serving._settings import ProxySettings
+from ha_serving._wire import CallResult, RoutingTable
+from ha_serving.proxy._server import ProxyServer
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyEndpoint:
+    """Where a started proxy listens: gRPC ``host:port`` and the metrics HTTP port."""
+
+    address: str
+    metrics_port: int
+
+
+def proxy_actor_options(
+    name: str, *, namespace: str, num_cpus: float = 1.0, detached: bool = True
+) -> dict[str, Any]:
+    """Options for ``ray.remote(ProxyActor).options(...)``: named and detached so an
+    AppMaster restart re-attaches to it; ``num_cpus=1`` keeps it off 0-CPU heads;
+    ``max_task_retries=0`` because Ray must not replay control calls on its own."""
+    options: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "num_cpus": num_cpus,
+        "max_concurrency": 1000,
+        "max_restarts": 0,
+        "max_task_retries": 0,
+    }
+    if detached:
+        options["lifetime"] = "detached"
+    return options
+
+
+class RayBackendCaller:
+    """``BackendCaller`` over Ray: looks worker actors up by name once and caches them."""
+
+    MISSING_TTL_S = 1.0
+    """Seconds a failed lookup is remembered, so calls routed to a worker that is gone
+    (until the AppMaster's next table) skip the GCS round trip and retry elsewhere."""
+
+    def __init__(self, namespace: str) -> None:
+        self._namespace = namespace
+        self._handles: dict[str, Any] = {}
+        self._missing: dict[str, tuple[float, str]] = {}  # worker -> (since, reason)
+
+    async def call(
+        self, worker: str, instance_id: str, method: str, payload: bytes, timeout_s: float | None
+    ) -> CallResult:
+        import ray.exceptions
+
+        handle = await self._handle(worker)
+        try:
+            ref = handle.call.remote(instance_id, method, payload)
+            result = await asyncio.wait_for(ref, timeout_s)
+        except ray.exceptions.RayActorError as exc:
+            # Died or unreachable: a fresh lookup next time finds a restarted actor or
+            # tells us it is gone. Ray cannot say whether the call started, so: unsafe.
+            self._handles.pop(worker, None)
+            raise BackendUnavailable(worker, str(exc), reached_user_code=True) from None
+        if not isinstance(result, CallResult):
+            raise TypeError(f"worker {worker!r} answered {type(result).__name__}")
+        return result
+
+    async def _handle(self, worker: str) -> Any:
+        if (handle := self._handles.get(worker)) is not None:
+            return handle
+        missing = self._missing.get(worker)
+        if missing is not None and time.monotonic() - missing[0] < self.MISSING_TTL_S:
+            raise BackendUnavailable(worker, missing[1], reached_user_code=False)
+        import ray
+
+        try:
+            # get_actor blocks on the GCS: keep it off the event loop serving calls.
+            handle = await asyncio.to_thread(ray.get_actor, worker, namespace=self._namespace)
+        except ValueError as exc:  # no such actor (dead, or not created yet): never sent
+            self._missing[worker] = (time.monotonic(), str(exc))
+            raise BackendUnavailable(worker, str(exc), reached_user_code=False) from None
+        self._missing.pop(worker, None)
+        self._handles[worker] = handle
+        return handle
+
+
+class ProxyActor:
+    """Runs a ``ProxyServer`` for one service inside a Ray actor."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        namespace: str,
+        cluster: str = "",
+        settings: ProxySettings | None = None,
+    ) -> None:
+        self._server = ProxyServer(
+            service, RayBackendCaller(namespace), settings=settings, cluster=cluster
+        )
+        self._endpoint: ProxyEndpoint | None = None
+
+    async def start(self) -> ProxyEndpoint:
+        """Bind gRPC and ``/metrics`` to this node's IP on free ports; idempotent."""
+        if self._endpoint is None:
+            import ray.util
+
+            # Ray leaves it unannotated; it returns the IP this node registered with.
+            node_ip = cast("Callable[[], str]", ray.util.get_node_ip_address)
+            host = node_ip()
+            address = await self._server.start(host, 0)
+            metrics_port = self._server.metrics.start_http(host, 0)
+            self._endpoint = ProxyEndpoint(address, metrics_port)
+        return self._endpoint
+
+    async def update_routes(self, table: RoutingTable) -> int:
+        """Adopt the table if newer; return the version held (the AppMaster's ack)."""
+        return await self._server.update_routes(table)
+
+    async def routes_version(self) -> int:
+        return self._server.router.version
+
+    async def inflight(self) -> dict[str, int]:
+        """Calls this proxy has in flight per instance (drained ones until they finish)."""
+        return self._server.inflight()
+
+    async def metrics_text(self) -> str:
+        return self._server.metrics.metrics_text()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, finish in-flight within grace."""
+        await self._server.stop(grace_s)

@@ -1,0 +1,99 @@
+"""Router: picks a backend instance for each call, pure and synchronous.
+
+It holds the latest ``RoutingTable`` (a table older than the one held is ignored, so a
+late, reordered update cannot resurrect a drained instance) and this proxy's in-flight
+count per instance. ``acquire`` chooses by *power of two choices*: two random instances
+under their ``max_concurrency`` cap, the one with fewer calls in flight wins. That
+balances nearly as well as "least loaded" at O(1) cost and without the herding of a
+global minimum. If every instance is at its cap, there is no choice and the caller
+answers RESOURCE_EXHAUSTED (backpressure) instead of queueing without bound.
+
+An instance absent from the table is never chosen; that is how draining works. Its
+in-flight count stays visible in ``inflight()`` until its last call is released, so the
+AppMaster can see the proxy side of a drain finish.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+
+from ha_serving._wire import RouteEntry, RoutingTable
+
+
+class Router:
+    def __init__(self, service: str, *, rng: random.Random | None = None) -> None:
+        self.service = service
+        self._rng = rng or random.Random()  # noqa: S311 - load balancing, not crypto
+        self._table = RoutingTable(service, version=-1)
+        self._entries: list[RouteEntry] = []
+        self._inflight: dict[str, int] = {}
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._table
+
+    @property
+    def version(self) -> int:
+        """Version of the table held; -1 before the first update."""
+        return self._table.version
+
+    def update(self, table: RoutingTable) -> int:
+        """Adopt ``table`` unless it is older than the one held; return the held version."""
+        if table.service != self.service:
+            raise ValueError(f"routing table for {table.service!r} sent to {self.service!r}")
+        if table.version > self._table.version:
+            self._table = table
+            self._entries = list(table.entries)
+        return self._table.version
+
+    def acquire(self, exclude: Collection[str] = ()) -> RouteEntry | None:
+        """Choose an instance (not in ``exclude``) and count the call; None if all are full."""
+        entry = self._choose(exclude)
+        if entry is not None:
+            self._inflight[entry.instance_id] = self._inflight.get(entry.instance_id, 0) + 1
+        return entry
+
+    def release(self, instance_id: str) -> None:
+        """The call counted by ``acquire`` ended (whatever its outcome)."""
+        left = self._inflight.get(instance_id, 0) - 1
+        if left < 0:
+            raise ValueError(f"release of {instance_id!r} without a matching acquire")
+        if left == 0:
+            del self._inflight[instance_id]  # keeps the map as small as the busy set
+        else:
+            self._inflight[instance_id] = left
+
+    def inflight(self) -> dict[str, int]:
+        """Calls in flight per instance: every routed instance, plus absent busy ones."""
+        counts = {e.instance_id: 0 for e in self._entries}
+        counts.update(self._inflight)
+        return counts
+
+    def at_capacity(self) -> bool:
+        """True if the table has instances but each is at its cap."""
+        return bool(self._entries) and all(not self._free(e) for e in self._entries)
+
+    def _count(self, entry: RouteEntry) -> int:
+        return self._inflight.get(entry.instance_id, 0)
+
+    def _free(self, entry: RouteEntry) -> bool:
+        return self._count(entry) < entry.max_concurrency
+
+    def _choose(self, exclude: Collection[str]) -> RouteEntry | None:
+        entries = self._entries
+        if len(entries) >= 2:
+            # Fast path, O(1): the two random picks usually include a usable one.
+            pair = [
+                e
+                for e in self._rng.sample(entries, 2)
+                if self._free(e) and e.instance_id not in exclude
+            ]
+            if pair:
+                return min(pair, key=self._count)
+        # Slow path: near saturation, look at everything still usable.
+        usable = [e for e in entries if self._free(e) and e.instance_id not in exclude]
+        if len(usable) <= 1:
+            return usable[0] if usable else None
+        a, b = self._rng.sample(usable, 2)
+        return a if self._count(a) <= self._count(b) else b

@@ -1,0 +1,287 @@
+"""ProxyServer: the gRPC face of one service, with no Ray in it.
+
+Each ``Serving.Call`` is checked (service, method), given a deadline (the client's, or
+``default_timeout_s``), routed by the ``Router`` and sent through a ``BackendCaller``
+(a Ray actor call in production, an in-process host in tests). Every call ends in a
+reply or an explicit status with a reason:
+
+=================================  =====================  =========================
+situation                          status                 ``ha-retry-safe``
+=================================  =====================  =========================
+wrong service                      NOT_FOUND              1
+empty method                       INVALID_ARGUMENT       1
+request over max_message_bytes     RESOURCE_EXHAUSTED     (by gRPC, no trailer)
+no instance in service             UNAVAILABLE            1
+every instance at its cap          RESOURCE_EXHAUSTED     1
+proxy shutting down                UNAVAILABLE            1
+deadline gone before sending       DEADLINE_EXCEEDED      1
+no answer within the deadline      DEADLINE_EXCEEDED      0
+backend unreachable, not sent      UNAVAILABLE            1 (after one retry here)
+backend failed after sending       UNAVAILABLE            0
+backend's own answer               its code               1 unless user code ran
+=================================  =====================  =========================
+
+A failure known not to have reached user code is retried once here, on an instance of
+another worker, within the deadline. The trailer tells the client whether it may retry;
+its absence marks an error from the transport rather than from a proxy.
+
+The standard health service reports SERVING for "" and the service name while the
+routing table has instances, NOT_SERVING while it is empty or the proxy is stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ha_serving._errors import BackendUnavailable
+from ha_serving._settings import ProxySettings
+from ha_serving._wire import RETRY_SAFE_KEY, SERVING_SERVICE, CallResult, RoutingTable
+from ha_serving.proto.serving_pb2 import CallReply, CallRequest
+from ha_serving.proxy._metrics import ProxyMetrics
+from ha_serving.proxy._router import Router
+
+_Context = grpc.aio.ServicerContext[CallRequest, CallReply]
+
+
+class BackendCaller(Protocol):
+    async def call(
+        self, worker: str, instance_id: str, method: str, payload: bytes, timeout_s: float | None
+    ) -> CallResult:
+        """Run one call on ``instance_id`` hosted by ``worker``.
+
+        Raise ``BackendUnavailable`` when the worker cannot be reached, saying whether
+        the call may have reached user code; any other exception counts as "may have".
+        """
+        ...
+
+
+class ProxyServer:
+    """Serves one service on one address; ``start``, ``update_routes``, ``stop``."""
+
+    def __init__(
+        self,
+        service: str,
+        caller: BackendCaller,
+        *,
+        settings: ProxySettings | None = None,
+        cluster: str = "",
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.service = service
+        self.settings = settings or ProxySettings()
+        self.router = Router(service, rng=rng)
+        self.metrics = ProxyMetrics(
+            service,
+            inflight=self.router.inflight,
+            routed=lambda: len(self.router.table.entries),
+            max_method_labels=self.settings.max_method_labels,
+        )
+        self._caller = caller
+        self._cluster = cluster
+        self._clock = clock
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._stopping = False
+        self._calls = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.address = ""
+        """``host:port`` once started."""
+
+    async def start(self, host: str, port: int = 0) -> str:
+        """Bind ``host:port`` (0 = any free port), start serving; return ``host:port``."""
+        if self._server is not None:
+            return self.address
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),  # two proxies must never share a port by accident
+            ],
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
+        )
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._handle,
+            request_deserializer=CallRequest.FromString,
+            response_serializer=CallReply.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVING_SERVICE, {"Call": handler}),)
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:  # older gRPC reports a failed bind this way instead of raising
+            raise OSError(f"cannot bind the proxy to {host}:{port}")
+        await self._publish_health()
+        await server.start()
+        self._server = server
+        self.address = f"{host}:{bound}"
+        return self.address
+
+    async def update_routes(self, table: RoutingTable) -> int:
+        """Adopt ``table`` if it is newer; return the table version now held."""
+        version = self.router.update(table)
+        await self._publish_health()
+        return version
+
+    def inflight(self) -> dict[str, int]:
+        return self.router.inflight()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking calls and let in-flight ones finish within ``grace_s``.
+
+        Health goes NOT_SERVING first; calls that still arrive get UNAVAILABLE (retry-safe)
+        and calls still running after the grace period are cancelled, which the client
+        sees as CANCELLED: nothing is dropped without an answer.
+        """
+        self._stopping = True
+        await self._health.enter_graceful_shutdown()
+        grace = self.settings.stop_grace_s if grace_s is None else grace_s
+        # Wait for our own calls rather than using gRPC's grace: health Watch streams
+        # never end by themselves and would hold a stop for the whole grace period.
+        with contextlib.suppress(TimeoutError):  # what still runs is cancelled below
+            await asyncio.wait_for(self._idle.wait(), grace)
+        if self._server is not None:
+            await self._server.stop(0)
+        await asyncio.to_thread(self.metrics.stop_http)  # blocks up to its 0.5 s poll
+
+    # --- one call ------------------------------------------------------------------
+
+    async def _handle(self, request: CallRequest, context: _Context) -> CallReply:
+        started = self._clock()
+        result = CallResult.failure("CANCELLED", "call cancelled", reached_user_code=False)
+        self._calls += 1
+        self._idle.clear()
+        try:
+            result = await self._dispatch(request, context.time_remaining())
+        except Exception as exc:  # a bug of ours: answer INTERNAL, keep serving
+            result = CallResult.failure(
+                "INTERNAL", f"proxy error: {type(exc).__name__}: {exc}", reached_user_code=True
+            )
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._idle.set()
+            exists = bool(result.instance_id) and result.code != "NOT_FOUND"
+            elapsed = self._clock() - started
+            self.metrics.observe(
+                request.service, request.method, result.code, elapsed, method_exists=exists
+            )
+        if result.ok:
+            return CallReply(
+                payload=result.payload,
+                instance_id=result.instance_id,
+                version=result.version,
+                cluster=self._cluster,
+            )
+        safe = "0" if result.reached_user_code else "1"
+        await context.abort(
+            _status(result.code), result.message, trailing_metadata=((RETRY_SAFE_KEY, safe),)
+        )
+        raise AssertionError("context.abort returned")  # it always raises
+
+    async def _dispatch(self, request: CallRequest, remaining: float | None) -> CallResult:
+        if self._stopping:
+            return _refuse("UNAVAILABLE", "proxy is shutting down")
+        if request.service != self.service:
+            return _refuse(
+                "NOT_FOUND",
+                f"unknown service {request.service!r}: this proxy serves {self.service!r}",
+            )
+        if not request.method:
+            return _refuse("INVALID_ARGUMENT", "method is empty")
+        timeout = self.settings.default_timeout_s if remaining is None else remaining
+        deadline = self._clock() + timeout
+        excluded: set[str] = set()
+        last: CallResult | None = None
+        for _ in range(2):  # the first try, and one retry when it provably did not run
+            entry = self.router.acquire(excluded)
+            if entry is None:
+                return last or self._no_instance()
+            try:
+                result = await self._call_once(
+                    entry.worker, entry.instance_id, request, deadline - self._clock()
+                )
+            finally:
+                self.router.release(entry.instance_id)
+            if result.ok or result.reached_user_code or result.code != "UNAVAILABLE":
+                return result
+            last = result
+            # The worker is gone or lost the instance: try an instance of another worker.
+            excluded.update(
+                e.instance_id for e in self.router.table.entries if e.worker == entry.worker
+            )
+            excluded.add(entry.instance_id)
+        assert last is not None  # noqa: S101 - the loop runs at least once
+        return last
+
+    async def _call_once(
+        self, worker: str, instance_id: str, request: CallRequest, remaining: float
+    ) -> CallResult:
+        if remaining <= 0:
+            return _refuse("DEADLINE_EXCEEDED", "deadline passed before the call was sent")
+        try:
+            return await asyncio.wait_for(
+                self._caller.call(worker, instance_id, request.method, request.payload, remaining),
+                remaining,
+            )
+        except TimeoutError:
+            return CallResult.failure(
+                "DEADLINE_EXCEEDED",
+                f"instance {instance_id} did not answer within {remaining:.3f}s",
+                reached_user_code=True,  # it may be running: not safe to retry
+                instance_id=instance_id,
+            )
+        except BackendUnavailable as exc:
+            return CallResult.failure(
+                "UNAVAILABLE",
+                str(exc),
+                reached_user_code=exc.reached_user_code,
+                instance_id=instance_id,
+            )
+        except Exception as exc:  # unknown failure after sending: may have run
+            return CallResult.failure(
+                "UNAVAILABLE",
+                f"call to instance {instance_id} on {worker} failed: {type(exc).__name__}: {exc}",
+                reached_user_code=True,
+                instance_id=instance_id,
+            )
+
+    def _no_instance(self) -> CallResult:
+        entries = self.router.table.entries
+        if not entries:
+            return _refuse("UNAVAILABLE", f"service {self.service!r} has no instance in service")
+        return _refuse(
+            "RESOURCE_EXHAUSTED",
+            f"all {len(entries)} instances of {self.service!r} are at their concurrency cap",
+        )
+
+    async def _publish_health(self) -> None:
+        serving = bool(self.router.table.entries) and not self._stopping
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set("", status)
+        await self._health.set(self.service, status)
+
+
+def _refuse(code: str, message: str) -> CallResult:
+    """An answer made by the proxy itself, before any user code ran."""
+    return CallResult.failure(code, message, reached_user_code=False)
+
+
+def _status(code: str) -> grpc.StatusCode:
+    try:
+        return grpc.StatusCode[code]
+    except KeyError:
+        return grpc.StatusCode.UNKNOWN

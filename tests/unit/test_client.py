@@ -1,0 +1,176 @@
+"""Client SDK: endpoint choice, safe retries only, retry budget, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from ha_serving._settings import ClientSettings
+from ha_serving._wire import RETRY_SAFE_KEY
+from ha_serving.client import AsyncClient, CallError, Client, RetryBudget
+from ha_serving.client._client import _retry_safe
+from tests.unit.fixtures.dataplane import Stack, running_stack, seeded
+
+DEAD = "127.0.77.254:1"  # nothing listens on port 1: connection refused, never sent
+FAST = ClientSettings(retry_backoff_s=0.0)
+
+
+def answered(stack: Stack, code: str | None = None) -> float:
+    """Calls the proxy answered (with ``code``, or any code)."""
+    text = stack.server.metrics.metrics_text()
+    prefix = "ha_serving_proxy_requests_total{"
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix) and (code is None or f'code="{code}"' in line)
+    )
+
+
+@pytest.fixture
+def serving() -> Iterator[Stack]:
+    with running_stack() as stack:
+        stack.add("i1")
+        yield stack
+
+
+@pytest.fixture
+def empty() -> Iterator[Stack]:
+    """A proxy with no instance: answers UNAVAILABLE, retry-safe."""
+    with running_stack() as stack:
+        yield stack
+
+
+@pytest.mark.parametrize(
+    ("code", "trailers", "safe"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, None, True),  # transport: never reached a proxy
+        (grpc.StatusCode.UNAVAILABLE, ((RETRY_SAFE_KEY, "1"),), True),
+        (grpc.StatusCode.UNAVAILABLE, ((RETRY_SAFE_KEY, "0"),), False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ((RETRY_SAFE_KEY, "1"),), True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, None, False),  # oversize: same everywhere
+        (grpc.StatusCode.NOT_FOUND, ((RETRY_SAFE_KEY, "1"),), False),  # pointless to retry
+        (grpc.StatusCode.UNKNOWN, ((RETRY_SAFE_KEY, "0"),), False),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, None, False),
+    ],
+)
+def test_only_calls_that_cannot_have_run_user_code_are_retry_safe(
+    code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...] | None, safe: bool
+) -> None:
+    assert _retry_safe(code, trailers) is safe
+
+
+def test_call_encodes_and_decodes_json(serving: Stack) -> None:
+    with Client([serving.address]) as client:
+        reply = client.call("echo", "echo", {"n": [1, 2]})
+        assert isinstance(reply, dict)
+        assert reply["echo"] == {"n": [1, 2]}
+        raw = client.call_raw("echo", "version", b"null")
+        assert (raw.instance_id, raw.version, raw.cluster) == ("i1", "v1", "c1")
+
+
+def test_retry_safe_unavailable_moves_on_and_marks_the_endpoint_down(
+    serving: Stack, empty: Stack
+) -> None:
+    with Client([empty.address, serving.address], settings=FAST, rng=seeded(5)) as client:
+        for _ in range(20):
+            assert client.call("echo", "version") == "v1"
+    assert answered(empty) == 1  # tried once, then skipped while marked down
+    assert answered(serving) == 20
+
+
+def test_transport_failure_before_sending_is_retried(serving: Stack) -> None:
+    with Client([DEAD, serving.address], settings=FAST, rng=seeded(1)) as client:
+        assert [client.call("echo", "version") for _ in range(5)] == ["v1"] * 5
+
+
+def test_call_that_reached_user_code_is_not_retried(serving: Stack, empty: Stack) -> None:
+    empty.add("i1")  # two healthy proxies: a retry would have somewhere to go
+    with Client([serving.address, empty.address], settings=FAST) as client:
+        with pytest.raises(CallError) as info:
+            client.call("echo", "fail", 1)
+        assert info.value.code == "UNKNOWN"
+        assert "ValueError: bad value 1" in info.value.message
+        assert len(serving.caller.calls) + len(empty.caller.calls) == 1
+
+
+def test_backend_lost_mid_call_is_not_retried(serving: Stack, empty: Stack) -> None:
+    """UNAVAILABLE with ha-retry-safe: 0 (the worker died while running it) stays failed."""
+    empty.add("i1")
+    for stack in (serving, empty):
+        stack.caller.down["w1"] = True
+    with Client([serving.address, empty.address], settings=FAST) as client:
+        with pytest.raises(CallError) as info:
+            client.call("echo", "echo", 1)
+        assert info.value.code == "UNAVAILABLE"
+        assert len(serving.caller.calls) + len(empty.caller.calls) == 1
+
+
+def test_retry_budget_stops_a_retry_storm(empty: Stack) -> None:
+    """50 calls to a proxy that always fails retry-safe: 5 attempts each would be 250,
+    the budget (20% of requests + a floor of 2) allows at most 50 + 10 + 2."""
+    budget = RetryBudget(ratio=0.2, floor=2, clock=lambda: 0.0)  # time stands still
+    settings = ClientSettings(max_attempts=5, retry_backoff_s=0.0, endpoint_down_s=0.0)
+    with Client([empty.address], retry_budget=budget, settings=settings) as client:
+        for _ in range(50):
+            with pytest.raises(CallError, match="no instance in service"):
+                client.call("echo", "echo", 1)
+    assert 50 < answered(empty, "UNAVAILABLE") <= 62
+
+
+def test_retry_budget_allows_ratio_of_requests_plus_floor_per_second() -> None:
+    now = [0.0]
+    budget = RetryBudget(ratio=0.5, floor=1.0, clock=lambda: now[0])
+    assert budget.try_retry()  # starts full (the floor)
+    assert not budget.try_retry()
+    budget.on_request()
+    assert not budget.try_retry()  # half a token
+    budget.on_request()
+    assert budget.try_retry()
+    now[0] += 10.0  # refills by the floor per second, capped at max(floor, 1)
+    assert budget.try_retry()
+    assert not budget.try_retry()
+
+
+def test_overall_deadline_bounds_retries(empty: Stack) -> None:
+    settings = ClientSettings(max_attempts=10_000, retry_backoff_s=0.01, endpoint_down_s=0)
+    budget = RetryBudget(ratio=0, floor=10_000)
+    with Client([empty.address], timeout_s=0.3, retry_budget=budget, settings=settings) as c:
+        started = time.monotonic()
+        with pytest.raises(CallError) as info:
+            c.call("echo", "echo", 1)
+        assert info.value.code in {"DEADLINE_EXCEEDED", "UNAVAILABLE"}
+        assert time.monotonic() - started < 1.0
+
+
+def test_endpoints_are_replaceable_and_an_empty_list_fails_clearly(serving: Stack) -> None:
+    with Client([DEAD], settings=FAST) as client:
+        with pytest.raises(CallError) as info:
+            client.call("echo", "version")
+        assert info.value.code == "UNAVAILABLE"
+        client.set_addresses([serving.address])
+        assert client.call("echo", "version") == "v1"
+        client.set_addresses([])
+        with pytest.raises(CallError, match="no endpoint"):
+            client.call("echo", "version")
+
+
+def test_async_client_retries_safe_failures_like_the_blocking_one(
+    serving: Stack, empty: Stack
+) -> None:
+    async def scenario() -> list[object]:
+        addresses = [DEAD, empty.address, serving.address]
+        async with AsyncClient(addresses, settings=FAST, rng=seeded(3)) as client:
+            answers = [await client.call("echo", "version") for _ in range(10)]
+            with pytest.raises(CallError) as info:
+                await client.call("echo", "fail", 2)
+            assert info.value.code == "UNKNOWN"
+            await client.set_addresses([serving.address])
+            answers.append(await client.call("echo", "version"))
+            return answers
+
+    assert asyncio.run(scenario()) == ["v1"] * 11
+    assert len(serving.caller.calls) == 12
