@@ -30,6 +30,7 @@ from ha_serving.appmaster._planner import (
     ProxyView,
     PushRoutes,
     Remove,
+    ReplaceWorker,
     RollBack,
     StartProxy,
     StartWorker,
@@ -37,6 +38,7 @@ from ha_serving.appmaster._planner import (
     WorkerView,
     plan,
     proxy_names,
+    successor,
 )
 from ha_serving.appmaster._state import (
     MAX_APPLIED_OPS,
@@ -245,7 +247,7 @@ class AppMasterCore:
         return bool(actions)
 
     async def observe(self, state: JobState) -> Observed:
-        names = sorted({i.worker for i in state.instances.values()} | state.workers)
+        names = sorted({i.worker for i in state.instances.values()} | set(state.workers))
         workers = await asyncio.gather(*(self._observe_worker(n) for n in names))
         proxies = await asyncio.gather(*(self._observe_proxy(n) for n in proxy_names(state)))
         now = self.clock.monotonic()
@@ -312,6 +314,8 @@ class AppMasterCore:
                 effects.append(self._start_worker(a.name))
             elif isinstance(a, StopWorker):
                 effects.append(self._stop_worker(a.name))
+            elif isinstance(a, ReplaceWorker):
+                effects.append(self._replace_worker(a.name))
         await _gather(effects)
         steps: list[Awaitable[None]] = []
         for a in actions:
@@ -395,12 +399,46 @@ class AppMasterCore:
         )
 
     async def _start_worker(self, name: str) -> None:
-        state = await self._mutate(lambda s: s.model_copy(update={"workers": s.workers | {name}}))
+        state = await self._mutate(
+            lambda s: s.model_copy(
+                update={"workers": {**s.workers, name: s.workers.get(name, s.placement_key)}}
+            )
+        )
         await self.runtime.create(self._worker_actor(name, state))
 
     async def _stop_worker(self, name: str) -> None:
         await self.runtime.kill(name)
-        await self._mutate(lambda s: s.model_copy(update={"workers": s.workers - {name}}))
+        await self._mutate(
+            lambda s: s.model_copy(
+                update={"workers": {k: v for k, v in s.workers.items() if k != name}}
+            )
+        )
+
+    async def _replace_worker(self, name: str) -> None:
+        """Drained instances wait for idle, the worker dies, and they load anew on a
+        successor with a new name (created by the next round with the current resources)."""
+        state = self._state()
+        mine = [i for i in state.instances.values() if i.worker == name]
+        timeout = state.spec.rollout.drain_timeout_s
+        await asyncio.gather(
+            *(
+                self.runtime.call(name, "wait_idle", i.id, timeout, timeout_s=timeout + 5)
+                for i in mine
+            )
+        )
+        await self.runtime.kill(name)
+
+        new = successor(name)
+
+        def renew(s: JobState) -> JobState:
+            for i in mine:
+                inst = s.instances[i.id]
+                s = s.with_instance(inst.to(Phase.PENDING, running=None, purpose="", worker=new))
+            return s.model_copy(
+                update={"workers": {k: v for k, v in s.workers.items() if k != name}}
+            )
+
+        await self._mutate(renew)
 
     async def _package(self, digest: str) -> bytes:
         data = self._packages.get(digest)
@@ -628,6 +666,7 @@ class AppMasterCore:
                 for i in s.instances.values()
             )
             and s.routes_acked >= s.routes_version
+            and all(k == s.placement_key for k in s.workers.values())
         )
 
 

@@ -90,6 +90,13 @@ class Remove:
 
 
 @dataclass(frozen=True)
+class ReplaceWorker:
+    """Kill a drained worker and let it be created again with the current resources."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class PushRoutes:
     version: int
 
@@ -114,6 +121,7 @@ Action = (
     | Drain
     | Apply
     | Remove
+    | ReplaceWorker
     | PushRoutes
     | FinishRollout
     | RollBack
@@ -125,7 +133,21 @@ def proxy_names(state: JobState) -> list[str]:
 
 
 def worker_name(state: JobState, index: int) -> str:
-    return f"{state.service}-w{index // state.spec.instances_per_worker}"
+    """The worker hosting instance ``index``: its slot's current worker, if it has one."""
+    per = state.spec.instances_per_worker
+    for inst in state.instances.values():
+        if inst.index // per == index // per:
+            return inst.worker
+    return f"{state.service}-w{index // per}"
+
+
+def successor(worker: str) -> str:
+    """The name of a replacement worker. A fresh name, never the dead one's: proxies
+    cache actor handles by name, and a call on a stale handle could not be retried."""
+    base, sep, gen = worker.rpartition("-r")
+    if sep and gen.isdigit():
+        return f"{base}-r{int(gen) + 1}"
+    return f"{worker}-r1"
 
 
 def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
@@ -156,6 +178,7 @@ def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
         if observed.workers.get(name) is None:
             actions.append(StartWorker(name))
     actions += [StopWorker(w) for w, v in observed.workers.items() if v and w not in needed]
+    actions += _replace(state, observed, lost)
 
     # 5. pending instances load the desired revision once their worker runs
     for inst in _by_index(state, Phase.PENDING):
@@ -172,6 +195,31 @@ def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
     ):
         actions.append(PushRoutes(state.routes_version))
     return actions
+
+
+def _replace(state: JobState, observed: Observed, lost: tuple[str, ...]) -> list[Action]:
+    """Workers created with other resources than the spec's are replaced, one at a time,
+    and only while no other instance is out of service."""
+    key = state.placement_key
+    stale = sorted(w for w, k in state.workers.items() if k != key and observed.workers.get(w))
+    if not stale:
+        return []
+    name = stale[0]
+    mine = [i for i in state.instances.values() if i.worker == name]
+    if mine and all(
+        i.phase == Phase.DRAINING
+        and i.purpose == "replace"
+        and i.drained_at_routes <= state.routes_acked
+        for i in mine
+    ):
+        return [ReplaceWorker(name)]
+    busy = any(i.phase != Phase.SERVING for i in state.instances.values())
+    if not mine:
+        return [ReplaceWorker(name)]
+    serving = tuple(i.id for i in mine if i.phase == Phase.SERVING and i.id not in lost)
+    if not busy and len(serving) == len(mine):
+        return [Drain(serving, "replace")]
+    return []
 
 
 def _lost(inst: Instance, observed: Observed) -> bool:
@@ -220,6 +268,7 @@ def _rollout(state: JobState) -> list[Action]:
             for i in state.instances.values()
         )
         and len(state.instances) == state.spec.instances
+        and all(k == state.placement_key for k in state.workers.values())
     )
     if converged:
         return [FinishRollout("succeeded" if r.status == "running" else "rolled_back")]
@@ -231,8 +280,8 @@ def _roll(state: JobState, observed: Observed, now: float, lost: tuple[str, ...]
     actions: list[Action] = []
     acked = state.routes_acked
     for inst in _by_index(state, Phase.DRAINING):
-        if inst.id in lost or inst.drained_at_routes > acked:
-            continue  # still routable somewhere: wait for every proxy's ack
+        if inst.id in lost or inst.drained_at_routes > acked or inst.purpose == "replace":
+            continue  # still routable somewhere (wait for every ack), or _replace's job
         if inst.purpose == "remove":
             actions.append(Remove(inst.id))
         else:

@@ -20,7 +20,8 @@ from         to                                     when
 pending      serving, failed, removing              loaded and healthy / not; scaled away
 serving      draining                               chosen for update or removal
 serving      pending                                its worker lost it (restart, death)
-draining     updating, removing, pending            idle (or drain timeout); or lost
+draining     updating, removing, pending            idle (or drain timeout); or lost, or
+                                                    its worker is replaced
 updating     serving, failed, pending               health after update; or lost
 failed       draining, pending                      retried (update/remove); or lost
 removing     (record deleted)                       removed from its worker
@@ -29,6 +30,10 @@ removing     (record deleted)                       removed from its worker
 Only ``serving`` instances are in the routing table. An instance enters ``draining``
 first (table without it pushed to every proxy), so it is out of routing before it is
 touched, and returns to routing only after its health check passed.
+
+A change of resources or runtime env cannot be applied in place: the worker actor is
+replaced, one worker at a time. All its instances are drained (purpose "replace"), the
+worker is killed and created again with the new options, and its instances load anew.
 """
 
 from __future__ import annotations
@@ -127,8 +132,9 @@ class JobState(_Frozen):
     desired: Revision
     instances: dict[str, Instance] = {}
     proxies: dict[str, Proxy] = {}
-    workers: frozenset[str] = frozenset()
-    """Worker actors this AppMaster created and has not stopped (some may be empty)."""
+    workers: dict[str, str] = {}
+    """Worker actors this AppMaster created and has not stopped (some may be empty), each
+    with the ``placement_key`` of the resources it was created with."""
     routes_version: int = 0
     """Bumped whenever the set of serving instances changes."""
     routes_acked: int = 0
@@ -140,6 +146,12 @@ class JobState(_Frozen):
     """Highest Keeper epoch seen; instructions below it are refused (fencing)."""
     applied_ops: tuple[str, ...] = ()
     """Recent op_ids applied, so a repeated instruction is ignored (bounded)."""
+
+    @property
+    def placement_key(self) -> str:
+        """Fingerprint of what a worker actor is created with (resources, runtime env):
+        when it changes, workers are replaced; everything else is updated in place."""
+        return self.spec.resources.model_dump_json()
 
     def with_instance(self, inst: Instance) -> JobState:
         return self.model_copy(update={"instances": {**self.instances, inst.id: inst}})

@@ -168,11 +168,26 @@ def test_backend_worker_killed_its_instances_are_replaced_nothing_lost(ops: Serv
     assert load.out.replies[-1]["prefix"] == "after-kill"
 
 
+def test_resource_change_replaces_worker_actors_with_zero_failures(ops: ServiceOps) -> None:
+    """Resources cannot change in place: each worker is drained, replaced by a new process
+    with the new resources, one at a time, while every request succeeds."""
+    pids = {w: _pid(w) for w in ("echo-w0", "echo-w1")}
+    with Load(ops.store, "echo") as load:
+        load.wait_for(100)
+        ops.change("echo", kind="deploy", resources={"num_cpus": 0.25})
+        view = _settle(ops)
+        load.wait_for(100)
+    _assert_no_failures(load)
+    assert [i["phase"] for i in view["instances"]] == ["serving"] * 4
+    assert sorted({i["worker"] for i in view["instances"]}) == ["echo-w0-r1", "echo-w1-r1"]
+    assert not set(pids.values()) & {_pid(w) for w in ("echo-w0-r1", "echo-w1-r1")}
+
+
 def test_job_gone_is_rebuilt_from_persisted_spec_and_version(ops: ServiceOps) -> None:
     """Every actor of the job killed at once (proxies and workers for good, the AppMaster
     by SIGKILL): the restarted AppMaster rebuilds them at version 2 with the last config,
     not the spec file's defaults."""
-    for n in ("echo-p0", "echo-p1", "echo-w0", "echo-w1"):
+    for n in ("echo-p0", "echo-p1", "echo-w0-r1", "echo-w1-r1"):
         ray.kill(ray.get_actor(n, namespace=NAMESPACE), no_restart=True)
     os.kill(_pid(appmaster_name("echo")), signal.SIGKILL)
     deadline = time.monotonic() + 60

@@ -13,8 +13,9 @@ import pytest
 from ha_serving._errors import StoreUnavailable
 from ha_serving._spec import ServiceSpec, parse_spec
 from ha_serving.appmaster import AppMasterCore, JobState, Phase, StaleInstruction
+from ha_serving.appmaster._actor import worker_spec
 from ha_serving.appmaster._state import OUT_OF_SERVICE
-from ha_serving.backend import BackendWorker, make_package
+from ha_serving.backend import make_package
 from ha_serving.runtime import ActorSpec
 from ha_serving.store import Store
 from ha_serving.testing import FakeProxy, FakeRuntime
@@ -60,16 +61,13 @@ class Harness:
         def proxy(name: str, state: JobState) -> ActorSpec:
             return ActorSpec(name=name, cls=FakeProxy, args=(state.service,))
 
-        def worker(name: str, state: JobState) -> ActorSpec:
-            return ActorSpec(name=name, cls=BackendWorker, args=(name,))
-
         return AppMasterCore(
             store=self.store,
             runtime=self.runtime,
             cluster="a",
             service="echo",
             proxy_actor=proxy,
-            worker_actor=worker,
+            worker_actor=worker_spec(),
             clock=self.clock,
         )
 
@@ -313,5 +311,28 @@ def test_control_plane_down_leaves_proxies_their_last_table(h: Harness) -> None:
         assert all(len(p.table.entries) == 6 for p in h.proxies())
         assert h.core.state is not None
         assert h.core.state.desired.version == "v1"
+
+    run(scenario())
+
+
+def test_resource_change_replaces_workers_one_at_a_time(h: Harness) -> None:
+    """New resources cannot be applied in place: each worker is drained, killed and
+    created again (one worker out at a time); config-only changes never do that."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        first = {n for n in h.runtime.actors if "-w" in n}
+        h.saved.clear()
+        await h.deploy(spec(resources={"num_cpus": 0.5}), "echo_v1", "op-2", kind="deploy")
+        await h.converge()
+        for state in h.saved:
+            out = [i for i in state.instances.values() if i.phase != Phase.SERVING]
+            assert len({i.worker for i in out}) <= 1, [(i.id, i.phase) for i in out]
+        workers = sorted(n for n in h.runtime.actors if "-w" in n)
+        assert workers == ["echo-w0-r1", "echo-w1-r1", "echo-w2-r1"]
+        assert not set(first) & set(workers)
+        assert all(h.runtime.specs[w].num_cpus == 0.5 for w in workers)
+        assert len(await h.call_all()) == 6
 
     run(scenario())
