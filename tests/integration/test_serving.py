@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +233,65 @@ def test_rolling_update_of_50_packed_instances_under_load(ops: ServiceOps) -> No
         f"{load.out.recorded} requests, {load.out.failures} failed"
     )
     assert json.dumps(load.out.replies[-1]).count("fifty") == 1
+
+
+def _cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("ha-serving")
+    return subprocess.run(
+        [str(exe), *args, "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_cli_deploy_call_update_scale_status(stack: infra.Topology, tmp_path: Path) -> None:
+    """The README's worked example, through the `ha-serving` command line."""
+    spec_file = tmp_path / "hello.yaml"
+    shutil.copytree(ECHO / "code", tmp_path / "code")
+    spec_file.write_text((ECHO / "echo.yaml").read_text().replace("name: echo", "name: hello"))
+    result = _cli(stack.run_dir, "deploy", str(spec_file), "--cluster", "a")
+    assert result.returncode == 0, result.stderr
+    assert "rollout succeeded" in result.stdout
+
+    result = _cli(stack.run_dir, "call", "hello", "echo", "--json", '{"n": 1}')
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"echo": {"n": 1}, "prefix": ">", "version": "1"}
+
+    config = tmp_path / "config.yaml"
+    config.write_text("prefix: '#'\n")
+    result = _cli(stack.run_dir, "update", "hello", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    result = _cli(stack.run_dir, "call", "hello", "echo", "--json", '"x"')
+    assert json.loads(result.stdout)["prefix"] == "#"
+
+    result = _cli(stack.run_dir, "scale", "hello", "2")
+    assert result.returncode == 0, result.stderr
+    result = _cli(stack.run_dir, "status", "hello", "--json")
+    assert result.returncode == 0, result.stderr
+    view = json.loads(result.stdout)
+    assert [i["phase"] for i in view["instances"]] == ["serving", "serving"]
+    assert len(view["proxies"]) == 2
+
+    bad = _cli(stack.run_dir, "call", "hello", "no_such_method", "--json", "1")
+    assert bad.returncode == 1
+    assert "NOT_FOUND" in bad.stderr
+    unknown = _cli(stack.run_dir, "call", "nobody", "echo")
+    assert unknown.returncode == 2
+    assert "unknown service 'nobody'" in unknown.stderr
+
+
+def test_cli_refuses_an_invalid_spec_listing_every_problem(
+    stack: infra.Topology, tmp_path: Path
+) -> None:
+    """An invalid spec is refused before anything is deployed, every problem by field."""
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text(
+        "name: Bad_Name\nversion: ''\ncode: {dir: nowhere, import_path: 'no colon'}\n"
+        "instances: -1\nrollout: {max_unavailable: 0}\n"
+    )
+    result = _cli(stack.run_dir, "deploy", str(spec_file))
+    assert result.returncode == 2
+    for field in ("name", "version", "code.import_path", "instances", "rollout.max_unavailable"):
+        assert f"{field}:" in result.stderr, result.stderr
