@@ -27,8 +27,11 @@ down: venv
 status: venv
 	$(BIN)/ha-serving status
 
-## demo: the main job — bring the stack up and show it
+## demo: the main job: the stack up, the echo example deployed, called and shown
 demo: up
+	$(BIN)/ha-serving deploy examples/echo/echo.yaml --cluster a
+	$(BIN)/ha-serving call echo echo --json '{"hello": "world"}'
+	$(BIN)/ha-serving status echo --cluster a
 
 ## test: unit + integration tests (real MariaDB, real Ray clusters)
 test: venv

@@ -162,6 +162,7 @@ def test_backend_worker_killed_its_instances_are_replaced_nothing_lost(ops: Serv
         view = _settle(ops)
         load.wait_for(200)
     out = load.out
+    print(f"\nbackend worker SIGKILL under load: {dict(out.codes)}")
     assert out.issued == out.recorded
     assert set(out.codes) <= {"OK", "UNAVAILABLE"}, dict(out.codes)
     assert out.codes["OK"] > 0.95 * out.recorded
