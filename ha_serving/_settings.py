@@ -12,6 +12,9 @@ Environment variables (all optional):
 ``HA_SERVING_CLUSTERS``        how many local Ray clusters ``up`` starts
 ``HA_SERVING_MARIADBD``        path of the ``mariadbd``/``mysqld`` binary to use
 ``HA_SERVING_REDIS_SERVER``    path of the ``redis-server`` binary to use
+``HA_SERVING_PORT_BASE``       first port of the clusters' port blocks (a second stack)
+``HA_SERVING_DB_PORT``         port of the private DB server
+``HA_SERVING_REDIS_PORT``      port of the private Redis
 =============================  ===============================================
 """
 
@@ -168,6 +171,13 @@ class Settings(_Group):
             stack["mariadbd_bin"] = v
         if v := env.get("HA_SERVING_REDIS_SERVER"):
             stack["redis_bin"] = v
+        for var, field in (
+            ("HA_SERVING_PORT_BASE", "port_base"),
+            ("HA_SERVING_DB_PORT", "db_port"),
+            ("HA_SERVING_REDIS_PORT", "redis_port"),
+        ):
+            if v := env.get(var):
+                stack[field] = v
         if v := env.get("HA_SERVING_DB_URL"):
             store["url"] = v
         return cls.build(stack=stack, store=store)

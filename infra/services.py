@@ -17,6 +17,7 @@ import logging
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from ha_serving._errors import StackError, StoreUnavailable
@@ -24,7 +25,7 @@ from ha_serving._settings import Settings
 from ha_serving.store import Store
 from infra import procs
 from infra.ports import ensure_free, tcp_answers
-from infra.topology import Database, Redis
+from infra.topology import Database, Proc, Redis
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +112,28 @@ def start_mariadb(binary: str, data_dir: Path, *, address: str, port: int) -> Da
         "--innodb-buffer-pool-size=64M",
         "--skip-log-bin",
     ]
-    proc = procs.spawn(argv, log=data_dir / "mariadbd.log")
+    proc = _start_server(
+        "mariadbd", argv, data_dir / "mariadbd.log", lambda: tcp_answers(address, port), 30
+    )
     url = f"mysql+pymysql://root@{address}:{port}/{DB_NAME}"
-    db = Database(kind="mariadb", url=url, address=f"{address}:{port}", proc=proc)
+    return Database(kind="mariadb", url=url, address=f"{address}:{port}", proc=proc)
+
+
+def _start_server(
+    what: str, argv: list[str], log: Path, answers: Callable[[], bool], timeout_s: float
+) -> Proc:
+    """Spawn a server and wait until it answers; if it exits or times out, kill it."""
+    proc = procs.spawn(argv, log=log)
     try:
         procs.wait_for(
-            "private mariadbd",
-            lambda: not procs.alive(proc) or tcp_answers(address, port),
-            timeout_s=30,
+            f"private {what}", lambda: not procs.alive(proc) or answers(), timeout_s=timeout_s
         )
         if not procs.alive(proc):
-            raise StackError(f"mariadbd exited at start: {procs.log_tail(proc.log)}")
+            raise StackError(f"{what} exited at start: {procs.log_tail(proc.log)}")
     except (TimeoutError, StackError):
         procs.kill(proc)
         raise
-    return db
+    return proc
 
 
 def _install_db(data_dir: Path) -> None:
@@ -195,18 +203,9 @@ def start_redis(binary: str, data_dir: Path, *, address: str, port: int) -> Redi
         "--protected-mode", "no",
         "--daemonize", "no",
     ]  # fmt: skip
-    proc = procs.spawn(argv, log=data_dir / "redis.log")
-    try:
-        procs.wait_for(
-            "private redis",
-            lambda: not procs.alive(proc) or redis_ping(address, port),
-            timeout_s=15,
-        )
-        if not procs.alive(proc):
-            raise StackError(f"redis-server exited at start: {procs.log_tail(proc.log)}")
-    except (TimeoutError, StackError):
-        procs.kill(proc)
-        raise
+    proc = _start_server(
+        "redis-server", argv, data_dir / "redis.log", lambda: redis_ping(address, port), 15
+    )
     return Redis(address=f"{address}:{port}", proc=proc)
 
 

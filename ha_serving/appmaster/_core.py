@@ -454,17 +454,19 @@ class AppMasterCore:
 
     async def _load(self, instance_id: str, rev: Revision) -> None:
         inst = self._inst(instance_id)
-        result = await self._control(
-            inst.worker,
-            "add_instance",
-            instance_id,
-            package=await self._package(rev.package),
-            digest=rev.package,
-            import_path=rev.import_path,
-            version=rev.version,
-            config=rev.config,
-        )
+        code = await self._code(rev)
+        result = await self._control(inst.worker, "add_instance", instance_id, **code)
         await self._settle(instance_id, rev, result, loaded=result.ok)
+
+    async def _code(self, rev: Revision) -> dict[str, Any]:
+        """The keyword arguments of a worker's add_instance/load_code for ``rev``."""
+        return {
+            "package": await self._package(rev.package),
+            "digest": rev.package,
+            "import_path": rev.import_path,
+            "version": rev.version,
+            "config": rev.config,
+        }
 
     async def _apply(self, instance_id: str, rev: Revision) -> None:
         inst = self._inst(instance_id)
@@ -478,16 +480,8 @@ class AppMasterCore:
         if inst.running is not None and inst.running.same_code(rev):
             result = await self._control(inst.worker, "reconfigure", instance_id, rev.config)
         else:
-            result = await self._control(
-                inst.worker,
-                "load_code",
-                instance_id,
-                package=await self._package(rev.package),
-                digest=rev.package,
-                import_path=rev.import_path,
-                version=rev.version,
-                config=rev.config,
-            )
+            code = await self._code(rev)
+            result = await self._control(inst.worker, "load_code", instance_id, **code)
         await self._settle(instance_id, rev, result, loaded=result.ok)
 
     async def _settle(self, instance_id: str, rev: Revision, result: Any, *, loaded: bool) -> None:

@@ -12,15 +12,22 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ha_serving._settings import StackSettings
 from tests.integration.conftest import TEST_PORT_BASE
 
 pytestmark = pytest.mark.integration
 
 CLI = str(Path(sys.executable).with_name("ha-serving"))
+ISOLATED = {
+    "HA_SERVING_PORT_BASE": "11500",  # cluster a at 13500…: neither make up's nor the stack's
+    "HA_SERVING_DB_PORT": "9336",
+    "HA_SERVING_REDIS_PORT": "9399",
+}
 
 
 def _up(run_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **env}
+    # ports of their own, so these tests pass while a developer's `make up` stack runs
+    full_env = {**os.environ, **ISOLATED, **env}
     if "HA_SERVING_DB_URL" not in env:
         full_env.pop("HA_SERVING_DB_URL", None)  # a developer's own setting must not leak in
     return subprocess.run(
@@ -87,18 +94,13 @@ def test_missing_db_binary_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def occupied_redis_port() -> Iterator[tuple[str, int]]:
-    """Hold the default stack's Redis address:port, as another program would."""
-    from ha_serving._settings import StackSettings
-
-    s = StackSettings()
+    """Hold the Redis address:port these tests' `up` will want, as another program would."""
+    address, port = StackSettings().redis_address, int(ISOLATED["HA_SERVING_REDIS_PORT"])
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((s.redis_address, s.redis_port))
-        except OSError:
-            pytest.skip("the default Redis port is in use (is `make up` running?)")
+        sock.bind((address, port))
         sock.listen()
-        yield s.redis_address, s.redis_port
+        yield address, port
 
 
 def test_occupied_port_after_db_start_stops_the_db_again(
@@ -116,9 +118,10 @@ def test_occupied_port_after_db_start_stops_the_db_again(
 
 def test_occupied_node_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
     """A Ray node's port held by another program: refused before any process starts."""
+    gcs_port = int(ISOLATED["HA_SERVING_PORT_BASE"]) + 2000  # cluster a's GCS port
+    assert gcs_port != TEST_PORT_BASE + 2000
     with socket.socket() as sock:
-        sock.bind(("127.0.1.1", 10000 + 2000))  # cluster a's GCS port with the default base
+        sock.bind(("127.0.1.1", gcs_port))
         sock.listen()
         result = _up(tmp_path, "--clusters", "1")
-    _assert_clean_failure(result, tmp_path, "127.0.1.1:12000", "in use")
-    assert TEST_PORT_BASE != 10000
+    _assert_clean_failure(result, tmp_path, f"127.0.1.1:{gcs_port}", "in use")
