@@ -58,4 +58,15 @@ clean: down
 
 ## proto: regenerate the data-plane stubs after editing ha_serving/proto/serving.proto
 proto: venv
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. ha_serving/proto/serving.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. ha_serving/proto/serving.proto ha_serving/proto/keeper.proto
+
+## bench: ha_serving's proxy vs Ray Serve's gRPC proxy, same echo, one run (own temp stack,
+## ~1.5 min). Installs Ray Serve's Python deps on first use, but not uvicorn[standard]'s
+## uvloop: once importable, Ray makes it the event loop of every async actor, ours included.
+SERVE_DEPS := 'starlette>=1.0.1' 'fastapi>=0.133.0' 'uvicorn>=0.26.0' watchfiles \
+	grpcio-reflection mmh3 'numpy>=1.20' jinja2
+BENCH_ARGS ?=
+.PHONY: bench
+bench: venv
+	@$(BIN)/python -c 'import ray.serve' 2>/dev/null || $(BIN)/python -m pip install -q $(SERVE_DEPS)
+	$(BIN)/python bench/grpc_vs_serve.py $(BENCH_ARGS)

@@ -15,6 +15,9 @@ Environment variables (all optional):
 ``HA_SERVING_PORT_BASE``       first port of the clusters' port blocks (a second stack)
 ``HA_SERVING_DB_PORT``         port of the private DB server
 ``HA_SERVING_REDIS_PORT``      port of the private Redis
+``HA_SERVING_KEEPER_TOKEN``    the Keepers' control-API secret (set by `up`)
+``HA_SERVING_KEEPER_TTL``      the Keepers' leader lease in seconds (set by `up`)
+``HA_SERVING_KEEPER_PORT``     the Keepers' control-API port (a second stack)
 =============================  ===============================================
 """
 
@@ -151,8 +154,28 @@ class ClientSettings(_Group):
     """Largest reply the client accepts, in bytes; matches the proxy's request limit."""
 
 
+class KeeperSettings(_Group):
+    replicas: int = Field(default=3, ge=1, le=9)
+    """Keeper processes `up` starts; 3 survive the loss of any one (leader included)."""
+
+    address_prefix: str = "127.0.200"
+    """Keeper k listens on <prefix>.k, its own loopback address (partitionable alone)."""
+
+    port: int = Field(default=9400, ge=1024, le=65535)
+    """Control API port of every Keeper (each on its own address)."""
+
+    lease_ttl_s: float = Field(default=3.0, gt=0.5, le=60)
+    """Leader lease in seconds: a dead leader is replaced within about this long (plus a
+    tick, ttl/3); a leader that cannot renew stops acting after ttl * 3/4."""
+
+    token: str | None = None
+    """Shared secret for the control API (``authorization: Bearer <token>``); `up`
+    generates one into <run_dir>/keeper.token. None: no authentication (tests only)."""
+
+
 class Settings(_Group):
     stack: StackSettings = StackSettings()
+    keeper: KeeperSettings = KeeperSettings()
     store: StoreSettings = StoreSettings()
     proxy: ProxySettings = ProxySettings()
     client: ClientSettings = ClientSettings()
@@ -180,7 +203,14 @@ class Settings(_Group):
                 stack[field] = v
         if v := env.get("HA_SERVING_DB_URL"):
             store["url"] = v
-        return cls.build(stack=stack, store=store)
+        keeper: dict[str, object] = {}
+        if v := env.get("HA_SERVING_KEEPER_TOKEN"):
+            keeper["token"] = v
+        if v := env.get("HA_SERVING_KEEPER_TTL"):
+            keeper["lease_ttl_s"] = v
+        if v := env.get("HA_SERVING_KEEPER_PORT"):
+            keeper["port"] = v
+        return cls.build(stack=stack, store=store, keeper=keeper)
 
     @classmethod
     def build(cls, **groups: Mapping[str, object]) -> Settings:

@@ -5,7 +5,14 @@ run directory records them, and everything here acts by process group from that 
 never by process name.
 """
 
-from infra.faults import kill_cluster, kill_node, restart_cluster, restart_node
+from infra.faults import (
+    kill_cluster,
+    kill_node,
+    restart_cluster,
+    restart_keeper,
+    restart_node,
+    signal_keeper,
+)
 from infra.stack import DownResult, UpResult, down, status, up
 from infra.topology import Topology, load
 
@@ -18,7 +25,9 @@ __all__ = [
     "kill_node",
     "load",
     "restart_cluster",
+    "restart_keeper",
     "restart_node",
+    "signal_keeper",
     "status",
     "up",
 ]

@@ -10,12 +10,14 @@ namespace), after removing ``<temp-dir>/ray_current_cluster``, which would other
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
 from ha_serving._errors import StackError
 from infra import procs, topology
-from infra.stack import _wait_nodes, locked
+from infra.stack import _wait_nodes, locked, wait_keeper
 from infra.topology import Cluster, Node, Topology
 
 NODE_START_TIMEOUT_S = 60.0
@@ -99,3 +101,33 @@ def _cluster(topo: Topology, name: str) -> Cluster:
         return topo.cluster(name)
     except KeyError as exc:
         raise StackError(str(exc.args[0])) from None
+
+
+def signal_keeper(run_dir: Path, keeper_id: str, sig: int) -> None:
+    """Send ``sig`` to a Keeper's process group: SIGKILL (crash), SIGSTOP/SIGCONT (pause)."""
+    with locked(run_dir.resolve()):
+        topo = _load(run_dir)
+        try:
+            keeper = topo.keeper(keeper_id)
+        except KeyError as exc:
+            raise StackError(str(exc.args[0])) from None
+        if sig == signal.SIGKILL:
+            procs.resume(keeper.proc)
+            procs.kill(keeper.proc)
+        else:
+            os.killpg(keeper.proc.pgid, sig)
+
+
+def restart_keeper(run_dir: Path, keeper_id: str) -> None:
+    """Start a killed Keeper again with its command line and environment."""
+    with locked(run_dir.resolve()):
+        topo = _load(run_dir)
+        try:
+            keeper = topo.keeper(keeper_id)
+        except KeyError as exc:
+            raise StackError(str(exc.args[0])) from None
+        if procs.alive(keeper.proc):
+            raise StackError(f"keeper {keeper_id} is running; kill it first")
+        keeper.proc = procs.spawn(keeper.proc.argv, env=keeper.proc.env, log=keeper.proc.log)
+        topo.save()
+        wait_keeper(topo, keeper)

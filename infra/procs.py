@@ -105,6 +105,12 @@ def kill(proc: Proc, *, sig: int = signal.SIGKILL, grace_s: float = 0.0) -> int:
     return len(victims)
 
 
+def resume(proc: Proc) -> None:
+    """SIGCONT the process group (harmless if it is not stopped)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pgid, signal.SIGCONT)
+
+
 def _wait_dead(victims: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
     """Wait until no victim runs; returns those still running at the timeout.
 

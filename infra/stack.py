@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import secrets
 import shutil
 import time
 import uuid
@@ -22,10 +23,11 @@ from pydantic import BaseModel
 
 from ha_serving._errors import StackError
 from ha_serving._settings import Settings
+from ha_serving.keeper import keeper_status
 from infra import procs, services, topology
 from infra.ports import cluster_name, ensure_free, node_address, node_ports
 from infra.ray_nodes import alive_since, node_argv, node_env
-from infra.topology import Cluster, Node, Role, Topology
+from infra.topology import Cluster, Keeper, Node, Role, Topology
 
 Report = Callable[[str], None]
 
@@ -145,7 +147,60 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
     report(f"waiting for {s.clusters * s.workers_per_cluster} worker node(s)")
     for c in topo.clusters:
         _wait_nodes(c, c.nodes, s.node_start_timeout_s)
+    report(f"starting {settings.keeper.replicas} Keeper replicas")
+    _start_keepers(settings, topo)
     return topo
+
+
+def _start_keepers(settings: Settings, topo: Topology) -> None:
+    k = settings.keeper
+    token_file = topo.run_dir / "keeper.token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(secrets.token_urlsafe(32))
+    topo.keeper_token_file = token_file
+    ha_serving_bin = str(Path(settings.stack.ray_bin).with_name("ha-serving"))
+    for i in range(1, k.replicas + 1):
+        keeper_id, address = f"k{i}", f"{k.address_prefix}.{i}:{k.port}"
+        host, _, port = address.rpartition(":")
+        ensure_free(host, [int(port)], what=f"Keeper {keeper_id}")
+        argv = [
+            ha_serving_bin,
+            "keeper",
+            "run",
+            "--id",
+            keeper_id,
+            "--address",
+            address,
+            "--db-url",
+            topo.db.url,
+        ]
+        # the token travels in the environment, never on a command line that `ps` shows
+        env = {
+            "HA_SERVING_KEEPER_TOKEN": token_file.read_text(),
+            "HA_SERVING_KEEPER_TTL": str(k.lease_ttl_s),
+        }
+        proc = procs.spawn(argv, env=env, log=topo.run_dir / "logs" / f"keeper-{keeper_id}.log")
+        topo.keepers.append(Keeper(id=keeper_id, address=address, proc=proc))
+        topo.save()
+    for keeper in topo.keepers:
+        wait_keeper(topo, keeper)
+
+
+def wait_keeper(topo: Topology, keeper: Keeper, timeout_s: float = 30.0) -> None:
+    """Wait until a Keeper answers its Status call; fail fast if its process exits."""
+    token = topo.keeper_token()
+
+    def ready() -> bool:
+        if not procs.alive(keeper.proc):
+            raise StackError(
+                f"Keeper {keeper.id} exited at start: {procs.log_tail(keeper.proc.log)}"
+            )
+        return bool(keeper_status(keeper.address, token=token)["alive"])
+
+    try:
+        procs.wait_for(f"Keeper {keeper.id}", ready, timeout_s=timeout_s)
+    except TimeoutError as exc:
+        raise StackError(str(exc)) from None
 
 
 def _start_node_set(
@@ -171,9 +226,15 @@ def _start_node_set(
         env = node_env(s, role=role, redis=redis, namespace=namespace)
         proc = procs.spawn(argv, env=env, log=topo.run_dir / "logs" / f"{node_name}.log")
         nodes.append(
-            Node(name=node_name, role=role, address=address, ports=ports, temp_dir=temp_dir,
-                 proc=proc)
-        )  # fmt: skip
+            Node(
+                name=node_name,
+                role=role,
+                address=address,
+                ports=ports,
+                temp_dir=temp_dir,
+                proc=proc,
+            )
+        )
     return Cluster(
         name=name, index=index, gcs_address=gcs_address, storage_namespace=namespace, nodes=nodes
     )
@@ -215,6 +276,8 @@ def _liveness(topo: Topology) -> dict[str, bool]:
         parts["db"] = procs.alive(topo.db.proc)
     if topo.redis is not None:
         parts["redis"] = procs.alive(topo.redis.proc)
+    for k in topo.keepers:
+        parts[f"keeper {k.id}"] = procs.alive(k.proc)
     return parts
 
 
@@ -234,7 +297,10 @@ def status(run_dir: Path) -> dict[str, object] | None:
         db_alive = pool.submit(services.database_alive, topo.db)
         redis_alive = pool.submit(services.redis_alive, topo.redis) if topo.redis else None
         clusters = [_cluster_status(c, seen[c.name]) for c in topo.clusters]
+        token = topo.keeper_token()
+        keepers = list(pool.map(lambda k: _keeper_status(k, token), topo.keepers))
         return {
+            "keepers": keepers,
             "run_dir": str(topo.run_dir),
             "clusters": clusters,
             "db": {"kind": topo.db.kind, "url": topo.db.url, "alive": db_alive.result()},
@@ -244,6 +310,21 @@ def status(run_dir: Path) -> dict[str, object] | None:
                 "gcs_fault_tolerance": topo.redis is not None,
             },
         }
+
+
+def _keeper_status(k: Keeper, token: str | None) -> dict[str, object]:
+    if not procs.alive(k.proc):
+        return {
+            "id": k.id,
+            "address": k.address,
+            "alive": False,
+            "leader": False,
+            "epoch": 0,
+            "pid": k.proc.pid,
+            "pgid": k.proc.pgid,
+        }
+    found = keeper_status(k.address, token=token)
+    return {"id": k.id, **found, "pid": k.proc.pid, "pgid": k.proc.pgid}
 
 
 def _cluster_status(c: Cluster, seen: dict[str, float] | None) -> dict[str, object]:
@@ -294,6 +375,13 @@ def down(run_dir: Path, *, report: Report = _quiet) -> DownResult:
 
 def _stop(topo: Topology, *, report: Report) -> int:
     stopped = 0
+    if topo.keepers:
+        report("stopping the Keepers")
+    for k in topo.keepers:
+        procs.resume(k.proc)  # a SIGSTOPped one would never see the SIGTERM
+        stopped += procs.kill(k.proc, grace_s=3)
+    if topo.keeper_token_file is not None:
+        topo.keeper_token_file.unlink(missing_ok=True)
     for c in topo.clusters:
         report(f"stopping cluster {c.name}")
         # SIGKILL at once: a node keeps nothing worth a clean shutdown (its GCS state is

@@ -94,6 +94,13 @@ class Redis(_Model):
     proc: Proc
 
 
+class Keeper(_Model):
+    id: str
+    address: str
+    """host:port of its control API, on a loopback address of its own."""
+    proc: Proc
+
+
 class Topology(_Model):
     run_dir: Path
     run_id: str
@@ -102,6 +109,21 @@ class Topology(_Model):
     db: Database
     redis: Redis | None
     """None when no redis-server was found: clusters then run without GCS FT."""
+    keepers: list[Keeper] = []
+    keeper_token_file: Path | None = None
+    """Where the Keepers' shared secret is (mode 0600); the token is never in here."""
+
+    def keeper(self, keeper_id: str) -> Keeper:
+        for k in self.keepers:
+            if k.id == keeper_id:
+                return k
+        known = ", ".join(k.id for k in self.keepers)
+        raise KeyError(f"no keeper {keeper_id!r} (known: {known})")
+
+    def keeper_token(self) -> str | None:
+        if self.keeper_token_file is None:
+            return None
+        return self.keeper_token_file.read_text().strip()
 
     def cluster(self, name: str) -> Cluster:
         for c in self.clusters:

@@ -6,9 +6,11 @@ stderr and a non-zero exit: 2 for a user's mistake, 1 for a system failure.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from ha_serving._errors import (
 from ha_serving._settings import Settings
 from ha_serving.cli._services import ServiceOps, load_spec_file
 from ha_serving.client import Client
+from ha_serving.keeper import KeeperServer
 from ha_serving.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -38,6 +41,8 @@ node_app = typer.Typer(no_args_is_help=True, help="Kill or restart one Ray node.
 cluster_app = typer.Typer(no_args_is_help=True, help="Kill or restart a whole Ray cluster.")
 app.add_typer(node_app, name="node")
 app.add_typer(cluster_app, name="cluster")
+keeper_app = typer.Typer(no_args_is_help=True, help="Run, kill, pause or resume a Keeper.")
+app.add_typer(keeper_app, name="keeper")
 
 out = Console()
 err = Console(stderr=True)
@@ -135,6 +140,20 @@ def _print_status(report: dict[str, object] | None) -> None:
                 c["gcs_address"] if n["role"] == "head" else "",
             )
     out.print(table)
+    keepers = Table(title="Keepers")
+    for col in ("keeper", "address", "alive", "role", "epoch", "pgid"):
+        keepers.add_column(col)
+    for k in report.get("keepers", []):  # type: ignore[attr-defined]
+        role = "[bold]leader[/]" if k["leader"] else "follower"
+        keepers.add_row(
+            k["id"],
+            k["address"],
+            _yes(k["alive"]),
+            role if k["alive"] else "",
+            str(k["epoch"]),
+            str(k["pgid"]),
+        )
+    out.print(keepers)
     db = report["db"]
     redis = report["redis"]
     out.print(f"DB     {db['kind']:<8} {db['url']:<50} {_yes(db['alive'])}")  # type: ignore[index]
@@ -176,6 +195,51 @@ def cluster_restart(name: str, run_dir: RunDir = None) -> None:
     with err.status(f"restarting cluster {name}"):
         infra.restart_cluster(_run_dir(run_dir), name)
     out.print(f"cluster {name} is back")
+
+
+@keeper_app.command("run")
+def keeper_run(
+    keeper_id: Annotated[str, typer.Option("--id", help="Replica id, e.g. k1.")],
+    address: Annotated[str, typer.Option(help="host:port to serve the control API on.")],
+    db_url: Annotated[str, typer.Option(help="State store URL.")],
+) -> None:
+    """Run one Keeper replica in the foreground (`up` starts three)."""
+    settings = Settings.from_env()
+    logging.getLogger().setLevel(logging.INFO)
+    store = Store.connect(db_url, connect_timeout_s=settings.store.connect_timeout_s)
+    server = KeeperServer(store, keeper_id, address, settings.keeper)
+    try:
+        asyncio.run(server.serve_forever())
+    finally:
+        store.close()
+
+
+@keeper_app.command("kill")
+def keeper_kill(keeper_id: str, run_dir: RunDir = None) -> None:
+    """SIGKILL one Keeper replica."""
+    infra.signal_keeper(_run_dir(run_dir), keeper_id, signal.SIGKILL)
+    out.print(f"killed keeper {keeper_id}")
+
+
+@keeper_app.command("pause")
+def keeper_pause(keeper_id: str, run_dir: RunDir = None) -> None:
+    """SIGSTOP one Keeper replica (a frozen leader, as in a long GC pause)."""
+    infra.signal_keeper(_run_dir(run_dir), keeper_id, signal.SIGSTOP)
+    out.print(f"paused keeper {keeper_id}")
+
+
+@keeper_app.command("resume")
+def keeper_resume(keeper_id: str, run_dir: RunDir = None) -> None:
+    """SIGCONT a paused Keeper replica."""
+    infra.signal_keeper(_run_dir(run_dir), keeper_id, signal.SIGCONT)
+    out.print(f"resumed keeper {keeper_id}")
+
+
+@keeper_app.command("restart")
+def keeper_restart(keeper_id: str, run_dir: RunDir = None) -> None:
+    """Start a killed Keeper replica again with its old command line."""
+    infra.restart_keeper(_run_dir(run_dir), keeper_id)
+    out.print(f"keeper {keeper_id} is back")
 
 
 # --- services -------------------------------------------------------------------------

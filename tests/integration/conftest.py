@@ -19,6 +19,7 @@ TEST_PORT_BASE = 11000
 
 
 def stack_settings(run_dir: Path, **stack: object) -> Settings:
+    """The test stack: other ports than `make up`'s (and a Keeper port of its own)."""
     base = Settings.from_env()
     return Settings.build(
         stack={
@@ -36,6 +37,7 @@ def stack_settings(run_dir: Path, **stack: object) -> Settings:
             **stack,
         },
         store={},
+        keeper={"port": 9410, "token": None},
     )
 
 

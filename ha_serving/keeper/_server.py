@@ -1,0 +1,120 @@
+"""A Keeper replica: the gRPC control API plus the leadership loop.
+
+Every replica serves the API; the leadership loop decides which one acts. The control
+API requires ``authorization: Bearer <token>`` when a token is configured; a missing or
+wrong token gets UNAUTHENTICATED and a log line that names the caller, never the secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ha_serving._settings import KeeperSettings
+from ha_serving.keeper._leadership import LEASE_NAME, Leadership
+from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+from ha_serving.store import Store
+from ha_serving.util.aiotasks import guard
+from ha_serving.util.clock import Clock, SystemClock
+from ha_serving.util.logs import bound
+
+_OPEN = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+
+class _TokenAuth(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str, log: logging.LoggerAdapter[logging.Logger]) -> None:
+        self._expected = f"Bearer {token}".encode()
+        self._log = log
+
+        async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+
+        self._deny: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if details.method in _OPEN:
+            return await continuation(details)
+        sent = dict(details.invocation_metadata or ()).get("authorization", "")
+        sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)
+        if hmac.compare_digest(sent_bytes, self._expected):
+            return await continuation(details)
+        self._log.warning("refused %s: %s token", details.method, "wrong" if sent else "no")
+        return self._deny
+
+
+class KeeperServer(keeper_pb2_grpc.KeeperServicer):
+    def __init__(
+        self,
+        store: Store,
+        keeper_id: str,
+        address: str,
+        settings: KeeperSettings,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.keeper_id = keeper_id
+        self.address = address
+        self.settings = settings
+        self.log = bound("ha_serving.keeper", keeper=keeper_id)
+        self.leadership = Leadership(
+            store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock or SystemClock()
+        )
+        self._server: grpc.aio.Server | None = None
+
+    async def Status(  # noqa: N802 - the gRPC method's name
+        self,
+        request: keeper_pb2.StatusRequest,  # noqa: ARG002 - it has no fields
+        context: grpc.aio.ServicerContext[Any, Any],  # noqa: ARG002 - nothing to set
+    ) -> keeper_pb2.KeeperStatus:
+        term = self.leadership.term()
+        lease = await asyncio.to_thread(self._lease_or_none)
+        return keeper_pb2.KeeperStatus(
+            keeper_id=self.keeper_id,
+            address=self.address,
+            leader=term is not None,
+            epoch=term.epoch if term else (lease.epoch if lease else 0),
+            leader_id=(lease.holder or "") if lease else "",
+        )
+
+    def _lease_or_none(self) -> Any:
+        try:
+            return self.store.get_lease(LEASE_NAME)
+        except Exception:
+            return None
+
+    async def start(self) -> None:
+        interceptors = []
+        if self.settings.token:
+            interceptors.append(_TokenAuth(self.settings.token, self.log))
+        server = grpc.aio.server(interceptors=interceptors)
+        keeper_pb2_grpc.add_KeeperServicer_to_server(self, server)  # type: ignore[no-untyped-call]
+        health_servicer = health.HealthServicer()
+        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if server.add_insecure_port(self.address) == 0:
+            raise OSError(f"cannot bind {self.address}")
+        await server.start()
+        self._server = server
+        guard(self.leadership.run(), name=f"leadership-{self.keeper_id}", logger=self.log)
+        self.log.info("keeper listening on %s", self.address)
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._server is not None  # noqa: S101 - set by start()
+        try:
+            await self._server.wait_for_termination()
+        finally:
+            await asyncio.to_thread(self.leadership.resign)
