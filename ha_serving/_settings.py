@@ -168,6 +168,14 @@ class KeeperSettings(_Group):
     """Leader lease in seconds: a dead leader is replaced within about this long (plus a
     tick, ttl/3); a leader that cannot renew stops acting after ttl * 3/4."""
 
+    watch_period_s: float = Field(default=0.5, gt=0, le=30)
+    """How often a Watch stream re-reads a service's endpoints; bounds how stale a
+    client's view is after a proxy appears or its lease lapses."""
+
+    watch_keepalive_s: float = Field(default=10.0, gt=0)
+    """A Watch stream re-sends an unchanged list this often, so clients notice a dead
+    stream (and switch Keeper) without a change having to happen."""
+
     token: str | None = None
     """Shared secret for the control API (``authorization: Bearer <token>``); `up`
     generates one into <run_dir>/keeper.token. None: no authentication (tests only)."""

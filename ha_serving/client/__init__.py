@@ -6,6 +6,15 @@ arrive as ``CallError(code, message)`` with the gRPC status name.
 """
 
 from ha_serving._errors import CallError
-from ha_serving.client._client import AsyncClient, Client, RetryBudget
+from ha_serving.client._client import AsyncClient, Client, RetryBudget, discovered_client
+from ha_serving.client._discovery import Discovery, EndpointInfo
 
-__all__ = ["AsyncClient", "CallError", "Client", "RetryBudget"]
+__all__ = [
+    "AsyncClient",
+    "CallError",
+    "Client",
+    "Discovery",
+    "EndpointInfo",
+    "RetryBudget",
+    "discovered_client",
+]

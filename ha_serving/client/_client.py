@@ -23,6 +23,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -30,6 +31,7 @@ import grpc
 from ha_serving._errors import CallError
 from ha_serving._settings import ClientSettings
 from ha_serving._wire import CALL_METHOD, RETRY_SAFE_KEY
+from ha_serving.client._discovery import Discovery, EndpointInfo, rank
 from ha_serving.proto.serving_pb2 import CallReply, CallRequest
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -88,6 +90,8 @@ class _Endpoint(Generic[C]):
         self.active = 0
         self.down_until = 0.0
         self.retired = False
+        self.tier = 0
+        """Preference: the lowest tier with a healthy endpoint is used (0 = nearest)."""
 
 
 class _Core(Generic[C]):
@@ -113,14 +117,18 @@ class _Core(Generic[C]):
         self.endpoints: dict[str, _Endpoint[C]] = {}
         self.replace(addresses)
 
-    def replace(self, addresses: Sequence[str]) -> list[_Endpoint[C]]:
-        """Adopt ``addresses``; return the dropped endpoints that can be closed now."""
+    def replace(
+        self, addresses: Sequence[str], tiers: Mapping[str, int] | None = None
+    ) -> list[_Endpoint[C]]:
+        """Adopt ``addresses`` (with preference ``tiers``, default all 0); return the
+        dropped endpoints that can be closed now."""
         with self.lock:
             wanted = list(dict.fromkeys(addresses))
             for address in wanted:
                 if address not in self.endpoints:
                     channel, stub = self._open(address)
                     self.endpoints[address] = _Endpoint(address, channel, stub)
+                self.endpoints[address].tier = (tiers or {}).get(address, 0)
             closable = []
             for address in [a for a in self.endpoints if a not in wanted]:
                 ep = self.endpoints.pop(address)
@@ -150,6 +158,9 @@ class _Core(Generic[C]):
             fresh = [ep for ep in live if ep.address not in tried] or live
             now = self.clock()
             healthy = [ep for ep in fresh if ep.down_until <= now]
+            if healthy:  # the nearest tier that has a healthy endpoint; spill over by health
+                nearest = min(ep.tier for ep in healthy)
+                healthy = [ep for ep in healthy if ep.tier == nearest]
             ep = self.rng.choice(healthy or fresh)
             ep.active += 1
             return ep, remaining
@@ -234,8 +245,11 @@ class Client:
             open_channel=open_channel,
         )
 
-    def set_addresses(self, addresses: Sequence[str]) -> None:
-        for ep in self._core.replace(addresses):
+    def set_addresses(
+        self, addresses: Sequence[str], *, tiers: Mapping[str, int] | None = None
+    ) -> None:
+        """Replace the endpoint list; ``tiers`` ranks them (lower = preferred)."""
+        for ep in self._core.replace(addresses, tiers):
             ep.channel.close()
 
     def call(
@@ -325,8 +339,10 @@ class AsyncClient:
             open_channel=open_channel,
         )
 
-    async def set_addresses(self, addresses: Sequence[str]) -> None:
-        for ep in self._core.replace(addresses):
+    async def set_addresses(
+        self, addresses: Sequence[str], *, tiers: Mapping[str, int] | None = None
+    ) -> None:
+        for ep in self._core.replace(addresses, tiers):
             await ep.channel.close()
 
     async def call(
@@ -381,3 +397,25 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def discovered_client(
+    service: str,
+    keepers: Sequence[str],
+    *,
+    token: str | None,
+    cache_dir: Path | None = None,
+    cluster: str | None = None,
+    zone: str | None = None,
+    settings: ClientSettings | None = None,
+) -> tuple[Client, Discovery]:
+    """A Client whose endpoints follow the Keepers' discovery for ``service``, nearest
+    (``cluster``, then ``zone``) first. Stop the Discovery and close the Client after use."""
+    client = Client([], settings=settings)
+
+    def adopt(endpoints: list[EndpointInfo]) -> None:
+        tiers = rank(endpoints, cluster=cluster, zone=zone)
+        client.set_addresses([e.address for e in endpoints], tiers=tiers)
+
+    discovery = Discovery(service, keepers, token=token, on_change=adopt, cache_dir=cache_dir)
+    return client, discovery.start()

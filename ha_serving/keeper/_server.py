@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ha_serving._errors import StoreUnavailable
 from ha_serving._settings import KeeperSettings
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
@@ -87,6 +88,54 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             leader=term is not None,
             epoch=term.epoch if term else (lease.epoch if lease else 0),
             leader_id=(lease.holder or "") if lease else "",
+        )
+
+    async def Resolve(  # noqa: N802 - the gRPC method's name
+        self, request: keeper_pb2.ResolveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> keeper_pb2.Endpoints:
+        if not request.service:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "service is required")
+        try:
+            return await self._endpoints(request.service)
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"state store unavailable: {exc}")
+            raise  # abort raises; this keeps type checkers content
+
+    async def Watch(  # noqa: N802 - the gRPC method's name
+        self, request: keeper_pb2.ResolveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[keeper_pb2.Endpoints]:
+        """Push the endpoint list on every change, and at least every keepalive period.
+        While the DB is down nothing is sent (never an empty list standing for "unknown")."""
+        if not request.service:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "service is required")
+        last: bytes | None = None
+        last_sent = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                current = await self._endpoints(request.service)
+            except StoreUnavailable:
+                current = None
+            now = loop.time()
+            if current is not None:
+                raw = current.SerializeToString(deterministic=True)
+                if raw != last or now - last_sent >= self.settings.watch_keepalive_s:
+                    yield current
+                    last, last_sent = raw, now
+            await asyncio.sleep(self.settings.watch_period_s)
+
+    async def _endpoints(self, service: str) -> keeper_pb2.Endpoints:
+        found = await asyncio.to_thread(self.store.list_endpoints, service)
+        return keeper_pb2.Endpoints(
+            service=service,
+            endpoints=[
+                keeper_pb2.Endpoint(
+                    address=e.address,
+                    cluster=e.cluster,
+                    labels={k: str(v) for k, v in e.labels.items()},
+                )
+                for e in found
+            ],
         )
 
     def _lease_or_none(self) -> Any:

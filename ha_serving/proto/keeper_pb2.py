@@ -24,17 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dha_serving/proto/keeper.proto\x12\rha_serving.v1\"\x0f\n\rStatusRequest\"d\n\x0cKeeperStatus\x12\x11\n\tkeeper_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x11\n\tleader_id\x18\x05 \x01(\t2M\n\x06Keeper\x12\x43\n\x06Status\x12\x1c.ha_serving.v1.StatusRequest\x1a\x1b.ha_serving.v1.KeeperStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dha_serving/proto/keeper.proto\x12\rha_serving.v1\"!\n\x0eResolveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x90\x01\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.ha_serving.v1.Endpoint.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\tEndpoints\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\tendpoints\x18\x02 \x03(\x0b\x32\x17.ha_serving.v1.Endpoint\"\x0f\n\rStatusRequest\"d\n\x0cKeeperStatus\x12\x11\n\tkeeper_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x11\n\tleader_id\x18\x05 \x01(\t2\xd5\x01\n\x06Keeper\x12\x43\n\x06Status\x12\x1c.ha_serving.v1.StatusRequest\x1a\x1b.ha_serving.v1.KeeperStatus\x12\x42\n\x07Resolve\x12\x1d.ha_serving.v1.ResolveRequest\x1a\x18.ha_serving.v1.Endpoints\x12\x42\n\x05Watch\x12\x1d.ha_serving.v1.ResolveRequest\x1a\x18.ha_serving.v1.Endpoints0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ha_serving.proto.keeper_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUSREQUEST']._serialized_start=48
-  _globals['_STATUSREQUEST']._serialized_end=63
-  _globals['_KEEPERSTATUS']._serialized_start=65
-  _globals['_KEEPERSTATUS']._serialized_end=165
-  _globals['_KEEPER']._serialized_start=167
-  _globals['_KEEPER']._serialized_end=244
+  _globals['_ENDPOINT_LABELSENTRY']._loaded_options = None
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_RESOLVEREQUEST']._serialized_start=48
+  _globals['_RESOLVEREQUEST']._serialized_end=81
+  _globals['_ENDPOINT']._serialized_start=84
+  _globals['_ENDPOINT']._serialized_end=228
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=183
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=228
+  _globals['_ENDPOINTS']._serialized_start=230
+  _globals['_ENDPOINTS']._serialized_end=302
+  _globals['_STATUSREQUEST']._serialized_start=304
+  _globals['_STATUSREQUEST']._serialized_end=319
+  _globals['_KEEPERSTATUS']._serialized_start=321
+  _globals['_KEEPERSTATUS']._serialized_end=421
+  _globals['_KEEPER']._serialized_start=424
+  _globals['_KEEPER']._serialized_end=637
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,16 @@ class KeeperStub:
                 request_serializer=ha__serving_dot_proto_dot_keeper__pb2.StatusRequest.SerializeToString,
                 response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.KeeperStatus.FromString,
                 _registered_method=True)
+        self.Resolve = channel.unary_unary(
+                '/ha_serving.v1.Keeper/Resolve',
+                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.ResolveRequest.SerializeToString,
+                response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.Endpoints.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/ha_serving.v1.Keeper/Watch',
+                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.ResolveRequest.SerializeToString,
+                response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.Endpoints.FromString,
+                _registered_method=True)
 
 
 class KeeperServicer:
@@ -51,6 +61,20 @@ class KeeperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Resolve(self, request, context):
+        """Discovery: the live proxy endpoints of a service, across clusters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """The same, pushed on every change (and at least every keepalive period).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeeperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +82,16 @@ def add_KeeperServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.StatusRequest.FromString,
                     response_serializer=ha__serving_dot_proto_dot_keeper__pb2.KeeperStatus.SerializeToString,
+            ),
+            'Resolve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resolve,
+                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.ResolveRequest.FromString,
+                    response_serializer=ha__serving_dot_proto_dot_keeper__pb2.Endpoints.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.ResolveRequest.FromString,
+                    response_serializer=ha__serving_dot_proto_dot_keeper__pb2.Endpoints.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +121,60 @@ class Keeper:
             '/ha_serving.v1.Keeper/Status',
             ha__serving_dot_proto_dot_keeper__pb2.StatusRequest.SerializeToString,
             ha__serving_dot_proto_dot_keeper__pb2.KeeperStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resolve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ha_serving.v1.Keeper/Resolve',
+            ha__serving_dot_proto_dot_keeper__pb2.ResolveRequest.SerializeToString,
+            ha__serving_dot_proto_dot_keeper__pb2.Endpoints.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ha_serving.v1.Keeper/Watch',
+            ha__serving_dot_proto_dot_keeper__pb2.ResolveRequest.SerializeToString,
+            ha__serving_dot_proto_dot_keeper__pb2.Endpoints.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,155 @@
+"""Client-side discovery: a service's endpoints from the Keepers, cached so that
+clients keep working while every Keeper or the DB is down.
+
+A background thread holds a ``Watch`` stream to one Keeper and fails over to the next
+when it breaks. Every non-empty list is kept in memory and written to a small JSON file
+(atomically), which seeds the next start. An empty answer is ignored while the cache is
+non-empty: "no endpoints" from a Keeper that lost its DB must not empty the clients.
+Endpoints are ranked nearest first (same cluster, then same zone, then the rest); the
+client uses the nearest healthy tier and spills over by health.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+
+log = logging.getLogger("ha_serving.client.discovery")
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    address: str
+    cluster: str
+    zone: str = ""
+
+
+def rank(
+    endpoints: Sequence[EndpointInfo], *, cluster: str | None, zone: str | None
+) -> dict[str, int]:
+    """Tier per address: 0 same cluster, 1 same zone, 2 anything else."""
+    tiers = {}
+    for e in endpoints:
+        if cluster and e.cluster == cluster:
+            tiers[e.address] = 0
+        elif zone and e.zone == zone:
+            tiers[e.address] = 1
+        else:
+            tiers[e.address] = 2
+    return tiers
+
+
+class Discovery:
+    def __init__(
+        self,
+        service: str,
+        keepers: Sequence[str],
+        *,
+        token: str | None,
+        on_change: Callable[[list[EndpointInfo]], None],
+        cache_dir: Path | None = None,
+        retry_s: float = 0.5,
+    ) -> None:
+        if not keepers:
+            raise ValueError("discovery needs at least one Keeper address")
+        self.service = service
+        self.keepers = list(keepers)
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._on_change = on_change
+        self._cache = cache_dir / f"{service}.endpoints.json" if cache_dir else None
+        self._retry_s = retry_s
+        self._stop = threading.Event()
+        self._current: list[EndpointInfo] = self._load_cache()
+        self._call: Any = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"discovery-{service}", daemon=True)
+        self.updates = 0
+        self.ignored_empty = 0
+
+    @property
+    def endpoints(self) -> list[EndpointInfo]:
+        return list(self._current)
+
+    def start(self) -> Discovery:
+        if self._current:
+            self._on_change(self.endpoints)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            keeper = self.keepers[index % len(self.keepers)]
+            try:
+                self._watch(keeper)
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
+                code = exc.code() if hasattr(exc, "code") else None
+                log.info("watch on %s ended (%s); trying the next Keeper", keeper, code)
+            index += 1
+            self._stop.wait(self._retry_s)
+
+    def _watch(self, keeper: str) -> None:
+        with grpc.insecure_channel(keeper) as channel:
+            stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.Watch(
+                keeper_pb2.ResolveRequest(service=self.service), metadata=self._metadata
+            )
+            with self._lock:
+                self._call = call
+            for message in call:
+                self._offer(
+                    [
+                        EndpointInfo(e.address, e.cluster, e.labels.get("zone", ""))
+                        for e in message.endpoints
+                    ]
+                )
+                if self._stop.is_set():
+                    return
+
+    def _offer(self, endpoints: list[EndpointInfo]) -> None:
+        if not endpoints and self._current:
+            self.ignored_empty += 1
+            return
+        if endpoints == self._current:
+            return
+        self._current = endpoints
+        self.updates += 1
+        self._save_cache()
+        self._on_change(self.endpoints)
+
+    def _load_cache(self) -> list[EndpointInfo]:
+        if self._cache is None or not self._cache.exists():
+            return []
+        try:
+            data = json.loads(self._cache.read_text())
+            return [EndpointInfo(**e) for e in data["endpoints"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable discovery cache %s: %s", self._cache, exc)
+            return []
+
+    def _save_cache(self) -> None:
+        if self._cache is None:
+            return
+        self._cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._cache.with_suffix(".tmp")
+        payload = {"service": self.service, "endpoints": [e.__dict__ for e in self._current]}
+        tmp.write_text(json.dumps(payload))
+        tmp.replace(self._cache)

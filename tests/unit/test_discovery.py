@@ -1,0 +1,186 @@
+"""Discovery through a real Keeper gRPC server (in-process, SQLite store): Resolve,
+Watch, client-side caching on disk, Keeper failover, nearest-first ranking, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ha_serving._settings import KeeperSettings
+from ha_serving.client import Discovery, EndpointInfo
+from ha_serving.client._discovery import rank
+from ha_serving.keeper import KeeperServer
+from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+from ha_serving.store import Store
+
+TOKEN = "test-token"  # noqa: S105 - a test fixture's secret
+
+
+class KeeperThread:
+    """A KeeperServer on its own event loop in a background thread."""
+
+    def __init__(self, store: Store, address: str) -> None:
+        settings = KeeperSettings(token=TOKEN, watch_period_s=0.05, lease_ttl_s=3.0)
+        self.server = KeeperServer(store, "k-test", address, settings)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+
+    def stop(self) -> None:
+        grpc_server = self.server._server
+        assert grpc_server is not None
+        asyncio.run_coroutine_threadsafe(grpc_server.stop(0), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def keeper(store: Store) -> Iterator[str]:
+    k = KeeperThread(store, "127.0.102.1:9450")
+    try:
+        yield "127.0.102.1:9450"
+    finally:
+        k.stop()
+
+
+def _wait(what: str, check: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.02)
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.lists: list[list[EndpointInfo]] = []
+
+    def __call__(self, endpoints: list[EndpointInfo]) -> None:
+        self.lists.append(endpoints)
+
+    @property
+    def last(self) -> list[str]:
+        return [e.address for e in self.lists[-1]] if self.lists else []
+
+
+def test_resolve_lists_live_endpoints_and_requires_the_token(store: Store, keeper: str) -> None:
+    """Resolve answers the unexpired endpoints; without the token: UNAUTHENTICATED."""
+    store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {"zone": "z1"}, ttl_s=30)
+    with grpc.insecure_channel(keeper) as channel:
+        stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+        reply = stub.Resolve(
+            keeper_pb2.ResolveRequest(service="echo"),
+            metadata=[("authorization", f"Bearer {TOKEN}")],
+        )
+        assert [(e.address, e.cluster, e.labels["zone"]) for e in reply.endpoints] == [
+            ("127.0.1.2:5000", "a", "z1")
+        ]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Resolve(keeper_pb2.ResolveRequest(service="echo"))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_watch_pushes_changes_and_an_empty_answer_never_empties_the_cache(
+    store: Store, keeper: str, tmp_path: Path
+) -> None:
+    """New endpoints arrive through the stream; when all lapse, the client keeps its list."""
+    store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {}, ttl_s=30)
+    seen = Seen()
+    d = Discovery("echo", [keeper], token=TOKEN, on_change=seen, cache_dir=tmp_path).start()
+    try:
+        _wait("first list", lambda: seen.last == ["127.0.1.2:5000"])
+        store.upsert_endpoint("echo", "b", "127.0.2.2:5000", {}, ttl_s=30)
+        _wait("second endpoint", lambda: len(seen.last) == 2)
+        store.remove_endpoints("echo", "a")
+        store.remove_endpoints("echo", "b")
+        _wait("empty answer ignored", lambda: d.ignored_empty >= 1)
+        assert seen.last == ["127.0.1.2:5000", "127.0.2.2:5000"]
+    finally:
+        d.stop()
+
+
+def test_disk_cache_serves_a_restart_while_no_keeper_answers(
+    store: Store, keeper: str, tmp_path: Path
+) -> None:
+    """A client restarted while every Keeper is down starts from its on-disk list."""
+    store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {}, ttl_s=30)
+    seen = Seen()
+    d = Discovery("echo", [keeper], token=TOKEN, on_change=seen, cache_dir=tmp_path).start()
+    _wait("first list", lambda: bool(seen.lists))
+    d.stop()
+    later = Seen()
+    dead = ["127.0.102.9:9450"]
+    d2 = Discovery("echo", dead, token=TOKEN, on_change=later, cache_dir=tmp_path).start()
+    try:
+        assert later.last == ["127.0.1.2:5000"]
+    finally:
+        d2.stop()
+
+
+def test_watch_fails_over_to_the_next_keeper(store: Store, keeper: str) -> None:
+    """The first Keeper address answers nothing: the stream moves to the next one."""
+    store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {}, ttl_s=30)
+    seen = Seen()
+    keepers = ["127.0.102.9:9450", keeper]
+    d = Discovery("echo", keepers, token=TOKEN, on_change=seen, retry_s=0.05).start()
+    try:
+        _wait("list via the second keeper", lambda: seen.last == ["127.0.1.2:5000"])
+    finally:
+        d.stop()
+
+
+def test_nearest_first_ranking() -> None:
+    """Same cluster ranks 0, same zone 1, the rest 2."""
+    eps = [
+        EndpointInfo("127.0.1.2:1", "a", "z1"),
+        EndpointInfo("127.0.2.2:1", "b", "z1"),
+        EndpointInfo("127.0.3.2:1", "c", "z2"),
+    ]
+    assert rank(eps, cluster="a", zone="z1") == {
+        "127.0.1.2:1": 0,
+        "127.0.2.2:1": 1,
+        "127.0.3.2:1": 2,
+    }
+
+
+def test_client_prefers_the_nearest_healthy_tier_and_spills_over() -> None:
+    """Calls go to tier 0 while it is healthy; when it is marked down, to tier 1."""
+    from ha_serving.client import Client
+
+    client = Client(["127.0.102.1:1", "127.0.102.2:1", "127.0.102.3:1"])
+    try:
+        tiers = {"127.0.102.1:1": 0, "127.0.102.2:1": 1, "127.0.102.3:1": 1}
+        client.set_addresses(list(tiers), tiers=tiers)
+        core = client._core
+        deadline = core.deadline(5)
+        picks = set()
+        for _ in range(20):
+            ep, _ = core.begin(set(), deadline, 1)
+            core.end(ep)
+            picks.add(ep.address)
+        assert picks == {"127.0.102.1:1"}
+        core.endpoints["127.0.102.1:1"].down_until = core.clock() + 60
+        spill = set()
+        for _ in range(40):
+            ep, _ = core.begin(set(), deadline, 1)
+            core.end(ep)
+            spill.add(ep.address)
+        assert spill == {"127.0.102.2:1", "127.0.102.3:1"}
+    finally:
+        client.close()
