@@ -78,8 +78,9 @@ class StackSettings(_Group):
     """How long workers and raylets wait for a restarted GCS (head) before they exit (Ray's
     ``gcs_rpc_server_reconnect_timeout_s``); a head restart must finish within it."""
 
-    dashboard: bool = False
-    """Run Ray's full dashboard on heads (+~700 MB each); the Job Submission API needs it."""
+    dashboard: bool = True
+    """Run Ray's full dashboard on heads (+~700 MB each): it serves the Job Submission API
+    the Keepers start serving jobs through."""
 
     db_address: str = "127.0.100.1"
     """Loopback address of the private DB server, its own so a drill can partition it."""
@@ -175,6 +176,10 @@ class KeeperSettings(_Group):
     watch_keepalive_s: float = Field(default=10.0, gt=0)
     """A Watch stream re-sends an unchanged list this often, so clients notice a dead
     stream (and switch Keeper) without a change having to happen."""
+
+    link_period_s: float = Field(default=0.3, gt=0, le=10)
+    """How often an AppMaster's link re-reads its instructions and heartbeats: bounds the
+    delay between the leader's decision and the AppMaster acting on it."""
 
     token: str | None = None
     """Shared secret for the control API (``authorization: Bearer <token>``); `up`

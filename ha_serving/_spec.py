@@ -67,6 +67,34 @@ class CodeRef(_Spec):
     """``module:Class`` inside ``dir``; modules import each other relatively."""
 
 
+class ClusterPlacement(_Spec):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    """A cluster registered with the Keepers (``ha-serving status`` lists them)."""
+
+    instances: int | None = Field(default=None, ge=0, le=5000)
+    """Instances on this cluster; None: the spec's ``instances``."""
+
+    weight: int = Field(default=100, ge=0, le=1000)
+    """Relative share of traffic clients send to this cluster when they spill over."""
+
+
+class Placement(_Spec):
+    """Where the Keepers run the service: named clusters, or any N of them."""
+
+    clusters: tuple[ClusterPlacement, ...] = ()
+    any: int | None = Field(default=None, ge=1, le=9)
+    """Let the Keeper pick this many clusters (used when ``clusters`` is empty)."""
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Placement:
+        if self.clusters and self.any is not None:
+            raise ValueError("give clusters or any, not both")
+        names = [c.name for c in self.clusters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a cluster is named twice: {names}")
+        return self
+
+
 class ServiceSpec(_Spec):
     name: str = Field(pattern=NAME_PATTERN)
     """Service name: lower-case letters, digits and dashes; it names actors and routes."""
@@ -92,6 +120,8 @@ class ServiceSpec(_Spec):
     """User config, passed to the class's ``reconfigure(config)``; JSON-serialisable."""
 
     rollout: RolloutPolicy = RolloutPolicy()
+    placement: Placement = Placement()
+    """Multi-cluster placement, used when deploying through the Keepers (default: any 1)."""
 
     @model_validator(mode="after")
     def _config_is_json(self) -> ServiceSpec:

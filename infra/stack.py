@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from ha_serving._errors import StackError
 from ha_serving._settings import Settings
 from ha_serving.keeper import keeper_status
+from ha_serving.store import ClusterRecord, Store
 from infra import procs, services, topology
 from infra.ports import cluster_name, ensure_free, node_address, node_ports
 from infra.ray_nodes import alive_since, node_argv, node_env
@@ -147,9 +148,19 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
     report(f"waiting for {s.clusters * s.workers_per_cluster} worker node(s)")
     for c in topo.clusters:
         _wait_nodes(c, c.nodes, s.node_start_timeout_s)
+    _register_clusters(topo)
     report(f"starting {settings.keeper.replicas} Keeper replicas")
     _start_keepers(settings, topo)
     return topo
+
+
+def _register_clusters(topo: Topology) -> None:
+    """Tell the Keepers (through the DB) which clusters exist and how to reach them."""
+    with Store.connect(topo.db.url) as store:
+        for c in topo.clusters:
+            head = c.head
+            url = f"http://{head.address}:{head.ports.dashboard}" if head.ports.dashboard else None
+            store.register_cluster(ClusterRecord(c.name, c.gcs_address, url, f"zone-{c.name}"))
 
 
 def _start_keepers(settings: Settings, topo: Topology) -> None:
@@ -159,8 +170,9 @@ def _start_keepers(settings: Settings, topo: Topology) -> None:
     token_file.write_text(secrets.token_urlsafe(32))
     topo.keeper_token_file = token_file
     ha_serving_bin = str(Path(settings.stack.ray_bin).with_name("ha-serving"))
-    for i in range(1, k.replicas + 1):
-        keeper_id, address = f"k{i}", f"{k.address_prefix}.{i}:{k.port}"
+    addresses = [f"{k.address_prefix}.{i}:{k.port}" for i in range(1, k.replicas + 1)]
+    for i, address in enumerate(addresses, start=1):
+        keeper_id = f"k{i}"
         host, _, port = address.rpartition(":")
         ensure_free(host, [int(port)], what=f"Keeper {keeper_id}")
         argv = [
@@ -173,6 +185,8 @@ def _start_keepers(settings: Settings, topo: Topology) -> None:
             address,
             "--db-url",
             topo.db.url,
+            "--peers",
+            ",".join(addresses),
         ]
         # the token travels in the environment, never on a command line that `ps` shows
         env = {

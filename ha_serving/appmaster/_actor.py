@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from ha_serving._settings import ProxySettings
 from ha_serving._spec import ServiceSpec
 from ha_serving.appmaster._core import AppMasterCore
+from ha_serving.appmaster._link import KeeperLink
 from ha_serving.appmaster._state import JobState
 from ha_serving.backend import BackendWorker
 from ha_serving.proxy import ProxyActor
@@ -63,7 +65,16 @@ def worker_spec() -> Any:
 class AppMaster:
     """Ray actor body (async): ``ray.remote(AppMaster)`` with max_restarts=-1."""
 
-    def __init__(self, cluster: str, service: str, db_url: str, namespace: str = NAMESPACE):
+    def __init__(
+        self,
+        cluster: str,
+        service: str,
+        db_url: str,
+        namespace: str = NAMESPACE,
+        *,
+        keepers: Sequence[str] = (),
+        token: str | None = None,
+    ) -> None:
         logging.basicConfig(level=logging.INFO)
         self._core = AppMasterCore(
             store=Store.connect(db_url),
@@ -81,6 +92,14 @@ class AppMaster:
             logger=self._core.log,
             loop=asyncio.get_event_loop(),
         )
+        if keepers:
+            link = KeeperLink(self._core, list(keepers), token)
+            guard(
+                link.run(),
+                name=f"keeper-link-{service}",
+                logger=self._core.log,
+                loop=asyncio.get_event_loop(),
+            )
 
     async def apply(
         self, spec: dict[str, Any], package: str, op_id: str, epoch: int = 0, kind: str = "deploy"

@@ -213,6 +213,41 @@ class AppMasterCore:
         self._wake.set()
         return {"op_id": op_id, "accepted": True, "duplicate": False}
 
+    async def take_instruction(
+        self, instruction_id: int, body: dict[str, Any], *, op_id: str, epoch: int
+    ) -> str:
+        """Consume one Keeper instruction: applied, duplicate, or refused (stale epoch).
+        Either way it is recorded as consumed, so the link resumes after it."""
+        state = self.state
+        if state is not None and instruction_id <= state.last_instruction:
+            return "consumed"
+        spec = ServiceSpec.model_validate(body["spec"])
+        try:
+            ack = await self.apply(
+                spec, body["package"], op_id=op_id, epoch=epoch, kind=body.get("kind", "deploy")
+            )
+            outcome = "duplicate" if ack["duplicate"] else "applied"
+        except StaleInstruction as exc:
+            self.log.warning("refused instruction %s: %s", op_id, exc)
+            await asyncio.to_thread(
+                self.store.append_event,
+                "refused",
+                cluster=self.cluster,
+                service=self.service,
+                op_id=op_id,
+                epoch=epoch,
+                detail={"highest_epoch": exc.highest},
+            )
+            outcome = "refused"
+            if self.state is None:
+                return outcome
+        await self._mutate(
+            lambda s: s.model_copy(
+                update={"last_instruction": max(s.last_instruction, instruction_id)}
+            )
+        )
+        return outcome
+
     # --- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:

@@ -146,6 +146,9 @@ class JobState(_Frozen):
     """Highest Keeper epoch seen; instructions below it are refused (fencing)."""
     applied_ops: tuple[str, ...] = ()
     """Recent op_ids applied, so a repeated instruction is ignored (bounded)."""
+    last_instruction: int = 0
+    """Id of the last Keeper instruction consumed (applied, duplicate or refused): the
+    link resumes after it."""
 
     @property
     def placement_key(self) -> str:

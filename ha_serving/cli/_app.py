@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,9 +32,10 @@ from ha_serving._errors import (
     UserError,
 )
 from ha_serving._settings import Settings
-from ha_serving.cli._services import ServiceOps, load_spec_file
+from ha_serving.backend import make_package
+from ha_serving.cli._services import ServiceOps, load_spec_file, start_appmaster
 from ha_serving.client import Client
-from ha_serving.keeper import KeeperServer
+from ha_serving.keeper import KeeperClient, KeeperServer, RayJobSubmitter
 from ha_serving.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -43,11 +45,21 @@ app.add_typer(node_app, name="node")
 app.add_typer(cluster_app, name="cluster")
 keeper_app = typer.Typer(no_args_is_help=True, help="Run, kill, pause or resume a Keeper.")
 app.add_typer(keeper_app, name="keeper")
+appmaster_app = typer.Typer(no_args_is_help=True, help="The serving job's entrypoint.")
+app.add_typer(appmaster_app, name="appmaster")
+release_app = typer.Typer(no_args_is_help=True, help="Releases (operations) across clusters.")
+app.add_typer(release_app, name="release")
 
 out = Console()
 err = Console(stderr=True)
 
 ClusterOpt = Annotated[str, typer.Option("--cluster", help="Cluster of the local stack.")]
+ViaCluster = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster", help="Act on this cluster's AppMaster directly, not via the Keepers."
+    ),
+]
 RunDir = Annotated[
     Path | None,
     typer.Option("--run-dir", help="Stack directory (default: HA_SERVING_RUN_DIR or .run)."),
@@ -202,16 +214,44 @@ def keeper_run(
     keeper_id: Annotated[str, typer.Option("--id", help="Replica id, e.g. k1.")],
     address: Annotated[str, typer.Option(help="host:port to serve the control API on.")],
     db_url: Annotated[str, typer.Option(help="State store URL.")],
+    peers: Annotated[str, typer.Option(help="Every replica's address, comma-separated.")] = "",
 ) -> None:
     """Run one Keeper replica in the foreground (`up` starts three)."""
     settings = Settings.from_env()
     logging.getLogger().setLevel(logging.INFO)
     store = Store.connect(db_url, connect_timeout_s=settings.store.connect_timeout_s)
-    server = KeeperServer(store, keeper_id, address, settings.keeper)
+    submitter = RayJobSubmitter(
+        ha_serving_bin=str(Path(sys.executable).with_name("ha-serving")),
+        db_url=db_url,
+        keepers=peers.split(",") if peers else [address],
+        token=settings.keeper.token,
+    )
+    server = KeeperServer(store, keeper_id, address, settings.keeper, submitter=submitter)
     try:
         asyncio.run(server.serve_forever())
     finally:
         store.close()
+
+
+@appmaster_app.command("start")
+def appmaster_start(
+    cluster: Annotated[str, typer.Option(help="This cluster's name.")],
+    service: Annotated[str, typer.Option(help="The service.")],
+    keepers: Annotated[str, typer.Option(help="Keeper addresses, comma-separated.")],
+) -> None:
+    """The serving job's entrypoint (run by Ray Job Submission on the cluster's head):
+    create the service's detached AppMaster, or find it, and return."""
+    settings = Settings.from_env()
+    if not settings.store.url:
+        raise InvalidSpec("appmaster start", ["HA_SERVING_DB_URL must be set"])
+    started = start_appmaster(
+        cluster,
+        service,
+        settings.store.url,
+        keepers=[k for k in keepers.split(",") if k],
+        token=settings.keeper.token,
+    )
+    out.print(f"AppMaster of {service} on {cluster}: {started}")
 
 
 @keeper_app.command("kill")
@@ -300,13 +340,21 @@ def _follow(ops: ServiceOps, service: str, ack: dict[str, object], timeout: floa
 @app.command()
 def deploy(
     spec_file: Annotated[Path, typer.Argument(help="Service spec (YAML).")],
-    cluster: ClusterOpt = "a",
+    cluster: ViaCluster = None,
     wait: Wait = True,
     timeout: Timeout = 300.0,
     run_dir: RunDir = None,
 ) -> None:
-    """Deploy (or redeploy) a service from its spec onto one cluster."""
+    """Deploy (or redeploy) a service: through the Keepers onto the clusters its
+    `placement` names, or with --cluster straight onto one cluster's AppMaster."""
     spec, code = load_spec_file(spec_file)
+    if cluster is None:
+        keeper = _keepers(run_dir)
+        package = make_package(code).data
+        op_id = keeper.deploy(spec.model_dump_json(), package, kind="deploy")
+        if wait:
+            _follow_op(keeper, spec.name, op_id, timeout)
+        return
     with _ops(cluster, run_dir) as ops:
         ack = ops.deploy(spec, code)
         if wait:
@@ -319,7 +367,7 @@ def update(
     config: Annotated[Path | None, typer.Option(help="New user config (YAML/JSON).")] = None,
     code: Annotated[Path | None, typer.Option(help="Directory with the new code.")] = None,
     version: Annotated[str | None, typer.Option(help="Version of the new code.")] = None,
-    cluster: ClusterOpt = "a",
+    cluster: ViaCluster = None,
     wait: Wait = True,
     timeout: Timeout = 300.0,
     run_dir: RunDir = None,
@@ -337,8 +385,12 @@ def update(
         changes["version"] = version
     if not changes:
         raise InvalidSpec("update", ["nothing to update: give --config or --code/--version"])
+    kind = "code" if code else "config"
+    if cluster is None:
+        _change_via_keepers(service, kind, changes, run_dir, wait=wait, timeout=timeout)
+        return
     with _ops(cluster, run_dir) as ops:
-        ack = ops.change(service, kind="code" if code else "config", **changes)
+        ack = ops.change(service, kind=kind, **changes)
         if wait:
             _follow(ops, service, ack, timeout)
 
@@ -347,12 +399,16 @@ def update(
 def scale(
     service: str,
     instances: int,
-    cluster: ClusterOpt = "a",
+    cluster: ViaCluster = None,
     wait: Wait = True,
     timeout: Timeout = 300.0,
     run_dir: RunDir = None,
 ) -> None:
     """Change the number of instances (scale-down drains before removing)."""
+    if cluster is None:
+        changes = {"instances": instances}
+        _change_via_keepers(service, "scale", changes, run_dir, wait=wait, timeout=timeout)
+        return
     with _ops(cluster, run_dir) as ops:
         ack = ops.change(service, kind="scale", instances=instances)
         if wait:
@@ -383,6 +439,93 @@ def call(
     with Client(addresses) as client:
         reply = client.call(service, method, value, timeout=timeout)
     sys.stdout.write(json.dumps(reply) + "\n")
+
+
+def _keepers(run_dir: Path | None) -> KeeperClient:
+    path = _run_dir(run_dir)
+    topo = infra.load(path.resolve())
+    if topo is None:
+        raise StackError(f"no stack is up in {path} (run `make up`)")
+    if not topo.keepers:
+        raise StackError("this stack runs no Keepers; use --cluster")
+    return KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
+
+
+def _change_via_keepers(
+    service: str,
+    kind: str,
+    changes: dict[str, Any],
+    run_dir: Path | None,
+    *,
+    wait: bool,
+    timeout: float,
+) -> None:
+    keeper = _keepers(run_dir)
+    current = keeper.get_service(service)
+    spec = dict(current["spec"])
+    package = b""
+    if "code" in changes:
+        package = make_package(changes.pop("code")).data
+    spec.update(changes)
+    op_id = keeper.deploy(json.dumps(spec), package, kind=kind)
+    if wait:
+        _follow_op(keeper, service, op_id, timeout)
+
+
+def _follow_op(keeper: KeeperClient, service: str, op_id: str, timeout: float) -> None:
+    """Show an operation's progress (clusters done of all) until it ends."""
+    out.print(f"accepted: {op_id}")
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task(f"{service} {op_id}", total=None)
+        while True:
+            op = next((o for o in keeper.operations(service) if o["op_id"] == op_id), None)
+            if op is not None:
+                clusters = [c["name"] for c in op["plan"]["clusters"]]
+                done = min(op["step"], len(clusters))
+                now_on = clusters[done] if done < len(clusters) else "-"
+                bar.update(
+                    task,
+                    total=len(clusters),
+                    completed=done,
+                    description=f"{service} {op['status']} (cluster {now_on})",
+                )
+                if op["status"] in ("succeeded", "failed", "superseded"):
+                    break
+            if time.monotonic() > deadline:
+                raise StackError(f"{op_id} did not finish within {timeout:.0f}s")
+            time.sleep(0.5)
+    out.print(f"{service}: {op_id} {op['status']}" + (f": {op['error']}" if op["error"] else ""))
+    if op["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@release_app.command("status")
+def release_status(
+    service: Annotated[str, typer.Argument(help="Only this service's operations.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    run_dir: RunDir = None,
+) -> None:
+    """Each operation's kind, clusters, step and status (from any Keeper)."""
+    ops = _keepers(run_dir).operations(service)
+    if as_json:
+        sys.stdout.write(json.dumps(ops, indent=2) + "\n")
+        return
+    table = Table(title="Releases")
+    for col in ("op", "kind", "status", "step", "clusters", "epoch", "error"):
+        table.add_column(col)
+    for o in ops:
+        names = ", ".join(c["name"] for c in o["plan"]["clusters"])
+        table.add_row(
+            o["op_id"], o["kind"], o["status"], str(o["step"]), names, str(o["epoch"]), o["error"]
+        )
+    out.print(table)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -150,3 +150,33 @@ def _settled(view: dict[str, Any]) -> bool:
 def load_spec_file(path: Path) -> tuple[ServiceSpec, Path]:
     spec = load_spec(path)
     return spec, code_dir(spec, path)
+
+
+def start_appmaster(
+    cluster: str, service: str, db_url: str, *, keepers: list[str], token: str | None
+) -> str:
+    """Inside a Ray job on ``cluster``: create (or find) the detached AppMaster linked to
+    the Keepers, wait until it answers, and leave it running."""
+    import ray
+
+    ray.init(namespace=NAMESPACE, log_to_driver=False)
+    runtime = RayRuntime(NAMESPACE)
+    name = appmaster_name(service)
+
+    async def go() -> str:
+        await runtime.create(
+            ActorSpec(
+                name=name,
+                cls=AppMaster,
+                args=(cluster, service, db_url, NAMESPACE),
+                kwargs={"keepers": keepers, "token": token},
+                num_cpus=CONTROL_CPUS,
+                max_concurrency=100,
+            )
+        )
+        return str(await runtime.call(name, "ping", timeout_s=60.0))
+
+    try:
+        return asyncio.run(go())
+    finally:
+        ray.shutdown()

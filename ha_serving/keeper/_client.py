@@ -1,11 +1,14 @@
-"""Asking a Keeper replica about itself (for `status`, drills and tests)."""
+"""Talking to the Keepers from outside: Status (for `status` and drills) and the
+control API client (deploy, services, operations) with failover between replicas."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
 
+from ha_serving._errors import HAServingError
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 
 
@@ -29,3 +32,67 @@ def keeper_status(address: str, *, token: str | None, timeout_s: float = 1.0) ->
         "epoch": reply.epoch,
         "leader_id": reply.leader_id,
     }
+
+
+class KeeperClient:
+    """The control API from a CLI or SDK: any replica will do; fails over on UNAVAILABLE."""
+
+    def __init__(self, addresses: list[str], *, token: str | None, timeout_s: float = 30.0):
+        if not addresses:
+            raise ValueError("no Keeper addresses")
+        self.addresses = addresses
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, request: Any) -> Any:
+        last: grpc.RpcError | None = None
+        for address in self.addresses:
+            with grpc.insecure_channel(address) as channel:
+                stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+                try:
+                    return getattr(stub, method)(
+                        request, timeout=self.timeout_s, metadata=self.metadata
+                    )
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE,):
+                        raise KeeperError(exc.code().name, exc.details() or "") from None
+                    last = exc
+        detail = last.details() if last is not None else ""
+        raise KeeperError("UNAVAILABLE", f"no Keeper answered ({detail})")
+
+    def deploy(self, spec_json: str, package: bytes, *, kind: str, op_id: str = "") -> str:
+        request = keeper_pb2.DeployRequest(
+            spec_json=spec_json, package=package, kind=kind, op_id=op_id
+        )
+        return str(self._call("Deploy", request).op_id)
+
+    def get_service(self, service: str) -> dict[str, Any]:
+        reply = self._call("GetService", keeper_pb2.ServiceRequest(service=service))
+        return {
+            "spec": json.loads(reply.spec_json),
+            "package": reply.package,
+            "generation": reply.generation,
+        }
+
+    def operations(self, service: str = "") -> list[dict[str, Any]]:
+        reply = self._call("Operations", keeper_pb2.ServiceRequest(service=service))
+        return [
+            {
+                "op_id": o.op_id,
+                "kind": o.kind,
+                "status": o.status,
+                "step": o.step,
+                "plan": json.loads(o.plan_json),
+                "epoch": o.epoch,
+                "error": o.error,
+            }
+            for o in reply.operations
+        ]
+
+
+class KeeperError(HAServingError):
+    """A Keeper refused a call; ``code`` is the gRPC status name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")

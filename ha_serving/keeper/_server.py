@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,9 +17,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ha_serving._errors import StoreUnavailable
+from ha_serving._errors import HAServingError, StoreUnavailable
 from ha_serving._settings import KeeperSettings
+from ha_serving.keeper._control_api import deploy
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership
+from ha_serving.keeper._reconciler import JobSubmitter, Reconciler
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import Store
 from ha_serving.util.aiotasks import guard
@@ -55,6 +58,10 @@ class _TokenAuth(grpc.aio.ServerInterceptor):
         return self._deny
 
 
+def _status(exc: HAServingError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, exc.grpc_status, grpc.StatusCode.INTERNAL)
+
+
 class KeeperServer(keeper_pb2_grpc.KeeperServicer):
     def __init__(
         self,
@@ -64,6 +71,7 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         settings: KeeperSettings,
         *,
         clock: Clock | None = None,
+        submitter: JobSubmitter | None = None,
     ) -> None:
         self.store = store
         self.keeper_id = keeper_id
@@ -74,6 +82,9 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock or SystemClock()
         )
         self._server: grpc.aio.Server | None = None
+        self.reconciler = (
+            Reconciler(store, self.leadership, submitter) if submitter is not None else None
+        )
 
     async def Status(  # noqa: N802 - the gRPC method's name
         self,
@@ -138,6 +149,89 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             ],
         )
 
+    async def Deploy(  # noqa: N802 - the gRPC method's name
+        self, request: keeper_pb2.DeployRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> keeper_pb2.DeployReply:
+        try:
+            op_id, duplicate = await asyncio.to_thread(
+                deploy,
+                self.store,
+                request.spec_json,
+                request.package,
+                op_id=request.op_id,
+                kind=request.kind,
+            )
+        except HAServingError as exc:
+            await context.abort(_status(exc), str(exc))
+            raise
+        self.log.info("accepted %s (duplicate=%s)", op_id, duplicate)
+        return keeper_pb2.DeployReply(op_id=op_id, duplicate=duplicate)
+
+    async def GetService(  # noqa: N802 - the gRPC method's name
+        self, request: keeper_pb2.ServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> keeper_pb2.ServiceInfo:
+        try:
+            record = await asyncio.to_thread(self.store.get_service, request.service)
+        except HAServingError as exc:
+            await context.abort(_status(exc), str(exc))
+            raise
+        return keeper_pb2.ServiceInfo(
+            spec_json=json.dumps(record.spec["spec"]),
+            package=record.spec["package"],
+            generation=int(record.spec.get("generation", record.spec_version)),
+        )
+
+    async def Operations(  # noqa: N802 - the gRPC method's name
+        self, request: keeper_pb2.ServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> keeper_pb2.OperationsReply:
+        try:
+            ops = await asyncio.to_thread(self.store.list_operations, request.service or None)
+        except HAServingError as exc:
+            await context.abort(_status(exc), str(exc))
+            raise
+        return keeper_pb2.OperationsReply(
+            operations=[
+                keeper_pb2.OperationInfo(
+                    op_id=o.op_id,
+                    kind=o.kind,
+                    status=o.status,
+                    step=o.step,
+                    plan_json=json.dumps({k: v for k, v in o.plan.items() if k != "spec"}),
+                    epoch=o.epoch,
+                    error=o.error or "",
+                )
+                for o in ops
+            ]
+        )
+
+    async def Instructions(  # noqa: N802 - the gRPC method's name
+        self,
+        request: keeper_pb2.InstructionsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],  # noqa: ARG002 - nothing to set
+    ) -> AsyncIterator[keeper_pb2.InstructionMsg]:
+        """An AppMaster's link: heartbeat it and stream the instructions after ``after``."""
+        after = request.after
+        while True:
+            try:
+                await asyncio.to_thread(
+                    self.store.heartbeat_appmaster,
+                    request.cluster,
+                    request.service,
+                    request.actor_name,
+                    request.epoch_seen,
+                )
+                found = await asyncio.to_thread(
+                    self.store.list_instructions, request.cluster, request.service, after=after
+                )
+            except StoreUnavailable:
+                found = []
+            for i in found:
+                yield keeper_pb2.InstructionMsg(
+                    id=i.id, op_id=i.op_id, epoch=i.epoch, body_json=json.dumps(i.body)
+                )
+                after = i.id
+            await asyncio.sleep(self.settings.link_period_s)
+
     def _lease_or_none(self) -> Any:
         try:
             return self.store.get_lease(LEASE_NAME)
@@ -158,6 +252,8 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         await server.start()
         self._server = server
         guard(self.leadership.run(), name=f"leadership-{self.keeper_id}", logger=self.log)
+        if self.reconciler is not None:
+            guard(self.reconciler.run(), name=f"reconciler-{self.keeper_id}", logger=self.log)
         self.log.info("keeper listening on %s", self.address)
 
     async def serve_forever(self) -> None:

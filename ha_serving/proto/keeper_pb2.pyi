@@ -6,6 +6,92 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DeployRequest(_message.Message):
+    __slots__ = ("spec_json", "package", "op_id", "kind")
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    spec_json: str
+    package: bytes
+    op_id: str
+    kind: str
+    def __init__(self, spec_json: _Optional[str] = ..., package: _Optional[bytes] = ..., op_id: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class DeployReply(_message.Message):
+    __slots__ = ("op_id", "duplicate")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    duplicate: bool
+    def __init__(self, op_id: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class ServiceRequest(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    def __init__(self, service: _Optional[str] = ...) -> None: ...
+
+class ServiceInfo(_message.Message):
+    __slots__ = ("spec_json", "package", "generation")
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    spec_json: str
+    package: str
+    generation: int
+    def __init__(self, spec_json: _Optional[str] = ..., package: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class OperationInfo(_message.Message):
+    __slots__ = ("op_id", "kind", "status", "step", "plan_json", "epoch", "error")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    kind: str
+    status: str
+    step: int
+    plan_json: str
+    epoch: int
+    error: str
+    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., step: _Optional[int] = ..., plan_json: _Optional[str] = ..., epoch: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class OperationsReply(_message.Message):
+    __slots__ = ("operations",)
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    operations: _containers.RepeatedCompositeFieldContainer[OperationInfo]
+    def __init__(self, operations: _Optional[_Iterable[_Union[OperationInfo, _Mapping]]] = ...) -> None: ...
+
+class InstructionsRequest(_message.Message):
+    __slots__ = ("cluster", "service", "after", "actor_name", "epoch_seen")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_NAME_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_SEEN_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    service: str
+    after: int
+    actor_name: str
+    epoch_seen: int
+    def __init__(self, cluster: _Optional[str] = ..., service: _Optional[str] = ..., after: _Optional[int] = ..., actor_name: _Optional[str] = ..., epoch_seen: _Optional[int] = ...) -> None: ...
+
+class InstructionMsg(_message.Message):
+    __slots__ = ("id", "op_id", "epoch", "body_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BODY_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    op_id: str
+    epoch: int
+    body_json: str
+    def __init__(self, id: _Optional[int] = ..., op_id: _Optional[str] = ..., epoch: _Optional[int] = ..., body_json: _Optional[str] = ...) -> None: ...
+
 class ResolveRequest(_message.Message):
     __slots__ = ("service",)
     SERVICE_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,26 @@ class KeeperStub:
                 request_serializer=ha__serving_dot_proto_dot_keeper__pb2.ResolveRequest.SerializeToString,
                 response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.Endpoints.FromString,
                 _registered_method=True)
+        self.Deploy = channel.unary_unary(
+                '/ha_serving.v1.Keeper/Deploy',
+                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.DeployRequest.SerializeToString,
+                response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.DeployReply.FromString,
+                _registered_method=True)
+        self.GetService = channel.unary_unary(
+                '/ha_serving.v1.Keeper/GetService',
+                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.SerializeToString,
+                response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceInfo.FromString,
+                _registered_method=True)
+        self.Operations = channel.unary_unary(
+                '/ha_serving.v1.Keeper/Operations',
+                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.SerializeToString,
+                response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.OperationsReply.FromString,
+                _registered_method=True)
+        self.Instructions = channel.unary_stream(
+                '/ha_serving.v1.Keeper/Instructions',
+                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.InstructionsRequest.SerializeToString,
+                response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.InstructionMsg.FromString,
+                _registered_method=True)
 
 
 class KeeperServicer:
@@ -75,6 +95,35 @@ class KeeperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Deploy(self, request, context):
+        """Deploy or change a service: durable (service record + operation) before the reply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetService(self, request, context):
+        """The service's current spec and package digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Operations(self, request, context):
+        """The service's operations (releases) with their step and status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Instructions(self, request, context):
+        """An AppMaster's link: registers it (heartbeats while open) and streams the leader's
+        instructions for (cluster, service) after the given id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeeperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +141,26 @@ def add_KeeperServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.ResolveRequest.FromString,
                     response_serializer=ha__serving_dot_proto_dot_keeper__pb2.Endpoints.SerializeToString,
+            ),
+            'Deploy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deploy,
+                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.DeployRequest.FromString,
+                    response_serializer=ha__serving_dot_proto_dot_keeper__pb2.DeployReply.SerializeToString,
+            ),
+            'GetService': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetService,
+                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.FromString,
+                    response_serializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceInfo.SerializeToString,
+            ),
+            'Operations': grpc.unary_unary_rpc_method_handler(
+                    servicer.Operations,
+                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.FromString,
+                    response_serializer=ha__serving_dot_proto_dot_keeper__pb2.OperationsReply.SerializeToString,
+            ),
+            'Instructions': grpc.unary_stream_rpc_method_handler(
+                    servicer.Instructions,
+                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.InstructionsRequest.FromString,
+                    response_serializer=ha__serving_dot_proto_dot_keeper__pb2.InstructionMsg.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +244,114 @@ class Keeper:
             '/ha_serving.v1.Keeper/Watch',
             ha__serving_dot_proto_dot_keeper__pb2.ResolveRequest.SerializeToString,
             ha__serving_dot_proto_dot_keeper__pb2.Endpoints.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deploy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ha_serving.v1.Keeper/Deploy',
+            ha__serving_dot_proto_dot_keeper__pb2.DeployRequest.SerializeToString,
+            ha__serving_dot_proto_dot_keeper__pb2.DeployReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ha_serving.v1.Keeper/GetService',
+            ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.SerializeToString,
+            ha__serving_dot_proto_dot_keeper__pb2.ServiceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Operations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ha_serving.v1.Keeper/Operations',
+            ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.SerializeToString,
+            ha__serving_dot_proto_dot_keeper__pb2.OperationsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Instructions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ha_serving.v1.Keeper/Instructions',
+            ha__serving_dot_proto_dot_keeper__pb2.InstructionsRequest.SerializeToString,
+            ha__serving_dot_proto_dot_keeper__pb2.InstructionMsg.FromString,
             options,
             channel_credentials,
             insecure,

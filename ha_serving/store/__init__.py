@@ -6,6 +6,7 @@ versioned and migrated by ``Store.connect``.
 """
 
 from ha_serving.store._catalog import Endpoint, UnknownPackage
+from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
 from ha_serving.store._engine import TimeSource, db_now, safe_url, store_retry
 from ha_serving.store._lease import Lease
 from ha_serving.store._records import (
@@ -21,8 +22,11 @@ from ha_serving.store._store import Store
 __all__ = [
     "SCHEMA_VERSION",
     "AlreadyExists",
+    "AppMasterRecord",
+    "ClusterRecord",
     "Endpoint",
     "EventRecord",
+    "Instruction",
     "Lease",
     "OperationRecord",
     "SchemaTooNew",

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import PlatformError, StoreUnavailable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this code reads and writes."""
 
 _MIGRATE_LOCK = "ha_serving_migrate"
@@ -160,8 +160,36 @@ packages = sa.Table(
 """Service code packages, content-addressed: clusters load code from here, never from
 the deployer's disk. Added in schema version 2."""
 
+clusters = sa.Table(
+    "clusters",
+    metadata,
+    sa.Column("name", CLUSTER, primary_key=True),
+    sa.Column("gcs_address", ADDRESS, nullable=False),
+    sa.Column("dashboard_url", sa.String(191), nullable=True),  # Ray Job Submission API
+    sa.Column("zone", sa.String(64), nullable=False),
+    sa.Column("updated_at", TIME, nullable=False),
+    **_MYSQL_TABLE,
+)
+"""The Ray clusters the Keepers may place services on. Added in schema version 3."""
+
+instructions = sa.Table(
+    "instructions",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("cluster", CLUSTER, nullable=False),
+    sa.Column("service", NAME, nullable=False),
+    sa.Column("op_id", OP_ID, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),  # the writing leader's fencing token
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Index("ix_instructions_target", "cluster", "service", "id"),
+    **_MYSQL_TABLE,
+)
+"""The leader's instructions to AppMasters, in order; streamed to them by any Keeper.
+Added in schema version 3."""
+
 _V1_TABLES = [
-    t for t in metadata.sorted_tables if t.name not in {"packages"}
+    t for t in metadata.sorted_tables if t.name not in {"packages", "clusters", "instructions"}
 ]  # what version 1 created, for migration 1
 
 
@@ -195,9 +223,15 @@ def _v2_packages(conn: Connection) -> None:
     packages.create(conn, checkfirst=True)
 
 
+def _v3_keeper(conn: Connection) -> None:
+    clusters.create(conn, checkfirst=True)
+    instructions.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _v1_initial),
     Migration(2, "content-addressed code packages", _v2_packages),
+    Migration(3, "cluster registry and Keeper instructions", _v3_keeper),
 )
 
 

@@ -18,8 +18,9 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import ConflictError, StoreUnavailable, UnknownService
-from ha_serving.store import _catalog, _lease
+from ha_serving.store import _catalog, _control, _lease
 from ha_serving.store._catalog import Endpoint
+from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
 from ha_serving.store._engine import (
     TimeSource,
     db_now,
@@ -424,3 +425,44 @@ class Store:
         """Unexpired endpoints of ``service`` on every cluster."""
         with self._tx() as conn:
             return _catalog.list_endpoints(conn, self._now_sql(), service)
+
+    # --- the Keepers' records (in _control.py) ----------------------------------------
+
+    def register_cluster(self, record: ClusterRecord) -> None:
+        with self._tx() as conn:
+            _control.register_cluster(conn, self._now_sql(), record)
+
+    def list_clusters(self) -> list[ClusterRecord]:
+        with self._tx() as conn:
+            return _control.list_clusters(conn)
+
+    def heartbeat_appmaster(
+        self, cluster: str, service: str, actor_name: str, epoch_seen: int
+    ) -> None:
+        with self._tx() as conn:
+            _control.heartbeat_appmaster(
+                conn, self._now_sql(), cluster, service, actor_name, epoch_seen
+            )
+
+    def list_appmasters(self, service: str | None = None) -> list[AppMasterRecord]:
+        with self._tx() as conn:
+            return _control.list_appmasters(conn, service)
+
+    def add_instruction(
+        self, cluster: str, service: str, op_id: str, epoch: int, body: dict[str, Any]
+    ) -> int:
+        """Append an instruction for the AppMaster of (cluster, service); returns its id."""
+        with self._tx() as conn:
+            return _control.add_instruction(
+                conn, self._now_sql(), cluster, service, op_id, epoch, body
+            )
+
+    def list_instructions(
+        self, cluster: str, service: str, *, after: int = 0, limit: int = 100
+    ) -> list[Instruction]:
+        with self._tx() as conn:
+            return _control.list_instructions(conn, cluster, service, after=after, limit=limit)
+
+    def last_instruction(self, cluster: str, service: str) -> Instruction | None:
+        with self._tx() as conn:
+            return _control.last_instruction(conn, cluster, service)

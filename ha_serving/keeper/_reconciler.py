@@ -1,0 +1,130 @@
+"""The leader's loop: carry operations out, keep every target's AppMaster alive.
+
+Only while ``Leadership.term()`` is valid, every ``period``: for each service's newest
+active operation, ``decide()`` (pure, in ``_releases``) and apply the decisions, each
+instruction stamped with the current epoch; older active operations of the same service
+are superseded. Every target cluster of a service must have a live AppMaster (its link
+heartbeats through any Keeper); one that is silent gets its serving job (re)submitted
+through the cluster's Ray Job Submission API, at most every ``resubmit_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from ha_serving._errors import HAServingError, StoreUnavailable
+from ha_serving.keeper._leadership import Leadership, Term
+from ha_serving.keeper._releases import ACTIVE, Advance, Finish, Instruct, decide
+from ha_serving.store import ClusterRecord, OperationRecord, Store
+from ha_serving.util.logs import bound
+
+HEARTBEAT_STALE_S = 5.0
+"""An AppMaster whose link has not heartbeated for this long is presumed gone."""
+
+
+class JobSubmitter(Protocol):
+    def submit(self, cluster: ClusterRecord, service: str) -> str:
+        """Start the serving job of ``service`` on ``cluster``; returns the job id."""
+        ...
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        submitter: JobSubmitter,
+        *,
+        period_s: float = 0.5,
+        resubmit_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.leadership = leadership
+        self.submitter = submitter
+        self.period_s = period_s
+        self.resubmit_s = resubmit_s
+        self._submitted: dict[tuple[str, str], float] = {}
+        self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
+
+    async def run(self) -> None:
+        while True:
+            term = self.leadership.term()
+            if term is not None:
+                try:
+                    await asyncio.to_thread(self.round, term)
+                except (StoreUnavailable, HAServingError) as exc:
+                    self.log.warning("round failed: %s", exc)
+                except Exception:  # a bug must not stop the leader's loop
+                    self.log.exception("round crashed")
+            await asyncio.sleep(self.period_s)
+
+    def round(self, term: Term) -> None:
+        active = [o for o in self.store.list_operations() if o.status in ACTIVE]
+        newest: dict[str, OperationRecord] = {}
+        for op in active:  # oldest first: the last one per service wins
+            previous = newest.get(op.service)
+            if previous is not None:
+                self._set(previous, term, status="superseded")
+            newest[op.service] = op
+        for op in newest.values():
+            self._advance(op, term)
+        self._ensure_appmasters()
+
+    def _advance(self, op: OperationRecord, term: Term) -> None:
+        targets = [t["name"] for t in op.plan["clusters"]]
+        last = {c: self.store.last_instruction(c, op.service) for c in targets}
+        states: dict[str, dict[str, Any] | None] = {}
+        for c in targets:
+            found = self.store.load_appmaster_state(c, op.service)
+            states[c] = found[0] if found else None
+        for decision in decide(op, last, states):
+            self.leadership.require()  # never act on a term that ran out meanwhile
+            if isinstance(decision, Instruct):
+                self.store.add_instruction(
+                    decision.cluster, op.service, decision.op_id, term.epoch, decision.body
+                )
+                self.log.info("instructed %s/%s (%s)", decision.cluster, op.service, op.op_id)
+                if op.status == "pending":
+                    op = self._set(op, term, status="running")
+            elif isinstance(decision, Advance):
+                op = self._set(op, term, step=decision.step, status="running")
+            elif isinstance(decision, Finish):
+                op = self._set(op, term, status=decision.status, error=decision.error)
+                self.log.info("operation %s %s", op.op_id, decision.status)
+
+    def _set(self, op: OperationRecord, term: Term, **changes: Any) -> OperationRecord:
+        return self.store.advance_operation(
+            op.op_id, expected_version=op.version, epoch=term.epoch, **changes
+        )
+
+    def _ensure_appmasters(self) -> None:
+        clusters = {c.name: c for c in self.store.list_clusters()}
+        beats = {(a.cluster, a.service): a.heartbeat_at for a in self.store.list_appmasters()}
+        now = self.store.now()
+        for target, service in self._targets():
+            beat = beats.get((target, service))
+            if beat is not None and now - beat < HEARTBEAT_STALE_S:
+                continue
+            cluster = clusters.get(target)
+            last = self._submitted.get((target, service), 0.0)
+            if cluster is None or time.monotonic() - last < self.resubmit_s:
+                continue
+            self.leadership.require()
+            self._submitted[(target, service)] = time.monotonic()
+            try:
+                job = self.submitter.submit(cluster, service)
+            except Exception as exc:  # a cluster that is down: try again later
+                self.log.warning("cannot start %s on %s: %s", service, target, exc)
+                continue
+            self.log.info("submitted serving job %s for %s on %s", job, service, target)
+
+    def _targets(self) -> list[tuple[str, str]]:
+        """(cluster, service) pairs that must have an AppMaster: the targets of each
+        service's newest operation that got anywhere."""
+        latest: dict[str, OperationRecord] = {}
+        for op in self.store.list_operations():
+            if op.status != "superseded":
+                latest[op.service] = op
+        return [(t["name"], s) for s, op in latest.items() for t in op.plan["clusters"]]

@@ -1,0 +1,156 @@
+"""Releases across clusters, decided purely: ``decide(op, observed) -> list[Decision]``.
+
+An operation (deploy, config or code update, scale) is a durable row whose ``plan``
+lists its target clusters in order and whose ``step`` is the cluster being rolled.
+Clusters are rolled one at a time: the leader instructs the AppMaster of the cluster at
+``step`` (an instruction carries the op, the leader's epoch and the per-cluster spec),
+waits until that AppMaster's persisted state shows the revision converged, then moves
+to the next step. A new leader reads the same row and simply decides again.
+
+=========  ====================================================  =================
+status     when                                                  next
+=========  ====================================================  =================
+pending    created by any Keeper replica, durable before ack     running
+running    instructing / waiting for cluster ``plan[step]``      running, succeeded,
+                                                                 failed
+succeeded  every cluster converged
+failed     a cluster rolled the revision back (error says which)
+superseded a newer operation of the same service took over
+=========  ====================================================  =================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ha_serving._spec import ServiceSpec
+from ha_serving.store import Instruction, OperationRecord
+
+ACTIVE = ("pending", "running")
+
+
+@dataclass(frozen=True)
+class Instruct:
+    cluster: str
+    op_id: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Advance:
+    step: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    status: str
+    error: str | None = None
+
+
+Decision = Instruct | Advance | Finish
+
+
+def make_plan(
+    spec: ServiceSpec, package: str, generation: int, kind: str, registered: list[str]
+) -> dict[str, Any]:
+    """The operation's plan: target clusters in order, with their instance counts."""
+    placement = spec.placement
+    if placement.clusters:
+        unknown = [c.name for c in placement.clusters if c.name not in registered]
+        if unknown:
+            raise ValueError(f"unknown clusters {unknown}; registered: {registered}")
+        targets = [
+            {
+                "name": c.name,
+                "instances": spec.instances if c.instances is None else c.instances,
+                "weight": c.weight,
+            }
+            for c in placement.clusters
+        ]
+    else:
+        want = placement.any or 1
+        if want > len(registered):
+            raise ValueError(f"placement wants {want} clusters; {len(registered)} registered")
+        targets = [
+            {"name": name, "instances": spec.instances, "weight": 100}
+            for name in sorted(registered)[:want]
+        ]
+    return {
+        "clusters": targets,
+        "spec": spec.model_dump(mode="json"),
+        "package": package,
+        "generation": generation,
+        "kind": kind,
+    }
+
+
+def cluster_body(plan: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+    """The instruction for one cluster: the spec with that cluster's instance count."""
+    spec = {**plan["spec"], "instances": target["instances"]}
+    return {
+        "spec": spec,
+        "package": plan["package"],
+        "kind": plan["kind"],
+        "generation": plan["generation"],
+    }
+
+
+def instruction_op_id(op: OperationRecord, cluster: str) -> str:
+    return f"{op.op_id}@{cluster}"
+
+
+def decide(
+    op: OperationRecord,
+    last: dict[str, Instruction | None],
+    states: dict[str, dict[str, Any] | None],
+) -> list[Decision]:
+    """The next decisions for ``op``, given the last instruction sent to each target
+    cluster and each target AppMaster's persisted state (None: no state yet)."""
+    targets = op.plan["clusters"]
+    if op.step >= len(targets):
+        return [Finish("succeeded")]
+    target = targets[op.step]
+    cluster = target["name"]
+    body = cluster_body(op.plan, target)
+    op_id = instruction_op_id(op, cluster)
+    sent = last.get(cluster)
+    if sent is None or sent.op_id != op_id:
+        return [Instruct(cluster, op_id, body)]
+    state = states.get(cluster)
+    if state is None:
+        return []
+    if _rolled_back(state, op_id):
+        return [Finish("failed", f"cluster {cluster} rolled the release back")]
+    if converged(state, body):
+        nxt = op.step + 1
+        done: list[Decision] = [Advance(nxt)]
+        if nxt >= len(targets):
+            done.append(Finish("succeeded"))
+        return done
+    return []
+
+
+def converged(state: dict[str, Any], body: dict[str, Any]) -> bool:
+    """The AppMaster serves exactly ``body``'s revision on every instance."""
+    spec = body["spec"]
+    desired = state.get("desired") or {}
+    instances = state.get("instances") or {}
+    return (
+        state.get("rollout") is None
+        and desired.get("version") == spec["version"]
+        and desired.get("package") == body["package"]
+        and desired.get("config") == spec.get("config", {})
+        and len(instances) == spec["instances"]
+        and all(
+            i.get("phase") == "serving" and i.get("running") == desired for i in instances.values()
+        )
+    )
+
+
+def _rolled_back(state: dict[str, Any], op_id: str) -> bool:
+    return any(
+        r.get("op_id") == op_id and r.get("status") == "rolled_back"
+        for r in state.get("history") or ()
+    )
