@@ -1,0 +1,158 @@
+"""Multi-cluster serving through the Keepers, on a real 2-cluster stack with 3 Keepers:
+deploy onto both clusters via Job Submission, discovery of every proxy, a rolling update
+across clusters that survives the leader's death, and fencing of a stale leader."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import infra
+from ha_serving._spec import load_spec
+from ha_serving.backend import make_package
+from ha_serving.client import discovered_client
+from ha_serving.keeper import KeeperClient, keeper_status
+from ha_serving.store import Store
+from tests.integration.conftest import stack_settings
+
+pytestmark = pytest.mark.integration
+
+ECHO = Path(__file__).resolve().parents[2] / "examples" / "echo"
+
+
+@pytest.fixture(scope="module")
+def mstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]:
+    settings = stack_settings(tmp_path_factory.mktemp("mstack"))
+    topo = infra.up(settings).topology
+    try:
+        yield topo
+    finally:
+        infra.down(settings.stack.run_dir)
+
+
+@pytest.fixture(scope="module")
+def keeper(mstack: infra.Topology) -> KeeperClient:
+    return KeeperClient([k.address for k in mstack.keepers], token=mstack.keeper_token())
+
+
+def _spec_json(**changes: Any) -> str:
+    spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
+    spec.update(
+        name="multi",
+        instances=2,
+        placement={"clusters": [{"name": "a"}, {"name": "b"}]},
+        **changes,
+    )
+    return json.dumps(spec)
+
+
+def _wait_op(keeper: KeeperClient, op_id: str, timeout_s: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for op in keeper.operations("multi"):
+            if op["op_id"] == op_id and op["status"] in ("succeeded", "failed", "superseded"):
+                return op
+        time.sleep(0.25)
+    raise TimeoutError(f"{op_id} not finished: {keeper.operations('multi')}")
+
+
+def _leader(topo: infra.Topology) -> tuple[str, int]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for k in topo.keepers:
+            view = keeper_status(k.address, token=topo.keeper_token(), timeout_s=0.5)
+            if view["alive"] and view["leader"]:
+                return k.id, int(view["epoch"])
+        time.sleep(0.05)
+    raise TimeoutError("no Keeper leads")
+
+
+def test_deploy_through_keepers_runs_on_both_clusters(
+    mstack: infra.Topology, keeper: KeeperClient
+) -> None:
+    """One Deploy to any Keeper: serving jobs are submitted on a and b, and discovery
+    returns both clusters' proxies; a client pinned to b calls b first."""
+    package = make_package(ECHO / "code").data
+    op_id = keeper.deploy(_spec_json(), package, kind="deploy")
+    op = _wait_op(keeper, op_id)
+    assert op["status"] == "succeeded", op
+    addresses = [k.address for k in mstack.keepers]
+    client, discovery = discovered_client(
+        "multi", addresses, token=mstack.keeper_token(), cluster="b"
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(discovery.endpoints) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted({e.cluster for e in discovery.endpoints}) == ["a", "b"]
+        assert len(discovery.endpoints) == 4
+        assert client.call("multi", "echo", "x") == {"echo": "x", "prefix": ">", "version": "1"}
+    finally:
+        discovery.stop()
+        client.close()
+
+
+def test_rolling_update_across_clusters_survives_the_leaders_death(
+    mstack: infra.Topology, keeper: KeeperClient
+) -> None:
+    """A config update rolls cluster a then b; the leader is SIGKILLed while it runs: a
+    new leader (higher epoch) finishes it, and every acknowledged operation succeeded."""
+    old_leader, old_epoch = _leader(mstack)
+    config = {"prefix": "rolled", "reconfigure_delay_s": 1.0}  # ~2 s per cluster
+    op_id = keeper.deploy(_spec_json(config=config), b"", kind="config")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        op = next(o for o in keeper.operations("multi") if o["op_id"] == op_id)
+        if op["status"] == "running":
+            break
+        time.sleep(0.05)
+    infra.signal_keeper(mstack.run_dir, old_leader, signal.SIGKILL)
+    op = _wait_op(keeper, op_id)
+    assert op["status"] == "succeeded", op
+    new_leader, new_epoch = _leader(mstack)
+    assert new_leader != old_leader
+    assert new_epoch > old_epoch
+    assert op["epoch"] == new_epoch  # the successor made the last progress
+    acknowledged = list(keeper.operations("multi"))
+    assert [o["status"] for o in acknowledged] == ["succeeded"] * len(acknowledged)
+    with Store.connect(mstack.db.url) as store:
+        for cluster in ("a", "b"):
+            found = store.load_appmaster_state(cluster, "multi")
+            assert found is not None
+            assert found[0]["desired"]["config"]["prefix"] == "rolled"
+    infra.restart_keeper(mstack.run_dir, old_leader)
+
+
+def test_a_stale_leaders_instruction_is_refused_by_the_appmaster(
+    mstack: infra.Topology,
+) -> None:
+    """An instruction stamped with an epoch below the highest the AppMaster has seen
+    (what a leader paused past its lease would send) is refused, and the state stays."""
+    with Store.connect(mstack.db.url) as store:
+        found = store.load_appmaster_state("a", "multi")
+        assert found is not None
+        before, _ = found
+        stale = before["highest_epoch"] - 1
+        body = {
+            "spec": {**before["spec"], "config": {"prefix": "stale"}},
+            "package": before["desired"]["package"],
+            "kind": "config",
+            "generation": 999,
+        }
+        store.add_instruction("a", "multi", "stale-op@a", stale, body)
+        deadline = time.monotonic() + 30
+        refused: list[Any] = []
+        while not refused and time.monotonic() < deadline:
+            refused = [e for e in store.list_events(service="multi") if e.kind == "refused"]
+            time.sleep(0.1)
+        assert refused, "the AppMaster never refused the stale instruction"
+        assert refused[-1].op_id == "stale-op@a"
+        after = store.load_appmaster_state("a", "multi")
+        assert after is not None
+        assert after[0]["desired"]["config"]["prefix"] == before["desired"]["config"]["prefix"]
