@@ -31,6 +31,7 @@ from ha_serving._errors import ConflictError, LeaseLost, UnknownService
 from ha_serving.store import (
     SCHEMA_VERSION,
     AlreadyExists,
+    ClusterRecord,
     Lease,
     OperationRecord,
     SchemaTooNew,
@@ -704,3 +705,27 @@ def endpoints_lapse_without_heartbeat(b: Backend) -> None:
 
 
 STORE_CHECKS += [packages_are_content_addressed, endpoints_lapse_without_heartbeat]
+
+
+def keeper_records_round_trip(b: Backend) -> None:
+    """Clusters upsert by name; AppMaster heartbeats upsert; instructions stay in order."""
+    store = b.connect()
+    store.register_cluster(ClusterRecord("a", "127.0.1.1:12000", "http://x", "z1"))
+    store.register_cluster(ClusterRecord("a", "127.0.1.1:12001", None, "z2"))
+    assert store.list_clusters() == [ClusterRecord("a", "127.0.1.1:12001", None, "z2")]
+    store.heartbeat_appmaster("a", "echo", "echo-appmaster", 3)
+    store.heartbeat_appmaster("a", "echo", "echo-appmaster", 4)
+    [am] = store.list_appmasters("echo")
+    assert (am.cluster, am.epoch_seen) == ("a", 4)
+    first = store.add_instruction("a", "echo", "op-1", 3, {"spec": {"n": 1}})
+    second = store.add_instruction("a", "echo", "op-2", 4, {"spec": {"n": 2}})
+    store.add_instruction("b", "echo", "op-3", 4, {})
+    got = store.list_instructions("a", "echo")
+    assert [(i.id, i.op_id, i.epoch) for i in got] == [(first, "op-1", 3), (second, "op-2", 4)]
+    assert [i.op_id for i in store.list_instructions("a", "echo", after=first)] == ["op-2"]
+    last = store.last_instruction("a", "echo")
+    assert last is not None
+    assert last.body == {"spec": {"n": 2}}
+
+
+STORE_CHECKS.append(keeper_records_round_trip)
