@@ -1,0 +1,137 @@
+"""The release planner (pure): clusters are rolled in plan order, one at a time; a
+cluster moves the step only once its AppMaster converged; a rollback fails the op."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ha_serving._spec import parse_spec
+from ha_serving.keeper._releases import (
+    Advance,
+    Finish,
+    Instruct,
+    cluster_body,
+    decide,
+    instruction_op_id,
+    make_plan,
+)
+from ha_serving.store import Instruction, OperationRecord
+
+SPEC = parse_spec(
+    {
+        "name": "svc",
+        "version": "2",
+        "code": {"dir": "x", "import_path": "m:C"},
+        "instances": 3,
+        "placement": {"clusters": [{"name": "a"}, {"name": "b", "instances": 1}]},
+    }
+)
+
+
+def _op(step: int = 0) -> OperationRecord:
+    plan = make_plan(SPEC, "pkg", 7, "code", ["a", "b", "c"])
+    return OperationRecord(op_id="op", service="svc", kind="code", plan=plan, step=step)
+
+
+def _sent(op: OperationRecord, cluster: str) -> Instruction:
+    return Instruction(1, cluster, "svc", instruction_op_id(op, cluster), 1, {})
+
+
+def _state(body: dict[str, Any], *, done: bool = True, rolled_back: bool = False) -> dict[str, Any]:
+    spec = body["spec"]
+    desired = {
+        "version": spec["version"],
+        "package": body["package"],
+        "import_path": "m:C",
+        "config": spec.get("config", {}),
+    }
+    running = desired if done else {**desired, "version": "1"}
+    history = [{"op_id": "op@a", "status": "rolled_back"}] if rolled_back else []
+    return {
+        "desired": desired,
+        "rollout": None if done else {"status": "running"},
+        "instances": {
+            f"i{n}": {"phase": "serving", "running": running} for n in range(spec["instances"])
+        },
+        "history": history,
+    }
+
+
+def test_plan_keeps_the_placement_order_and_per_cluster_instances() -> None:
+    """Targets follow the spec's order; a cluster's own instance count wins."""
+    plan = _op().plan
+    assert [(t["name"], t["instances"]) for t in plan["clusters"]] == [("a", 3), ("b", 1)]
+
+
+def test_unknown_cluster_or_too_many_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown clusters"):
+        make_plan(SPEC, "pkg", 1, "deploy", ["a"])
+    any3 = parse_spec(
+        {
+            "name": "s",
+            "version": "1",
+            "code": {"dir": "x", "import_path": "m:C"},
+            "placement": {"any": 3},
+        }
+    )
+    with pytest.raises(ValueError, match="wants 3"):
+        make_plan(any3, "pkg", 1, "deploy", ["a", "b"])
+
+
+def test_first_cluster_is_instructed_then_waited_for() -> None:
+    """Nothing sent yet: instruct a. Sent but not converged: wait. Converged: step to b."""
+    op = _op()
+    [first] = decide(op, {"a": None, "b": None}, {"a": None, "b": None})
+    assert isinstance(first, Instruct)
+    assert first.cluster == "a"
+    body = cluster_body(op.plan, op.plan["clusters"][0])
+    busy = {"a": _state(body, done=False), "b": None}
+    assert decide(op, {"a": _sent(op, "a"), "b": None}, busy) == []
+    done = {"a": _state(body), "b": None}
+    assert decide(op, {"a": _sent(op, "a"), "b": None}, done) == [Advance(1)]
+
+
+def test_last_cluster_converged_finishes_and_rollback_fails() -> None:
+    op = _op(step=1)
+    body = cluster_body(op.plan, op.plan["clusters"][1])
+    states = {"b": _state(body)}
+    assert decide(op, {"b": _sent(op, "b")}, states) == [Advance(2), Finish("succeeded")]
+    op_a = _op()
+    body_a = cluster_body(op_a.plan, op_a.plan["clusters"][0])
+    failed = decide(
+        op_a, {"a": _sent(op_a, "a")}, {"a": _state(body_a, done=False, rolled_back=True)}
+    )
+    assert failed == [Finish("failed", "cluster a rolled the release back")]
+
+
+@given(st.lists(st.sampled_from(["sent", "converged", "nothing"]), min_size=0, max_size=30))
+def test_steps_only_move_forward_and_one_cluster_at_a_time(events: list[str]) -> None:
+    """Driven by random observations, the op instructs clusters strictly in plan order,
+    never instructs a cluster before the previous one converged, and ends succeeded."""
+    op = _op()
+    last: dict[str, Instruction | None] = {"a": None, "b": None}
+    states: dict[str, dict[str, Any] | None] = {"a": None, "b": None}
+    instructed: list[str] = []
+    for event in [*events, "converged", "converged", "converged", "converged"]:
+        if op.status == "succeeded":
+            break
+        for d in decide(op, last, states):
+            if isinstance(d, Instruct):
+                assert d.cluster == op.plan["clusters"][op.step]["name"]
+                assert all(states[c] is not None for c in instructed if c != d.cluster)
+                instructed.append(d.cluster)
+                last[d.cluster] = _sent(op, d.cluster)
+            elif isinstance(d, Advance):
+                assert d.step == op.step + 1
+                op = OperationRecord(**{**op.to_record(), "step": d.step})
+            elif isinstance(d, Finish):
+                op = OperationRecord(**{**op.to_record(), "status": d.status})
+        current = op.plan["clusters"][min(op.step, 1)]["name"]
+        if event == "converged" and last.get(current) is not None:
+            states[current] = _state(cluster_body(op.plan, op.plan["clusters"][min(op.step, 1)]))
+    assert op.status == "succeeded"
+    assert instructed == ["a", "b"]
