@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 from ha_serving._errors import StackError
@@ -20,7 +21,7 @@ from infra import procs, topology
 from infra.stack import _wait_nodes, locked, wait_keeper
 from infra.topology import Cluster, Node, Topology
 
-NODE_START_TIMEOUT_S = 60.0
+NODE_START_TIMEOUT_S = 90.0
 
 
 def _load(run_dir: Path) -> Topology:
@@ -63,13 +64,23 @@ def restart_node(run_dir: Path, name: str, *, timeout_s: float = NODE_START_TIME
 def restart_cluster(
     run_dir: Path, cluster: str, *, timeout_s: float = NODE_START_TIMEOUT_S
 ) -> None:
-    """Start every dead node of ``cluster`` again, head first."""
+    """Start every dead node of ``cluster`` again, head first.
+
+    A cluster that lost every node comes back *empty*: its head gets a fresh GCS storage
+    namespace, as a re-provisioned cluster would. (Restoring the GCS of a cluster whose
+    every raylet died stalls the new head's start for longer than Ray waits.) Serving
+    jobs are then re-created by the Keepers and their AppMasters recover from the DB.
+    """
     with locked(run_dir.resolve()):
         topo = _load(run_dir)
         c = _cluster(topo, cluster)
         dead = [n for n in c.nodes if not procs.alive(n.proc)]
         if not dead:
             raise StackError(f"every node of cluster {cluster} is running")
+        if len(dead) == len(c.nodes) and c.storage_namespace is not None:
+            base = c.storage_namespace.split("~")[0]
+            c.storage_namespace = f"{base}~{uuid.uuid4().hex[:6]}"
+            c.head.proc.env["RAY_external_storage_namespace"] = c.storage_namespace
         heads = [n for n in dead if n.role == "head"]
         workers = [n for n in dead if n.role == "worker"]
         if heads:

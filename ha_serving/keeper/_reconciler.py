@@ -11,6 +11,7 @@ through the cluster's Ray Job Submission API, at most every ``resubmit_s``.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any, Protocol
 
@@ -21,7 +22,11 @@ from ha_serving.store import ClusterRecord, OperationRecord, Store
 from ha_serving.util.logs import bound
 
 HEARTBEAT_STALE_S = 5.0
-"""An AppMaster whose link has not heartbeated for this long is presumed gone."""
+"""An AppMaster whose link has not heartbeated for this long gets its job resubmitted."""
+LOSS_SILENCE_S = 1.5
+"""A cluster is lost once its GCS refuses connections and none of its AppMasters has
+heartbeated for this long (links beat every ~0.3 s). Both must hold, so a slow DB or a
+busy Keeper alone never makes a live cluster look lost."""
 
 
 class JobSubmitter(Protocol):
@@ -46,6 +51,8 @@ class Reconciler:
         self.period_s = period_s
         self.resubmit_s = resubmit_s
         self._submitted: dict[tuple[str, str], float] = {}
+        self.lost: set[str] = set()
+        """Clusters this leader declared lost (and has not seen come back)."""
         self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
 
     async def run(self) -> None:
@@ -70,6 +77,7 @@ class Reconciler:
             newest[op.service] = op
         for op in newest.values():
             self._advance(op, term)
+        self._watch_clusters()
         self._ensure_appmasters()
 
     def _advance(self, op: OperationRecord, term: Term) -> None:
@@ -98,6 +106,35 @@ class Reconciler:
         return self.store.advance_operation(
             op.op_id, expected_version=op.version, epoch=term.epoch, **changes
         )
+
+    def _watch_clusters(self) -> None:
+        """A cluster whose GCS does not answer and whose AppMasters all went silent is
+        lost: its endpoints are withdrawn at once (and again every round while it stays
+        lost), so clients move to the other clusters. When its GCS answers again, its
+        AppMasters are restarted without waiting for the resubmit interval."""
+        beats = self.store.list_appmasters()
+        now = self.store.now()
+        for cluster in self.store.list_clusters():
+            fresh = any(
+                b.cluster == cluster.name and now - b.heartbeat_at < LOSS_SILENCE_S for b in beats
+            )
+            reachable = _answers(cluster.gcs_address)
+            if not reachable and not fresh:
+                withdrawn = self.store.remove_cluster_endpoints(cluster.name)
+                if cluster.name not in self.lost:
+                    self.lost.add(cluster.name)
+                    self.log.warning(
+                        "cluster %s lost: %d endpoints withdrawn", cluster.name, withdrawn
+                    )
+                    self.store.append_event(
+                        "cluster_lost", cluster=cluster.name, detail={"withdrawn": withdrawn}
+                    )
+            elif reachable and cluster.name in self.lost:
+                self.lost.discard(cluster.name)
+                for key in [k for k in self._submitted if k[0] == cluster.name]:
+                    del self._submitted[key]
+                self.log.warning("cluster %s is back", cluster.name)
+                self.store.append_event("cluster_back", cluster=cluster.name)
 
     def _ensure_appmasters(self) -> None:
         clusters = {c.name: c for c in self.store.list_clusters()}
@@ -128,3 +165,13 @@ class Reconciler:
             if op.status != "superseded":
                 latest[op.service] = op
         return [(t["name"], s) for s, op in latest.items() for t in op.plan["clusters"]]
+
+
+def _answers(address: str, timeout_s: float = 0.5) -> bool:
+    """Whether a TCP connection to ``host:port`` (a cluster's GCS) succeeds."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

@@ -102,6 +102,11 @@ def remove_endpoints(
     return conn.execute(query).rowcount
 
 
+def remove_cluster_endpoints(conn: Connection, cluster: str) -> int:
+    """Withdraw every endpoint on ``cluster`` (it was declared lost)."""
+    return int(conn.execute(sa.delete(endpoints).where(endpoints.c.cluster == cluster)).rowcount)
+
+
 def list_endpoints(conn: Connection, now: sa.ColumnElement[float], service: str) -> list[Endpoint]:
     rows = conn.execute(
         sa.select(endpoints)

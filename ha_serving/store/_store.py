@@ -421,6 +421,11 @@ class Store:
         with self._tx() as conn:
             return _catalog.remove_endpoints(conn, service, cluster, keep)
 
+    def remove_cluster_endpoints(self, cluster: str) -> int:
+        """Withdraw every service's endpoints on ``cluster`` at once (cluster lost)."""
+        with self._tx() as conn:
+            return _catalog.remove_cluster_endpoints(conn, cluster)
+
     def list_endpoints(self, service: str) -> list[Endpoint]:
         """Unexpired endpoints of ``service`` on every cluster."""
         with self._tx() as conn:

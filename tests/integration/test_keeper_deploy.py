@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 import infra
+from ha_serving._errors import CallError
 from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
 from ha_serving.client import discovered_client
@@ -156,3 +158,84 @@ def test_a_stale_leaders_instruction_is_refused_by_the_appmaster(
         after = store.load_appmaster_state("a", "multi")
         assert after is not None
         assert after[0]["desired"]["config"]["prefix"] == before["desired"]["config"]["prefix"]
+
+
+class ClusterLoad:
+    """Client threads over every proxy of `multi` (no cluster preference), recording each
+    request's outcome and, for successes, the cluster that answered."""
+
+    def __init__(self, topo: infra.Topology, threads: int = 4) -> None:
+        self.client, self.discovery = discovered_client(
+            "multi", [k.address for k in topo.keepers], token=topo.keeper_token()
+        )
+        self.stop = threading.Event()
+        self.results: list[tuple[float, str]] = []  # (time, cluster or error code)
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                reply = self.client.call_raw("multi", "echo", b'"x"', timeout=5.0)
+                outcome = reply.cluster or "?"
+            except CallError as exc:
+                outcome = exc.code
+            with self.lock:
+                self.results.append((time.monotonic(), outcome))
+
+    def __enter__(self) -> ClusterLoad:
+        deadline = time.monotonic() + 30
+        while len(self.discovery.endpoints) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+        self.discovery.stop()
+        self.client.close()
+
+
+def test_cluster_loss_moves_traffic_and_the_service_returns_with_the_cluster(
+    mstack: infra.Topology,
+) -> None:
+    """Kill cluster b under load: availability stays >= 99.9 %, b's endpoints are
+    withdrawn, answers come only from a; after b restarts, its AppMaster serves again.
+    Prints the availability, the withdrawal time and the last answer from b."""
+    with Store.connect(mstack.db.url) as store, ClusterLoad(mstack) as load:
+        deadline = time.monotonic() + 30
+        while not any(r[1] == "b" for r in load.results) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed_at = time.monotonic()
+        infra.kill_cluster(mstack.run_dir, "b")
+        while any(e.cluster == "b" for e in store.list_endpoints("multi")):
+            assert time.monotonic() - killed_at < 30, "b's endpoints were never withdrawn"
+            time.sleep(0.05)
+        withdrawn_s = time.monotonic() - killed_at
+        time.sleep(3.0)  # load keeps running on the survivor
+        with load.lock:
+            after_kill = [r for r in load.results if r[0] > killed_at]
+        infra.restart_cluster(mstack.run_dir, "b")
+        deadline = time.monotonic() + 120
+        while not any(e.cluster == "b" for e in store.list_endpoints("multi")):
+            assert time.monotonic() < deadline, "the service never came back on b"
+            time.sleep(0.2)
+        back = time.monotonic()
+        while not any(r[1] == "b" and r[0] > back for r in load.results):
+            assert time.monotonic() < deadline, "no answer from b after its return"
+            time.sleep(0.1)
+    with load.lock:
+        total = len(load.results)
+        good = sum(1 for _, outcome in load.results if outcome in ("a", "b"))
+    last_b = max((t for t, o in after_kill if o == "b"), default=killed_at) - killed_at
+    print(
+        f"\ncluster b killed under load: availability {good / total:.5f} ({total - good} of "
+        f"{total} failed), endpoints withdrawn after {withdrawn_s:.2f}s, last answer from b "
+        f"{last_b:.2f}s after the kill"
+    )
+    assert good / total >= 0.999
+    assert last_b < 2.0
+    assert {o for t, o in after_kill if t > killed_at + 2.0} <= {"a"}
