@@ -7,8 +7,10 @@ never by process name.
 
 from infra.faults import (
     kill_cluster,
+    kill_db,
     kill_node,
     restart_cluster,
+    restart_db,
     restart_keeper,
     restart_node,
     signal_keeper,
@@ -22,9 +24,11 @@ __all__ = [
     "UpResult",
     "down",
     "kill_cluster",
+    "kill_db",
     "kill_node",
     "load",
     "restart_cluster",
+    "restart_db",
     "restart_keeper",
     "restart_node",
     "signal_keeper",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ha_serving._errors import StackError
 from infra import procs, topology
+from infra.ports import tcp_answers
 from infra.stack import _wait_nodes, locked, wait_keeper
 from infra.topology import Cluster, Node, Topology
 
@@ -142,3 +143,31 @@ def restart_keeper(run_dir: Path, keeper_id: str) -> None:
         keeper.proc = procs.spawn(keeper.proc.argv, env=keeper.proc.env, log=keeper.proc.log)
         topo.save()
         wait_keeper(topo, keeper)
+
+
+def kill_db(run_dir: Path) -> None:
+    """SIGKILL the private DB server (a crash: InnoDB recovers at the next start)."""
+    with locked(run_dir.resolve()):
+        topo = _load(run_dir)
+        if topo.db.proc is None:
+            raise StackError(f"the stack's DB ({topo.db.kind}) is not a process it started")
+        procs.kill(topo.db.proc)
+
+
+def restart_db(run_dir: Path, *, timeout_s: float = 60.0) -> None:
+    """Start the killed private DB server again on its data directory; wait until it
+    answers."""
+    with locked(run_dir.resolve()):
+        topo = _load(run_dir)
+        db = topo.db
+        if db.proc is None or db.address is None:
+            raise StackError(f"the stack's DB ({db.kind}) is not a process it started")
+        if procs.alive(db.proc):
+            raise StackError("the DB is running; kill it first")
+        host, _, port = db.address.rpartition(":")
+        db.proc = procs.spawn(db.proc.argv, env=db.proc.env, log=db.proc.log)
+        topo.save()
+        try:
+            procs.wait_for("private DB", lambda: tcp_answers(host, int(port)), timeout_s=timeout_s)
+        except TimeoutError as exc:
+            raise StackError(str(exc)) from None

@@ -49,6 +49,8 @@ appmaster_app = typer.Typer(no_args_is_help=True, help="The serving job's entryp
 app.add_typer(appmaster_app, name="appmaster")
 release_app = typer.Typer(no_args_is_help=True, help="Releases (operations) across clusters.")
 app.add_typer(release_app, name="release")
+db_app = typer.Typer(no_args_is_help=True, help="Kill or restart the private DB (drills).")
+app.add_typer(db_app, name="db")
 
 out = Console()
 err = Console(stderr=True)
@@ -231,6 +233,20 @@ def keeper_run(
         asyncio.run(server.serve_forever())
     finally:
         store.close()
+
+
+@db_app.command("kill")
+def db_kill(run_dir: RunDir = None) -> None:
+    """SIGKILL the stack's private DB server (drill)."""
+    infra.kill_db(_run_dir(run_dir))
+    out.print("DB killed")
+
+
+@db_app.command("restart")
+def db_restart(run_dir: RunDir = None) -> None:
+    """Start the killed private DB server again on its data."""
+    infra.restart_db(_run_dir(run_dir))
+    out.print("DB is back")
 
 
 @appmaster_app.command("start")
