@@ -3,6 +3,8 @@ in-place weight swap under load."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import pytest
 import infra
 from ha_serving._errors import CallError
 from ha_serving._spec import load_spec
+from ha_serving.backend import InstanceHost, make_package
 from ha_serving.cli._services import ServiceOps
 from ha_serving.client import Client
 from ha_serving.store import Store
@@ -139,6 +142,35 @@ V2 = {"weights_version": "v2", "weights": [-0.5, 0.25, 0.5, 1.5], "bias": -0.2}
 def _expected_score(config: dict[str, Any]) -> float:
     z = config["bias"] + sum(w * x for w, x in zip(config["weights"], FEATURES, strict=True))
     return 1.0 / (1.0 + math.exp(-z))
+
+
+def test_model_serving_reconfigure_mid_call_never_mixes_weights() -> None:
+    """In one instance, a new config landing while 50 predictions are half computed (each
+    yields between chunks of features): those finish on v1, later calls run on v2, and
+    every score matches the weights its reply names. (The platform drains an instance
+    before reconfiguring it; this checks the model does not depend on that.)"""
+    spec = load_spec(EXAMPLES / "model_serving" / "model_serving.yaml")
+    expected = {"v1": _expected_score(spec.config), "v2": _expected_score(V2)}
+    payload = json.dumps({"features": FEATURES}).encode()
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        host = InstanceHost()
+        package = make_package(EXAMPLES / "model_serving" / "code")
+        await host.add_instance("m0", package, spec.code.import_path, "1", spec.config)
+        early = [asyncio.ensure_future(host.call("m0", "predict", payload)) for _ in range(50)]
+        await asyncio.sleep(0)  # every early call is now past its first chunk
+        await host.reconfigure("m0", V2)
+        late = await asyncio.gather(*(host.call("m0", "predict", payload) for _ in range(50)))
+        results = await asyncio.gather(*early), late
+        await host.close()
+        return results
+
+    early, late = asyncio.run(scenario())
+    for results, version in ((early, "v1"), (late, "v2")):
+        assert all(r.ok for r in results), [r.message for r in results if not r.ok]
+        replies = [json.loads(r.payload) for r in results]
+        assert {r["weights_version"] for r in replies} == {version}
+        assert all(math.isclose(r["score"], expected[version], rel_tol=1e-12) for r in replies)
 
 
 def test_model_serving_weights_swap_under_load_zero_failures(ops: ServiceOps) -> None:

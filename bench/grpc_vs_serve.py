@@ -1,0 +1,423 @@
+"""ha_serving's proxy vs Ray Serve's gRPC proxy: the same echo, side by side, one run.
+
+    .venv/bin/python bench/grpc_vs_serve.py            # or: make bench
+
+Both systems serve the echo of ``examples/echo`` (same code path: JSON in, JSON out, a
+sync method run in the replica's thread pool) with the same number of replicas (one
+process each, 0.5 CPU), the same per-replica concurrency cap (64) and one proxy each
+by default, and are driven by the same client: a separate process running
+``--concurrency`` grpc.aio tasks over one channel per proxy with the
+``ha_serving.proto`` stub, for a fixed time, recording every latency. The systems take
+turns (``--rounds``, order rotating), so background noise on the machine hits both.
+Besides throughput and latency, the table gives the CPU milliseconds per request of each
+role (client, proxy, replicas, control, the cluster's Ray daemons, the rest of the
+machine), read from ``/proc``: it says where the time goes, and how noisy the run was.
+
+(a) ha_serving: ``examples/echo`` deployed as ``bench-echo`` through ``ServiceOps`` on
+    one cluster; the client calls its proxies from the discovery table.
+(b) Ray Serve 2.60: ``serve.start`` with a gRPC proxy on the head node of another
+    cluster (``grpc_servicer_functions`` = our ``add_ServingServicer_to_server``), an
+    application whose deployment's ``Call(CallRequest) -> CallReply`` echoes; the client
+    sends the ``application`` metadata key Serve routes by.
+(c) with ``--baseline``: a bare gRPC-in-actor proxy (grpc.aio in an async actor,
+    round-robin ``await replica.call.remote(payload)`` to plain sync actors), the floor
+    of any proxy built on Ray actor calls.
+
+By default the bench brings up its own 2-cluster stack in a temporary run directory, on
+addresses and ports of its own (so it runs beside ``make up``'s stack and the tests'),
+and tears it down at the end. ``--run-dir`` reuses a running stack instead: it refuses
+a cluster where Serve already runs, and at the end shuts Serve down, scales
+``bench-echo`` to 0 and removes its AppMaster and proxies. The whole run is bounded
+by ``--time-limit``; everything is cleaned up on the way out, also after an error or
+Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    ECHO,
+    SERVICE,
+    BareProxy,
+    BareReplica,
+    Side,
+    connect,
+    measure,
+    node_groups,
+    pids,
+    stack,
+    wait_answering,
+)
+
+SERVE_APP = "bench-echo"
+SERVE_NAMESPACE = "hasrv-bench-serve"
+SERVICER = "ha_serving.proto.serving_pb2_grpc.add_ServingServicer_to_server"
+
+
+class BenchTimeout(Exception):
+    pass
+
+
+# --- (a) ha_serving -------------------------------------------------------------------
+
+
+def deploy_ours(topo: Any, cluster_name: str, replicas: int, proxies: int, log: Any) -> Side:
+    from ha_serving._spec import load_spec, parse_spec
+    from ha_serving.appmaster import NAMESPACE, appmaster_name
+    from ha_serving.cli._services import ServiceOps
+    from ha_serving.store import Store
+
+    cluster = topo.cluster(cluster_name)
+    spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
+    spec.update(name=SERVICE, instances=replicas, instances_per_worker=1, proxies=proxies)
+    store = Store.connect(topo.db.url)
+    ops = ServiceOps(store, topo.db.url, cluster.name, cluster.gcs_address, cluster.head.address)
+    try:
+        started = time.monotonic()
+        ops.deploy(parse_spec(spec, source="bench"), ECHO / "code")
+        ops.wait(SERVICE, timeout_s=60, progress=lambda _view: None)
+        deadline = time.monotonic() + 30
+        while len(targets := [e.address for e in store.list_endpoints(SERVICE)]) < proxies:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{SERVICE} registered {len(targets)}/{proxies} proxies")
+            time.sleep(0.2)
+        log(
+            f"ha_serving: {SERVICE} serving on cluster {cluster.name} via {', '.join(targets)} "
+            f"({time.monotonic() - started:.1f}s)"
+        )
+        processes = pids(
+            {
+                "proxy": [f"{SERVICE}-p{k}" for k in range(proxies)],
+                "replicas": [f"{SERVICE}-w{k}" for k in range(replicas)],
+                "control": [appmaster_name(SERVICE)],
+            },
+            NAMESPACE,
+        )
+    finally:
+        ops.close()
+        store.close()
+    return Side("ha_serving proxy", targets, [], processes)
+
+
+def remove_ours(topo: Any, cluster_name: str, log: Any) -> None:
+    """On a reused stack: scale bench-echo to 0 (its AppMaster drains and stops the
+    workers), then kill the AppMaster and the proxies and withdraw the endpoints. The
+    service's record stays in the DB (the store has no delete yet) at 0 instances."""
+    import ray
+
+    from ha_serving.appmaster import NAMESPACE, appmaster_name
+    from ha_serving.cli._services import ServiceOps
+    from ha_serving.store import Store
+
+    cluster = topo.cluster(cluster_name)
+    store = Store.connect(topo.db.url)
+    ops = ServiceOps(store, topo.db.url, cluster.name, cluster.gcs_address, cluster.head.address)
+    try:
+        spec = store.get_service(SERVICE).spec["spec"]
+        with contextlib.suppress(Exception):  # best effort: the kills below still happen
+            ops.change(SERVICE, kind="scale", instances=0)
+            ops.wait(SERVICE, timeout_s=30, progress=lambda _view: None)
+        connect(cluster, NAMESPACE)
+        names = [appmaster_name(SERVICE)]
+        names += [f"{SERVICE}-p{k}" for k in range(spec["proxies"])]
+        names += [f"{SERVICE}-w{k}" for k in range(spec["instances"])]
+        for name in names:  # the AppMaster first, so it rebuilds nothing
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        store.remove_endpoints(SERVICE, cluster.name)
+        log(f"ha_serving: {SERVICE} removed from cluster {cluster.name}")
+    finally:
+        ops.close()
+        store.close()
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+# --- (b) Ray Serve ----------------------------------------------------------------------
+
+
+class ServeEcho:
+    """The Serve deployment: what examples/echo does, behind Serve's gRPC proxy."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self.prefix = ">"
+        self.replica = ray.get_runtime_context().get_actor_id()[:12]
+
+    def Call(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
+        from ha_serving.proto.serving_pb2 import CallReply
+
+        value = json.loads(request.payload)
+        result = {"echo": value, "prefix": self.prefix, "version": "1"}
+        return CallReply(payload=json.dumps(result).encode(), instance_id=self.replica, version="1")
+
+
+def _free_port() -> int:
+    """A port free on every interface (Serve's gRPC proxy binds [::]:port)."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class _ServeState:
+    started: bool = False
+
+
+_SERVE = _ServeState()
+
+
+def start_serve(topo: Any, cluster_name: str, replicas: int, log: Any) -> Side:
+    """Start Serve with a gRPC proxy on the cluster's head, deploy the echo app, and wait
+    until a call through the proxy succeeds. The caller must ``stop_serve`` after."""
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    cluster = topo.cluster(cluster_name)
+    connect(cluster, SERVE_NAMESPACE)
+    with contextlib.suppress(ValueError):
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+        raise SystemExit(f"error: Ray Serve already runs on cluster {cluster.name}: not mine")
+    started = time.monotonic()
+    grpc_port, http_port = _free_port(), _free_port()
+    _SERVE.started = True  # from here on, stop_serve shuts it down, whatever happens
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options={"host": cluster.head.address, "port": http_port},
+        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER]),
+    )
+    deployment = serve.deployment(
+        ServeEcho,
+        name="echo",
+        num_replicas=replicas,
+        max_ongoing_requests=64,
+        ray_actor_options={"num_cpus": 0.5},
+    )
+    # an application without a route prefix is not an ingress: no proxy routes to it
+    serve.run(deployment.bind(), name=SERVE_APP, route_prefix=f"/{SERVE_APP}")
+    target = f"{cluster.head.address}:{grpc_port}"
+    side = Side("Ray Serve gRPC proxy", [target], [("application", SERVE_APP)])
+    wait_answering(side, timeout_s=30)
+    roles: dict[str, list[str]] = {"proxy": [], "replicas": [], "control": []}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == "serve":
+            name = actor["name"]
+            role = "proxy" if "PROXY" in name else "replicas" if "REPLICA" in name else "control"
+            roles[role].append(name)
+    side.processes = pids(roles, "serve")
+    log(
+        f"Ray Serve: {SERVE_APP} serving on cluster {cluster.name} via {target} "
+        f"({time.monotonic() - started:.1f}s)"
+    )
+    return side
+
+
+# --- (c) optional baseline ------------------------------------------------------------
+
+
+def start_bare(replicas: int, log: Any) -> Side:
+    """The baseline on the cluster the driver is connected to (Serve's). Its actors are
+    owned by this driver: they end when it disconnects (``stop_serve``)."""
+    import ray
+
+    started = time.monotonic()
+    replica_cls: Any = ray.remote(BareReplica)
+    proxy_cls: Any = ray.remote(BareProxy)
+    handles = [
+        replica_cls.options(name=f"bare-r{k}", num_cpus=0.5).remote() for k in range(replicas)
+    ]
+    proxy = proxy_cls.options(name="bare-p0", num_cpus=0.01).remote(handles)
+    target = ray.get(proxy.start.remote(), timeout=60)
+    side = Side("bare gRPC-in-actor", [target], [], owned=[proxy, *handles])
+    wait_answering(side, timeout_s=30)
+    names = {"proxy": ["bare-p0"], "replicas": [f"bare-r{k}" for k in range(replicas)]}
+    side.processes = pids(names, SERVE_NAMESPACE)
+    log(f"baseline: bare proxy via {target} ({time.monotonic() - started:.1f}s)")
+    return side
+
+
+def stop_serve(log: Any) -> None:
+    """Shut down the Serve this run started (never another one), then disconnect: the
+    baseline's actors are owned by this driver and end with it."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        if _SERVE.started:
+            serve.shutdown()
+            _SERVE.started = False
+            log("Ray Serve shut down")
+        ray.shutdown()
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def report(sides: list[Side], args: argparse.Namespace) -> dict[str, Any]:
+    results = [s.summary() for s in sides]
+    ours, serve = results[:2]
+    ratios = {
+        "throughput_ours_over_serve": round(ours["throughput_rps"] / serve["throughput_rps"], 2)
+        if serve["throughput_rps"]
+        else math.nan,
+        "p99_serve_over_ours": round(serve["p99_ms"] / ours["p99_ms"], 2)
+        if ours["p99_ms"]
+        else math.nan,
+    }
+    out = {
+        "config": {
+            "replicas": args.replicas,
+            "concurrency": args.concurrency,
+            "seconds_per_system": args.duration,
+            "rounds": args.rounds,
+            "warmup_s_per_round": args.warmup,
+        },
+        "results": results,
+        "ratios": ratios,
+    }
+    if len(results) > 2:
+        bare = results[2]
+        ratios["throughput_ours_over_bare"] = round(
+            ours["throughput_rps"] / bare["throughput_rps"], 2
+        )
+    return out
+
+
+def print_table(out: dict[str, Any]) -> None:
+    c = out["config"]
+    w = sys.stdout.write
+    w(
+        f"\necho, {c['replicas']} replicas per system, {c['concurrency']} concurrent client "
+        f"tasks, {c['rounds']} x {c['seconds_per_system'] / c['rounds']:.1f} s per system\n\n"
+    )
+    header = f"{'system':<22} {'proxies':>7} {'requests':>9} {'req/s':>8} {'p50 ms':>8} "
+    header += f"{'p99 ms':>8} {'max ms':>8} {'errors':>6}  per round req/s"
+    w(header + "\n" + "-" * len(header) + "\n")
+    for r in out["results"]:
+        w(
+            f"{r['system']:<22} {r['proxies']:>7} {r['requests']:>9} {r['throughput_rps']:>8.1f} "
+            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} {r['errors']:>6}  "
+            f"{r['rounds_rps']}\n"
+        )
+    roles = ("client", "proxy", "replicas", "control", "ray daemons", "other")
+    w(f"\nCPU ms per request {'':<4}" + "".join(f"{r:>12}" for r in roles) + f"{'total':>10}\n")
+    for r in out["results"]:
+        cpu = r["cpu_ms_per_request"]
+        cells = "".join(f"{cpu.get(role, 0.0):>12.3f}" for role in roles)
+        w(f"{r['system']:<22}{cells}{sum(cpu.values()):>10.3f}\n")
+    w(
+        "(control: AppMaster / Serve controller; ray daemons: raylet, GCS, agents of the "
+        "system's cluster;\n other: the rest of the machine, i.e. anything else running "
+        "meanwhile: noise)\n"
+    )
+    ratios = out["ratios"]
+    t, p = ratios["throughput_ours_over_serve"], ratios["p99_serve_over_ours"]
+    w(f"\nthroughput ours/serve: {t:.2f}x   (target >= 3x: {'met' if t >= 3 else 'MISSED'})\n")
+    w(f"p99 serve/ours:        {p:.2f}x   (target >= 3x: {'met' if p >= 3 else 'MISSED'})\n")
+    if "throughput_ours_over_bare" in ratios:
+        w(f"throughput ours/bare:  {ratios['throughput_ours_over_bare']:.2f}x\n")
+
+
+def _alarm(_signum: int, _frame: object) -> None:
+    raise BenchTimeout("time limit reached")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run-dir", type=Path, help="reuse this running stack (default: own)")
+    parser.add_argument("--ours-cluster", default="a", help="cluster for ha_serving (a)")
+    parser.add_argument("--serve-cluster", default="b", help="cluster for Ray Serve (b)")
+    parser.add_argument("--replicas", type=int, default=2, help="echo replicas per system")
+    parser.add_argument("--proxies", type=int, default=1, help="ha_serving proxies (Serve: 1)")
+    parser.add_argument("--concurrency", type=int, default=16, help="client tasks in flight")
+    parser.add_argument("--duration", type=float, default=16.0, help="measured s per system")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per system")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured s per turn")
+    parser.add_argument("--time-limit", type=int, default=120, help="abort after this (s)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--check", action="store_true", help="exit 2 if a target is missed")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also measure a bare gRPC-in-actor proxy (the floor; +1/3 run time)",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """Set up both systems, measure, clean up; the results (raises on failure)."""
+    with stack(args.run_dir, log) as (topo, own):
+        ours: Side | None = None
+        try:
+            ours = deploy_ours(topo, args.ours_cluster, args.replicas, args.proxies, log)
+            ours.daemon_groups = node_groups(topo, args.ours_cluster)
+            try:
+                sides = [ours, start_serve(topo, args.serve_cluster, args.replicas, log)]
+                if args.baseline:
+                    sides.append(start_bare(args.replicas, log))
+                for side in sides[1:]:
+                    side.daemon_groups = node_groups(topo, args.serve_cluster)
+                measure(
+                    sides,
+                    rounds=args.rounds,
+                    seconds=args.duration / args.rounds,
+                    warmup=args.warmup,
+                    concurrency=args.concurrency,
+                    log=log,
+                )
+                return report(sides, args)
+            finally:
+                signal.alarm(0)  # clean-up must not be interrupted
+                stop_serve(log)
+        finally:
+            signal.alarm(0)
+            if ours is not None and not own:
+                remove_ours(topo, args.ours_cluster, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.ours_cluster == args.serve_cluster:
+        parser.error("--ours-cluster and --serve-cluster must differ (one Ray driver each)")
+    t0 = time.monotonic()
+
+    def log(message: str) -> None:
+        sys.stderr.write(f"[{time.monotonic() - t0:6.1f}s] {message}\n")
+
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(args.time_limit)
+    try:
+        out = run(args, log)
+    except BenchTimeout:
+        log(f"error: the bench exceeded --time-limit {args.time_limit}s; cleaned up")
+        return 1
+    print_table(out)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    log(f"done in {time.monotonic() - t0:.1f}s")
+    ratios = out["ratios"]
+    met = ratios["throughput_ours_over_serve"] >= 3 and ratios["p99_serve_over_ours"] >= 3
+    return 2 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
