@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: venv up down status demo test test-unit test-integration lint fmt clean
+.PHONY: venv up down status demo test test-unit test-integration lint fmt clean loadtest
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ fmt: venv
 
 clean: down
 	rm -rf .run
+
+## loadtest: 500 instances across 2 clusters, rolling update under Locust load, SLA report
+## (stands the stack up if needed; exit status = SLO verdict)
+SCENARIO ?= rolling-update-500
+loadtest: venv
+	$(BIN)/python -m pip install -q -e '.[loadtest]'
+	$(BIN)/python -m loadtest.run $(SCENARIO)
 
 ## proto: regenerate the data-plane stubs after editing ha_serving/proto/serving.proto
 proto: venv

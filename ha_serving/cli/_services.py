@@ -53,7 +53,8 @@ class ServiceOps:
         """Package the code into the DB, record the service, instruct the AppMaster."""
         package = make_package(code)
         digest = self.store.put_package(package.data)
-        record = {"spec": spec.model_dump(mode="json"), "package": digest}
+        # "direct": this service is driven on one cluster by hand; the Keepers leave it be
+        record = {"spec": spec.model_dump(mode="json"), "package": digest, "direct": self.cluster}
         try:
             self.store.create_service(spec.name, record)
         except AlreadyExists:
@@ -70,7 +71,7 @@ class ServiceOps:
             digest = self.store.put_package(make_package(changes.pop("code")).data)
         spec.update(changes)
         new = parse_spec(spec, source=f"{service} after {kind}")
-        record = {"spec": new.model_dump(mode="json"), "package": digest}
+        record = {"spec": new.model_dump(mode="json"), "package": digest, "direct": self.cluster}
         self.store.update_service(service, record, expected_version=current.version)
         return self._apply(new, digest, kind)
 

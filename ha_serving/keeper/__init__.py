@@ -1,7 +1,7 @@
 """The Serving Keeper: the replicated control plane (so far: replicas, leadership, the
 authenticated control API's Status)."""
 
-from ha_serving.keeper._client import KeeperClient, KeeperError, keeper_status
+from ha_serving.keeper._client import KeeperClient, KeeperError, KeeperRefused, keeper_status
 from ha_serving.keeper._jobs import RayJobSubmitter
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, NotLeader, Role, Term
 from ha_serving.keeper._server import KeeperServer
@@ -10,6 +10,7 @@ __all__ = [
     "LEASE_NAME",
     "KeeperClient",
     "KeeperError",
+    "KeeperRefused",
     "KeeperServer",
     "Leadership",
     "NotLeader",

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from ha_serving._errors import HAServingError
+from ha_serving._errors import PlatformError, UserError
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 
 
@@ -54,7 +54,9 @@ class KeeperClient:
                         request, timeout=self.timeout_s, metadata=self.metadata
                     )
                 except grpc.RpcError as exc:
-                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE,):
+                    if exc.code() in _CALLER_FAULT:
+                        raise KeeperRefused(exc.code().name, exc.details() or "") from None
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
                         raise KeeperError(exc.code().name, exc.details() or "") from None
                     last = exc
         detail = last.details() if last is not None else ""
@@ -90,9 +92,27 @@ class KeeperClient:
         ]
 
 
-class KeeperError(HAServingError):
-    """A Keeper refused a call; ``code`` is the gRPC status name."""
+class KeeperError(PlatformError):
+    """A Keeper call failed for a system reason; ``code`` is the gRPC status name."""
 
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         super().__init__(f"{code}: {message}")
+
+
+class KeeperRefused(UserError):
+    """A Keeper refused the request itself (invalid spec, unknown service, bad token)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+_CALLER_FAULT = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)

@@ -33,6 +33,15 @@ def deploy(
         else:
             return op_id, True
     current = _current(store, spec.name)
+    if current is not None and current.spec.get("direct"):
+        cluster = current.spec["direct"]
+        raise InvalidSpec(
+            "deploy",
+            [
+                f"{spec.name} is deployed directly on cluster {cluster}, not through the "
+                f"Keepers: change it with --cluster {cluster}, or use another name"
+            ],
+        )
     if package:
         digest = store.put_package(package)
     elif current is not None:

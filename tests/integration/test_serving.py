@@ -262,12 +262,15 @@ def test_cli_deploy_call_update_scale_status(stack: infra.Topology, tmp_path: Pa
 
     config = tmp_path / "config.yaml"
     config.write_text("prefix: '#'\n")
-    result = _cli(stack.run_dir, "update", "hello", "--config", str(config))
+    via_keepers = _cli(stack.run_dir, "update", "hello", "--config", str(config))
+    assert via_keepers.returncode == 2
+    assert "deployed directly on cluster a" in via_keepers.stderr
+    result = _cli(stack.run_dir, "update", "hello", "--config", str(config), "--cluster", "a")
     assert result.returncode == 0, result.stderr
     result = _cli(stack.run_dir, "call", "hello", "echo", "--json", '"x"')
     assert json.loads(result.stdout)["prefix"] == "#"
 
-    result = _cli(stack.run_dir, "scale", "hello", "2")
+    result = _cli(stack.run_dir, "scale", "hello", "2", "--cluster", "a")
     assert result.returncode == 0, result.stderr
     result = _cli(stack.run_dir, "status", "hello", "--json")
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,123 @@
+"""Locust users calling a service through the ha_serving client SDK (gRPC).
+
+Run by ``loadtest/run.py`` (headless); configured through the environment:
+``HA_LOADTEST_SERVICE``, ``HA_LOADTEST_METHOD``, ``HA_LOADTEST_KEEPERS`` (comma-separated),
+``HA_SERVING_KEEPER_TOKEN``, ``HA_LOADTEST_DEADLINE_S``, ``HA_LOADTEST_RAW`` (where raw
+records go, one JSON line per request, flushed every second).
+
+gevent is patched by Locust before this module runs; ``init_gevent()`` makes gRPC
+cooperate with it and must run before any gRPC object exists. Each user has its own
+``Client`` (its own channels); one shared Discovery (a Watch stream to the Keepers)
+feeds every user's endpoint list. Every call has a deadline.
+"""
+
+from __future__ import annotations
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import json  # noqa: E402 - after init_gevent on purpose
+import os  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, ClassVar  # noqa: E402
+
+import gevent  # noqa: E402
+from locust import User, constant, events, task  # noqa: E402
+
+from ha_serving._errors import CallError  # noqa: E402
+from ha_serving.client import Client, Discovery, EndpointInfo  # noqa: E402
+
+SERVICE = os.environ.get("HA_LOADTEST_SERVICE", "loadtest-echo")
+METHOD = os.environ.get("HA_LOADTEST_METHOD", "echo")
+DEADLINE_S = float(os.environ.get("HA_LOADTEST_DEADLINE_S", "2.0"))
+PAYLOAD = b'"ping"'
+
+
+class _Shared:
+    """Process-wide state of this Locust run (one process, many greenlets)."""
+
+    addresses: ClassVar[list[str]] = []
+    generation = 0
+    discovery: Discovery | None = None
+    pending: ClassVar[list[str]] = []
+    raw: Path | None = None
+
+
+def _adopt(endpoints: list[EndpointInfo]) -> None:
+    _Shared.addresses = [e.address for e in endpoints]
+    _Shared.generation += 1
+
+
+@events.test_start.add_listener
+def _start(**_: Any) -> None:
+    keepers = [k for k in os.environ.get("HA_LOADTEST_KEEPERS", "").split(",") if k]
+    token = os.environ.get("HA_SERVING_KEEPER_TOKEN")
+    _Shared.discovery = Discovery(SERVICE, keepers, token=token, on_change=_adopt).start()
+    raw = os.environ.get("HA_LOADTEST_RAW")
+    if raw:
+        _Shared.raw = Path(raw)
+        _Shared.raw.parent.mkdir(parents=True, exist_ok=True)
+        gevent.spawn(_flusher)
+
+
+def _flush() -> None:
+    if _Shared.raw is None or not _Shared.pending:
+        return
+    lines, _Shared.pending = _Shared.pending, []
+    with _Shared.raw.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _flusher() -> None:
+    while True:
+        gevent.sleep(1.0)
+        _flush()
+
+
+@events.quitting.add_listener
+def _quit(**_: Any) -> None:
+    _flush()
+    if _Shared.discovery is not None:
+        _Shared.discovery.stop()
+
+
+class ServingUser(User):
+    wait_time = constant(0.02)  # a steady stream per user; the runner sets the user count
+
+    def on_start(self) -> None:
+        while not _Shared.addresses:
+            gevent.sleep(0.05)
+        self.client = Client(_Shared.addresses, timeout_s=DEADLINE_S)
+        self._generation = _Shared.generation
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    @task
+    def call(self) -> None:
+        if self._generation != _Shared.generation:
+            self.client.set_addresses(_Shared.addresses)
+            self._generation = _Shared.generation
+        started = time.time()
+        t0 = time.perf_counter()
+        cluster = ""
+        error: Exception | None = None
+        try:
+            reply = self.client.call_raw(SERVICE, METHOD, PAYLOAD, timeout=DEADLINE_S)
+            outcome, cluster, size = "OK", reply.cluster, len(reply.payload)
+        except CallError as exc:
+            outcome, size, error = exc.code, 0, exc
+        latency_ms = (time.perf_counter() - t0) * 1000
+        _Shared.pending.append(
+            json.dumps([round(started, 4), round(latency_ms, 3), outcome, cluster])
+        )
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=f"{SERVICE}.{METHOD}",
+            response_time=latency_ms,
+            response_length=size,
+            exception=error,
+            context={},
+        )

@@ -1,0 +1,227 @@
+"""Run a load-test scenario against the local stack and write its SLA report.
+
+    .venv/bin/python -m loadtest.run rolling-update-500     # what `make loadtest` runs
+
+Stands the stack up if none is up (and takes it down again at the end in that case),
+deploys the scenario's service through the Keepers, drives steady load with Locust
+(headless, gRPC users on the client SDK), performs the scenario's change through the
+Keepers while the load runs, keeps the load for a tail, and writes
+``loadtest/reports/<scenario>-<UTC timestamp>/`` (sla.json, report.md, timeline.png,
+locust.html). The exit status is 0 only if the SLO was met (Locust's own "any failure"
+exit code does not decide it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import infra
+from ha_serving import Settings
+from ha_serving._spec import load_spec
+from ha_serving.backend import make_package
+from ha_serving.keeper import KeeperClient
+from loadtest import report
+from loadtest.sla import Record, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+ECHO = ROOT / "examples" / "echo"
+SERVICE = "loadtest-echo"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    instances: int
+    """Across all clusters (split evenly)."""
+    per_worker: int
+    users: int = 32
+    warmup_s: float = 15.0
+    tail_s: float = 15.0
+    min_requests: int = 30_000
+    """With zero failures, N requests only bound the error rate to ~3/N."""
+    max_unavailable: int = 25
+    change: dict[str, Any] = field(default_factory=lambda: {"config": {"prefix": "v2"}})
+    kind: str = "config"
+    slo: float = 0.999
+    deadline_s: float = 2.0
+
+
+SCENARIOS = {
+    "rolling-update-500": Scenario(instances=500, per_worker=25),
+    "rolling-update-100": Scenario(
+        instances=100, per_worker=10, max_unavailable=10, min_requests=10_000
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--reports", type=Path, default=ROOT / "loadtest" / "reports")
+    parser.add_argument("--max-minutes", type=float, default=20.0, help="hard time bound")
+    args = parser.parse_args(argv)
+    scenario = SCENARIOS[args.scenario]
+    settings = Settings.from_env()
+    run_dir = settings.stack.run_dir.resolve()
+    topo = infra.load(run_dir)
+    started_here = topo is None
+    if topo is None:
+        print(f"[loadtest] no stack in {run_dir}: bringing one up", flush=True)
+        topo = infra.up(settings).topology
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.reports / f"{args.scenario}-{stamp}"
+    try:
+        sla = _run(
+            args.scenario, scenario, topo, out, deadline=time.monotonic() + args.max_minutes * 60
+        )
+    finally:
+        if started_here:
+            print("[loadtest] taking the stack down again", flush=True)
+            infra.down(run_dir)
+    print(f"\n[loadtest] report: {out}")
+    print((out / "report.md").read_text())
+    return 0 if sla["passed"] else 1
+
+
+def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: float) -> Any:
+    keeper = KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
+    clusters = [c.name for c in topo.clusters]
+    spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
+    per_cluster = sc.instances // len(clusters)
+    spec.update(
+        name=SERVICE,
+        instances=per_cluster,
+        instances_per_worker=sc.per_worker,
+        max_concurrency=256,
+        resources={"num_cpus": 0.1},
+        rollout={**spec["rollout"], "max_unavailable": sc.max_unavailable, "drain_timeout_s": 5.0},
+        placement={"clusters": [{"name": c, "instances": per_cluster} for c in clusters]},
+    )
+    started = time.monotonic()
+    op = keeper.deploy(json.dumps(spec), make_package(ECHO / "code").data, kind="deploy")
+    _wait_op(keeper, op, deadline, what=f"deploying {sc.instances} instances")
+    deploy_s = time.monotonic() - started
+    print(f"[loadtest] {sc.instances} instances serving after {deploy_s:.0f}s", flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "raw.jsonl"
+    locust = _start_locust(sc, topo, keeper, out, raw)
+    try:
+        _wait_records(raw, 1000, deadline, minimum_s=sc.warmup_s)
+        changed = {**spec, **sc.change}
+        update_start = time.time()
+        op = keeper.deploy(json.dumps(changed), b"", kind=sc.kind)
+        print(f"[loadtest] {sc.kind} update {op} started", flush=True)
+        status = _wait_op(keeper, op, deadline, what="the update")
+        update_end = time.time()
+        print(f"[loadtest] update {status} after {update_end - update_start:.1f}s", flush=True)
+        _wait_records(raw, sc.min_requests, deadline, minimum_s=sc.tail_s)
+    finally:
+        _stop(locust)
+    records = [Record(*json.loads(line)) for line in raw.read_text().splitlines() if line]
+    sla = summarize(records, slo=sc.slo)
+    sla.update(
+        scenario=name,
+        instances=sc.instances,
+        instances_per_worker=sc.per_worker,
+        clusters=len(clusters),
+        users=sc.users,
+        deadline_s=sc.deadline_s,
+        update=f"{sc.kind}, max_unavailable {sc.max_unavailable} per cluster, "
+        f"clusters one at a time, status {status}",
+        update_start=update_start,
+        update_end=update_end,
+        update_duration_s=update_end - update_start,
+        deploy_duration_s=deploy_s,
+    )
+    if status != "succeeded":
+        sla["passed"] = False
+    report.write(out, sla, records)
+    return sla
+
+
+def _start_locust(
+    sc: Scenario, topo: infra.Topology, keeper: KeeperClient, out: Path, raw: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "HA_LOADTEST_SERVICE": SERVICE,
+        "HA_LOADTEST_KEEPERS": ",".join(keeper.addresses),
+        "HA_SERVING_KEEPER_TOKEN": topo.keeper_token() or "",
+        "HA_LOADTEST_DEADLINE_S": str(sc.deadline_s),
+        "HA_LOADTEST_RAW": str(raw),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--headless",
+        "--users",
+        str(sc.users),
+        "--spawn-rate",
+        str(sc.users),
+        "--run-time",
+        "30m",
+        "--stop-timeout",
+        "5",
+        "--html",
+        str(out / "locust.html"),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+    ]
+    log = (out / "locust.log").open("wb")
+    return subprocess.Popen(
+        argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM Locust's process group (it writes its report on the way out)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _count(raw: Path) -> int:
+    if not raw.exists():
+        return 0
+    with raw.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+def _wait_records(raw: Path, target: int, deadline: float, *, minimum_s: float) -> None:
+    """Wait at least ``minimum_s``, and until ``target`` requests are recorded."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < minimum_s or _count(raw) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {_count(raw)} of {target} requests before the time bound")
+        time.sleep(1.0)
+
+
+def _wait_op(keeper: KeeperClient, op_id: str, deadline: float, *, what: str) -> str:
+    while time.monotonic() < deadline:
+        for op in keeper.operations(SERVICE):
+            if op["op_id"] == op_id and op["status"] in ("succeeded", "failed", "superseded"):
+                return str(op["status"])
+        time.sleep(1.0)
+    raise TimeoutError(f"{what} did not finish in time")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
