@@ -188,9 +188,10 @@ def _start_locust(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM Locust's process group (it writes its report on the way out)."""
+    """SIGINT Locust's process group: on SIGINT it writes its HTML report before it
+    exits (on SIGTERM it does not)."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
