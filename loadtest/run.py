@@ -60,6 +60,10 @@ SCENARIOS = {
     "rolling-update-100": Scenario(
         instances=100, per_worker=10, max_unavailable=10, min_requests=10_000
     ),
+    # 50 -> 500 instances under load: the change multiplies every cluster's count by 10
+    "scale-50-500": Scenario(
+        instances=50, per_worker=25, kind="scale", change={"scale_factor": 10}
+    ),
 }
 
 
@@ -117,7 +121,7 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
     locust = _start_locust(sc, topo, keeper, out, raw)
     try:
         _wait_records(raw, 1000, deadline, minimum_s=sc.warmup_s)
-        changed = {**spec, **sc.change}
+        changed = _changed(spec, sc)
         update_start = time.time()
         op = keeper.deploy(json.dumps(changed), b"", kind=sc.kind)
         print(f"[loadtest] {sc.kind} update {op} started", flush=True)
@@ -131,12 +135,13 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
     sla = summarize(records, slo=sc.slo)
     sla.update(
         scenario=name,
-        instances=sc.instances,
+        instances=changed["instances"] * len(clusters),
         instances_per_worker=sc.per_worker,
         clusters=len(clusters),
         users=sc.users,
         deadline_s=sc.deadline_s,
-        update=f"{sc.kind}, max_unavailable {sc.max_unavailable} per cluster, "
+        update=f"{sc.kind} (from {sc.instances} instances), "
+        f"max_unavailable {sc.max_unavailable} per cluster, "
         f"clusters one at a time, status {status}",
         update_start=update_start,
         update_end=update_end,
@@ -147,6 +152,16 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
         sla["passed"] = False
     report.write(out, sla, records)
     return sla
+
+
+def _changed(spec: dict[str, Any], sc: Scenario) -> dict[str, Any]:
+    """The spec after the scenario's change (a scale multiplies every cluster's count)."""
+    factor = sc.change.get("scale_factor")
+    if factor is None:
+        return {**spec, **sc.change}
+    clusters = [{**c, "instances": c["instances"] * factor} for c in spec["placement"]["clusters"]]
+    placement = {**spec["placement"], "clusters": clusters}
+    return {**spec, "instances": spec["instances"] * factor, "placement": placement}
 
 
 def _start_locust(
