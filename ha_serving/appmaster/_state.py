@@ -174,7 +174,18 @@ class JobState(_Frozen):
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> JobState:
-        return cls.model_validate(record)
+        return cls.model_validate(_upgrade(record))
+
+
+def _upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """Read states saved by earlier versions of this module (the DB outlives the code):
+    ``workers`` was a list of names before placement keys were recorded; such workers
+    were created with the resources of the spec they were saved with."""
+    workers = record.get("workers")
+    if isinstance(workers, list):
+        resources = ServiceSpec.model_validate(record["spec"]).resources.model_dump_json()
+        record = {**record, "workers": dict.fromkeys(workers, resources)}
+    return record
 
 
 MAX_HISTORY = 20

@@ -589,3 +589,11 @@ def main() -> None:
     except TimeoutError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("ray."):
+            raise
+        # an actor's failure, re-raised by Ray with its remote traceback: say it in one
+        # line; the actor's log has the rest
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        err.print(f"[red]error:[/] a remote actor failed: {first}", highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ha_serving._errors import StoreUnavailable
-from ha_serving._spec import ServiceSpec, parse_spec
+from ha_serving._spec import Revision, ServiceSpec, parse_spec
 from ha_serving.appmaster import AppMasterCore, JobState, Phase, StaleInstruction
 from ha_serving.appmaster._actor import worker_spec
 from ha_serving.appmaster._state import OUT_OF_SERVICE
@@ -336,3 +336,18 @@ def test_resource_change_replaces_workers_one_at_a_time(h: Harness) -> None:
         assert len(await h.call_all()) == 6
 
     run(scenario())
+
+
+def test_state_saved_by_an_earlier_version_is_still_read() -> None:
+    """A JobState whose ``workers`` is a list (before placement keys) loads, each worker
+    keyed with its spec's resources, so an upgrade replaces no worker."""
+    state = JobState(
+        service="echo",
+        cluster="a",
+        spec=spec(),
+        desired=Revision(version="1", package="p", import_path="echo:Echo"),
+    )
+    record = state.to_record()
+    record["workers"] = ["echo-w0", "echo-w1"]
+    loaded = JobState.from_record(record)
+    assert loaded.workers == dict.fromkeys(["echo-w0", "echo-w1"], loaded.placement_key)
