@@ -140,8 +140,8 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
         clusters=len(clusters),
         users=sc.users,
         deadline_s=sc.deadline_s,
-        update=f"{sc.kind} (from {sc.instances} instances), "
-        f"max_unavailable {sc.max_unavailable} per cluster, "
+        update=(f"{sc.kind} from {sc.instances} instances" if sc.kind == "scale" else sc.kind)
+        + f", max_unavailable {sc.max_unavailable} per cluster, "
         f"clusters one at a time, status {status}",
         update_start=update_start,
         update_end=update_end,
