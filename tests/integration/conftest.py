@@ -13,6 +13,8 @@ import pytest
 
 import infra
 from ha_serving._settings import Settings
+from ha_serving.cli._services import ServiceOps
+from ha_serving.store import Store
 
 TEST_PORT_BASE = 11000
 """Cluster i's nodes use 11000 + i*2000 …: disjoint from `make up`'s 10000 + i*2000 …"""
@@ -50,3 +52,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]:
         yield result.topology
     finally:
         infra.down(settings.stack.run_dir)
+
+
+@pytest.fixture(scope="module")
+def ops(stack: infra.Topology) -> Iterator[ServiceOps]:
+    """Service operations on cluster a of this module's test stack, as the CLI does them."""
+    a = stack.cluster("a")
+    store = Store.connect(stack.db.url)
+    o = ServiceOps(store, stack.db.url, "a", a.gcs_address, a.head.address)
+    try:
+        yield o
+    finally:
+        o.close()
+        store.close()

@@ -13,13 +13,11 @@ from typing import Any
 
 import pytest
 
-import infra
 from ha_serving._errors import CallError
 from ha_serving._spec import load_spec
 from ha_serving.backend import InstanceHost, make_package
 from ha_serving.cli._services import ServiceOps
 from ha_serving.client import Client
-from ha_serving.store import Store
 from tests.integration.load import Load
 
 pytestmark = pytest.mark.integration
@@ -27,19 +25,6 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PAYMENT = "payment-strategy"
 MODEL = "model-serving"
-
-
-@pytest.fixture(scope="module")
-def ops(stack: infra.Topology) -> Iterator[ServiceOps]:
-    """Service operations on cluster a of this module's test stack, as the CLI does them."""
-    a = stack.cluster("a")
-    store = Store.connect(stack.db.url)
-    o = ServiceOps(store, stack.db.url, "a", a.gcs_address, a.head.address)
-    try:
-        yield o
-    finally:
-        o.close()
-        store.close()
 
 
 def _quiet(_: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +20,12 @@ import infra
 from ha_serving._spec import load_spec
 from ha_serving.appmaster import NAMESPACE, appmaster_name
 from ha_serving.cli._services import ServiceOps
-from ha_serving.store import Store
 from tests.integration.load import Load
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = ROOT / "examples" / "echo"
-
-
-@pytest.fixture(scope="module")
-def ops(stack: infra.Topology) -> Iterator[ServiceOps]:
-    """Service operations on cluster a of the test stack, as the CLI does them."""
-    a = stack.cluster("a")
-    store = Store.connect(stack.db.url)
-    o = ServiceOps(store, stack.db.url, "a", a.gcs_address, a.head.address)
-    try:
-        yield o
-    finally:
-        o.close()
-        store.close()
 
 
 def _quiet(_: dict[str, Any]) -> None:

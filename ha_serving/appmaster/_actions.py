@@ -1,0 +1,331 @@
+"""The executor's hands: what each planner action does, state change first.
+
+Every method here persists the state change an action enables (through ``_mutate``,
+group-committed by the core) before the side effect it allows, so a crash between the
+two leaves a state the next round's plan completes or repeats idempotently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ha_serving._errors import HAServingError
+from ha_serving._spec import Revision
+from ha_serving._wire import RouteEntry, RoutingTable
+from ha_serving.appmaster._planner import (
+    Action,
+    CreateInstances,
+    Drain,
+    FinishRollout,
+    MarkLost,
+    Observed,
+    RollBack,
+    successor,
+)
+from ha_serving.appmaster._state import Instance, JobState, Phase, Proxy, finish_rollout
+from ha_serving.runtime import ActorSpec, ActorUnavailable, Runtime
+from ha_serving.store import Store
+
+if TYPE_CHECKING:
+    from ha_serving.util.clock import Clock
+    from ha_serving.util.logs import Bound
+
+ENDPOINT_TTL_S = 15.0
+"""Discovery lease of a proxy endpoint; refreshed every round (at most every period)."""
+FAILED_RETRY_S = 2.0
+"""A failed instance is retried after this long, so a broken version does not spin."""
+CALL_TIMEOUT_S = 30.0
+
+ActorFactory = Callable[[str, JobState], ActorSpec]
+
+
+class ActionsMixin:
+    """The action implementations of ``AppMasterCore`` (which provides these fields)."""
+
+    store: Store
+    runtime: Runtime
+    cluster: str
+    service: str
+    state: JobState | None
+    clock: Clock
+    log: Bound
+    _proxy_actor: ActorFactory
+    _worker_actor: ActorFactory
+    _packages: dict[str, bytes]
+
+    async def _mutate(self, change: Callable[[JobState], JobState]) -> JobState:
+        raise NotImplementedError  # AppMasterCore's group commit
+
+    async def _book(self, action: Action) -> None:
+        now = self.clock.now()
+
+        def change(state: JobState) -> JobState:  # noqa: PLR0911 - one return per action
+            if isinstance(action, CreateInstances):
+                for inst in action.instances:
+                    state = state.with_instance(inst)
+                return state
+            if isinstance(action, MarkLost):
+                bump = any(state.instances[i].phase == Phase.SERVING for i in action.ids)
+                for i in action.ids:
+                    inst = state.instances[i]
+                    state = state.with_instance(inst.to(Phase.PENDING, running=None, purpose=""))
+                return _bump_routes(state) if bump else state
+            if isinstance(action, Drain):
+                nxt = state.routes_version + 1
+                for i in action.ids:
+                    inst = state.instances[i]
+                    state = state.with_instance(
+                        inst.to(Phase.DRAINING, drained_at_routes=nxt, purpose=action.purpose)
+                    )
+                return state.model_copy(update={"routes_version": nxt})
+            if isinstance(action, RollBack):
+                r = state.rollout
+                if r is None or r.from_rev is None:
+                    return finish_rollout(state, "failed", now)
+                rolled = r.model_copy(update={"status": "rolling_back"})
+                return state.model_copy(update={"desired": r.from_rev, "rollout": rolled})
+            if isinstance(action, FinishRollout):
+                return finish_rollout(state, action.status, now)
+            return state
+
+        await self._mutate(change)
+        if isinstance(action, (RollBack, FinishRollout)):
+            self.log.info("rollout %s", type(action).__name__)
+            await asyncio.to_thread(
+                self.store.append_event,
+                "rollout",
+                cluster=self.cluster,
+                service=self.service,
+                detail={"action": type(action).__name__},
+            )
+
+    async def _start_proxy(self, name: str) -> None:
+        await self.runtime.create(self._proxy_actor(name, self._state()))
+        endpoint = await self.runtime.call(name, "start", timeout_s=CALL_TIMEOUT_S)
+        metrics = f"{endpoint.address.rsplit(':', 1)[0]}:{endpoint.metrics_port}"
+        await self._mutate(
+            lambda s: s.model_copy(
+                update={
+                    "proxies": {
+                        **s.proxies,
+                        name: Proxy(name=name, address=endpoint.address, metrics_address=metrics),
+                    }
+                }
+            )
+        )
+        await asyncio.to_thread(
+            self.store.upsert_endpoint,
+            self.service,
+            self.cluster,
+            endpoint.address,
+            {"cluster": self.cluster, "proxy": name, "metrics": metrics},
+            ENDPOINT_TTL_S,
+        )
+
+    async def _start_worker(self, name: str) -> None:
+        state = await self._mutate(
+            lambda s: s.model_copy(
+                update={"workers": {**s.workers, name: s.workers.get(name, s.placement_key)}}
+            )
+        )
+        await self.runtime.create(self._worker_actor(name, state))
+
+    async def _stop_worker(self, name: str) -> None:
+        await self.runtime.kill(name)
+        await self._mutate(
+            lambda s: s.model_copy(
+                update={"workers": {k: v for k, v in s.workers.items() if k != name}}
+            )
+        )
+
+    async def _replace_worker(self, name: str) -> None:
+        """Drained instances wait for idle, the worker dies, and they load anew on a
+        successor with a new name (created by the next round with the current resources)."""
+        state = self._state()
+        mine = [i for i in state.instances.values() if i.worker == name]
+        timeout = state.spec.rollout.drain_timeout_s
+        await asyncio.gather(
+            *(
+                self.runtime.call(name, "wait_idle", i.id, timeout, timeout_s=timeout + 5)
+                for i in mine
+            )
+        )
+        await self.runtime.kill(name)
+
+        new = successor(name)
+
+        def renew(s: JobState) -> JobState:
+            for i in mine:
+                inst = s.instances[i.id]
+                s = s.with_instance(inst.to(Phase.PENDING, running=None, purpose="", worker=new))
+            return s.model_copy(
+                update={"workers": {k: v for k, v in s.workers.items() if k != name}}
+            )
+
+        await self._mutate(renew)
+
+    async def _package(self, digest: str) -> bytes:
+        data = self._packages.get(digest)
+        if data is None:
+            data = await asyncio.to_thread(self.store.get_package, digest)
+            # a rollout (and its rollback) needs two versions at most
+            self._packages = {k: v for k, v in self._packages.items() if k == self._desired_pkg()}
+            self._packages[digest] = data
+        return data
+
+    def _desired_pkg(self) -> str:
+        return self.state.desired.package if self.state else ""
+
+    async def _load(self, instance_id: str, rev: Revision) -> None:
+        inst = self._inst(instance_id)
+        code = await self._code(rev)
+        result = await self._control(inst.worker, "add_instance", instance_id, **code)
+        await self._settle(instance_id, rev, result, loaded=result.ok)
+
+    async def _code(self, rev: Revision) -> dict[str, Any]:
+        """The keyword arguments of a worker's add_instance/load_code for ``rev``."""
+        return {
+            "package": await self._package(rev.package),
+            "digest": rev.package,
+            "import_path": rev.import_path,
+            "version": rev.version,
+            "config": rev.config,
+        }
+
+    async def _apply(self, instance_id: str, rev: Revision) -> None:
+        inst = self._inst(instance_id)
+        timeout = self._state().spec.rollout.drain_timeout_s
+        idle = await self.runtime.call(
+            inst.worker, "wait_idle", instance_id, timeout, timeout_s=timeout + 5
+        )
+        if not idle:
+            self.log.warning("drain timeout: updating %s with calls in flight", instance_id)
+        await self._mutate(lambda s: s.with_instance(s.instances[instance_id].to(Phase.UPDATING)))
+        if inst.running is not None and inst.running.same_code(rev):
+            result = await self._control(inst.worker, "reconfigure", instance_id, rev.config)
+        else:
+            code = await self._code(rev)
+            result = await self._control(inst.worker, "load_code", instance_id, **code)
+        await self._settle(instance_id, rev, result, loaded=result.ok)
+
+    async def _settle(self, instance_id: str, rev: Revision, result: Any, *, loaded: bool) -> None:
+        """After a load/update: health-checked instances serve, others fail (and count)."""
+        inst = self._inst(instance_id)
+        healthy = False
+        if loaded:
+            try:
+                healthy = bool(
+                    await self.runtime.call(
+                        inst.worker, "check_health", instance_id, timeout_s=10.0
+                    )
+                )
+            except ActorUnavailable:
+                healthy = False
+        now = self.clock.now()
+
+        def change(state: JobState) -> JobState:
+            cur = state.instances[instance_id]
+            if healthy:
+                state = state.with_instance(cur.to(Phase.SERVING, running=rev, purpose=""))
+                return _bump_routes(state)
+            failed = cur.to(
+                Phase.FAILED, running=rev if loaded else cur.running, retry_at=now + FAILED_RETRY_S
+            )
+            state = state.with_instance(failed)
+            r = state.rollout
+            if r is not None and r.status == "running":
+                state = state.model_copy(
+                    update={"rollout": r.model_copy(update={"failures": r.failures + 1})}
+                )
+            return state
+
+        await self._mutate(change)
+        if not healthy:
+            self.log.warning(
+                "instance %s failed to serve %s: %s",
+                instance_id,
+                rev.version,
+                getattr(result, "message", "health check failed"),
+            )
+
+    async def _remove(self, instance_id: str) -> None:
+        inst = self._inst(instance_id)
+        if inst.phase == Phase.DRAINING:
+            timeout = self._state().spec.rollout.drain_timeout_s
+            await self.runtime.call(
+                inst.worker, "wait_idle", instance_id, timeout, timeout_s=timeout + 5
+            )
+        await self._mutate(lambda s: s.with_instance(s.instances[instance_id].to(Phase.REMOVING)))
+        with contextlib.suppress(ActorUnavailable):  # a dead worker hosts nothing
+            await self._control(inst.worker, "remove_instance", instance_id)
+        await self._mutate(lambda s: s.without_instance(instance_id))
+
+    async def _control(self, worker: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A worker control call; its ControlResult says whether it worked."""
+        return await self.runtime.call(worker, method, *args, timeout_s=CALL_TIMEOUT_S, **kwargs)
+
+    async def _push_routes(self, observed: Observed) -> None:
+        state = self._state()
+        table = RoutingTable(
+            service=self.service,
+            version=state.routes_version,
+            entries=tuple(
+                RouteEntry(
+                    instance_id=i.id,
+                    worker=i.worker,
+                    version=i.running.version if i.running else "",
+                    # each proxy enforces its own cap: share the instance's among them
+                    max_concurrency=max(
+                        1, state.spec.max_concurrency // len(state.proxies or {"": 0})
+                    ),
+                )
+                for i in state.serving()
+            ),
+        )
+        live = [n for n, v in observed.proxies.items() if v is not None]
+
+        async def push(name: str) -> bool:
+            try:
+                held = await self.runtime.call(name, "update_routes", table, timeout_s=10.0)
+            except ActorUnavailable:
+                return False
+            return int(held) >= table.version
+
+        acks = await asyncio.gather(*(push(n) for n in live))
+        if live and all(acks):
+            await self._mutate(
+                lambda s: s.model_copy(update={"routes_acked": max(s.routes_acked, table.version)})
+            )
+
+    async def _heartbeat_endpoints(self, observed: Observed) -> None:
+        state = self.state
+        if state is None:
+            return
+        live: set[str] = set()
+        for name, view in observed.proxies.items():
+            if view is not None and view.address:
+                live.add(view.address)
+                await asyncio.to_thread(
+                    self.store.upsert_endpoint,
+                    self.service,
+                    self.cluster,
+                    view.address,
+                    {"cluster": self.cluster, "proxy": name},
+                    ENDPOINT_TTL_S,
+                )
+        await asyncio.to_thread(self.store.remove_endpoints, self.service, self.cluster, keep=live)
+
+    def _inst(self, instance_id: str) -> Instance:
+        return self._state().instances[instance_id]
+
+    def _state(self) -> JobState:
+        if self.state is None:
+            raise HAServingError(f"{self.service}: AppMaster has no state yet")
+        return self.state
+
+
+def _bump_routes(state: JobState) -> JobState:
+    return state.model_copy(update={"routes_version": state.routes_version + 1})
