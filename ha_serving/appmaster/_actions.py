@@ -121,7 +121,12 @@ class ActionsMixin:
             self.service,
             self.cluster,
             endpoint.address,
-            {"cluster": self.cluster, "proxy": name, "metrics": metrics},
+            {
+                "cluster": self.cluster,
+                "proxy": name,
+                "metrics": metrics,
+                "weight": _weight(self._state(), self.cluster),
+            },
             ENDPOINT_TTL_S,
         )
 
@@ -313,7 +318,11 @@ class ActionsMixin:
                     self.service,
                     self.cluster,
                     view.address,
-                    {"cluster": self.cluster, "proxy": name},
+                    {
+                        "cluster": self.cluster,
+                        "proxy": name,
+                        "weight": _weight(state, self.cluster),
+                    },
                     ENDPOINT_TTL_S,
                 )
         await asyncio.to_thread(self.store.remove_endpoints, self.service, self.cluster, keep=live)
@@ -329,3 +338,11 @@ class ActionsMixin:
 
 def _bump_routes(state: JobState) -> JobState:
     return state.model_copy(update={"routes_version": state.routes_version + 1})
+
+
+def _weight(state: JobState, cluster: str) -> int:
+    """This cluster's traffic weight from the spec's placement (100 when not placed)."""
+    for placed in state.spec.placement.clusters:
+        if placed.name == cluster:
+            return placed.weight
+    return 100

@@ -92,6 +92,9 @@ class _Endpoint(Generic[C]):
         self.retired = False
         self.tier = 0
         """Preference: the lowest tier with a healthy endpoint is used (0 = nearest)."""
+        self.weight = 100
+        """Share of traffic within its tier (its cluster's traffic weight); 0 = only
+        when nothing else in the tier is healthy."""
 
 
 class _Core(Generic[C]):
@@ -118,7 +121,10 @@ class _Core(Generic[C]):
         self.replace(addresses)
 
     def replace(
-        self, addresses: Sequence[str], tiers: Mapping[str, int] | None = None
+        self,
+        addresses: Sequence[str],
+        tiers: Mapping[str, int] | None = None,
+        weights: Mapping[str, int] | None = None,
     ) -> list[_Endpoint[C]]:
         """Adopt ``addresses`` (with preference ``tiers``, default all 0); return the
         dropped endpoints that can be closed now."""
@@ -129,6 +135,7 @@ class _Core(Generic[C]):
                     channel, stub = self._open(address)
                     self.endpoints[address] = _Endpoint(address, channel, stub)
                 self.endpoints[address].tier = (tiers or {}).get(address, 0)
+                self.endpoints[address].weight = (weights or {}).get(address, 100)
             closable = []
             for address in [a for a in self.endpoints if a not in wanted]:
                 ep = self.endpoints.pop(address)
@@ -161,6 +168,11 @@ class _Core(Generic[C]):
             if healthy:  # the nearest tier that has a healthy endpoint; spill over by health
                 nearest = min(ep.tier for ep in healthy)
                 healthy = [ep for ep in healthy if ep.tier == nearest]
+                weighted = [ep for ep in healthy if ep.weight > 0]
+                if weighted:  # within the tier, by the clusters' traffic weights
+                    ep = self.rng.choices(weighted, weights=[e.weight for e in weighted])[0]
+                    ep.active += 1
+                    return ep, remaining
             ep = self.rng.choice(healthy or fresh)
             ep.active += 1
             return ep, remaining
@@ -246,10 +258,15 @@ class Client:
         )
 
     def set_addresses(
-        self, addresses: Sequence[str], *, tiers: Mapping[str, int] | None = None
+        self,
+        addresses: Sequence[str],
+        *,
+        tiers: Mapping[str, int] | None = None,
+        weights: Mapping[str, int] | None = None,
     ) -> None:
-        """Replace the endpoint list; ``tiers`` ranks them (lower = preferred)."""
-        for ep in self._core.replace(addresses, tiers):
+        """Replace the endpoint list; ``tiers`` ranks them (lower = preferred) and
+        ``weights`` shares traffic within a tier (default 100 each)."""
+        for ep in self._core.replace(addresses, tiers, weights):
             ep.channel.close()
 
     def call(
@@ -340,9 +357,13 @@ class AsyncClient:
         )
 
     async def set_addresses(
-        self, addresses: Sequence[str], *, tiers: Mapping[str, int] | None = None
+        self,
+        addresses: Sequence[str],
+        *,
+        tiers: Mapping[str, int] | None = None,
+        weights: Mapping[str, int] | None = None,
     ) -> None:
-        for ep in self._core.replace(addresses, tiers):
+        for ep in self._core.replace(addresses, tiers, weights):
             await ep.channel.close()
 
     async def call(
@@ -415,7 +436,8 @@ def discovered_client(
 
     def adopt(endpoints: list[EndpointInfo]) -> None:
         tiers = rank(endpoints, cluster=cluster, zone=zone)
-        client.set_addresses([e.address for e in endpoints], tiers=tiers)
+        weights = {e.address: e.weight for e in endpoints}
+        client.set_addresses([e.address for e in endpoints], tiers=tiers, weights=weights)
 
     discovery = Discovery(service, keepers, token=token, on_change=adopt, cache_dir=cache_dir)
     return client, discovery.start()

@@ -6,7 +6,8 @@ when it breaks. Every non-empty list is kept in memory and written to a small JS
 (atomically), which seeds the next start. An empty answer is ignored while the cache is
 non-empty: "no endpoints" from a Keeper that lost its DB must not empty the clients.
 Endpoints are ranked nearest first (same cluster, then same zone, then the rest); the
-client uses the nearest healthy tier and spills over by health.
+client uses the nearest healthy tier, spills over by health, and shares traffic within a
+tier by the clusters' traffic weights (from the service's placement).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class EndpointInfo:
     address: str
     cluster: str
     zone: str = ""
+    weight: int = 100
+    """The cluster's traffic weight (placement): its share when clients spill over."""
 
 
 def rank(
@@ -117,7 +120,12 @@ class Discovery:
             for message in call:
                 self._offer(
                     [
-                        EndpointInfo(e.address, e.cluster, e.labels.get("zone", ""))
+                        EndpointInfo(
+                            e.address,
+                            e.cluster,
+                            e.labels.get("zone", ""),
+                            _int(e.labels.get("weight"), 100),
+                        )
                         for e in message.endpoints
                     ]
                 )
@@ -153,3 +161,10 @@ class Discovery:
         payload = {"service": self.service, "endpoints": [e.__dict__ for e in self._current]}
         tmp.write_text(json.dumps(payload))
         tmp.replace(self._cache)
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default

@@ -184,3 +184,44 @@ def test_client_prefers_the_nearest_healthy_tier_and_spills_over() -> None:
         assert spill == {"127.0.102.2:1", "127.0.102.3:1"}
     finally:
         client.close()
+
+
+def test_traffic_weights_share_a_tier_and_zero_weight_is_a_last_resort() -> None:
+    """Within one tier, picks follow the clusters' weights (3:1); a weight-0 endpoint is
+    used only when no weighted one is healthy."""
+    import random
+
+    from ha_serving.client import Client
+
+    addresses = ["127.0.102.1:1", "127.0.102.2:1", "127.0.102.3:1"]
+    client = Client(addresses, rng=random.Random(7))  # noqa: S311 - a seeded test RNG
+    try:
+        weights = {addresses[0]: 300, addresses[1]: 100, addresses[2]: 0}
+        client.set_addresses(addresses, weights=weights)
+        core = client._core
+        deadline = core.deadline(5)
+        counts = dict.fromkeys(addresses, 0)
+        for _ in range(4000):
+            ep, _ = core.begin(set(), deadline, 1)
+            core.end(ep)
+            counts[ep.address] += 1
+        assert counts[addresses[2]] == 0
+        assert 2.6 < counts[addresses[0]] / counts[addresses[1]] < 3.4
+        for a in addresses[:2]:
+            core.endpoints[a].down_until = core.clock() + 60
+        ep, _ = core.begin(set(), deadline, 1)
+        assert ep.address == addresses[2]
+    finally:
+        client.close()
+
+
+def test_discovery_reads_the_weight_label(store: Store, keeper: str) -> None:
+    """An endpoint's ``weight`` label (set by its AppMaster from the placement) arrives."""
+    store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {"weight": "25"}, ttl_s=30)
+    seen = Seen()
+    d = Discovery("echo", [keeper], token=TOKEN, on_change=seen).start()
+    try:
+        _wait("weighted list", lambda: bool(seen.lists))
+        assert seen.lists[-1][0].weight == 25
+    finally:
+        d.stop()
