@@ -101,13 +101,15 @@ def instruction_op_id(op: OperationRecord, cluster: str) -> str:
     return f"{op.op_id}@{cluster}"
 
 
-def decide(
+def decide(  # noqa: PLR0911 - one return per row of the table above
     op: OperationRecord,
     last: dict[str, Instruction | None],
     states: dict[str, dict[str, Any] | None],
 ) -> list[Decision]:
     """The next decisions for ``op``, given the last instruction sent to each target
     cluster and each target AppMaster's persisted state (None: no state yet)."""
+    if op.status not in ACTIVE:
+        return []  # finished operations are history: nothing more to decide
     targets = op.plan["clusters"]
     if op.step >= len(targets):
         return [Finish("succeeded")]

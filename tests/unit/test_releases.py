@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from ha_serving._spec import parse_spec
 from ha_serving.keeper._releases import (
@@ -135,3 +136,88 @@ def test_steps_only_move_forward_and_one_cluster_at_a_time(events: list[str]) ->
             states[current] = _state(cluster_body(op.plan, op.plan["clusters"][min(op.step, 1)]))
     assert op.status == "succeeded"
     assert instructed == ["a", "b"]
+
+
+class ReleaseMachine(RuleBasedStateMachine):
+    """Leader rounds interleaved with AppMasters converging or rolling back, and leader
+    failovers (a new leader just decides again from the same rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.op = _op()
+        self.last: dict[str, Instruction | None] = {"a": None, "b": None}
+        self.states: dict[str, dict[str, Any] | None] = {"a": None, "b": None}
+        self.sent: list[str] = []
+        self.converged: set[str] = set()
+        self.rolled_back: set[str] = set()
+
+    def _target(self) -> str | None:
+        targets = self.op.plan["clusters"]
+        return targets[self.op.step]["name"] if self.op.step < len(targets) else None
+
+    @rule()
+    def leader_round(self) -> None:
+        if self.op.status in ("succeeded", "failed"):
+            assert decide(self.op, self.last, self.states) == []
+            return
+        for d in decide(self.op, self.last, self.states):
+            if isinstance(d, Instruct):
+                assert d.cluster == self._target()
+                assert d.cluster not in self.sent, "a cluster was instructed twice"
+                self.sent.append(d.cluster)
+                self.last[d.cluster] = _sent(self.op, d.cluster)
+            elif isinstance(d, Advance):
+                assert d.step == self.op.step + 1
+                self.op = OperationRecord(**{**self.op.to_record(), "step": d.step})
+            elif isinstance(d, Finish):
+                self.op = OperationRecord(**{**self.op.to_record(), "status": d.status})
+
+    @rule()
+    def instructed_appmaster_converges(self) -> None:
+        target = self._target()
+        if target is None or self.last.get(target) is None or target in self.rolled_back:
+            return
+        index = self.op.step
+        self.states[target] = _state(cluster_body(self.op.plan, self.op.plan["clusters"][index]))
+        self.converged.add(target)
+
+    @rule()
+    def instructed_appmaster_is_still_rolling(self) -> None:
+        target = self._target()
+        if target is None or self.last.get(target) is None or target in self.converged:
+            return
+        if target not in self.rolled_back:
+            body = cluster_body(self.op.plan, self.op.plan["clusters"][self.op.step])
+            self.states[target] = _state(body, done=False)
+
+    @rule()
+    def instructed_appmaster_rolls_back(self) -> None:
+        target = self._target()
+        if target is None or self.last.get(target) is None or target in self.converged:
+            return
+        body = cluster_body(self.op.plan, self.op.plan["clusters"][self.op.step])
+        state = _state(body, done=False)
+        state["history"] = [{"op_id": instruction_op_id(self.op, target), "status": "rolled_back"}]
+        self.states[target] = state
+        self.rolled_back.add(target)
+
+    @invariant()
+    def instructed_clusters_are_a_prefix_of_the_plan(self) -> None:
+        order = [t["name"] for t in self.op.plan["clusters"]]
+        assert self.sent == order[: len(self.sent)]
+
+    @invariant()
+    def a_step_is_passed_only_once_its_cluster_converged(self) -> None:
+        order = [t["name"] for t in self.op.plan["clusters"]]
+        assert set(order[: self.op.step]) <= self.converged
+
+    @invariant()
+    def outcomes_match_what_happened(self) -> None:
+        if self.op.status == "succeeded":
+            assert self.converged == {"a", "b"}
+        if self.op.status == "failed":
+            assert self.rolled_back
+
+
+TestReleaseMachine = ReleaseMachine.TestCase
+TestReleaseMachine.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
