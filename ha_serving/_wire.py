@@ -79,6 +79,8 @@ class RouteEntry:
     version: str
     max_concurrency: int
     """Calls one proxy sends the instance at once; the cap is per proxy."""
+    group: str = "stable"
+    """Version group: "stable", "candidate" (canary, blue-green) or "retiring"."""
 
     def __post_init__(self) -> None:
         if not self.instance_id or not self.worker:
@@ -98,8 +100,13 @@ class RoutingTable:
     service: str
     version: int
     entries: tuple[RouteEntry, ...] = ()
+    candidate_weight: int = 0
+    """Percent of calls for the "candidate" group; the "stable" group gets the rest and
+    "retiring" instances get calls only when no other instance has room."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.candidate_weight <= 100:
+            raise ValueError(f"candidate_weight {self.candidate_weight} is not in 0..100")
         ids = [e.instance_id for e in self.entries]
         if len(set(ids)) != len(ids):
             raise ValueError(f"routing table v{self.version} of {self.service} repeats an id")
@@ -115,9 +122,11 @@ class RoutingTable:
                     "worker": e.worker,
                     "version": e.version,
                     "max_concurrency": e.max_concurrency,
+                    "group": e.group,
                 }
                 for e in self.entries
             ],
+            "candidate_weight": self.candidate_weight,
         }
 
     @classmethod
@@ -131,10 +140,19 @@ class RoutingTable:
                 worker=str(e["worker"]),
                 version=str(e["version"]),
                 max_concurrency=int(e["max_concurrency"]),
+                group=str(e.get("group", "stable")),
             )
             for e in raw
         )
         version = record["version"]
         if not isinstance(version, int):
             raise TypeError("routing table record: version must be an int")
-        return cls(service=str(record["service"]), version=version, entries=entries)
+        weight = record.get("candidate_weight", 0)
+        if not isinstance(weight, int):
+            raise TypeError("routing table record: candidate_weight must be an int")
+        return cls(
+            service=str(record["service"]),
+            version=version,
+            entries=entries,
+            candidate_weight=weight,
+        )

@@ -17,6 +17,7 @@ from ha_serving._spec import Revision
 from ha_serving._wire import RouteEntry, RoutingTable
 from ha_serving.appmaster._planner import (
     Action,
+    Assign,
     CreateInstances,
     Drain,
     FinishRollout,
@@ -25,7 +26,15 @@ from ha_serving.appmaster._planner import (
     RollBack,
     successor,
 )
-from ha_serving.appmaster._state import Instance, JobState, Phase, Proxy, finish_rollout
+from ha_serving.appmaster._state import (
+    Group,
+    Instance,
+    JobState,
+    Phase,
+    Proxy,
+    end_release,
+    finish_rollout,
+)
 from ha_serving.runtime import ActorSpec, ActorUnavailable, Runtime
 from ha_serving.store import Store
 
@@ -81,11 +90,19 @@ class ActionsMixin:
                         inst.to(Phase.DRAINING, drained_at_routes=nxt, purpose=action.purpose)
                     )
                 return state.model_copy(update={"routes_version": nxt})
+            if isinstance(action, Assign):
+                for i in action.ids:
+                    inst = state.instances[i]
+                    state = state.with_instance(inst.model_copy(update={"group": action.group}))
+                return _bump_routes(state)
             if isinstance(action, RollBack):
                 r = state.rollout
-                if r is None or r.from_rev is None:
+                if r is None or (r.from_rev is None and state.release is None):
                     return finish_rollout(state, "failed", now)
                 rolled = r.model_copy(update={"status": "rolling_back"})
+                if state.release is not None:  # a failing candidate: abort the release
+                    state = _bump_routes(end_release(state, promote=False))
+                    return state.model_copy(update={"rollout": rolled})
                 return state.model_copy(update={"desired": r.from_rev, "rollout": rolled})
             if isinstance(action, FinishRollout):
                 return finish_rollout(state, action.status, now)
@@ -234,8 +251,11 @@ class ActionsMixin:
         def change(state: JobState) -> JobState:
             cur = state.instances[instance_id]
             if healthy:
-                state = state.with_instance(cur.to(Phase.SERVING, running=rev, purpose=""))
-                return _bump_routes(state)
+                group = cur.group
+                if group == Group.CANDIDATE and state.release is None:
+                    group = Group.STABLE  # a rolled-back canary instance is stable again
+                served = cur.to(Phase.SERVING, running=rev, purpose="", group=group)
+                return _bump_routes(state.with_instance(served))
             failed = cur.to(
                 Phase.FAILED, running=rev if loaded else cur.running, retry_at=now + FAILED_RETRY_S
             )
@@ -286,9 +306,11 @@ class ActionsMixin:
                     max_concurrency=max(
                         1, state.spec.max_concurrency // len(state.proxies or {"": 0})
                     ),
+                    group=i.group.value,
                 )
                 for i in state.serving()
             ),
+            candidate_weight=state.release.weight if state.release is not None else 0,
         )
         live = [n for n, v in observed.proxies.items() if v is not None]
 
@@ -341,7 +363,10 @@ def _bump_routes(state: JobState) -> JobState:
 
 
 def _weight(state: JobState, cluster: str) -> int:
-    """This cluster's traffic weight from the spec's placement (100 when not placed)."""
+    """This cluster's traffic weight: the Keeper's override (a drained cluster's 0), else
+    the spec's placement (100 when not placed)."""
+    if state.cluster_weight is not None:
+        return state.cluster_weight
     for placed in state.spec.placement.clusters:
         if placed.name == cluster:
             return placed.weight

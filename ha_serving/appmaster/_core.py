@@ -15,12 +15,13 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ha_serving._errors import ConflictError, HAServingError, TransientError
+from ha_serving._errors import ConflictError, HAServingError, InvalidSpec, TransientError
 from ha_serving._spec import Revision, ServiceSpec
 from ha_serving.appmaster._actions import ActionsMixin, ActorFactory
 from ha_serving.appmaster._planner import (
     Action,
     Apply,
+    Assign,
     CreateInstances,
     Drain,
     FinishRollout,
@@ -36,14 +37,16 @@ from ha_serving.appmaster._planner import (
     StartWorker,
     StopWorker,
     WorkerView,
+    converged,
     plan,
     proxy_names,
 )
 from ha_serving.appmaster._state import (
     MAX_APPLIED_OPS,
     JobState,
-    Phase,
+    Release,
     Rollout,
+    end_release,
     finish_rollout,
 )
 from ha_serving.runtime import ActorUnavailable, Runtime
@@ -61,6 +64,51 @@ class StaleInstruction(HAServingError):
         self.epoch = epoch
         self.highest = highest
         super().__init__(f"instruction epoch {epoch} < highest seen {highest}: refused")
+
+
+RELEASE_KINDS = frozenset({"release", "promote", "abort", "traffic"})
+
+
+def _start_or_step(state: JobState, body: dict[str, Any], op_id: str, now: float) -> JobState:
+    """Start operation ``body["op"]``'s release, or set the weight of the running one."""
+    r = state.release
+    if r is not None and r.op_id == body["op"]:
+        if r.weight == body["weight"]:
+            return state
+        return state.model_copy(
+            update={
+                "release": r.model_copy(update={"weight": body["weight"]}),
+                "routes_version": state.routes_version + 1,
+            }
+        )
+    if r is not None:  # a newer release replaces an older one
+        state = end_release(state, promote=False)
+    spec = ServiceSpec.model_validate(body["spec"])
+    candidate = Revision(
+        version=spec.version,
+        package=body["package"],
+        import_path=spec.code.import_path,
+        config=spec.config,
+    )
+    release = Release(
+        op_id=body["op"],
+        mode=body["mode"],
+        candidate=candidate,
+        spec=spec,
+        instances=body["instances"],
+        weight=body["weight"],
+    )
+    rollout = Rollout(
+        op_id=op_id, kind=body["mode"], from_rev=state.desired, to_rev=candidate, started_at=now
+    )
+    state = finish_rollout(state, "superseded", now)
+    return state.model_copy(
+        update={
+            "release": release,
+            "rollout": rollout,
+            "routes_version": state.routes_version + 1,
+        }
+    )
 
 
 class AppMasterCore(ActionsMixin):
@@ -166,13 +214,8 @@ class AppMasterCore(ActionsMixin):
             import_path=spec.code.import_path,
             config=spec.config,
         )
-        async with self._lock:
-            state = self.state
-            if state is not None:
-                if epoch < state.highest_epoch:
-                    raise StaleInstruction(epoch, state.highest_epoch)
-                if op_id in state.applied_ops:
-                    return {"op_id": op_id, "accepted": False, "duplicate": True}
+        if await self._seen(op_id, epoch):
+            return {"op_id": op_id, "accepted": False, "duplicate": True}
         now = self.clock.now()
 
         def adopt(state: JobState | None) -> JobState:
@@ -188,6 +231,9 @@ class AppMasterCore(ActionsMixin):
                     highest_epoch=epoch,
                     applied_ops=(op_id,),
                 )
+            if state.release is not None:  # a plain update ends a canary/blue-green
+                state = end_release(state, promote=False)
+                state = state.model_copy(update={"routes_version": state.routes_version + 1})
             rollout = state.rollout
             if desired.key != state.desired.key or rollout is None:
                 if rollout is not None:
@@ -230,6 +276,77 @@ class AppMasterCore(ActionsMixin):
         self._wake.set()
         return {"op_id": op_id, "accepted": True, "duplicate": False}
 
+    async def _seen(self, op_id: str, epoch: int) -> bool:
+        """Fencing and idempotence: StaleInstruction below the highest epoch seen; True
+        if ``op_id`` was applied already."""
+        async with self._lock:
+            state = self.state
+            if state is not None:
+                if epoch < state.highest_epoch:
+                    raise StaleInstruction(epoch, state.highest_epoch)
+                if op_id in state.applied_ops:
+                    return True
+        return False
+
+    async def release(self, body: dict[str, Any], *, op_id: str, epoch: int) -> str:
+        """A release instruction (canary, blue-green) or a traffic weight change:
+
+        - ``release``: run ``body["spec"]`` as the candidate of operation ``body["op"]``
+          on ``instances`` instances (``mode`` canary or blue_green) and send it
+          ``weight`` percent of traffic; repeated with a new weight for each step;
+        - ``promote`` / ``abort``: end that operation's release;
+        - ``traffic``: set this cluster's traffic weight (None: the placement's).
+        Fenced and idempotent like ``apply``; durable before it returns."""
+        if await self._seen(op_id, epoch):
+            return "duplicate"
+        if self.state is None:
+            raise InvalidSpec("release", [f"{self.service} is not deployed on {self.cluster}"])
+        kind = body["kind"]
+        now = self.clock.now()
+
+        def change(state: JobState) -> JobState:
+            if kind == "release":
+                state = _start_or_step(state, body, op_id, now)
+            elif kind in ("promote", "abort"):
+                r = state.release
+                if r is not None and r.op_id == body["op"]:
+                    promote = kind == "promote"
+                    rollout = Rollout(
+                        op_id=op_id,
+                        kind=kind,
+                        from_rev=state.desired if promote else r.candidate,
+                        to_rev=r.candidate if promote else state.desired,
+                        started_at=now,
+                    )
+                    state = finish_rollout(state, "superseded", now)
+                    state = end_release(state, promote=promote)
+                    state = state.model_copy(
+                        update={"rollout": rollout, "routes_version": state.routes_version + 1}
+                    )
+            elif kind == "traffic":
+                state = state.model_copy(update={"cluster_weight": body.get("weight")})
+            else:
+                raise InvalidSpec("instruction", [f"unknown kind {kind!r}"])
+            return state.model_copy(
+                update={
+                    "highest_epoch": max(epoch, state.highest_epoch),
+                    "applied_ops": (*state.applied_ops, op_id)[-MAX_APPLIED_OPS:],
+                }
+            )
+
+        await self._mutate(change)
+        await asyncio.to_thread(
+            self.store.append_event,
+            kind,
+            cluster=self.cluster,
+            service=self.service,
+            op_id=op_id,
+            epoch=epoch,
+            detail={k: v for k, v in body.items() if k not in ("spec", "package")},
+        )
+        self._wake.set()
+        return "applied"
+
     async def take_instruction(
         self, instruction_id: int, body: dict[str, Any], *, op_id: str, epoch: int
     ) -> str:
@@ -238,12 +355,29 @@ class AppMasterCore(ActionsMixin):
         state = self.state
         if state is not None and instruction_id <= state.last_instruction:
             return "consumed"
-        spec = ServiceSpec.model_validate(body["spec"])
         try:
-            ack = await self.apply(
-                spec, body["package"], op_id=op_id, epoch=epoch, kind=body.get("kind", "deploy")
+            if body.get("kind") in RELEASE_KINDS:
+                outcome = await self.release(body, op_id=op_id, epoch=epoch)
+            else:
+                spec = ServiceSpec.model_validate(body["spec"])
+                ack = await self.apply(
+                    spec, body["package"], op_id=op_id, epoch=epoch, kind=body.get("kind", "deploy")
+                )
+                outcome = "duplicate" if ack["duplicate"] else "applied"
+        except InvalidSpec as exc:  # cannot be carried out here: consumed, and said so
+            self.log.warning("rejected instruction %s: %s", op_id, exc)
+            await asyncio.to_thread(
+                self.store.append_event,
+                "rejected",
+                cluster=self.cluster,
+                service=self.service,
+                op_id=op_id,
+                epoch=epoch,
+                detail={"error": str(exc)},
             )
-            outcome = "duplicate" if ack["duplicate"] else "applied"
+            outcome = "rejected"
+            if self.state is None:
+                return outcome
         except StaleInstruction as exc:
             self.log.warning("refused instruction %s: %s", op_id, exc)
             await asyncio.to_thread(
@@ -354,7 +488,7 @@ class AppMasterCore(ActionsMixin):
         book = [
             a
             for a in actions
-            if isinstance(a, (CreateInstances, MarkLost, RollBack, FinishRollout, Drain))
+            if isinstance(a, (CreateInstances, Assign, MarkLost, RollBack, FinishRollout, Drain))
         ]
         for entry in book:
             await self._book(entry)
@@ -402,12 +536,25 @@ class AppMasterCore(ActionsMixin):
                     "worker": i.worker,
                     "phase": i.phase.value,
                     "version": i.running.version if i.running else None,
+                    "group": i.group.value,
                 }
                 for i in sorted(state.instances.values(), key=lambda i: i.index)
             ],
             "proxies": [p.model_dump() for p in state.proxies.values()],
             "routes_version": state.routes_version,
             "rollout": state.rollout.model_dump(mode="json") if state.rollout else None,
+            "release": (
+                {
+                    "op_id": state.release.op_id,
+                    "mode": state.release.mode,
+                    "candidate_version": state.release.candidate.version,
+                    "instances": state.release.instances,
+                    "weight": state.release.weight,
+                }
+                if state.release
+                else None
+            ),
+            "cluster_weight": state.cluster_weight,
             "history": [r.model_dump(mode="json") for r in state.history[-5:]],
             "rounds": self.rounds,
         }
@@ -437,15 +584,8 @@ class AppMasterCore(ActionsMixin):
         return (
             s is not None
             and s.rollout is None
-            and len(s.instances) == s.spec.instances
-            and all(
-                i.phase == Phase.SERVING
-                and i.running is not None
-                and i.running.key == s.desired.key
-                for i in s.instances.values()
-            )
+            and converged(s)
             and s.routes_acked >= s.routes_version
-            and all(k == s.placement_key for k in s.workers.values())
         )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ha_serving._spec import Revision
-from ha_serving.appmaster._state import OUT_OF_SERVICE, Instance, JobState, Phase
+from ha_serving.appmaster._state import OUT_OF_SERVICE, Group, Instance, JobState, Phase
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,14 @@ class MarkLost:
 
 
 @dataclass(frozen=True)
+class Assign:
+    """Move serving instances to a version group (a canary takes stable ones)."""
+
+    ids: tuple[str, ...]
+    group: Group
+
+
+@dataclass(frozen=True)
 class Load:
     id: str
     revision: Revision
@@ -116,6 +124,7 @@ Action = (
     | StartWorker
     | StopWorker
     | CreateInstances
+    | Assign
     | MarkLost
     | Load
     | Drain
@@ -169,8 +178,9 @@ def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
     if lost:
         actions.append(MarkLost(lost))
 
-    # 3. instance count follows the spec
+    # 3. instance count follows the spec (and the release's groups)
     actions += _scale(state)
+    actions += _assign(state)
 
     # 4. workers that hosted instances must run; empty ones stop
     needed = {i.worker for i in state.instances.values()}
@@ -183,7 +193,7 @@ def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
     # 5. pending instances load the desired revision once their worker runs
     for inst in _by_index(state, Phase.PENDING):
         if inst.id not in lost and observed.workers.get(inst.worker) is not None:
-            actions.append(Load(inst.id, state.desired))
+            actions.append(Load(inst.id, state.target(inst)))
 
     # 6. rollout / rollback bookkeeping, then the rolling update itself
     actions += _rollout(state)
@@ -233,18 +243,28 @@ def _by_index(state: JobState, phase: Phase) -> list[Instance]:
 
 def _scale(state: JobState) -> list[Action]:
     live = [i for i in state.instances.values() if i.purpose != "remove"]
-    want = state.spec.instances
+    want = state.wanted()
+    r = state.release
     if len(live) < want:
+        # blue-green's extra instances are the candidate's; everything else is stable
+        short = 0
+        if r is not None and r.mode == "blue_green":
+            short = r.instances - len(state.in_group(Group.CANDIDATE))
         used = {i.index for i in state.instances.values()}
         new: list[Instance] = []
         index = 0
         while len(live) + len(new) < want:
             if index not in used:
+                group = Group.CANDIDATE if len(new) < short else Group.STABLE
                 inst_id = f"{state.service}-{index}"
-                new.append(Instance(id=inst_id, worker=worker_name(state, index), index=index))
+                worker = worker_name(state, index)
+                new.append(Instance(id=inst_id, worker=worker, index=index, group=group))
             index += 1
         return [CreateInstances(tuple(new))]
-    surplus = sorted(live, key=lambda i: i.index)[want:]
+    # retiring instances go first, then the highest indices
+    surplus = sorted(live, key=lambda i: (i.group != Group.RETIRING, -i.index))[
+        : max(len(live) - want, 0)
+    ]
     actions: list[Action] = []
     drain = tuple(i.id for i in surplus if i.phase in (Phase.SERVING, Phase.FAILED))
     if drain:
@@ -254,25 +274,45 @@ def _scale(state: JobState) -> list[Action]:
     return actions
 
 
+def _assign(state: JobState) -> list[Action]:
+    """A canary takes its candidate instances from the stable ones (highest index first)."""
+    r = state.release
+    if r is None or r.mode != "canary":
+        return []
+    short = r.instances - len(state.in_group(Group.CANDIDATE))
+    if short <= 0:
+        return []
+    stable = [i for i in state.serving() if i.group == Group.STABLE]
+    chosen = tuple(i.id for i in reversed(stable))[:short]
+    return [Assign(chosen, Group.CANDIDATE)] if chosen else []
+
+
 def _rollout(state: JobState) -> list[Action]:
     r = state.rollout
     if r is None:
         return []
     if r.status == "running" and r.failures >= state.spec.rollout.failure_threshold:
         return [RollBack()]
-    converged = (
+    if converged(state):
+        return [FinishRollout("succeeded" if r.status == "running" else "rolled_back")]
+    return []
+
+
+def converged(state: JobState) -> bool:
+    """Every instance serves its group's revision, with the wanted count of each group."""
+    r = state.release
+    return (
         all(
             i.phase == Phase.SERVING
             and i.running is not None
-            and i.running.key == state.desired.key
+            and i.running.key == state.target(i).key
+            and i.group != Group.RETIRING
             for i in state.instances.values()
         )
-        and len(state.instances) == state.spec.instances
+        and len(state.instances) == state.wanted()
+        and (r is None or len(state.in_group(Group.CANDIDATE)) == r.instances)
         and all(k == state.placement_key for k in state.workers.values())
     )
-    if converged:
-        return [FinishRollout("succeeded" if r.status == "running" else "rolled_back")]
-    return []
 
 
 def _roll(state: JobState, observed: Observed, now: float, lost: tuple[str, ...]) -> list[Action]:
@@ -285,7 +325,7 @@ def _roll(state: JobState, observed: Observed, now: float, lost: tuple[str, ...]
         if inst.purpose == "remove":
             actions.append(Remove(inst.id))
         else:
-            actions.append(Apply(inst.id, state.desired))
+            actions.append(Apply(inst.id, state.target(inst)))
     out = sum(1 for i in state.instances.values() if i.phase in OUT_OF_SERVICE)
     budget = state.spec.rollout.max_unavailable - out
     failed_due = [
@@ -298,7 +338,7 @@ def _roll(state: JobState, observed: Observed, now: float, lost: tuple[str, ...]
     outdated = [
         i.id
         for i in state.serving()
-        if (i.running is None or i.running.key != state.desired.key) and i.id not in lost
+        if (i.running is None or i.running.key != state.target(i).key) and i.id not in lost
     ]
     candidates = [i for i in unhealthy + outdated if i not in lost]
     chosen = list(dict.fromkeys(candidates))[: max(budget, 0)]

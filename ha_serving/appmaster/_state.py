@@ -34,6 +34,28 @@ touched, and returns to routing only after its health check passed.
 A change of resources or runtime env cannot be applied in place: the worker actor is
 replaced, one worker at a time. All its instances are drained (purpose "replace"), the
 worker is killed and created again with the new options, and its instances load anew.
+
+Version groups (canary, blue-green)
+-----------------------------------
+A ``Release`` runs a *candidate* revision beside ``desired`` (the stable one). Each
+instance belongs to a group; the routing table gives the proxies each group's share of
+traffic (``Release.weight`` percent to the candidate), so the split is by weight, not by
+instance count.
+
+==========  ================================================  ==========================
+group       runs                                              traffic
+==========  ================================================  ==========================
+stable      ``desired``                                       100 - weight
+candidate   the release's candidate (``desired`` once the     weight (0 once the release
+            release ended: a rolled-back canary instance)     ended)
+retiring    whatever it ran; removed first when surplus       none (spill-over only)
+==========  ================================================  ==========================
+
+Canary takes ``Release.instances`` of the stable instances and updates them in place to
+the candidate; blue-green adds that many *extra* instances (new workers) for it. Ending a
+release (``end_release``): promote makes the candidate ``desired`` (canary: the others
+roll to it in place; blue-green: the old instances retire), abort sends the candidate's
+traffic back at once (canary: its instances roll back in place; blue-green: they retire).
 """
 
 from __future__ import annotations
@@ -82,6 +104,12 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class Group(str, Enum):
+    STABLE = "stable"
+    CANDIDATE = "candidate"
+    RETIRING = "retiring"
+
+
 class Instance(_Frozen):
     id: str
     worker: str
@@ -97,6 +125,8 @@ class Instance(_Frozen):
     """Why it is draining: "update" or "remove"."""
     retry_at: float = 0.0
     """A failed instance is retried no sooner than this (epoch seconds)."""
+    group: Group = Group.STABLE
+    """Version group (see the module's table)."""
 
     def to(self, phase: Phase, **changes: Any) -> Instance:
         if phase not in TRANSITIONS[self.phase]:
@@ -121,6 +151,21 @@ class Rollout(_Frozen):
     failures: int = 0
     started_at: float
     finished_at: float | None = None
+
+
+class Release(_Frozen):
+    """A candidate revision served beside ``desired`` (canary or blue-green)."""
+
+    op_id: str
+    """The Keeper operation driving it."""
+    mode: str
+    """"canary" (candidate instances taken in place) or "blue_green" (extra ones)."""
+    candidate: Revision
+    spec: ServiceSpec
+    """The candidate's spec; ``desired``'s spec becomes it on promote."""
+    instances: int
+    weight: int = 0
+    """Percent of this cluster's traffic sent to the candidate group (0..100)."""
 
 
 class JobState(_Frozen):
@@ -149,6 +194,11 @@ class JobState(_Frozen):
     last_instruction: int = 0
     """Id of the last Keeper instruction consumed (applied, duplicate or refused): the
     link resumes after it."""
+    release: Release | None = None
+    """A canary or blue-green release in progress."""
+    cluster_weight: int | None = None
+    """The Keeper's override of this cluster's traffic weight (None: the placement's),
+    e.g. 0 while the cluster is drained before it is rolled."""
 
     @property
     def placement_key(self) -> str:
@@ -162,6 +212,23 @@ class JobState(_Frozen):
     def without_instance(self, instance_id: str) -> JobState:
         rest = {k: v for k, v in self.instances.items() if k != instance_id}
         return self.model_copy(update={"instances": rest})
+
+    def target(self, inst: Instance) -> Revision:
+        """The revision ``inst`` should run: its group's."""
+        if inst.group == Group.CANDIDATE and self.release is not None:
+            return self.release.candidate
+        if inst.group == Group.RETIRING and inst.running is not None:
+            return inst.running  # about to be removed: never updated
+        return self.desired
+
+    def wanted(self) -> int:
+        """Instances this job should have: the spec's, plus blue-green's extra ones."""
+        r = self.release
+        extra = r.instances if r is not None and r.mode == "blue_green" else 0
+        return self.spec.instances + extra
+
+    def in_group(self, group: Group) -> list[Instance]:
+        return [i for i in self.instances.values() if i.group == group and i.purpose != "remove"]
 
     def serving(self) -> list[Instance]:
         return sorted(
@@ -186,6 +253,32 @@ def _upgrade(record: dict[str, Any]) -> dict[str, Any]:
         resources = ServiceSpec.model_validate(record["spec"]).resources.model_dump_json()
         record = {**record, "workers": dict.fromkeys(workers, resources)}
     return record
+
+
+def end_release(state: JobState, *, promote: bool) -> JobState:
+    """End the running release: promote its candidate to ``desired``, or abort it.
+
+    Either way the candidate's traffic share is settled at once (the caller bumps the
+    routing table): promoted candidate instances join the stable group; aborted ones
+    get no traffic and roll back in place (canary) or retire (blue-green)."""
+    r = state.release
+    if r is None:
+        return state
+    blue_green = r.mode == "blue_green"
+    instances = dict(state.instances)
+    for key, inst in state.instances.items():
+        if promote:
+            if inst.group == Group.CANDIDATE:
+                instances[key] = inst.model_copy(update={"group": Group.STABLE})
+            elif blue_green and inst.group == Group.STABLE:
+                instances[key] = inst.model_copy(update={"group": Group.RETIRING})
+        elif blue_green and inst.group == Group.CANDIDATE:
+            instances[key] = inst.model_copy(update={"group": Group.RETIRING})
+    changes: dict[str, Any] = {"release": None, "instances": instances}
+    if promote:
+        changes["desired"] = r.candidate
+        changes["spec"] = r.spec.model_copy(update={"instances": state.spec.instances})
+    return state.model_copy(update=changes)
 
 
 MAX_HISTORY = 20

@@ -81,14 +81,15 @@ class ProxyMetrics:
         self._methods: set[str] = set()
         self._requests = Counter(
             "ha_serving_proxy_requests",
-            "Calls answered by this proxy, by gRPC status.",
-            ["service", "method", "code"],
+            "Calls answered by this proxy, by gRPC status and by the version group and version "
+            "of the instance that answered (empty when none did).",
+            ["service", "method", "code", "group", "version"],
             registry=self.registry,
         )
         self._latency = Histogram(
             "ha_serving_proxy_request_duration_seconds",
-            "Time from receiving a call to answering it.",
-            ["service", "method"],
+            "Time from receiving a call to answering it, by version group.",
+            ["service", "method", "group"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -97,10 +98,19 @@ class ProxyMetrics:
         self._http_thread: threading.Thread | None = None
 
     def observe(
-        self, service: str, method: str, code: str, seconds: float, *, method_exists: bool
+        self,
+        service: str,
+        method: str,
+        code: str,
+        seconds: float,
+        *,
+        method_exists: bool,
+        group: str = "",
+        version: str = "",
     ) -> None:
         """Count one answered call. Unknown services and methods (and names past the cap)
-        are folded into ``<other>``: client-chosen strings must not grow the label set."""
+        are folded into ``<other>``: client-chosen strings must not grow the label set.
+        ``group`` and ``version`` come from the routing table (the platform's strings)."""
         if service != self._service:
             service, method = OTHER_METHOD, OTHER_METHOD
         elif method not in self._methods:
@@ -108,8 +118,8 @@ class ProxyMetrics:
                 self._methods.add(method)
             else:
                 method = OTHER_METHOD
-        self._requests.labels(service, method, code).inc()
-        self._latency.labels(service, method).observe(seconds)
+        self._requests.labels(service, method, code, group, version).inc()
+        self._latency.labels(service, method, group).observe(seconds)
 
     def metrics_text(self) -> str:
         return generate_latest(self.registry).decode()

@@ -8,6 +8,12 @@ balances nearly as well as "least loaded" at O(1) cost and without the herding o
 global minimum. If every instance is at its cap, there is no choice and the caller
 answers RESOURCE_EXHAUSTED (backpressure) instead of queueing without bound.
 
+Version groups (canary, blue-green): the table sends ``candidate_weight`` percent of
+calls to the "candidate" group and the rest to "stable". Each call first draws its group
+by weight, then picks within it; when that group has no room the call spills to the
+other, and "retiring" instances are used only when neither has room, because an answer
+is worth more than an exact split.
+
 An instance absent from the table is never chosen; that is how draining works. Its
 in-flight count stays visible in ``inflight()`` until its last call is released, so the
 AppMaster can see the proxy side of a drain finish.
@@ -27,6 +33,8 @@ class Router:
         self._rng = rng or random.Random()  # noqa: S311 - load balancing, not crypto
         self._table = RoutingTable(service, version=-1)
         self._entries: list[RouteEntry] = []
+        self._groups: dict[str, list[RouteEntry]] = {}
+        """Entries by group, when the table has more than the stable group."""
         self._inflight: dict[str, int] = {}
 
     @property
@@ -45,6 +53,10 @@ class Router:
         if table.version > self._table.version:
             self._table = table
             self._entries = list(table.entries)
+            groups: dict[str, list[RouteEntry]] = {}
+            for e in self._entries:
+                groups.setdefault(e.group, []).append(e)
+            self._groups = {} if set(groups) <= {"stable"} else groups
         return self._table.version
 
     def acquire(self, exclude: Collection[str] = ()) -> RouteEntry | None:
@@ -81,7 +93,21 @@ class Router:
         return self._count(entry) < entry.max_concurrency
 
     def _choose(self, exclude: Collection[str]) -> RouteEntry | None:
-        entries = self._entries
+        if not self._groups:
+            return self._pick(self._entries, exclude)
+        stable = self._groups.get("stable", [])
+        candidate = self._groups.get("candidate", [])
+        if self._rng.random() * 100 < self._table.candidate_weight:
+            order = (candidate, stable)
+        else:
+            order = (stable, candidate)
+        for pool in (*order, self._groups.get("retiring", [])):
+            entry = self._pick(pool, exclude)
+            if entry is not None:
+                return entry
+        return None
+
+    def _pick(self, entries: list[RouteEntry], exclude: Collection[str]) -> RouteEntry | None:
         if len(entries) >= 2:
             # Fast path, O(1): the two random picks usually include a usable one.
             pair = [

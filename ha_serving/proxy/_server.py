@@ -43,7 +43,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ha_serving._errors import BackendUnavailable
 from ha_serving._settings import ProxySettings
-from ha_serving._wire import RETRY_SAFE_KEY, SERVING_SERVICE, CallResult, RoutingTable
+from ha_serving._wire import RETRY_SAFE_KEY, SERVING_SERVICE, CallResult, RouteEntry, RoutingTable
 from ha_serving.proto.serving_pb2 import CallReply, CallRequest
 from ha_serving.proxy._metrics import ProxyMetrics
 from ha_serving.proxy._router import Router
@@ -158,10 +158,11 @@ class ProxyServer:
     async def _handle(self, request: CallRequest, context: _Context) -> CallReply:
         started = self._clock()
         result = CallResult.failure("CANCELLED", "call cancelled", reached_user_code=False)
+        routed: list[RouteEntry] = []
         self._calls += 1
         self._idle.clear()
         try:
-            result = await self._dispatch(request, context.time_remaining())
+            result = await self._dispatch(request, context.time_remaining(), routed)
         except Exception as exc:  # a bug of ours: answer INTERNAL, keep serving
             result = CallResult.failure(
                 "INTERNAL", f"proxy error: {type(exc).__name__}: {exc}", reached_user_code=True
@@ -172,8 +173,15 @@ class ProxyServer:
                 self._idle.set()
             exists = bool(result.instance_id) and result.code != "NOT_FOUND"
             elapsed = self._clock() - started
+            last = routed[-1] if routed else None
             self.metrics.observe(
-                request.service, request.method, result.code, elapsed, method_exists=exists
+                request.service,
+                request.method,
+                result.code,
+                elapsed,
+                method_exists=exists,
+                group=last.group if last else "",
+                version=last.version if last else "",
             )
         if result.ok:
             return CallReply(
@@ -188,7 +196,10 @@ class ProxyServer:
         )
         raise AssertionError("context.abort returned")  # it always raises
 
-    async def _dispatch(self, request: CallRequest, remaining: float | None) -> CallResult:
+    async def _dispatch(
+        self, request: CallRequest, remaining: float | None, routed: list[RouteEntry]
+    ) -> CallResult:
+        """Route and call; every instance tried is appended to ``routed``."""
         if self._stopping:
             return _refuse("UNAVAILABLE", "proxy is shutting down")
         if request.service != self.service:
@@ -206,6 +217,7 @@ class ProxyServer:
             entry = self.router.acquire(excluded)
             if entry is None:
                 return last or self._no_instance()
+            routed.append(entry)
             try:
                 result = await self._call_once(
                     entry.worker, entry.instance_id, request, deadline - self._clock()

@@ -351,3 +351,170 @@ def test_state_saved_by_an_earlier_version_is_still_read() -> None:
     record["workers"] = ["echo-w0", "echo-w1"]
     loaded = JobState.from_record(record)
     assert loaded.workers == dict.fromkeys(["echo-w0", "echo-w1"], loaded.placement_key)
+
+
+# --- version groups: canary and blue-green ------------------------------------------
+
+
+def _release(  # noqa: PLR0917 - a test's shorthand
+    h: Harness, fixture: str, op: str, mode: str, n: int, weight: int
+) -> dict[str, Any]:
+    return {
+        "kind": "release",
+        "op": op,
+        "mode": mode,
+        "spec": spec(version=fixture.replace("echo_", "")).model_dump(mode="json"),
+        "package": h.package(fixture),
+        "instances": n,
+        "weight": weight,
+    }
+
+
+def _groups(h: Harness) -> dict[str, set[str]]:
+    """Group -> versions of the instances routed on the first proxy."""
+    out: dict[str, set[str]] = {}
+    for e in h.proxies()[0].table.entries:
+        out.setdefault(e.group, set()).add(e.version)
+    return out
+
+
+def test_canary_takes_instances_in_place_and_weights_then_promotes(h: Harness) -> None:
+    """A canary updates 2 of 6 instances in place to v2 and gives them the weight asked
+    for, whatever their count; promote rolls the other 4 in place, no new actor."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        created = list(h.runtime.created)
+        h.saved.clear()
+        body = _release(h, "echo_v2", "canary-1", "canary", 2, 10)
+        assert await h.core.release(body, op_id="canary-1#0@a", epoch=1) == "applied"
+        await h.converge()
+        _check_rollout_invariants(h, 2)
+        table = h.proxies()[0].table
+        assert table.candidate_weight == 10
+        assert _groups(h) == {"stable": {"v1"}, "candidate": {"v2"}}
+        assert sum(e.group == "candidate" for e in table.entries) == 2
+        assert len(table.entries) == 6
+        step = {**body, "weight": 50}
+        await h.core.release(step, op_id="canary-1#1@a", epoch=1)
+        await h.converge()
+        assert h.proxies()[0].table.candidate_weight == 50
+        promote = {"kind": "promote", "op": "canary-1"}
+        await h.core.release(promote, op_id="canary-1#promote@a", epoch=1)
+        await h.converge()
+        _check_rollout_invariants(h, 2)
+        assert _groups(h) == {"stable": {"v2"}}
+        assert h.proxies()[0].table.candidate_weight == 0
+        assert h.runtime.created == created
+        state = h.core.state
+        assert state is not None
+        assert state.release is None
+        assert state.desired.version == "v2"
+
+    run(scenario())
+
+
+def test_aborted_canary_loses_its_traffic_at_once_and_rolls_back_in_place(h: Harness) -> None:
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        await h.core.release(
+            _release(h, "echo_v2", "canary-1", "canary", 2, 50), op_id="c#0@a", epoch=1
+        )
+        await h.converge()
+        await h.core.release({"kind": "abort", "op": "canary-1"}, op_id="c#abort@a", epoch=1)
+        # the very next table gives the candidate nothing, before any instance is touched
+        await h.core.round()
+        assert h.proxies()[0].table.candidate_weight == 0
+        await h.converge()
+        assert _groups(h) == {"stable": {"v1"}}
+        assert len(h.proxies()[0].table.entries) == 6
+
+    run(scenario())
+
+
+def test_failing_canary_aborts_itself_after_the_threshold(h: Harness) -> None:
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        body = _release(h, "sick", "canary-1", "canary", 2, 20)
+        body["spec"] = spec(version="sick").model_dump(mode="json")
+        await h.core.release(body, op_id="c#0@a", epoch=1)
+        await h.converge()
+        state = h.core.state
+        assert state is not None
+        assert state.release is None
+        assert state.history[-1].op_id == "c#0@a"
+        assert state.history[-1].status == "rolled_back"
+        assert _groups(h) == {"stable": {"v1"}}
+
+    run(scenario())
+
+
+def test_blue_green_adds_a_full_green_set_switches_and_retires_blue(h: Harness) -> None:
+    """Green is 6 extra instances on new workers; weight 100 switches all traffic to it
+    while blue stays warm; promote retires blue and stops its workers."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        blue_workers = {n for n in h.runtime.actors if "-w" in n}
+        body = _release(h, "echo_v2", "bg-1", "blue_green", 6, 0)
+        await h.core.release(body, op_id="bg-1#0@a", epoch=1)
+        await h.converge()
+        table = h.proxies()[0].table
+        assert len(table.entries) == 12
+        assert table.candidate_weight == 0
+        assert _groups(h) == {"stable": {"v1"}, "candidate": {"v2"}}
+        green_workers = {n for n in h.runtime.actors if "-w" in n} - blue_workers
+        assert len(green_workers) == 3
+        await h.core.release({**body, "weight": 100}, op_id="bg-1#1@a", epoch=1)
+        await h.converge()
+        assert h.proxies()[0].table.candidate_weight == 100
+        await h.core.release({"kind": "promote", "op": "bg-1"}, op_id="bg-1#p@a", epoch=1)
+        await h.converge()
+        assert _groups(h) == {"stable": {"v2"}}
+        assert len(h.proxies()[0].table.entries) == 6
+        assert {n for n in h.runtime.actors if "-w" in n} == green_workers
+
+    run(scenario())
+
+
+def test_blue_green_rollback_is_a_traffic_flip_and_green_retires(h: Harness) -> None:
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        body = _release(h, "echo_v2", "bg-1", "blue_green", 6, 100)
+        await h.core.release(body, op_id="bg-1#0@a", epoch=1)
+        await h.converge()
+        await h.core.release({"kind": "abort", "op": "bg-1"}, op_id="bg-1#a@a", epoch=1)
+        await h.core.round()
+        table = h.proxies()[0].table
+        assert table.candidate_weight == 0
+        assert {e.group for e in table.entries if e.version == "v2"} <= {"retiring"}
+        await h.converge()
+        assert _groups(h) == {"stable": {"v1"}}
+        assert len(h.proxies()[0].table.entries) == 6
+
+    run(scenario())
+
+
+def test_release_instructions_are_fenced_and_idempotent(h: Harness) -> None:
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1", epoch=5)
+        await h.converge()
+        body = _release(h, "echo_v2", "canary-1", "canary", 1, 10)
+        with pytest.raises(StaleInstruction):
+            await h.core.release(body, op_id="c#0@a", epoch=4)
+        assert await h.core.release(body, op_id="c#0@a", epoch=5) == "applied"
+        assert await h.core.release(body, op_id="c#0@a", epoch=5) == "duplicate"
+        await h.core.release({"kind": "traffic", "weight": 0}, op_id="t#1@a", epoch=6)
+        await h.converge()
+        state = h.core.state
+        assert state is not None
+        assert state.cluster_weight == 0
+        labels = {e.labels["weight"] for e in h.store.list_endpoints("echo")}
+        assert labels == {0}
+
+    run(scenario())

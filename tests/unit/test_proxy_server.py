@@ -293,9 +293,12 @@ def test_metrics_are_exported_over_http_and_as_text() -> None:
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
         for line in (
-            'ha_serving_proxy_requests_total{code="OK",method="echo",service="echo"} 2.0',
-            'ha_serving_proxy_requests_total{code="UNKNOWN",method="fail",service="echo"} 1.0',
-            'ha_serving_proxy_request_duration_seconds_bucket{le="0.001",method="echo"',
+            'ha_serving_proxy_requests_total{code="OK",group="stable",method="echo",'
+            'service="echo",version="v1"} 2.0',
+            'ha_serving_proxy_requests_total{code="UNKNOWN",group="stable",method="fail",'
+            'service="echo",version="v1"} 1.0',
+            'ha_serving_proxy_request_duration_seconds_bucket{group="stable",le="0.001",'
+            'method="echo"',
             'ha_serving_proxy_inflight{instance="i1",service="echo"} 0.0',
             'ha_serving_proxy_routed_instances{service="echo"} 1.0',
         ):
@@ -310,7 +313,10 @@ def test_garbage_method_names_do_not_grow_the_metric_labels() -> None:
         raw(stack, "echo", service="junk")
         text = stack.server.metrics.metrics_text()
         assert "junk" not in text
-        assert 'code="NOT_FOUND",method="<other>",service="echo"} 5.0' in text
+        assert (
+            'code="NOT_FOUND",group="stable",method="<other>",service="echo",version="v1"} 5.0'
+            in text
+        )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

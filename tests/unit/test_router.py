@@ -152,3 +152,41 @@ def test_routing_table_round_trips_through_its_record_and_rejects_bad_values() -
         RoutingTable("svc", 1, (t.entries[0], t.entries[0]))
     with pytest.raises(ValueError, match="must be >= 1"):
         RouteEntry("i", "w", "v", 0)
+
+
+def grouped(weight: int, stable: int = 8, candidate: int = 2, cap: int = 100) -> RoutingTable:
+    entries = [RouteEntry(f"s{n}", "w", "v1", cap) for n in range(stable)]
+    entries += [RouteEntry(f"c{n}", "w", "v2", cap, group="candidate") for n in range(candidate)]
+    return RoutingTable("svc", 1, tuple(entries), candidate_weight=weight)
+
+
+@pytest.mark.parametrize("weight", [0, 5, 50, 100])
+def test_candidate_gets_its_weight_not_its_share_of_instances(weight: int) -> None:
+    """2 of 10 instances are the candidate's; the split follows the weight (±2 points)."""
+    router = Router("svc", rng=seeded(1))
+    router.update(grouped(weight))
+    n = 10_000
+    picked: Counter[str] = Counter()
+    for _ in range(n):
+        entry = router.acquire()
+        assert entry is not None
+        picked[entry.group] += 1
+        router.release(entry.instance_id)
+    assert abs(100 * picked["candidate"] / n - weight) <= 2
+
+
+def test_a_full_group_spills_to_the_other_and_retiring_is_the_last_resort() -> None:
+    entries = (
+        RouteEntry("c0", "w", "v2", 1, group="candidate"),
+        RouteEntry("s0", "w", "v1", 1),
+        RouteEntry("r0", "w", "v0", 1, group="retiring"),
+    )
+    router = Router("svc", rng=seeded(2))
+    router.update(RoutingTable("svc", 1, entries, candidate_weight=100))
+    assert [router.acquire().instance_id for _ in range(3)] == ["c0", "s0", "r0"]  # type: ignore[union-attr]
+    assert router.acquire() is None
+
+
+def test_a_weight_outside_0_to_100_is_refused() -> None:
+    with pytest.raises(ValueError, match="candidate_weight"):
+        RoutingTable("svc", 1, (), candidate_weight=101)
