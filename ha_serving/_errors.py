@@ -44,6 +44,17 @@ class UnknownService(UserError):
         super().__init__(f"unknown service {service!r}")
 
 
+class OperationFinished(UserError):
+    """A command for an operation that has already finished."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+    def __init__(self, op_id: str, status: str) -> None:
+        self.op_id = op_id
+        self.status = status
+        super().__init__(f"operation {op_id} has finished ({status}): nothing to command")
+
+
 class UserCodeError(UserError):
     """The user's code raised (import, constructor, reconfigure or a method); fix the code."""
 

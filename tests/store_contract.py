@@ -27,7 +27,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from ha_serving._errors import ConflictError, LeaseLost, UnknownService
+from ha_serving._errors import ConflictError, LeaseLost, OperationFinished, UnknownService
 from ha_serving.store import (
     SCHEMA_VERSION,
     AlreadyExists,
@@ -729,3 +729,42 @@ def keeper_records_round_trip(b: Backend) -> None:
 
 
 STORE_CHECKS.append(keeper_records_round_trip)
+
+
+def operation_progress_and_commands(b: Backend) -> None:
+    """Progress is written compare-and-set by the leader; a command is left on an active
+    operation without a version check (it never races the leader) and refused once the
+    operation has finished."""
+    store = b.connect()
+    store.create_operation(_op())
+    ran = store.advance_operation("op-1", expected_version=1, progress={"weight": 10})
+    commanded = store.command_operation("op-1", "pause")
+    assert (commanded.command, commanded.version) == ("pause", ran.version)
+    later = store.advance_operation(
+        "op-1", expected_version=ran.version, progress={"weight": 50, "checks": [1, 2]}
+    )
+    assert later.progress == {"weight": 50, "checks": [1, 2]}
+    assert later.command == "pause"
+    store.advance_operation("op-1", expected_version=later.version, status="succeeded")
+    with pytest.raises(OperationFinished, match="succeeded"):
+        store.command_operation("op-1", "abort")
+    with pytest.raises(UnknownOperation):
+        store.command_operation("nope", "abort")
+
+
+def a_version_3_db_gains_the_release_columns(b: Backend) -> None:
+    """Migration 4 adds operations.progress/command to a DB an earlier release made,
+    keeping its rows."""
+    store = b.connect()
+    store.create_operation(_op())
+    b.execute("ALTER TABLE operations DROP COLUMN progress")
+    b.execute("ALTER TABLE operations DROP COLUMN command")
+    b.execute("UPDATE schema_version SET version = 3")
+    again = b.connect()
+    assert again.schema_version() == SCHEMA_VERSION
+    op = again.get_operation("op-1")
+    assert (op.progress, op.command) == (None, None)
+    assert again.command_operation("op-1", "promote").command == "promote"
+
+
+STORE_CHECKS += [operation_progress_and_commands, a_version_3_db_gains_the_release_columns]

@@ -61,6 +61,10 @@ class OperationRecord:
     error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    progress: JSON | None = None
+    """A release's progress: current weight, when its step began, analysis checks."""
+    command: str | None = None
+    """The operator's last command to a release (promote, pause, resume, abort)."""
 
     def same_request(self, other: OperationRecord) -> bool:
         """Whether ``other`` asks for the same thing (a retried create), ignoring progress."""
@@ -72,7 +76,8 @@ class OperationRecord:
         )
 
     def to_record(self) -> dict[str, Any]:
-        return {**asdict(self), "plan": dict(self.plan)}
+        progress = None if self.progress is None else dict(self.progress)
+        return {**asdict(self), "plan": dict(self.plan), "progress": progress}
 
     @classmethod
     def from_record(cls, row: Mapping[Any, Any]) -> OperationRecord:
@@ -88,6 +93,8 @@ class OperationRecord:
             error=row["error"],
             created_at=float(row["created_at"]),
             updated_at=float(row["updated_at"]),
+            progress=row.get("progress"),
+            command=row.get("command"),
         )
 
 

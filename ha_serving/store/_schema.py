@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import PlatformError, StoreUnavailable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this code reads and writes."""
 
 _MIGRATE_LOCK = "ha_serving_migrate"
@@ -84,6 +84,10 @@ operations = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", TIME, nullable=False),
     sa.Column("updated_at", TIME, nullable=False),
+    # added in version 4: a release's progress (weights, analysis) and the operator's
+    # last command (promote, pause, resume, abort), written without a version check
+    sa.Column("progress", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("command", sa.String(32), nullable=True),
     sa.Index("ix_operations_service_status", "service", "status"),
     **_MYSQL_TABLE,
 )
@@ -228,10 +232,22 @@ def _v3_keeper(conn: Connection) -> None:
     instructions.create(conn, checkfirst=True)
 
 
+def _v4_release_progress(conn: Connection) -> None:
+    """Add operations.progress and operations.command (migration 1 of this code already
+    creates them: add only what is missing)."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns(operations.name)}
+    for name in ("progress", "command"):
+        if name not in present:
+            column = operations.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {operations.name} ADD COLUMN {name} {kind} NULL"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _v1_initial),
     Migration(2, "content-addressed code packages", _v2_packages),
     Migration(3, "cluster registry and Keeper instructions", _v3_keeper),
+    Migration(4, "release progress and operator commands on operations", _v4_release_progress),
 )
 
 

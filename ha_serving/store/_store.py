@@ -17,7 +17,12 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 
-from ha_serving._errors import ConflictError, StoreUnavailable, UnknownService
+from ha_serving._errors import (
+    ConflictError,
+    OperationFinished,
+    StoreUnavailable,
+    UnknownService,
+)
 from ha_serving.store import _catalog, _control, _lease
 from ha_serving.store._catalog import Endpoint
 from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
@@ -240,6 +245,7 @@ class Store:
         status: str | None = None,
         error: str | None = None,
         epoch: int | None = None,
+        progress: Mapping[str, Any] | None = None,
     ) -> OperationRecord:
         """Record progress if the row is still at ``expected_version``, else
         ``ConflictError``. Fields left None keep their value (so a recorded error survives
@@ -256,6 +262,8 @@ class Store:
             changes["error"] = error
         if epoch is not None:
             changes["epoch"] = epoch
+        if progress is not None:
+            changes["progress"] = dict(progress)
         with self._tx() as conn:
             updated = conn.execute(
                 sa.update(operations)
@@ -266,6 +274,25 @@ class Store:
                 actual = self._operation(conn, op_id).version  # UnknownOperation if gone
                 raise ConflictError("operations", op_id, expected_version, actual)
             return self._operation(conn, op_id)
+
+    def command_operation(self, op_id: str, command: str) -> OperationRecord:
+        """Leave the operator's ``command`` on an active operation for the leader to
+        carry out. No version check, so it never races the leader's progress writes;
+        the last command wins. ``UnknownOperation`` if there is none;
+        ``OperationFinished`` if it has finished."""
+        with self._tx() as conn:
+            updated = conn.execute(
+                sa.update(operations)
+                .where(
+                    operations.c.op_id == op_id,
+                    operations.c.status.in_(("pending", "running")),
+                )
+                .values(command=command)
+            )
+            op = self._operation(conn, op_id)
+            if updated.rowcount != 1:
+                raise OperationFinished(op_id, op.status)
+            return op
 
     def _operation(self, conn: Connection, op_id: str) -> OperationRecord:
         row = conn.execute(sa.select(operations).where(operations.c.op_id == op_id)).one_or_none()
