@@ -62,11 +62,30 @@ class KeeperClient:
         detail = last.details() if last is not None else ""
         raise KeeperError("UNAVAILABLE", f"no Keeper answered ({detail})")
 
-    def deploy(self, spec_json: str, package: bytes, *, kind: str, op_id: str = "") -> str:
+    def deploy(
+        self,
+        spec_json: str,
+        package: bytes,
+        *,
+        kind: str,
+        op_id: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> str:
+        """Record an operation (deploy, config, code, scale, canary, blue_green) with its
+        ``options`` (see ``keeper.ReleaseOptions``); returns its op_id."""
         request = keeper_pb2.DeployRequest(
-            spec_json=spec_json, package=package, kind=kind, op_id=op_id
+            spec_json=spec_json,
+            package=package,
+            kind=kind,
+            op_id=op_id,
+            options_json=json.dumps(options) if options else "",
         )
         return str(self._call("Deploy", request).op_id)
+
+    def command(self, op_id: str, command: str) -> dict[str, Any]:
+        """Promote, pause, resume or abort a release; returns the operation."""
+        request = keeper_pb2.CommandRequest(op_id=op_id, command=command)
+        return _operation(self._call("Command", request))
 
     def get_service(self, service: str) -> dict[str, Any]:
         reply = self._call("GetService", keeper_pb2.ServiceRequest(service=service))
@@ -78,18 +97,21 @@ class KeeperClient:
 
     def operations(self, service: str = "") -> list[dict[str, Any]]:
         reply = self._call("Operations", keeper_pb2.ServiceRequest(service=service))
-        return [
-            {
-                "op_id": o.op_id,
-                "kind": o.kind,
-                "status": o.status,
-                "step": o.step,
-                "plan": json.loads(o.plan_json),
-                "epoch": o.epoch,
-                "error": o.error,
-            }
-            for o in reply.operations
-        ]
+        return [_operation(o) for o in reply.operations]
+
+
+def _operation(o: Any) -> dict[str, Any]:
+    return {
+        "op_id": o.op_id,
+        "kind": o.kind,
+        "status": o.status,
+        "step": o.step,
+        "plan": json.loads(o.plan_json),
+        "epoch": o.epoch,
+        "error": o.error,
+        "progress": json.loads(o.progress_json) if o.progress_json else None,
+        "command": o.command or None,
+    }
 
 
 class KeeperError(PlatformError):

@@ -13,11 +13,23 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ha_serving._errors import HAServingError, StoreUnavailable
-from ha_serving.keeper._leadership import Leadership, Term
-from ha_serving.keeper._releases import ACTIVE, Advance, Finish, Instruct, decide
+from ha_serving.keeper._analysis import AnalysisPolicy, Sample, analyze, metrics_addresses, scrape
+from ha_serving.keeper._control_api import record_service
+from ha_serving.keeper._leadership import LEASE_NAME, Leadership, Term
+from ha_serving.keeper._releases import (
+    ACTIVE,
+    Advance,
+    Decision,
+    Finish,
+    Instruct,
+    Progress,
+    decide,
+)
+from ha_serving.keeper._weighted import WEIGHTED, add_check, decide_weighted
 from ha_serving.store import ClusterRecord, OperationRecord, Store
 from ha_serving.util.logs import bound
 
@@ -44,6 +56,8 @@ class Reconciler:
         *,
         period_s: float = 0.5,
         resubmit_s: float = 30.0,
+        scraper: Callable[[list[str], str], Sample] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.leadership = leadership
@@ -53,6 +67,11 @@ class Reconciler:
         self._submitted: dict[tuple[str, str], float] = {}
         self.lost: set[str] = set()
         """Clusters this leader declared lost (and has not seen come back)."""
+        self._scrape = scraper or scrape
+        """Reads the proxies' metrics (tests inject one)."""
+        self._monotonic = monotonic
+        self._samples: dict[str, tuple[float, Sample]] = {}
+        """Last metrics scrape per release being analysed (a new leader starts afresh)."""
         self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
 
     async def run(self) -> None:
@@ -87,24 +106,71 @@ class Reconciler:
         for c in targets:
             found = self.store.load_appmaster_state(c, op.service)
             states[c] = found[0] if found else None
-        for decision in decide(op, last, states):
+        decisions: list[Decision]
+        if op.kind in WEIGHTED:
+            op = self._analyse(op, states, term)
+            decisions = decide_weighted(op, last, states, self.store.now())
+        else:
+            decisions = decide(op, last, states)
+        for decision in decisions:
             self.leadership.require()  # never act on a term that ran out meanwhile
             if isinstance(decision, Instruct):
                 self.store.add_instruction(
-                    decision.cluster, op.service, decision.op_id, term.epoch, decision.body
+                    decision.cluster,
+                    op.service,
+                    decision.op_id,
+                    term.epoch,
+                    decision.body,
+                    fence=LEASE_NAME,
                 )
                 self.log.info("instructed %s/%s (%s)", decision.cluster, op.service, op.op_id)
                 if op.status == "pending":
                     op = self._set(op, term, status="running")
             elif isinstance(decision, Advance):
                 op = self._set(op, term, step=decision.step, status="running")
+            elif isinstance(decision, Progress):
+                op = self._set(op, term, progress=decision.progress)
             elif isinstance(decision, Finish):
+                if op.kind in WEIGHTED and decision.status == "succeeded":
+                    record_service(self.store, dict(op.plan))  # the candidate is the service now
                 op = self._set(op, term, status=decision.status, error=decision.error)
+                self._samples.pop(op.op_id, None)
                 self.log.info("operation %s %s", op.op_id, decision.status)
+                self.store.append_event(
+                    "operation",
+                    service=op.service,
+                    op_id=op.op_id,
+                    epoch=term.epoch,
+                    detail={"status": op.status, "error": op.error},
+                )
+
+    def _analyse(
+        self, op: OperationRecord, states: dict[str, dict[str, Any] | None], term: Term
+    ) -> OperationRecord:
+        """While the candidate takes traffic, every ``interval_s`` judge the interval's
+        calls from the proxies' metrics and record the check in the op's progress."""
+        progress = op.progress or {}
+        if op.step < 1 or progress.get("ending") or progress.get("step") != op.step:
+            return op
+        policy = AnalysisPolicy.model_validate(op.plan["release"]["analysis"])
+        now = self._monotonic()
+        previous = self._samples.get(op.op_id)
+        if previous is not None and now - previous[0] < policy.interval_s:
+            return op
+        sample = self._scrape(metrics_addresses(states), op.service)
+        self._samples[op.op_id] = (now, sample)
+        if previous is None:
+            return op  # the baseline: the first check covers the next interval
+        check = analyze(previous[1], sample, policy)
+        check.update(at=self.store.now(), step=op.step, weight=progress.get("weight"))
+        if check["verdict"] == "fail":
+            self.log.warning("release %s: analysis failed: %s", op.op_id, check["reason"])
+        self.leadership.require()
+        return self._set(op, term, progress=add_check(progress, check))
 
     def _set(self, op: OperationRecord, term: Term, **changes: Any) -> OperationRecord:
         return self.store.advance_operation(
-            op.op_id, expected_version=op.version, epoch=term.epoch, **changes
+            op.op_id, expected_version=op.version, epoch=term.epoch, fence=LEASE_NAME, **changes
         )
 
     def _watch_clusters(self) -> None:

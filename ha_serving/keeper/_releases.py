@@ -5,7 +5,9 @@ lists its target clusters in order and whose ``step`` is the cluster being rolle
 Clusters are rolled one at a time: the leader instructs the AppMaster of the cluster at
 ``step`` (an instruction carries the op, the leader's epoch and the per-cluster spec),
 waits until that AppMaster's persisted state shows the revision converged, then moves
-to the next step. A new leader reads the same row and simply decides again.
+to the next step. With ``drain`` in the plan, each cluster's traffic weight is set to 0
+before it is rolled (clients move to the others) and restored after. A new leader reads
+the same row and simply decides again.
 
 =========  ====================================================  =================
 status     when                                                  next
@@ -17,6 +19,9 @@ succeeded  every cluster converged
 failed     a cluster rolled the revision back (error says which)
 superseded a newer operation of the same service took over
 =========  ====================================================  =================
+
+Canary and blue-green operations (kinds in ``_weighted.WEIGHTED``) move traffic by
+weight instead of cluster by cluster; ``_weighted.decide_weighted`` decides them.
 """
 
 from __future__ import annotations
@@ -49,7 +54,15 @@ class Finish:
     error: str | None = None
 
 
-Decision = Instruct | Advance | Finish
+@dataclass(frozen=True)
+class Progress:
+    """Replace the operation's progress record (a weighted release's step clock, weight,
+    analysis and how it ends)."""
+
+    progress: dict[str, Any]
+
+
+Decision = Instruct | Advance | Finish | Progress
 
 
 def make_plan(
@@ -118,20 +131,51 @@ def decide(  # noqa: PLR0911 - one return per row of the table above
     body = cluster_body(op.plan, target)
     op_id = instruction_op_id(op, cluster)
     sent = last.get(cluster)
+    state = states.get(cluster)
+    if op.plan.get("drain") and len(targets) > 1 and state is not None:
+        return _drained_step(op, sent, state, body)
     if sent is None or sent.op_id != op_id:
         return [Instruct(cluster, op_id, body)]
-    state = states.get(cluster)
     if state is None:
         return []
-    if _rolled_back(state, op_id):
+    if rolled_back(state, op_id):
         return [Finish("failed", f"cluster {cluster} rolled the release back")]
     if converged(state, body):
-        nxt = op.step + 1
-        done: list[Decision] = [Advance(nxt)]
-        if nxt >= len(targets):
-            done.append(Finish("succeeded"))
-        return done
+        return _next(op)
     return []
+
+
+def _next(op: OperationRecord) -> list[Decision]:
+    nxt = op.step + 1
+    done: list[Decision] = [Advance(nxt)]
+    if nxt >= len(op.plan["clusters"]):
+        done.append(Finish("succeeded"))
+    return done
+
+
+def _drained_step(  # noqa: PLR0911 - one return per sub-step
+    op: OperationRecord, sent: Instruction | None, state: dict[str, Any], body: dict[str, Any]
+) -> list[Decision]:
+    """One cluster's step with its traffic drained first: its weight goes to 0 (clients
+    move to the other clusters), it is rolled, its weight comes back, then the next.
+    The last instruction sent to the cluster says which of the three it is at."""
+    cluster = op.plan["clusters"][op.step]["name"]
+    update = instruction_op_id(op, cluster)
+    drain, restore = f"{op.op_id}#drain@{cluster}", f"{op.op_id}#restore@{cluster}"
+    at = sent.op_id if sent is not None else None
+    if at not in (drain, update, restore):
+        return [Instruct(cluster, drain, {"kind": "traffic", "weight": 0})]
+    if at == drain:
+        return [Instruct(cluster, update, body)] if state.get("cluster_weight") == 0 else []
+    if at == update:
+        if rolled_back(state, update) or converged(state, body):
+            return [Instruct(cluster, restore, {"kind": "traffic", "weight": None})]
+        return []
+    if state.get("cluster_weight") is not None:
+        return []
+    if rolled_back(state, update):
+        return [Finish("failed", f"cluster {cluster} rolled the release back")]
+    return _next(op)
 
 
 def converged(state: dict[str, Any], body: dict[str, Any]) -> bool:
@@ -151,7 +195,8 @@ def converged(state: dict[str, Any], body: dict[str, Any]) -> bool:
     )
 
 
-def _rolled_back(state: dict[str, Any], op_id: str) -> bool:
+def rolled_back(state: Mapping[str, Any], op_id: str) -> bool:
+    """The AppMaster rolled back the rollout that instruction ``op_id`` started."""
     return any(
         r.get("op_id") == op_id and r.get("status") == "rolled_back"
         for r in state.get("history") or ()

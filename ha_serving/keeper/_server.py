@@ -19,11 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ha_serving._errors import HAServingError, StoreUnavailable
 from ha_serving._settings import KeeperSettings
-from ha_serving.keeper._control_api import deploy
+from ha_serving.keeper._control_api import command, deploy
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership
 from ha_serving.keeper._reconciler import JobSubmitter, Reconciler
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
-from ha_serving.store import Store
+from ha_serving.store import OperationRecord, Store
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
@@ -160,6 +160,7 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
                 request.package,
                 op_id=request.op_id,
                 kind=request.kind,
+                options_json=request.options_json,
             )
         except HAServingError as exc:
             await context.abort(_status(exc), str(exc))
@@ -189,27 +190,27 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         except HAServingError as exc:
             await context.abort(_status(exc), str(exc))
             raise
-        return keeper_pb2.OperationsReply(
-            operations=[
-                keeper_pb2.OperationInfo(
-                    op_id=o.op_id,
-                    kind=o.kind,
-                    status=o.status,
-                    step=o.step,
-                    plan_json=json.dumps({k: v for k, v in o.plan.items() if k != "spec"}),
-                    epoch=o.epoch,
-                    error=o.error or "",
-                )
-                for o in ops
-            ]
-        )
+        return keeper_pb2.OperationsReply(operations=[_operation_info(o) for o in ops])
+
+    async def Command(  # noqa: N802 - the gRPC method's name
+        self, request: keeper_pb2.CommandRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> keeper_pb2.OperationInfo:
+        try:
+            op = await asyncio.to_thread(command, self.store, request.op_id, request.command)
+        except HAServingError as exc:
+            await context.abort(_status(exc), str(exc))
+            raise
+        self.log.info("command %s for %s accepted", request.command, request.op_id)
+        return _operation_info(op)
 
     async def Instructions(  # noqa: N802 - the gRPC method's name
         self,
         request: keeper_pb2.InstructionsRequest,
         context: grpc.aio.ServicerContext[Any, Any],  # noqa: ARG002 - nothing to set
     ) -> AsyncIterator[keeper_pb2.InstructionMsg]:
-        """An AppMaster's link: heartbeat it and stream the instructions after ``after``."""
+        """An AppMaster's link: heartbeat it and stream the instructions after ``after``,
+        or an empty message (id 0) each period with none, so a Keeper that stops
+        answering (paused, partitioned) is noticed by its silence, not by TCP."""
         after = request.after
         while True:
             try:
@@ -230,6 +231,8 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
                     id=i.id, op_id=i.op_id, epoch=i.epoch, body_json=json.dumps(i.body)
                 )
                 after = i.id
+            if not found:  # a beat: the AppMaster knows this Keeper still answers
+                yield keeper_pb2.InstructionMsg(id=0)
             await asyncio.sleep(self.settings.link_period_s)
 
     def _lease_or_none(self) -> Any:
@@ -263,3 +266,21 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             await self._server.wait_for_termination()
         finally:
             await asyncio.to_thread(self.leadership.resign)
+
+
+def _operation_info(o: OperationRecord) -> keeper_pb2.OperationInfo:
+    """An operation as the API shows it: its plan without the (large) spec, but with the
+    version it rolls out."""
+    plan = {k: v for k, v in o.plan.items() if k != "spec"}
+    plan["version"] = o.plan.get("spec", {}).get("version")
+    return keeper_pb2.OperationInfo(
+        op_id=o.op_id,
+        kind=o.kind,
+        status=o.status,
+        step=o.step,
+        plan_json=json.dumps(plan),
+        epoch=o.epoch,
+        error=o.error or "",
+        progress_json=json.dumps(dict(o.progress)) if o.progress else "",
+        command=o.command or "",
+    )

@@ -7,16 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DeployRequest(_message.Message):
-    __slots__ = ("spec_json", "package", "op_id", "kind")
+    __slots__ = ("spec_json", "package", "op_id", "kind", "options_json")
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_FIELD_NUMBER: _ClassVar[int]
     OP_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     spec_json: str
     package: bytes
     op_id: str
     kind: str
-    def __init__(self, spec_json: _Optional[str] = ..., package: _Optional[bytes] = ..., op_id: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+    options_json: str
+    def __init__(self, spec_json: _Optional[str] = ..., package: _Optional[bytes] = ..., op_id: _Optional[str] = ..., kind: _Optional[str] = ..., options_json: _Optional[str] = ...) -> None: ...
+
+class CommandRequest(_message.Message):
+    __slots__ = ("op_id", "command")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    command: str
+    def __init__(self, op_id: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
 
 class DeployReply(_message.Message):
     __slots__ = ("op_id", "duplicate")
@@ -43,7 +53,7 @@ class ServiceInfo(_message.Message):
     def __init__(self, spec_json: _Optional[str] = ..., package: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class OperationInfo(_message.Message):
-    __slots__ = ("op_id", "kind", "status", "step", "plan_json", "epoch", "error")
+    __slots__ = ("op_id", "kind", "status", "step", "plan_json", "epoch", "error", "progress_json", "command")
     OP_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +61,8 @@ class OperationInfo(_message.Message):
     PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_JSON_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
     op_id: str
     kind: str
     status: str
@@ -58,7 +70,9 @@ class OperationInfo(_message.Message):
     plan_json: str
     epoch: int
     error: str
-    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., step: _Optional[int] = ..., plan_json: _Optional[str] = ..., epoch: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    progress_json: str
+    command: str
+    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., step: _Optional[int] = ..., plan_json: _Optional[str] = ..., epoch: _Optional[int] = ..., error: _Optional[str] = ..., progress_json: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
 
 class OperationsReply(_message.Message):
     __slots__ = ("operations",)

@@ -64,6 +64,11 @@ class KeeperStub:
                 request_serializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.SerializeToString,
                 response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.OperationsReply.FromString,
                 _registered_method=True)
+        self.Command = channel.unary_unary(
+                '/ha_serving.v1.Keeper/Command',
+                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.CommandRequest.SerializeToString,
+                response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.OperationInfo.FromString,
+                _registered_method=True)
         self.Instructions = channel.unary_stream(
                 '/ha_serving.v1.Keeper/Instructions',
                 request_serializer=ha__serving_dot_proto_dot_keeper__pb2.InstructionsRequest.SerializeToString,
@@ -116,6 +121,13 @@ class KeeperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Command(self, request, context):
+        """An operator's command to a canary/blue-green: promote, pause, resume or abort.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Instructions(self, request, context):
         """An AppMaster's link: registers it (heartbeats while open) and streams the leader's
         instructions for (cluster, service) after the given id.
@@ -156,6 +168,11 @@ def add_KeeperServicer_to_server(servicer, server):
                     servicer.Operations,
                     request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.FromString,
                     response_serializer=ha__serving_dot_proto_dot_keeper__pb2.OperationsReply.SerializeToString,
+            ),
+            'Command': grpc.unary_unary_rpc_method_handler(
+                    servicer.Command,
+                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.CommandRequest.FromString,
+                    response_serializer=ha__serving_dot_proto_dot_keeper__pb2.OperationInfo.SerializeToString,
             ),
             'Instructions': grpc.unary_stream_rpc_method_handler(
                     servicer.Instructions,
@@ -325,6 +342,33 @@ class Keeper:
             '/ha_serving.v1.Keeper/Operations',
             ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.SerializeToString,
             ha__serving_dot_proto_dot_keeper__pb2.OperationsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Command(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ha_serving.v1.Keeper/Command',
+            ha__serving_dot_proto_dot_keeper__pb2.CommandRequest.SerializeToString,
+            ha__serving_dot_proto_dot_keeper__pb2.OperationInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,262 @@
+"""Canary and blue-green releases, decided purely: traffic moves by weight in steps.
+
+Both run the candidate revision beside the stable one on every target cluster at once
+(each AppMaster keeps two version groups, see ``appmaster._state``) and move the
+candidate's share of traffic through ``steps``; they differ in where the candidate runs:
+
+- canary: ``instances`` of each cluster's stable instances are updated in place;
+  steps like 5, 25, 50, 100 percent, each held ``pause_s`` while analysis runs;
+- blue-green: a full extra set of instances (green) comes up beside blue; one step,
+  100 percent (the switch), held for the rollback window ``pause_s``; blue stays warm
+  until the window has passed, so a rollback is a traffic flip.
+
+The operation's ``step`` is where it is; its ``progress`` holds what the step's timing
+and the analysis need (and what ``release status`` shows); ``command`` is the operator's.
+
+=====  =================================================  ============================
+step   instructs every cluster                            moves on when
+=====  =================================================  ============================
+0      run the candidate, weight 0                        every cluster serves it
+k      weight ``steps[k-1]``                              every cluster applied it and
+                                                          ``pause_s`` passed (not paused)
+end    promote (after the last step, or ``promote``) or   every cluster converged: the
+       abort (``abort``, failed analysis, a cluster       op ends succeeded, aborted or
+       that rolled the candidate back itself)             rolled_back
+=====  =================================================  ============================
+
+A new leader reads the same row and decides again: instructions carry op-derived ids,
+so nothing is applied twice, and the step's clock (``step_at``) is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ha_serving.keeper._analysis import AnalysisPolicy
+from ha_serving.keeper._releases import (
+    ACTIVE,
+    Advance,
+    Decision,
+    Finish,
+    Instruct,
+    Progress,
+    rolled_back,
+)
+from ha_serving.store import Instruction, OperationRecord
+
+WEIGHTED = ("canary", "blue_green")
+COMMANDS = ("promote", "pause", "resume", "abort")
+MAX_CHECKS = 20
+"""Analysis checks kept in an operation's progress (newest last)."""
+
+
+def release_plan(
+    mode: str,
+    targets: list[dict[str, Any]],
+    *,
+    steps: list[int] | None,
+    pause_s: float,
+    canary_instances: int,
+    analysis: AnalysisPolicy,
+) -> dict[str, Any]:
+    """The ``release`` part of a weighted operation's plan; ValueError if it is wrong."""
+    if mode not in WEIGHTED:
+        raise ValueError(f"unknown release mode {mode!r}: one of {WEIGHTED}")
+    if mode == "blue_green":
+        steps = steps or [100]
+    steps = steps or [10, 50, 100]
+    if any(not 0 < w <= 100 for w in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
+        raise ValueError(f"steps must rise strictly within 1..100 and end at 100, got {steps}")
+    if pause_s < 0:
+        raise ValueError(f"pause must be >= 0 s, got {pause_s}")
+    instances: dict[str, int] = {}
+    for t in targets:
+        if mode == "blue_green":
+            instances[t["name"]] = t["instances"]
+        elif not 1 <= canary_instances < t["instances"]:
+            raise ValueError(
+                f"cluster {t['name']} has {t['instances']} instances: a canary takes "
+                f"1..{t['instances'] - 1} of them, not {canary_instances}"
+            )
+        else:
+            instances[t["name"]] = canary_instances
+    return {
+        "mode": mode,
+        "steps": steps,
+        "pause_s": pause_s,
+        "instances": instances,
+        "analysis": analysis.model_dump(),
+    }
+
+
+def step_op_id(op: OperationRecord, step: int | str, cluster: str) -> str:
+    return f"{op.op_id}#{step}@{cluster}"
+
+
+def release_body(op: OperationRecord, cluster: str, weight: int) -> dict[str, Any]:
+    plan = op.plan
+    release = plan["release"]
+    target = next(t for t in plan["clusters"] if t["name"] == cluster)
+    return {
+        "kind": "release",
+        "op": op.op_id,
+        "mode": release["mode"],
+        "spec": {**plan["spec"], "instances": target["instances"]},
+        "package": plan["package"],
+        "instances": release["instances"][cluster],
+        "weight": weight,
+    }
+
+
+def weight_at(op: OperationRecord, step: int) -> int:
+    steps = op.plan["release"]["steps"]
+    return 0 if step == 0 else int(steps[min(step, len(steps)) - 1])
+
+
+def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the module's table
+    op: OperationRecord,
+    last: Mapping[str, Instruction | None],
+    states: Mapping[str, Mapping[str, Any] | None],
+    now: float,
+) -> list[Decision]:
+    """The next decisions for a canary or blue-green operation (see the module's table)."""
+    if op.status not in ACTIVE:
+        return []
+    release = op.plan["release"]
+    targets = [t["name"] for t in op.plan["clusters"]]
+    progress = dict(op.progress or {})
+    ending = progress.get("ending")
+    if ending is None:
+        reason = _why_end(op, progress, states, targets)
+        if reason is not None:
+            kind, why = reason
+            return [Progress({**progress, "ending": kind, "reason": why})]
+        # the step: its weight on every cluster, then its pause
+        weight = weight_at(op, op.step)
+        sends: list[Decision] = [
+            Instruct(c, step_op_id(op, op.step, c), release_body(op, c, weight))
+            for c in targets
+            if _sent(last.get(c)) != step_op_id(op, op.step, c)
+        ]
+        if sends:
+            return [*sends, Progress({**progress, "weight": weight})] if op.step == 0 else sends
+        if not all(_ready(states.get(c), op.op_id, weight) for c in targets):
+            return []
+        if progress.get("step") != op.step:  # it just took effect everywhere: start its clock
+            return [Progress({**progress, "step": op.step, "weight": weight, "step_at": now})]
+        if op.step == 0:
+            return [Advance(1)]
+        if op.command == "pause" or now - float(progress["step_at"]) < release["pause_s"]:
+            return []
+        if op.step >= len(release["steps"]):
+            return [Progress({**progress, "ending": "promote", "reason": "every step passed"})]
+        return [Advance(op.step + 1)]
+
+    # the end: promote or abort on every cluster, then wait for each to converge
+    sends = [
+        Instruct(c, step_op_id(op, ending, c), {"kind": ending, "op": op.op_id})
+        for c in targets
+        if _sent(last.get(c)) != step_op_id(op, ending, c)
+    ]
+    if sends:
+        weight = 100 if ending == "promote" else 0
+        return [*sends, Progress({**progress, "weight": weight})]
+    if ending == "promote":
+        for c in targets:
+            state = states.get(c)
+            if state is not None and rolled_back(state, step_op_id(op, "promote", c)):
+                return [Finish("failed", f"cluster {c} rolled the promotion back")]
+    candidate = op.plan if ending == "promote" else None
+    if not all(_settled(states.get(c), op.op_id, candidate) for c in targets):
+        return []
+    if ending == "promote":
+        return [Finish("succeeded")]
+    status = "aborted" if progress.get("reason") == OPERATOR_ABORT else "rolled_back"
+    return [Finish(status, progress.get("reason"))]
+
+
+OPERATOR_ABORT = "aborted by the operator"
+
+
+def _why_end(
+    op: OperationRecord,
+    progress: Mapping[str, Any],
+    states: Mapping[str, Mapping[str, Any] | None],
+    targets: list[str],
+) -> tuple[str, str] | None:
+    """("promote"|"abort", why) if the release must end now, else None."""
+    if op.command == "abort":
+        return "abort", OPERATOR_ABORT
+    policy = AnalysisPolicy.model_validate(op.plan["release"]["analysis"])
+    failed = int(progress.get("failed_checks", 0))
+    if failed >= policy.max_failed_checks:
+        return "abort", f"analysis failed {failed} checks, last: {progress.get('last_failure')}"
+    for c in targets:
+        state = states.get(c)
+        if state is not None and rolled_back(state, step_op_id(op, 0, c)):
+            return "abort", f"the candidate failed to start on cluster {c}"
+    if op.command == "promote" and op.step >= 1:
+        return "promote", "promoted by the operator"
+    return None
+
+
+def add_check(progress: Mapping[str, Any], check: Mapping[str, Any]) -> dict[str, Any]:
+    """``progress`` with one more analysis check: the newest MAX_CHECKS are kept, and
+    failed ones are counted apart, since that count decides the rollback."""
+    out = {**progress, "checks": [*progress.get("checks", ()), dict(check)][-MAX_CHECKS:]}
+    if check.get("verdict") == "fail":
+        out["failed_checks"] = int(progress.get("failed_checks", 0)) + 1
+        out["last_failure"] = check.get("reason")
+    return out
+
+
+def _sent(instruction: Instruction | None) -> str | None:
+    return instruction.op_id if instruction is not None else None
+
+
+def _ready(state: Mapping[str, Any] | None, op_id: str, weight: int) -> bool:
+    """The cluster runs ``op_id``'s candidate on all its candidate instances, at ``weight``."""
+    if state is None:
+        return False
+    release = state.get("release")
+    if not release or release.get("op_id") != op_id or release.get("weight") != weight:
+        return False
+    candidates = [
+        i for i in (state.get("instances") or {}).values() if i.get("group") == "candidate"
+    ]
+    return len(candidates) == release["instances"] and all(
+        i.get("phase") == "serving" and i.get("running") == release["candidate"] for i in candidates
+    )
+
+
+def _settled(
+    state: Mapping[str, Any] | None, op_id: str, promoted: Mapping[str, Any] | None
+) -> bool:
+    """The release ``op_id`` has ended on the cluster and every instance serves ``desired``
+    in the stable group: the candidate of plan ``promoted``, or (after an abort, when
+    ``promoted`` is None) the old version."""
+    if state is None:
+        return False
+    release = state.get("release")
+    if release and release.get("op_id") == op_id:
+        return False
+    desired = state.get("desired") or {}
+    if promoted is not None and (
+        desired.get("version"),
+        desired.get("package"),
+        desired.get("config"),
+    ) != (promoted["spec"]["version"], promoted["package"], promoted["spec"].get("config", {})):
+        return False
+    instances = (state.get("instances") or {}).values()
+    spec = state.get("spec") or {}
+    return (
+        state.get("rollout") is None
+        and len(instances) == spec.get("instances")
+        and all(
+            i.get("phase") == "serving"
+            and i.get("running") == desired
+            and i.get("group", "stable") == "stable"
+            for i in instances
+        )
+    )
