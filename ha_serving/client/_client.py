@@ -93,8 +93,8 @@ class _Endpoint(Generic[C]):
         self.tier = 0
         """Preference: the lowest tier with a healthy endpoint is used (0 = nearest)."""
         self.weight = 100
-        """Share of traffic within its tier (its cluster's traffic weight); 0 = only
-        when nothing else in the tier is healthy."""
+        """Share of traffic within its tier (its cluster's traffic weight); 0 (a drained
+        cluster) = only when no weighted endpoint in any tier is healthy."""
 
 
 class _Core(Generic[C]):
@@ -165,6 +165,8 @@ class _Core(Generic[C]):
             fresh = [ep for ep in live if ep.address not in tried] or live
             now = self.clock()
             healthy = [ep for ep in fresh if ep.down_until <= now]
+            # a cluster drained to weight 0 is used only when no other is healthy
+            healthy = [ep for ep in healthy if ep.weight > 0] or healthy
             if healthy:  # the nearest tier that has a healthy endpoint; spill over by health
                 nearest = min(ep.tier for ep in healthy)
                 healthy = [ep for ep in healthy if ep.tier == nearest]

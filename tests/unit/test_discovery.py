@@ -215,6 +215,32 @@ def test_traffic_weights_share_a_tier_and_zero_weight_is_a_last_resort() -> None
         client.close()
 
 
+def test_a_drained_nearest_cluster_sends_its_clients_to_the_next_tier() -> None:
+    """The client's own cluster at weight 0 (drained before it is rolled) is skipped for
+    the next tier, and used again only if nothing weighted is healthy."""
+    import random
+
+    from ha_serving.client import Client
+
+    near, far = "127.0.102.1:1", "127.0.102.2:1"
+    client = Client([near, far], rng=random.Random(3))  # noqa: S311 - a seeded test RNG
+    try:
+        client.set_addresses([near, far], tiers={near: 0, far: 1}, weights={near: 0, far: 100})
+        core = client._core
+        deadline = core.deadline(5)
+        picks = set()
+        for _ in range(200):
+            ep, _ = core.begin(set(), deadline, 1)
+            core.end(ep)
+            picks.add(ep.address)
+        assert picks == {far}
+        core.endpoints[far].down_until = core.clock() + 60
+        ep, _ = core.begin(set(), deadline, 1)
+        assert ep.address == near
+    finally:
+        client.close()
+
+
 def test_discovery_reads_the_weight_label(store: Store, keeper: str) -> None:
     """An endpoint's ``weight`` label (set by its AppMaster from the placement) arrives."""
     store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {"weight": "25"}, ttl_s=30)
