@@ -768,3 +768,27 @@ def a_version_3_db_gains_the_release_columns(b: Backend) -> None:
 
 
 STORE_CHECKS += [operation_progress_and_commands, a_version_3_db_gains_the_release_columns]
+
+
+def fenced_writes_need_the_lease_at_the_writers_epoch(b: Backend) -> None:
+    """A leader paused between its last check and its write cannot write at its old
+    epoch: the fence is checked in the write's own transaction."""
+    store = b.connect()
+    first = store.acquire_lease(LEASE, "k1", 10)
+    assert first is not None
+    store.create_operation(_op())
+    store.add_instruction("a", "echo", "op-1@a", first.epoch, {}, fence=LEASE)
+    store.advance_operation("op-1", expected_version=1, epoch=first.epoch, step=1, fence=LEASE)
+    store.release_lease(first)
+    second = store.acquire_lease(LEASE, "k2", 10)
+    assert second is not None
+    assert second.epoch > first.epoch
+    with pytest.raises(LeaseLost):
+        store.add_instruction("a", "echo", "op-1@a", first.epoch, {}, fence=LEASE)
+    with pytest.raises(LeaseLost):
+        store.advance_operation("op-1", expected_version=2, epoch=first.epoch, step=2, fence=LEASE)
+    assert [i.epoch for i in store.list_instructions("a", "echo")] == [first.epoch]
+    assert store.get_operation("op-1").step == 1
+
+
+STORE_CHECKS.append(fenced_writes_need_the_lease_at_the_writers_epoch)

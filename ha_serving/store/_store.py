@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import (
     ConflictError,
+    LeaseLost,
     OperationFinished,
     StoreUnavailable,
     UnknownService,
@@ -44,6 +45,7 @@ from ha_serving.store._records import (
 from ha_serving.store._schema import (
     appmaster_state,
     events,
+    leases,
     migrate,
     operations,
     read_version,
@@ -246,10 +248,12 @@ class Store:
         error: str | None = None,
         epoch: int | None = None,
         progress: Mapping[str, Any] | None = None,
+        fence: str | None = None,
     ) -> OperationRecord:
         """Record progress if the row is still at ``expected_version``, else
         ``ConflictError``. Fields left None keep their value (so a recorded error survives
-        later status changes); ``epoch`` records the leader that made the progress."""
+        later status changes); ``epoch`` records the leader that made the progress, and
+        with ``fence`` (a lease name) the write needs that lease still at ``epoch``."""
         changes: dict[str, Any] = {
             "version": operations.c.version + 1,
             "updated_at": self._now_sql(),
@@ -265,6 +269,10 @@ class Store:
         if progress is not None:
             changes["progress"] = dict(progress)
         with self._tx() as conn:
+            if fence is not None:
+                if epoch is None:
+                    raise ValueError("a fenced write needs the writer's epoch")
+                self._fence(conn, fence, epoch)
             updated = conn.execute(
                 sa.update(operations)
                 .where(operations.c.op_id == op_id, operations.c.version == expected_version)
@@ -293,6 +301,18 @@ class Store:
             if updated.rowcount != 1:
                 raise OperationFinished(op_id, op.status)
             return op
+
+    def _fence(self, conn: Connection, lease: str, epoch: int) -> None:
+        """LeaseLost unless lease ``lease`` is at ``epoch`` (row locked until the commit,
+        so no takeover can slip between this check and the caller's write)."""
+        row = conn.execute(
+            sa.select(leases.c.holder, leases.c.epoch)
+            .where(leases.c.name == lease)
+            .with_for_update()
+        ).one_or_none()
+        if row is None or int(row.epoch) != epoch:
+            found = 0 if row is None else int(row.epoch)
+            raise LeaseLost(lease, f"the writer at epoch {epoch}", found)
 
     def _operation(self, conn: Connection, op_id: str) -> OperationRecord:
         row = conn.execute(sa.select(operations).where(operations.c.op_id == op_id)).one_or_none()
@@ -481,10 +501,23 @@ class Store:
             return _control.list_appmasters(conn, service)
 
     def add_instruction(
-        self, cluster: str, service: str, op_id: str, epoch: int, body: dict[str, Any]
+        self,
+        cluster: str,
+        service: str,
+        op_id: str,
+        epoch: int,
+        body: dict[str, Any],
+        *,
+        fence: str | None = None,
     ) -> int:
-        """Append an instruction for the AppMaster of (cluster, service); returns its id."""
+        """Append an instruction for the AppMaster of (cluster, service); returns its id.
+
+        With ``fence`` (a lease name), it is written only if that lease is still at
+        ``epoch``, in the same transaction (``LeaseLost`` otherwise): a leader that was
+        paused between its last check and this write cannot write at its old epoch."""
         with self._tx() as conn:
+            if fence is not None:
+                self._fence(conn, fence, epoch)
             return _control.add_instruction(
                 conn, self._now_sql(), cluster, service, op_id, epoch, body
             )
