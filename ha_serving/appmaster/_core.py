@@ -311,10 +311,10 @@ class AppMasterCore(ActionsMixin):
                 r = state.release
                 if r is not None and r.op_id == body["op"]:
                     promote = kind == "promote"
-                    rollout = Rollout(
+                    rollout = Rollout(  # an abort has nothing to roll back to
                         op_id=op_id,
                         kind=kind,
-                        from_rev=state.desired if promote else r.candidate,
+                        from_rev=state.desired if promote else None,
                         to_rev=r.candidate if promote else state.desired,
                         started_at=now,
                     )

@@ -14,6 +14,9 @@ from ha_serving.appmaster._core import AppMasterCore
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 
 RETRY_S = 0.5
+SILENCE_S = 3.0
+"""A Keeper silent this long (it beats every link period, ~0.3 s) is left for the next:
+a paused or partitioned Keeper keeps its TCP connection open, so only silence shows it."""
 
 
 class KeeperLink:
@@ -49,7 +52,18 @@ class KeeperLink:
         )
         async with grpc.aio.insecure_channel(keeper) as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
-            async for msg in stub.Instructions(request, metadata=self.metadata):
+            call = stub.Instructions(request, metadata=self.metadata)
+            while True:
+                try:
+                    msg = await asyncio.wait_for(call.read(), SILENCE_S)
+                except TimeoutError:
+                    call.cancel()
+                    self.core.log.warning("keeper %s silent for %.0fs: next", keeper, SILENCE_S)
+                    return
+                if msg is grpc.aio.EOF:
+                    return
+                if msg.id == 0:
+                    continue  # the Keeper's beat
                 await self.core.take_instruction(
                     msg.id, json.loads(msg.body_json), op_id=msg.op_id, epoch=msg.epoch
                 )
