@@ -8,7 +8,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
 from ha_serving.client import discovered_client
 from ha_serving.keeper import KeeperClient, KeeperError, keeper_status
-from ha_serving.store import Store
+from ha_serving.keeper._releases import cluster_body, instruction_op_id
+from ha_serving.store import EventRecord, Store
 from tests.integration.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
@@ -197,6 +198,155 @@ class ClusterLoad:
             t.join(10)
         self.discovery.stop()
         self.client.close()
+
+
+def _ensure_deployed(topo: infra.Topology, keeper: KeeperClient) -> None:
+    """Deploy `multi` unless an earlier test of the module did (so the test runs alone)."""
+    with Store.connect(topo.db.url) as store:
+        if all(store.load_appmaster_state(c, "multi") is not None for c in ("a", "b")):
+            return
+    op_id = keeper.deploy(_spec_json(), make_package(ECHO / "code").data, kind="deploy")
+    assert _wait_op(keeper, op_id)["status"] == "succeeded"
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> float:
+    """Poll ``check`` until it holds; return how long that took."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout_s, f"{what}: not within {timeout_s} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def _status_of(topo: infra.Topology, keeper_id: str) -> dict[str, Any]:
+    address = next(k.address for k in topo.keepers if k.id == keeper_id)
+    return keeper_status(address, token=topo.keeper_token(), timeout_s=1.0)
+
+
+def test_a_paused_leader_is_fenced_after_it_resumes(
+    mstack: infra.Topology, keeper: KeeperClient
+) -> None:
+    """SIGSTOP the leader mid-rollout, past its lease: another replica takes over at a
+    higher epoch and finishes the rollout, under load, >= 99.9 % answered. SIGCONT
+    the old leader: it acts as a follower (no instruction at its old epoch), and the
+    instruction its interrupted round would have sent, stamped with its old epoch, is
+    refused by the AppMaster, whose state keeps the new leader's epoch and revision.
+    (The Keeper's own writes are fenced in the store too, so the test writes that
+    instruction unfenced, to check the AppMaster's fence behind it.)
+    Prints the takeover time and the request figures."""
+    _ensure_deployed(mstack, keeper)
+    old_leader, old_epoch = _leader(mstack)
+    others = [k.id for k in mstack.keepers if k.id != old_leader]
+    config = {"prefix": "fenced", "reconfigure_delay_s": 1.0}  # ~2 s per cluster
+    with Store.connect(mstack.db.url) as store, ClusterLoad(mstack) as load:
+        _wait_for("load", lambda: len(load.results) >= 100, 30)
+        op_id = keeper.deploy(_spec_json(config=config), b"", kind="config")
+        _wait_for("rollout start", lambda: store.get_operation(op_id).status == "running", 60)
+        marks = {c: getattr(store.last_instruction(c, "multi"), "id", 0) for c in ("a", "b")}
+        infra.signal_keeper(mstack.run_dir, old_leader, signal.SIGSTOP)
+        paused = time.monotonic()
+        try:
+            successor: dict[str, Any] = {}
+
+            def taken_over() -> bool:
+                for k in others:
+                    view = _status_of(mstack, k)
+                    if view["alive"] and view["leader"] and view["epoch"] > old_epoch:
+                        successor.update(view)
+                        return True
+                return False
+
+            takeover_s = _wait_for("a successor's leadership", taken_over, 30)
+            new_leader, new_epoch = str(successor["id"]), int(successor["epoch"])
+
+            def highest_epoch(cluster: str) -> int:
+                found = store.load_appmaster_state(cluster, "multi")
+                return int(found[0]["highest_epoch"]) if found else 0
+
+            # the successor instructs b (the step after a): b's AppMaster sees its epoch
+            try:
+                seen_s = _wait_for(
+                    "b seeing the new epoch", lambda: highest_epoch("b") >= new_epoch, 30
+                )
+            except AssertionError:
+                now = store.now()
+                ages = {a.cluster: now - a.heartbeat_at for a in store.list_appmasters("multi")}
+                raise AssertionError(
+                    f"b never saw epoch {new_epoch} while {old_leader} was paused; seconds "
+                    f"since each AppMaster's link last beat: {ages} (growing with the pause: "
+                    f"the link's stream is stuck on the paused replica)"
+                ) from None
+        finally:
+            infra.signal_keeper(mstack.run_dir, old_leader, signal.SIGCONT)
+        resumed = time.monotonic()
+
+        # (a) the resumed replica is a follower of the successor, for several lease ticks
+        while time.monotonic() - resumed < 3.0:
+            view = _status_of(mstack, old_leader)
+            assert view["alive"], view
+            assert not view["leader"], f"{old_leader} acts as leader after resuming: {view}"
+            assert view["leader_id"] == new_leader, view
+            assert view["epoch"] == new_epoch, view
+            time.sleep(0.1)
+
+        # (b) what its interrupted round would have sent to b, at its old epoch: refused
+        op = store.get_operation(op_id)
+        target = next(t for t in op.plan["clusters"] if t["name"] == "b")
+        stale_op = instruction_op_id(op, "b")
+        stale_id = store.add_instruction(
+            "b", "multi", stale_op, old_epoch, cluster_body(op.plan, target)
+        )
+
+        def refusal() -> EventRecord | None:
+            return next(
+                (
+                    e
+                    for e in store.list_events(service="multi")
+                    if e.kind == "refused" and e.op_id == stale_op and e.epoch == old_epoch
+                ),
+                None,
+            )
+
+        _wait_for("the AppMaster's refusal", lambda: refusal() is not None, 30)
+        event = refusal()
+        assert event is not None
+        assert event.cluster == "b"
+        assert event.detail is not None
+        assert event.detail["highest_epoch"] >= new_epoch
+
+        # the rollout completes under the successor
+        done = _wait_op(keeper, op_id)
+        assert done["status"] == "succeeded", done
+        assert done["epoch"] == new_epoch
+        finished = time.monotonic()
+        _wait_for("b consuming the stale instruction", lambda: _consumed(store, "b", stale_id), 30)
+        for cluster in ("a", "b"):
+            found = store.load_appmaster_state(cluster, "multi")
+            assert found is not None
+            state = found[0]
+            assert state["desired"]["config"]["prefix"] == "fenced"
+            assert state["highest_epoch"] >= (new_epoch if cluster == "b" else old_epoch)
+            sent = store.list_instructions(cluster, "multi", after=marks[cluster])
+            late = [i for i in sent if i.epoch < new_epoch and i.id != stale_id]
+            assert late == [], f"instructions below epoch {new_epoch} after the pause: {late}"
+        assert _leader(mstack)[0] == new_leader
+    with load.lock:
+        outcomes = [o for _, o in load.results]
+        window = [o for t, o in load.results if paused <= t <= finished]
+    failed = [o for o in outcomes if o not in ("a", "b")]
+    print(
+        f"\nleader {old_leader} (epoch {old_epoch}) paused mid-rollout: {new_leader} led at "
+        f"epoch {new_epoch} after {takeover_s:.2f}s, b saw it {seen_s:.2f}s later; "
+        f"paused {resumed - paused:.2f}s; rollout done {finished - paused:.2f}s after the "
+        f"pause; {len(outcomes)} requests ({len(window)} from pause to done), "
+        f"{len(failed)} failed"
+    )
+    assert len(failed) <= len(outcomes) // 1000, failed[:10]
+
+
+def _consumed(store: Store, cluster: str, instruction_id: int) -> bool:
+    found = store.load_appmaster_state(cluster, "multi")
+    return found is not None and int(found[0]["last_instruction"]) >= instruction_id
 
 
 def test_cluster_loss_moves_traffic_and_the_service_returns_with_the_cluster(
