@@ -12,14 +12,12 @@ import json
 import logging
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,9 +31,21 @@ from ha_serving._errors import (
 )
 from ha_serving._settings import Settings
 from ha_serving.backend import make_package
+from ha_serving.cli._common import (
+    RunDir,
+    Timeout,
+    Wait,
+    err,
+    follow_op,
+    keepers,
+    out,
+    run_dir_of,
+    settings_for,
+)
+from ha_serving.cli._releases import bluegreen, canary, release_app
 from ha_serving.cli._services import ServiceOps, load_spec_file, start_appmaster
 from ha_serving.client import Client
-from ha_serving.keeper import KeeperClient, KeeperServer, RayJobSubmitter
+from ha_serving.keeper import KeeperServer, RayJobSubmitter
 from ha_serving.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -47,13 +57,11 @@ keeper_app = typer.Typer(no_args_is_help=True, help="Run, kill, pause or resume 
 app.add_typer(keeper_app, name="keeper")
 appmaster_app = typer.Typer(no_args_is_help=True, help="The serving job's entrypoint.")
 app.add_typer(appmaster_app, name="appmaster")
-release_app = typer.Typer(no_args_is_help=True, help="Releases (operations) across clusters.")
 app.add_typer(release_app, name="release")
+app.command()(canary)
+app.command()(bluegreen)
 db_app = typer.Typer(no_args_is_help=True, help="Kill or restart the private DB (drills).")
 app.add_typer(db_app, name="db")
-
-out = Console()
-err = Console(stderr=True)
 
 ClusterOpt = Annotated[str, typer.Option("--cluster", help="Cluster of the local stack.")]
 ViaCluster = Annotated[
@@ -62,22 +70,6 @@ ViaCluster = Annotated[
         "--cluster", help="Act on this cluster's AppMaster directly, not via the Keepers."
     ),
 ]
-RunDir = Annotated[
-    Path | None,
-    typer.Option("--run-dir", help="Stack directory (default: HA_SERVING_RUN_DIR or .run)."),
-]
-
-
-def _settings(run_dir: Path | None = None, **stack: object) -> Settings:
-    settings = Settings.from_env()
-    changes = {k: v for k, v in stack.items() if v is not None}
-    if run_dir is not None:
-        changes["run_dir"] = run_dir
-    return settings.with_stack(**changes) if changes else settings
-
-
-def _run_dir(run_dir: Path | None) -> Path:
-    return _settings(run_dir).stack.run_dir
 
 
 @app.command()
@@ -88,7 +80,7 @@ def up(
 ) -> None:
     """Start the DB, Redis and the local Ray clusters, and wait until all are alive."""
     # taken as text so a bad value gets the same one-line error as HA_SERVING_CLUSTERS
-    settings = _settings(run_dir, clusters=clusters or None, workers_per_cluster=workers or None)
+    settings = settings_for(run_dir, clusters=clusters or None, workers_per_cluster=workers or None)
     with err.status("starting the stack") as spinner:
         result = infra.up(settings, report=spinner.update)
     topo = result.topology
@@ -102,7 +94,7 @@ def up(
 @app.command()
 def down(run_dir: RunDir = None) -> None:
     """Stop exactly what `up` started, by process group, and remove the topology."""
-    path = _run_dir(run_dir)
+    path = run_dir_of(run_dir)
     with err.status("stopping the stack") as spinner:
         result = infra.down(path, report=spinner.update)
     if result.was_up:
@@ -122,7 +114,7 @@ def status(
     if service is not None:
         _service_status(service, cluster, run_dir, as_json=as_json)
         return
-    path = _run_dir(run_dir)
+    path = run_dir_of(run_dir)
     report = infra.status(path)
     if report is None:
         if as_json:
@@ -184,7 +176,7 @@ def _yes(flag: object) -> str:
 @node_app.command("kill")
 def node_kill(name: str, run_dir: RunDir = None) -> None:
     """SIGKILL a node (e.g. a-head, b-w1) and its Ray workers."""
-    n = infra.kill_node(_run_dir(run_dir), name)
+    n = infra.kill_node(run_dir_of(run_dir), name)
     out.print(f"killed {name} ({n} processes)")
 
 
@@ -192,14 +184,14 @@ def node_kill(name: str, run_dir: RunDir = None) -> None:
 def node_restart(name: str, run_dir: RunDir = None) -> None:
     """Start a killed node again (a head of a GCS-FT cluster recovers its state)."""
     with err.status(f"restarting {name}"):
-        node = infra.restart_node(_run_dir(run_dir), name)
+        node = infra.restart_node(run_dir_of(run_dir), name)
     out.print(f"{name} is back (pid {node.proc.pid})")
 
 
 @cluster_app.command("kill")
 def cluster_kill(name: str, run_dir: RunDir = None) -> None:
     """SIGKILL every node of one cluster; the others are untouched."""
-    n = infra.kill_cluster(_run_dir(run_dir), name)
+    n = infra.kill_cluster(run_dir_of(run_dir), name)
     out.print(f"killed cluster {name} ({n} processes)")
 
 
@@ -207,7 +199,7 @@ def cluster_kill(name: str, run_dir: RunDir = None) -> None:
 def cluster_restart(name: str, run_dir: RunDir = None) -> None:
     """Start every dead node of a cluster again, head first."""
     with err.status(f"restarting cluster {name}"):
-        infra.restart_cluster(_run_dir(run_dir), name)
+        infra.restart_cluster(run_dir_of(run_dir), name)
     out.print(f"cluster {name} is back")
 
 
@@ -238,14 +230,14 @@ def keeper_run(
 @db_app.command("kill")
 def db_kill(run_dir: RunDir = None) -> None:
     """SIGKILL the stack's private DB server (drill)."""
-    infra.kill_db(_run_dir(run_dir))
+    infra.kill_db(run_dir_of(run_dir))
     out.print("DB killed")
 
 
 @db_app.command("restart")
 def db_restart(run_dir: RunDir = None) -> None:
     """Start the killed private DB server again on its data."""
-    infra.restart_db(_run_dir(run_dir))
+    infra.restart_db(run_dir_of(run_dir))
     out.print("DB is back")
 
 
@@ -273,28 +265,28 @@ def appmaster_start(
 @keeper_app.command("kill")
 def keeper_kill(keeper_id: str, run_dir: RunDir = None) -> None:
     """SIGKILL one Keeper replica."""
-    infra.signal_keeper(_run_dir(run_dir), keeper_id, signal.SIGKILL)
+    infra.signal_keeper(run_dir_of(run_dir), keeper_id, signal.SIGKILL)
     out.print(f"killed keeper {keeper_id}")
 
 
 @keeper_app.command("pause")
 def keeper_pause(keeper_id: str, run_dir: RunDir = None) -> None:
     """SIGSTOP one Keeper replica (a frozen leader, as in a long GC pause)."""
-    infra.signal_keeper(_run_dir(run_dir), keeper_id, signal.SIGSTOP)
+    infra.signal_keeper(run_dir_of(run_dir), keeper_id, signal.SIGSTOP)
     out.print(f"paused keeper {keeper_id}")
 
 
 @keeper_app.command("resume")
 def keeper_resume(keeper_id: str, run_dir: RunDir = None) -> None:
     """SIGCONT a paused Keeper replica."""
-    infra.signal_keeper(_run_dir(run_dir), keeper_id, signal.SIGCONT)
+    infra.signal_keeper(run_dir_of(run_dir), keeper_id, signal.SIGCONT)
     out.print(f"resumed keeper {keeper_id}")
 
 
 @keeper_app.command("restart")
 def keeper_restart(keeper_id: str, run_dir: RunDir = None) -> None:
     """Start a killed Keeper replica again with its old command line."""
-    infra.restart_keeper(_run_dir(run_dir), keeper_id)
+    infra.restart_keeper(run_dir_of(run_dir), keeper_id)
     out.print(f"keeper {keeper_id} is back")
 
 
@@ -303,7 +295,7 @@ def keeper_restart(keeper_id: str, run_dir: RunDir = None) -> None:
 
 @contextlib.contextmanager
 def _ops(cluster: str, run_dir: Path | None) -> Iterator[ServiceOps]:
-    path = _run_dir(run_dir)
+    path = run_dir_of(run_dir)
     topo = infra.load(path.resolve())
     if topo is None:
         raise StackError(f"no stack is up in {path} (run `make up`)")
@@ -318,10 +310,6 @@ def _ops(cluster: str, run_dir: Path | None) -> Iterator[ServiceOps]:
     finally:
         ops.close()
         store.close()
-
-
-Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the rollout ends.")]
-Timeout = Annotated[float, typer.Option(help="Seconds to wait for the rollout.")]
 
 
 def _follow(ops: ServiceOps, service: str, ack: dict[str, object], timeout: float) -> None:
@@ -365,11 +353,11 @@ def deploy(
     `placement` names, or with --cluster straight onto one cluster's AppMaster."""
     spec, code = load_spec_file(spec_file)
     if cluster is None:
-        keeper = _keepers(run_dir)
+        keeper = keepers(run_dir)
         package = make_package(code).data
         op_id = keeper.deploy(spec.model_dump_json(), package, kind="deploy")
         if wait:
-            _follow_op(keeper, spec.name, op_id, timeout)
+            follow_op(keeper, spec.name, op_id, timeout)
         return
     with _ops(cluster, run_dir) as ops:
         ack = ops.deploy(spec, code)
@@ -444,7 +432,7 @@ def call(
         value = json.loads(payload)
     except json.JSONDecodeError as exc:
         raise InvalidSpec("--json", [str(exc)]) from None
-    path = _run_dir(run_dir)
+    path = run_dir_of(run_dir)
     topo = infra.load(path.resolve())
     if topo is None:
         raise StackError(f"no stack is up in {path} (run `make up`)")
@@ -457,16 +445,6 @@ def call(
     sys.stdout.write(json.dumps(reply) + "\n")
 
 
-def _keepers(run_dir: Path | None) -> KeeperClient:
-    path = _run_dir(run_dir)
-    topo = infra.load(path.resolve())
-    if topo is None:
-        raise StackError(f"no stack is up in {path} (run `make up`)")
-    if not topo.keepers:
-        raise StackError("this stack runs no Keepers; use --cluster")
-    return KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
-
-
 def _change_via_keepers(
     service: str,
     kind: str,
@@ -476,7 +454,7 @@ def _change_via_keepers(
     wait: bool,
     timeout: float,
 ) -> None:
-    keeper = _keepers(run_dir)
+    keeper = keepers(run_dir)
     current = keeper.get_service(service)
     spec = dict(current["spec"])
     package = b""
@@ -485,63 +463,7 @@ def _change_via_keepers(
     spec.update(changes)
     op_id = keeper.deploy(json.dumps(spec), package, kind=kind)
     if wait:
-        _follow_op(keeper, service, op_id, timeout)
-
-
-def _follow_op(keeper: KeeperClient, service: str, op_id: str, timeout: float) -> None:
-    """Show an operation's progress (clusters done of all) until it ends."""
-    out.print(f"accepted: {op_id}")
-    deadline = time.monotonic() + timeout
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-    ) as bar:
-        task = bar.add_task(f"{service} {op_id}", total=None)
-        while True:
-            op = next((o for o in keeper.operations(service) if o["op_id"] == op_id), None)
-            if op is not None:
-                clusters = [c["name"] for c in op["plan"]["clusters"]]
-                done = min(op["step"], len(clusters))
-                now_on = clusters[done] if done < len(clusters) else "-"
-                bar.update(
-                    task,
-                    total=len(clusters),
-                    completed=done,
-                    description=f"{service} {op['status']} (cluster {now_on})",
-                )
-                if op["status"] in ("succeeded", "failed", "superseded"):
-                    break
-            if time.monotonic() > deadline:
-                raise StackError(f"{op_id} did not finish within {timeout:.0f}s")
-            time.sleep(0.5)
-    out.print(f"{service}: {op_id} {op['status']}" + (f": {op['error']}" if op["error"] else ""))
-    if op["status"] != "succeeded":
-        raise typer.Exit(1)
-
-
-@release_app.command("status")
-def release_status(
-    service: Annotated[str, typer.Argument(help="Only this service's operations.")] = "",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    run_dir: RunDir = None,
-) -> None:
-    """Each operation's kind, clusters, step and status (from any Keeper)."""
-    ops = _keepers(run_dir).operations(service)
-    if as_json:
-        sys.stdout.write(json.dumps(ops, indent=2) + "\n")
-        return
-    table = Table(title="Releases")
-    for col in ("op", "kind", "status", "step", "clusters", "epoch", "error"):
-        table.add_column(col)
-    for o in ops:
-        names = ", ".join(c["name"] for c in o["plan"]["clusters"])
-        table.add_row(
-            o["op_id"], o["kind"], o["status"], str(o["step"]), names, str(o["epoch"]), o["error"]
-        )
-    out.print(table)
+        follow_op(keeper, service, op_id, timeout)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

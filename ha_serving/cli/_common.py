@@ -1,0 +1,105 @@
+"""What the CLI's command modules share: consoles, common options, the stack's
+Keepers, and following an operation to its end."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import infra
+from ha_serving._errors import StackError
+from ha_serving._settings import Settings
+from ha_serving.keeper import KeeperClient
+
+out = Console()
+err = Console(stderr=True)
+
+
+RunDir = Annotated[
+    Path | None,
+    typer.Option("--run-dir", help="Stack directory (default: HA_SERVING_RUN_DIR or .run)."),
+]
+
+Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the rollout ends.")]
+Timeout = Annotated[float, typer.Option(help="Seconds to wait for the rollout.")]
+
+
+def settings_for(run_dir: Path | None = None, **stack: object) -> Settings:
+    settings = Settings.from_env()
+    changes = {k: v for k, v in stack.items() if v is not None}
+    if run_dir is not None:
+        changes["run_dir"] = run_dir
+    return settings.with_stack(**changes) if changes else settings
+
+
+def run_dir_of(run_dir: Path | None) -> Path:
+    return settings_for(run_dir).stack.run_dir
+
+
+def keepers(run_dir: Path | None) -> KeeperClient:
+    path = run_dir_of(run_dir)
+    topo = infra.load(path.resolve())
+    if topo is None:
+        raise StackError(f"no stack is up in {path} (run `make up`)")
+    if not topo.keepers:
+        raise StackError("this stack runs no Keepers; use --cluster")
+    return KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
+
+
+def follow_op(keeper: KeeperClient, service: str, op_id: str, timeout: float) -> None:
+    """Show an operation's progress until it ends: clusters done of all for a rolling
+    one; step, candidate weight and the last analysis for a canary or blue-green."""
+    out.print(f"accepted: {op_id}")
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task(f"{service} {op_id}", total=None)
+        while True:
+            op = next((o for o in keeper.operations(service) if o["op_id"] == op_id), None)
+            if op is not None:
+                total, done, where = progress_of(op)
+                bar.update(
+                    task,
+                    total=total,
+                    completed=done,
+                    description=f"{service} {op['status']} ({where})",
+                )
+                if op["status"] not in ("pending", "running"):
+                    break
+            if time.monotonic() > deadline:
+                raise StackError(f"{op_id} did not finish within {timeout:.0f}s")
+            time.sleep(0.5)
+    out.print(f"{service}: {op_id} {op['status']}" + (f": {op['error']}" if op["error"] else ""))
+    if op["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def progress_of(op: dict[str, Any]) -> tuple[int, int, str]:
+    """(steps, steps done, where it is) of an operation as the Keepers report it."""
+    release = op["plan"].get("release")
+    if release is None:
+        clusters = [c["name"] for c in op["plan"]["clusters"]]
+        done = min(op["step"], len(clusters))
+        return len(clusters), done, f"cluster {clusters[done] if done < len(clusters) else '-'}"
+    progress = op.get("progress") or {}
+    steps = len(release["steps"])
+    where = f"candidate weight {progress.get('weight', 0)}%"
+    if progress.get("ending"):
+        where += f", {progress['ending']}: {progress.get('reason', '')}"
+    elif op.get("command") == "pause":
+        where += ", paused"
+    checks = progress.get("checks") or []
+    if checks:
+        last = checks[-1]
+        where += f", last check {last['verdict']}"
+    return steps + 1, min(op["step"], steps + 1), where
