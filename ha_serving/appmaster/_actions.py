@@ -27,6 +27,7 @@ from ha_serving.appmaster._planner import (
     successor,
 )
 from ha_serving.appmaster._state import (
+    MAX_RETIRED_WORKERS,
     Group,
     Instance,
     JobState,
@@ -156,6 +157,14 @@ class ActionsMixin:
         await self.runtime.create(self._worker_actor(name, state))
 
     async def _stop_worker(self, name: str) -> None:
+        # recorded first: from now on no new instance may be placed on this name
+        await self._mutate(
+            lambda s: s.model_copy(
+                update={
+                    "retired_workers": (*s.retired_workers, name)[-MAX_RETIRED_WORKERS:],
+                }
+            )
+        )
         await self.runtime.kill(name)
         await self._mutate(
             lambda s: s.model_copy(

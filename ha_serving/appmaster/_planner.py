@@ -142,12 +142,16 @@ def proxy_names(state: JobState) -> list[str]:
 
 
 def worker_name(state: JobState, index: int) -> str:
-    """The worker hosting instance ``index``: its slot's current worker, if it has one."""
+    """The worker hosting instance ``index``: its slot's current worker, if it has one,
+    else a name no stopped worker had (see ``JobState.retired_workers``)."""
     per = state.spec.instances_per_worker
     for inst in state.instances.values():
         if inst.index // per == index // per:
             return inst.worker
-    return f"{state.service}-w{index // per}"
+    name = f"{state.service}-w{index // per}"
+    while name in state.retired_workers:
+        name = successor(name)
+    return name
 
 
 def successor(worker: str) -> str:
@@ -179,11 +183,14 @@ def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
         actions.append(MarkLost(lost))
 
     # 3. instance count follows the spec (and the release's groups)
-    actions += _scale(state)
+    scale = _scale(state)
+    actions += scale
     actions += _assign(state)
 
-    # 4. workers that hosted instances must run; empty ones stop
-    needed = {i.worker for i in state.instances.values()}
+    # 4. workers that host instances (or are about to) must run; empty ones stop
+    needed = {i.worker for i in state.instances.values()} | {
+        i.worker for a in scale if isinstance(a, CreateInstances) for i in a.instances
+    }
     for name in sorted(needed):
         if observed.workers.get(name) is None:
             actions.append(StartWorker(name))

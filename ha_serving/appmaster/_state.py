@@ -196,6 +196,10 @@ class JobState(_Frozen):
     link resumes after it."""
     release: Release | None = None
     """A canary or blue-green release in progress."""
+    retired_workers: tuple[str, ...] = ()
+    """Worker actors this AppMaster stopped (newest last, bounded): their names are never
+    used again, since proxies cache actor handles by name and a call on the dead actor's
+    handle fails after it may have started (it could not be retried)."""
     cluster_weight: int | None = None
     """The Keeper's override of this cluster's traffic weight (None: the placement's),
     e.g. 0 while the cluster is drained before it is rolled."""
@@ -283,6 +287,7 @@ def end_release(state: JobState, *, promote: bool) -> JobState:
 
 MAX_HISTORY = 20
 MAX_APPLIED_OPS = 200
+MAX_RETIRED_WORKERS = 1000
 
 
 def finish_rollout(state: JobState, status: str, now: float | None = None) -> JobState:

@@ -271,6 +271,13 @@ def test_scale_up_and_down_packs_workers_and_stops_empty_ones(h: Harness) -> Non
         await h.converge()
         assert sorted(r.instance_id for r in await h.call_all()) == ["echo-0", "echo-1", "echo-2"]
         assert sorted(n for n in h.runtime.actors if "-w" in n) == ["echo-w0", "echo-w1"]
+        # back up: the stopped workers' names are never used again (proxies may still
+        # hold handles to the dead actors under those names)
+        await h.deploy(spec(instances=9), "echo_v1", "op-4", kind="scale")
+        await h.converge()
+        assert len(await h.call_all()) == 9
+        live = sorted(n for n in h.runtime.actors if "-w" in n)
+        assert live == ["echo-w0", "echo-w1", "echo-w2-r1", "echo-w3-r1", "echo-w4-r1"]
 
     run(scenario())
 
