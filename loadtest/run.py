@@ -51,6 +51,8 @@ class Scenario:
     max_unavailable: int = 25
     change: dict[str, Any] = field(default_factory=lambda: {"config": {"prefix": "v2"}})
     kind: str = "config"
+    options: dict[str, Any] = field(default_factory=dict)
+    """The operation's options (canary steps and pauses, blue-green window, analysis)."""
     slo: float = 0.999
     deadline_s: float = 2.0
 
@@ -63,6 +65,33 @@ SCENARIOS = {
     # 50 -> 500 instances under load: the change multiplies every cluster's count by 10
     "scale-50-500": Scenario(
         instances=50, per_worker=25, kind="scale", change={"scale_factor": 10}
+    ),
+    # 5 of each cluster's 50 instances run the candidate; its share of traffic goes
+    # 10% -> 50% -> 100%, 10 s each, judged every 2 s, then it is promoted everywhere
+    "canary-100": Scenario(
+        instances=100,
+        per_worker=10,
+        max_unavailable=10,
+        min_requests=10_000,
+        kind="canary",
+        change={"config": {"prefix": "canary"}},
+        options={
+            "steps": [10, 50, 100],
+            "pause_s": 10,
+            "canary_instances": 5,
+            "analysis": {"interval_s": 2, "min_requests": 20},
+        },
+    ),
+    # a second full set of 100 (green) beside blue, the switch, a 10 s rollback window
+    # with blue warm, then blue retires
+    "blue-green-100": Scenario(
+        instances=100,
+        per_worker=10,
+        max_unavailable=10,
+        min_requests=10_000,
+        kind="blue_green",
+        change={"config": {"prefix": "green"}},
+        options={"pause_s": 10, "analysis": {"interval_s": 2, "min_requests": 20}},
     ),
 }
 
@@ -123,7 +152,7 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
         _wait_records(raw, 1000, deadline, minimum_s=sc.warmup_s)
         changed = _changed(spec, sc)
         update_start = time.time()
-        op = keeper.deploy(json.dumps(changed), b"", kind=sc.kind)
+        op = keeper.deploy(json.dumps(changed), b"", kind=sc.kind, options=sc.options)
         print(f"[loadtest] {sc.kind} update {op} started", flush=True)
         status = _wait_op(keeper, op, deadline, what="the update")
         update_end = time.time()
@@ -140,9 +169,7 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
         clusters=len(clusters),
         users=sc.users,
         deadline_s=sc.deadline_s,
-        update=(f"{sc.kind} from {sc.instances} instances" if sc.kind == "scale" else sc.kind)
-        + f", max_unavailable {sc.max_unavailable} per cluster, "
-        f"clusters one at a time, status {status}",
+        update=_describe(sc, status),
         update_start=update_start,
         update_end=update_end,
         update_duration_s=update_end - update_start,
@@ -152,6 +179,29 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
         sla["passed"] = False
     report.write(out, sla, records)
     return sla
+
+
+def _describe(sc: Scenario, status: str) -> str:
+    """The change, as the report states it."""
+    if sc.kind == "canary":
+        o = sc.options
+        return (
+            f"canary: {o['canary_instances']} instances per cluster, traffic steps "
+            f"{o['steps']} % held {o['pause_s']} s each, analysed every "
+            f"{o['analysis']['interval_s']} s, then promoted in place "
+            f"(max_unavailable {sc.max_unavailable}), status {status}"
+        )
+    if sc.kind == "blue_green":
+        return (
+            f"blue-green: a second full set of {sc.instances} instances, the switch, "
+            f"{sc.options['pause_s']} s rollback window with blue warm, then blue retired, "
+            f"status {status}"
+        )
+    what = f"{sc.kind} from {sc.instances} instances" if sc.kind == "scale" else sc.kind
+    return (
+        f"{what}, max_unavailable {sc.max_unavailable} per cluster, "
+        f"clusters one at a time, status {status}"
+    )
 
 
 def _changed(spec: dict[str, Any], sc: Scenario) -> dict[str, Any]:
@@ -233,7 +283,7 @@ def _wait_records(raw: Path, target: int, deadline: float, *, minimum_s: float) 
 def _wait_op(keeper: KeeperClient, op_id: str, deadline: float, *, what: str) -> str:
     while time.monotonic() < deadline:
         for op in keeper.operations(SERVICE):
-            if op["op_id"] == op_id and op["status"] in ("succeeded", "failed", "superseded"):
+            if op["op_id"] == op_id and op["status"] not in ("pending", "running"):
                 return str(op["status"])
         time.sleep(1.0)
     raise TimeoutError(f"{what} did not finish in time")
