@@ -33,9 +33,11 @@ demo: up
 	$(BIN)/ha-serving call echo echo --json '{"hello": "world"}'
 	$(BIN)/ha-serving status echo --cluster a
 
-## test: unit + integration tests (real MariaDB, real Ray clusters)
+## test: unit + integration tests (real MariaDB, real Ray clusters), then the 500-instance
+## rolling-update load test against its SLO (its report summary ends the output)
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory loadtest SCENARIO=rolling-update-500
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -145,9 +145,11 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
             return []
         if progress.get("step") != op.step:  # it just took effect everywhere: start its clock
             return [Progress({**progress, "step": op.step, "weight": weight, "step_at": now})]
+        if op.command == "pause":
+            return []  # held, even before the candidate's first traffic
         if op.step == 0:
             return [Advance(1)]
-        if op.command == "pause" or now - float(progress["step_at"]) < release["pause_s"]:
+        if now - float(progress["step_at"]) < release["pause_s"]:
             return []
         if op.step >= len(release["steps"]):
             return [Progress({**progress, "ending": "promote", "reason": "every step passed"})]

@@ -208,10 +208,12 @@ def test_operator_pause_resume_promote_and_abort(cp: ControlPlane) -> None:
         await _deployed(cp)
         op_id = cp.deploy("v2", "canary", steps=[10, 50, 100], pause_s=0)
         command(cp.store, op_id, "pause")
-        await cp.pump(lambda: cp.op(op_id).step == 1 and bool(cp.op(op_id).progress.get("step")))
-        for _ in range(5):  # paused: the step does not move however long it is held
+        # the candidate comes up, but a paused release sends it no traffic
+        await cp.pump(lambda: (cp.op(op_id).progress or {}).get("step") == 0)
+        for _ in range(5):
             await cp.pump(lambda: True)
-        assert cp.op(op_id).step == 1
+        assert cp.op(op_id).step == 0
+        assert {t.candidate_weight for t in cp.tables("a")} == {0}
         command(cp.store, op_id, "resume")
         await cp.pump(lambda: cp.op(op_id).step == 2)
         command(cp.store, op_id, "promote")
