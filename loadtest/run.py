@@ -86,7 +86,7 @@ SCENARIOS = {
     # with blue warm, then blue retires
     "blue-green-100": Scenario(
         instances=100,
-        per_worker=10,
+        per_worker=25,
         max_unavailable=10,
         min_requests=10_000,
         kind="blue_green",

@@ -137,10 +137,6 @@ Action = (
 )
 
 
-STARTS_WHILE_SERVING = 2
-"""Worker actors started per round while the service has serving instances."""
-
-
 def proxy_names(state: JobState) -> list[str]:
     return [f"{state.service}-p{k}" for k in range(state.spec.proxies)]
 
@@ -195,12 +191,7 @@ def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
     needed = {i.worker for i in state.instances.values()} | {
         i.worker for a in scale if isinstance(a, CreateInstances) for i in a.instances
     }
-    starts = [StartWorker(n) for n in sorted(needed) if observed.workers.get(n) is None]
-    if state.serving():
-        # a worker process's start costs ~1 CPU-second: many at once starve the ones
-        # serving traffic on a small machine, so under load they start a few per round
-        starts = starts[:STARTS_WHILE_SERVING]
-    actions += starts
+    actions += [StartWorker(n) for n in sorted(needed) if observed.workers.get(n) is None]
     actions += [StopWorker(w) for w, v in observed.workers.items() if v and w not in needed]
     actions += _replace(state, observed, lost)
 

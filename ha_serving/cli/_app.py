@@ -63,6 +63,10 @@ app.command()(bluegreen)
 db_app = typer.Typer(no_args_is_help=True, help="Kill or restart the private DB (drills).")
 app.add_typer(db_app, name="db")
 
+Drain = Annotated[
+    bool,
+    typer.Option(help="Through the Keepers: take each cluster's traffic weight to 0 first."),
+]
 ClusterOpt = Annotated[str, typer.Option("--cluster", help="Cluster of the local stack.")]
 ViaCluster = Annotated[
     str | None,
@@ -372,6 +376,7 @@ def update(
     code: Annotated[Path | None, typer.Option(help="Directory with the new code.")] = None,
     version: Annotated[str | None, typer.Option(help="Version of the new code.")] = None,
     cluster: ViaCluster = None,
+    drain: Drain = False,
     wait: Wait = True,
     timeout: Timeout = 300.0,
     run_dir: RunDir = None,
@@ -390,8 +395,12 @@ def update(
     if not changes:
         raise InvalidSpec("update", ["nothing to update: give --config or --code/--version"])
     kind = "code" if code else "config"
+    if drain and cluster is not None:
+        raise InvalidSpec("update", ["--drain moves traffic between clusters: not with --cluster"])
     if cluster is None:
-        _change_via_keepers(service, kind, changes, run_dir, wait=wait, timeout=timeout)
+        _change_via_keepers(
+            service, kind, changes, run_dir, wait=wait, timeout=timeout, drain=drain
+        )
         return
     with _ops(cluster, run_dir) as ops:
         ack = ops.change(service, kind=kind, **changes)
@@ -453,6 +462,7 @@ def _change_via_keepers(
     *,
     wait: bool,
     timeout: float,
+    drain: bool = False,
 ) -> None:
     keeper = keepers(run_dir)
     current = keeper.get_service(service)
@@ -461,7 +471,8 @@ def _change_via_keepers(
     if "code" in changes:
         package = make_package(changes.pop("code")).data
     spec.update(changes)
-    op_id = keeper.deploy(json.dumps(spec), package, kind=kind)
+    options = {"drain": True} if drain else None
+    op_id = keeper.deploy(json.dumps(spec), package, kind=kind, options=options)
     if wait:
         follow_op(keeper, service, op_id, timeout)
 

@@ -94,17 +94,22 @@ class Load:
         )
         self.stop = threading.Event()
         self.results: list[tuple[float, str]] = []
+        self.clusters: list[str] = []
+        """The cluster that answered each call of ``results`` ("" for a failure)."""
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def _run(self) -> None:
         while not self.stop.is_set():
+            cluster = ""
             try:
-                outcome = str(self.client.call(SERVICE, "echo", "x", timeout=5.0)["prefix"])
+                reply = self.client.call_raw(SERVICE, "echo", b'"x"', timeout=5.0)
+                outcome, cluster = str(json.loads(reply.payload)["prefix"]), reply.cluster
             except CallError as exc:
                 outcome = exc.code
             with self.lock:
                 self.results.append((time.monotonic(), outcome))
+                self.clusters.append(cluster)
 
     def since(self, t: float) -> list[str]:
         with self.lock:
@@ -267,3 +272,45 @@ def test_blue_green_from_the_cli_switches_then_flips_back_and_forward(
     )
     when = [f"{o} at {t - started:.1f}s" for t, o in load.results if o in failures]
     assert failures == [], when[:20]
+
+
+def test_a_drained_rolling_update_moves_traffic_off_each_cluster_in_turn(
+    rstack: infra.Topology, keeper: KeeperClient, tmp_path: Path
+) -> None:
+    """`update --drain`: cluster a's traffic weight goes to 0 before it is rolled (the
+    clients answer from b alone), then back; then b's. No call fails."""
+    cli = CliRunner()
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"prefix": "drained", "reconfigure_delay_s": 0.5}))
+    before = _current_prefix(keeper)
+    with Load(rstack) as load:
+        started = len(load.results)
+        result = cli.invoke(
+            app,
+            ["update", SERVICE, "--config", str(config), "--drain", "--run-dir",
+             str(rstack.run_dir)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        done = time.monotonic()
+        _wait("calls after", lambda: len(load.since(done + 0.5)) >= 200)
+        with load.lock:
+            outcomes = [o for _, o in load.results[started:]]
+            clusters = load.clusters[started:]
+    failures = [o for o in outcomes if o not in (before, "drained")]
+    # the longest run of consecutive answers from one cluster alone, per cluster
+    runs = {"a": 0, "b": 0}
+    current, length = "", 0
+    for c in clusters:
+        length = length + 1 if c == current else 1
+        current = c
+        if c in runs:
+            runs[c] = max(runs[c], length)
+    print(
+        f"\ndrained update: {len(outcomes)} calls, {len(failures)} failed; longest run of "
+        f"answers from one cluster alone: a {runs['a']}, b {runs['b']} (4 threads, no "
+        f"cluster preference: without a drain such runs stay short)"
+    )
+    assert failures == []
+    assert min(runs.values()) >= 100  # each cluster carried the traffic alone a while
+    assert load.since(done + 0.5)
+    assert set(load.since(done + 0.5)) == {"drained"}

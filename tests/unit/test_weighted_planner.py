@@ -74,11 +74,10 @@ class Cluster:
                 "candidate": NEW,
             }
             self.caught_up = same and self.caught_up  # a weight change is immediate
-        elif body["kind"] in ("promote", "abort"):
-            if self.release is not None:
-                self.release = None
-                self.desired = NEW if body["kind"] == "promote" else self.desired
-                self.caught_up = False
+        elif body["kind"] in ("promote", "abort") and self.release is not None:
+            self.release = None
+            self.desired = NEW if body["kind"] == "promote" else self.desired
+            self.caught_up = False
         self.history.append({"op_id": op_id, "status": "applied"})
 
     def fail_candidate(self, start_op_id: str) -> None:
@@ -223,9 +222,10 @@ class WeightedReleaseMachine(RuleBasedStateMachine):
         if self.op.status == "succeeded":
             assert self.ending == "promote"
             assert all(v["desired"] == NEW and v["release"] is None for v in views)
-            assert int((self.op.progress or {}).get("failed_checks", 0)) < MAX_FAILED or (
-                self.op.progress or {}
-            ).get("reason") != "every step passed"
+            assert (
+                int((self.op.progress or {}).get("failed_checks", 0)) < MAX_FAILED
+                or (self.op.progress or {}).get("reason") != "every step passed"
+            )
         elif self.op.status == "failed":  # a cluster rolled the promotion back
             assert self.ending == "promote"
             assert any(v["desired"] == OLD for v in views)
