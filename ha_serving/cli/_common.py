@@ -102,4 +102,5 @@ def progress_of(op: dict[str, Any]) -> tuple[int, int, str]:
     if checks:
         last = checks[-1]
         where += f", last check {last['verdict']}"
-    return steps + 1, min(op["step"], steps + 1), where
+    done = steps + 1 if op["status"] == "succeeded" else min(op["step"], steps + 1)
+    return steps + 1, done, where

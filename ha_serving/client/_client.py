@@ -118,6 +118,9 @@ class _Core(Generic[C]):
         self.lock = threading.Lock()
         self._open = open_channel
         self.endpoints: dict[str, _Endpoint[C]] = {}
+        self.has_endpoints = threading.Event()
+        """Set while there is an endpoint: a call made before discovery's first answer
+        waits for it (within its deadline) instead of failing at once."""
         self.replace(addresses)
 
     def replace(
@@ -142,6 +145,10 @@ class _Core(Generic[C]):
                 ep.retired = True
                 if ep.active == 0:
                     closable.append(ep)
+            if self.endpoints:
+                self.has_endpoints.set()
+            else:
+                self.has_endpoints.clear()
             return closable
 
     def request(
@@ -156,12 +163,14 @@ class _Core(Generic[C]):
     def begin(self, tried: set[str], deadline: float, attempt: int) -> tuple[_Endpoint[C], float]:
         """Choose the endpoint for this attempt and count the call on it."""
         remaining = deadline - self.clock()
-        if remaining <= 0:
-            raise CallError("DEADLINE_EXCEEDED", f"deadline passed after {attempt - 1} attempts")
         with self.lock:
             live = list(self.endpoints.values())
             if not live:
                 raise CallError("UNAVAILABLE", "the client has no endpoint to call")
+            if remaining <= 0:
+                raise CallError(
+                    "DEADLINE_EXCEEDED", f"deadline passed after {attempt - 1} attempts"
+                )
             fresh = [ep for ep in live if ep.address not in tried] or live
             now = self.clock()
             healthy = [ep for ep in fresh if ep.down_until <= now]
@@ -296,6 +305,7 @@ class Client:
         core = self._core
         request = core.request(service, method, payload, metadata)
         deadline = core.deadline(timeout)
+        core.has_endpoints.wait(max(0.0, deadline - core.clock()))
         tried: set[str] = set()
         attempt = 0
         while True:
@@ -394,6 +404,8 @@ class AsyncClient:
         core = self._core
         request = core.request(service, method, payload, metadata)
         deadline = core.deadline(timeout)
+        while not core.has_endpoints.is_set() and core.clock() < deadline:
+            await asyncio.sleep(0.02)  # discovery's first answer (set from its thread)
         tried: set[str] = set()
         attempt = 0
         while True:

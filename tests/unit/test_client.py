@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 
@@ -155,7 +156,33 @@ def test_endpoints_are_replaceable_and_an_empty_list_fails_clearly(serving: Stac
         assert client.call("echo", "version") == "v1"
         client.set_addresses([])
         with pytest.raises(CallError, match="no endpoint"):
-            client.call("echo", "version")
+            client.call("echo", "version", timeout=0.2)
+
+
+def test_a_call_before_discovery_answers_waits_for_the_first_endpoints(
+    serving: Stack,
+) -> None:
+    """A client made empty (discovery not answered yet) waits within the call's deadline
+    for its first endpoints instead of failing at once; so does the async one."""
+    with Client([], settings=FAST) as client:
+        threading.Timer(0.3, client.set_addresses, args=([serving.address],)).start()
+        started = time.monotonic()
+        assert client.call("echo", "version", timeout=5) == "v1"
+        assert 0.25 < time.monotonic() - started < 3
+
+    async def scenario() -> object:
+        async with AsyncClient([], settings=FAST) as client:
+
+            async def discovered() -> None:
+                await asyncio.sleep(0.3)
+                await client.set_addresses([serving.address])
+
+            later = asyncio.ensure_future(discovered())
+            answer = await client.call("echo", "version", timeout=5)
+            await later
+            return answer
+
+    assert asyncio.run(scenario()) == "v1"
 
 
 def test_async_client_retries_safe_failures_like_the_blocking_one(
