@@ -173,9 +173,10 @@ class KeeperSettings(_Group):
     """How often a Watch stream re-reads a service's endpoints; bounds how stale a
     client's view is after a proxy appears or its lease lapses."""
 
-    watch_keepalive_s: float = Field(default=10.0, gt=0)
+    watch_keepalive_s: float = Field(default=2.0, gt=0)
     """A Watch stream re-sends an unchanged list this often, so clients notice a dead
-    stream (and switch Keeper) without a change having to happen."""
+    or silent stream (``Discovery``'s ``silence_s``, 6 s) and switch Keeper without a
+    change having to happen."""
 
     link_period_s: float = Field(default=0.3, gt=0, le=10)
     """How often an AppMaster's link re-reads its instructions and heartbeats: bounds the

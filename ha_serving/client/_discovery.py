@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ class Discovery:
         on_change: Callable[[list[EndpointInfo]], None],
         cache_dir: Path | None = None,
         retry_s: float = 0.5,
+        silence_s: float = 6.0,
     ) -> None:
         if not keepers:
             raise ValueError("discovery needs at least one Keeper address")
@@ -70,6 +72,10 @@ class Discovery:
         self._on_change = on_change
         self._cache = cache_dir / f"{service}.endpoints.json" if cache_dir else None
         self._retry_s = retry_s
+        self._silence_s = silence_s
+        """A Watch stream silent this long is left for the next Keeper (Keepers resend
+        the list every ``watch_keepalive_s``): a paused or partitioned Keeper keeps its
+        TCP connection open, so only silence shows it."""
         self._stop = threading.Event()
         self._current: list[EndpointInfo] = self._load_cache()
         self._call: Any = None
@@ -117,20 +123,38 @@ class Discovery:
             )
             with self._lock:
                 self._call = call
-            for message in call:
-                self._offer(
-                    [
-                        EndpointInfo(
-                            e.address,
-                            e.cluster,
-                            e.labels.get("zone", ""),
-                            _int(e.labels.get("weight"), 100),
-                        )
-                        for e in message.endpoints
-                    ]
-                )
-                if self._stop.is_set():
-                    return
+            heard = [time.monotonic()]
+            ended = threading.Event()
+
+            def watchdog() -> None:
+                while not ended.wait(min(0.5, self._silence_s / 4)):
+                    if time.monotonic() - heard[0] > self._silence_s:
+                        log.info("watch on %s silent for %.0fs: next", keeper, self._silence_s)
+                        call.cancel()
+                        return
+
+            threading.Thread(target=watchdog, name=f"watchdog-{self.service}", daemon=True).start()
+            try:
+                self._receive(call, heard)
+            finally:
+                ended.set()
+
+    def _receive(self, call: Any, heard: list[float]) -> None:
+        for message in call:
+            heard[0] = time.monotonic()
+            self._offer(
+                [
+                    EndpointInfo(
+                        e.address,
+                        e.cluster,
+                        e.labels.get("zone", ""),
+                        _int(e.labels.get("weight"), 100),
+                    )
+                    for e in message.endpoints
+                ]
+            )
+            if self._stop.is_set():
+                return
 
     def _offer(self, endpoints: list[EndpointInfo]) -> None:
         if not endpoints and self._current:

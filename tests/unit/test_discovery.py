@@ -186,6 +186,48 @@ def test_client_prefers_the_nearest_healthy_tier_and_spills_over() -> None:
         client.close()
 
 
+class SilentKeeper(keeper_pb2_grpc.KeeperServicer):
+    """Answers a Watch once, then says nothing with the stream left open: what a paused
+    (SIGSTOPed) or partitioned Keeper looks like to a client."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def Watch(self, request: object, context: object) -> Iterator[keeper_pb2.Endpoints]:  # noqa: N802, ARG002 - gRPC's names
+        yield keeper_pb2.Endpoints(
+            service="echo", endpoints=[keeper_pb2.Endpoint(address="127.0.9.9:1", cluster="z")]
+        )
+        self.release.wait(30)
+
+
+def test_a_silent_keeper_is_left_for_the_next_one(store: Store, keeper: str) -> None:
+    """The first Keeper's Watch goes silent with its connection open; after silence_s
+    the client moves to the next Keeper and gets the live list from it."""
+    from concurrent import futures
+
+    silent = SilentKeeper()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    keeper_pb2_grpc.add_KeeperServicer_to_server(silent, server)  # type: ignore[no-untyped-call]
+    server.add_insecure_port("127.0.102.7:9451")
+    server.start()
+    try:
+        store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {}, ttl_s=30)
+        seen = Seen()
+        d = Discovery(
+            "echo", ["127.0.102.7:9451", keeper], token=TOKEN, on_change=seen, silence_s=1.0
+        ).start()
+        try:
+            _wait("the silent Keeper's one answer", lambda: seen.last == ["127.0.9.9:1"])
+            started = time.monotonic()
+            _wait("the next Keeper's list", lambda: seen.last == ["127.0.1.2:5000"])
+            assert 0.9 < time.monotonic() - started < 5
+        finally:
+            d.stop()
+    finally:
+        silent.release.set()
+        server.stop(0)
+
+
 def test_traffic_weights_share_a_tier_and_zero_weight_is_a_last_resort() -> None:
     """Within one tier, picks follow the clusters' weights (3:1); a weight-0 endpoint is
     used only when no weighted one is healthy."""
