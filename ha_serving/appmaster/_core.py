@@ -364,32 +364,24 @@ class AppMasterCore(ActionsMixin):
                     spec, body["package"], op_id=op_id, epoch=epoch, kind=body.get("kind", "deploy")
                 )
                 outcome = "duplicate" if ack["duplicate"] else "applied"
-        except InvalidSpec as exc:  # cannot be carried out here: consumed, and said so
-            self.log.warning("rejected instruction %s: %s", op_id, exc)
+        except (InvalidSpec, StaleInstruction) as exc:
+            # cannot be carried out here (rejected) or comes from a stale leader (refused):
+            # consumed all the same, and said so in the log and the audit trail
+            detail: dict[str, Any]
+            if isinstance(exc, StaleInstruction):
+                outcome, detail = "refused", {"highest_epoch": exc.highest}
+            else:
+                outcome, detail = "rejected", {"error": str(exc)}
+            self.log.warning("%s instruction %s: %s", outcome, op_id, exc)
             await asyncio.to_thread(
                 self.store.append_event,
-                "rejected",
+                outcome,
                 cluster=self.cluster,
                 service=self.service,
                 op_id=op_id,
                 epoch=epoch,
-                detail={"error": str(exc)},
+                detail=detail,
             )
-            outcome = "rejected"
-            if self.state is None:
-                return outcome
-        except StaleInstruction as exc:
-            self.log.warning("refused instruction %s: %s", op_id, exc)
-            await asyncio.to_thread(
-                self.store.append_event,
-                "refused",
-                cluster=self.cluster,
-                service=self.service,
-                op_id=op_id,
-                epoch=epoch,
-                detail={"highest_epoch": exc.highest},
-            )
-            outcome = "refused"
             if self.state is None:
                 return outcome
         await self._mutate(

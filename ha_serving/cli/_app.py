@@ -18,7 +18,6 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import infra
@@ -39,6 +38,7 @@ from ha_serving.cli._common import (
     follow_op,
     keepers,
     out,
+    progress_bar,
     run_dir_of,
     settings_for,
 )
@@ -318,13 +318,7 @@ def _ops(cluster: str, run_dir: Path | None) -> Iterator[ServiceOps]:
 
 def _follow(ops: ServiceOps, service: str, ack: dict[str, object], timeout: float) -> None:
     out.print(f"accepted: {ack['op_id']}" + (" (duplicate)" if ack.get("duplicate") else ""))
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task(service, total=None)
 
         def show(view: dict[str, Any]) -> None:

@@ -51,18 +51,23 @@ def keepers(run_dir: Path | None) -> KeeperClient:
     return KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
 
 
-def follow_op(keeper: KeeperClient, service: str, op_id: str, timeout: float) -> None:
-    """Show an operation's progress until it ends: clusters done of all for a rolling
-    one; step, candidate weight and the last analysis for a canary or blue-green."""
-    out.print(f"accepted: {op_id}")
-    deadline = time.monotonic() + timeout
-    with Progress(
+def progress_bar() -> Progress:
+    """The bar every command that follows a rollout shows (on stderr)."""
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
-    ) as bar:
+    )
+
+
+def follow_op(keeper: KeeperClient, service: str, op_id: str, timeout: float) -> None:
+    """Show an operation's progress until it ends: clusters done of all for a rolling
+    one; step, candidate weight and the last analysis for a canary or blue-green."""
+    out.print(f"accepted: {op_id}")
+    deadline = time.monotonic() + timeout
+    with progress_bar() as bar:
         task = bar.add_task(f"{service} {op_id}", total=None)
         while True:
             op = next((o for o in keeper.operations(service) if o["op_id"] == op_id), None)

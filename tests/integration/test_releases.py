@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from ha_serving.backend import make_package
 from ha_serving.cli import app
 from ha_serving.client import discovered_client
 from ha_serving.keeper import KeeperClient
-from tests.integration.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +31,8 @@ FAST_ANALYSIS = {"interval_s": 1.0, "min_requests": 5, "max_failed_checks": 2}
 
 
 @pytest.fixture(scope="module")
-def rstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]:
-    settings = stack_settings(tmp_path_factory.mktemp("rstack"))
-    topo = infra.up(settings).topology
-    try:
-        yield topo
-    finally:
-        infra.down(settings.stack.run_dir)
-
-
-@pytest.fixture(scope="module")
-def keeper(rstack: infra.Topology) -> KeeperClient:
-    k = KeeperClient([k.address for k in rstack.keepers], token=rstack.keeper_token())
+def keeper(stack: infra.Topology) -> KeeperClient:
+    k = KeeperClient([k.address for k in stack.keepers], token=stack.keeper_token())
     spec = _spec(prefix="blue")
     op_id = k.deploy(json.dumps(spec), make_package(ECHO / "code").data, kind="deploy")
     assert _wait_op(k, op_id)["status"] == "succeeded"
@@ -135,12 +124,12 @@ def _share(outcomes: list[str], value: str) -> float:
 
 
 def test_canary_moves_traffic_by_weight_and_promotes_under_load(
-    rstack: infra.Topology, keeper: KeeperClient
+    stack: infra.Topology, keeper: KeeperClient
 ) -> None:
     """1 of 4 instances per cluster runs the candidate, yet at the 50% step about half
     the calls reach it; after the last step it is promoted everywhere; no call fails."""
     options = {"steps": [50, 100], "pause_s": 6, "canary_instances": 1, "analysis": FAST_ANALYSIS}
-    with Load(rstack) as load:
+    with Load(stack) as load:
         started = time.monotonic()
         op_id = keeper.deploy(
             json.dumps(_spec(prefix="canary")), b"", kind="canary", options=options
@@ -165,13 +154,13 @@ def test_canary_moves_traffic_by_weight_and_promotes_under_load(
     assert all(o in ("blue", "canary") for o in everything)
     assert {c["verdict"] for c in op["progress"]["checks"]} <= {"pass", "inconclusive"}
     assert keeper.get_service(SERVICE)["spec"]["config"]["prefix"] == "canary"
-    with Load(rstack) as after:
+    with Load(stack) as after:
         _wait("calls after", lambda: len(after.since(0)) >= 200)
         assert set(after.since(0)) == {"canary"}
 
 
 def test_a_bad_canary_is_rolled_back_by_the_analysis(
-    rstack: infra.Topology, keeper: KeeperClient
+    stack: infra.Topology, keeper: KeeperClient
 ) -> None:
     """A candidate failing half its calls gets 20% of traffic; two failed checks later it
     is rolled back on both clusters without anyone's command, and the failures stop."""
@@ -183,7 +172,7 @@ def test_a_bad_canary_is_rolled_back_by_the_analysis(
     }
     bad = _spec(prefix="bad", fail_ratio=0.5)
     current = _current_prefix(keeper)
-    with Load(rstack) as load:
+    with Load(stack) as load:
         started = time.monotonic()
         op_id = keeper.deploy(json.dumps(bad), b"", kind="canary", options=options)
         op = _wait_op(keeper, op_id, timeout_s=120)
@@ -217,15 +206,15 @@ def _spec_file(tmp_path: Path, **config: Any) -> Path:
 
 
 def test_blue_green_from_the_cli_switches_then_flips_back_and_forward(
-    rstack: infra.Topology, keeper: KeeperClient, tmp_path: Path
+    stack: infra.Topology, keeper: KeeperClient, tmp_path: Path
 ) -> None:
     """`ha-serving bluegreen` brings green up beside blue, switches all traffic once it
     is healthy; `release rollback` flips back to blue at once; a second blue-green with
     a short window completes and retires blue. No call fails throughout."""
     cli = CliRunner()
-    run_dir = ["--run-dir", str(rstack.run_dir)]
+    run_dir = ["--run-dir", str(stack.run_dir)]
     blue = _current_prefix(keeper)
-    with Load(rstack) as load:
+    with Load(stack) as load:
         started = time.monotonic()
         result = cli.invoke(
             app,
@@ -275,7 +264,7 @@ def test_blue_green_from_the_cli_switches_then_flips_back_and_forward(
 
 
 def test_a_drained_rolling_update_moves_traffic_off_each_cluster_in_turn(
-    rstack: infra.Topology, keeper: KeeperClient, tmp_path: Path
+    stack: infra.Topology, keeper: KeeperClient, tmp_path: Path
 ) -> None:
     """`update --drain`: cluster a's traffic weight goes to 0 before it is rolled (the
     clients answer from b alone), then back; then b's. No call fails."""
@@ -283,12 +272,12 @@ def test_a_drained_rolling_update_moves_traffic_off_each_cluster_in_turn(
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({"prefix": "drained", "reconfigure_delay_s": 0.5}))
     before = _current_prefix(keeper)
-    with Load(rstack) as load:
+    with Load(stack) as load:
         started = len(load.results)
         result = cli.invoke(
             app,
             ["update", SERVICE, "--config", str(config), "--drain", "--run-dir",
-             str(rstack.run_dir)],
+             str(stack.run_dir)],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         done = time.monotonic()
