@@ -233,10 +233,22 @@ def test_blue_green_from_the_cli_switches_then_flips_back_and_forward(
         flip = time.monotonic()
         result = cli.invoke(app, ["release", "rollback", op_id, *run_dir])
         assert result.exit_code == 0, result.output
-        op = _wait_op(keeper, op_id)
+        op = _wait_op(keeper, op_id)  # ends once green has retired everywhere
+        settled = time.monotonic()
         flipped = load.since(flip)
-        back = next(t for t, o in load.results if t >= flip and o == blue)
-        blue_after = [o for t, o in load.results if t > back + 0.5]
+        with load.lock:
+            rows = list(zip(load.results, load.clusters, strict=True))
+        # each cluster flips when its AppMaster takes the abort: judge each on its own
+        back = {
+            c: next(t for (t, o), at in rows if t >= flip and at == c and o == blue)
+            for c in ("a", "b")
+        }
+        late = [
+            (at, round(t - back[at], 2))
+            for (t, o), at in rows
+            if at in back and t > back[at] + 1.0 and o == "green"
+        ]
+        after_settled = [o for (t, o), _ in rows if t > settled]
 
         second = cli.invoke(
             app,
@@ -249,13 +261,15 @@ def test_blue_green_from_the_cli_switches_then_flips_back_and_forward(
         everything = load.since(started)
     assert op["status"] == "aborted", op
     assert set(on_green) == {"green"}
-    assert "green" not in blue_after
+    assert late == [], late  # green answered > 1 s after its cluster flipped back
+    assert "green" not in after_settled
     assert second.exit_code == 0, second.output
     assert set(final) == {"green2"}
     failures = [o for o in everything if o not in (blue, "green", "green2")]
     print(
         f"\nblue-green: switched after {switched - started:.1f}s; rollback flipped traffic "
-        f"back {back - flip:.2f}s after the command; second release done in "
+        f"back on a {back['a'] - flip:.2f}s and b {back['b'] - flip:.2f}s after the command; "
+        f"second release done in "
         f"{done - flip:.1f}s; {len(everything)} calls, {len(failures)} failed "
         f"({len(flipped)} after the flip)"
     )
