@@ -507,7 +507,10 @@ def _service_status(service: str, cluster: str, run_dir: Path | None, *, as_json
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # timestamps: Keeper and AppMaster logs are read to time recoveries
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         app()
     except HAServingError as exc:

@@ -5,7 +5,9 @@ active operation, ``decide()`` (pure, in ``_releases``) and apply the decisions,
 instruction stamped with the current epoch; older active operations of the same service
 are superseded. Every target cluster of a service must have a live AppMaster (its link
 heartbeats through any Keeper); one that is silent gets its serving job (re)submitted
-through the cluster's Ray Job Submission API, at most every ``resubmit_s``.
+through the cluster's Ray Job Submission API, at most every ``resubmit_s``; a submission
+that fails (a restarted cluster whose GCS answers before its Job API does) is tried again
+after ``submit_retry_s``, not after ``resubmit_s``, which cost a restarted cluster ~30 s.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Reconciler:
         *,
         period_s: float = 0.5,
         resubmit_s: float = 30.0,
+        submit_retry_s: float = 1.0,
         scraper: Callable[[list[str], str], Sample] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -64,7 +67,9 @@ class Reconciler:
         self.submitter = submitter
         self.period_s = period_s
         self.resubmit_s = resubmit_s
-        self._submitted: dict[tuple[str, str], float] = {}
+        self.submit_retry_s = submit_retry_s
+        self._next_submit: dict[tuple[str, str], float] = {}
+        """(cluster, service) -> earliest time (monotonic) of its next job submission."""
         self.lost: set[str] = set()
         """Clusters this leader declared lost (and has not seen come back)."""
         self._scrape = scraper or scrape
@@ -197,8 +202,8 @@ class Reconciler:
                     )
             elif reachable and cluster.name in self.lost:
                 self.lost.discard(cluster.name)
-                for key in [k for k in self._submitted if k[0] == cluster.name]:
-                    del self._submitted[key]
+                for key in [k for k in self._next_submit if k[0] == cluster.name]:
+                    del self._next_submit[key]
                 self.log.warning("cluster %s is back", cluster.name)
                 self.store.append_event("cluster_back", cluster=cluster.name)
 
@@ -211,16 +216,18 @@ class Reconciler:
             if beat is not None and now - beat < HEARTBEAT_STALE_S:
                 continue
             cluster = clusters.get(target)
-            last = self._submitted.get((target, service), 0.0)
-            if cluster is None or time.monotonic() - last < self.resubmit_s:
+            key = (target, service)
+            if cluster is None or self._monotonic() < self._next_submit.get(key, 0.0):
                 continue
             self.leadership.require()
-            self._submitted[(target, service)] = time.monotonic()
             try:
                 job = self.submitter.submit(cluster, service)
-            except Exception as exc:  # a cluster that is down: try again later
+            except Exception as exc:  # a cluster still starting or down: try again soon
+                self._next_submit[key] = self._monotonic() + self.submit_retry_s
                 self.log.warning("cannot start %s on %s: %s", service, target, exc)
                 continue
+            # the job's AppMaster needs time to start and link: do not submit it twice
+            self._next_submit[key] = self._monotonic() + self.resubmit_s
             self.log.info("submitted serving job %s for %s on %s", job, service, target)
 
     def _targets(self) -> list[tuple[str, str]]:
