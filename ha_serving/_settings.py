@@ -67,9 +67,10 @@ class StackSettings(_Group):
     """Plasma store per node in MiB. Ray's default (30% of RAM per node) would oversubscribe
     /dev/shm with several nodes on one host; serving payloads are small. 78 is Ray's floor."""
 
-    port_base: int = Field(default=10000, ge=1024, le=12000)
+    port_base: int = Field(default=10000, ge=1024, le=21000)
     """Cluster i, node n uses ports ``port_base + i*2000 + n*200`` up to +199; Ray binds some
-    on every interface, so clusters must never share a port."""
+    on every interface, so clusters must never share a port. At most 21000, so that 3
+    clusters stay below the ephemeral ports (32768+)."""
 
     node_start_timeout_s: float = Field(default=90.0, gt=0)
     """How long ``up`` waits for all nodes to register alive before it gives up and cleans up."""
@@ -77,6 +78,11 @@ class StackSettings(_Group):
     gcs_reconnect_timeout_s: int = Field(default=60, ge=5)
     """How long workers and raylets wait for a restarted GCS (head) before they exit (Ray's
     ``gcs_rpc_server_reconnect_timeout_s``); a head restart must finish within it."""
+
+    death_info_wait_ms: int = Field(default=100, ge=0)
+    """Ray's ``timeout_ms_task_wait_for_death_info`` on every node: how long a call to an
+    actor whose connection broke waits for the GCS to report the death before it fails
+    (Ray's default: 1000). Short, so a proxy learns of a dead worker, and ejects it, fast."""
 
     dashboard: bool = True
     """Run Ray's full dashboard on heads (+~700 MB each): it serves the Job Submission API
@@ -126,6 +132,15 @@ class ProxySettings(_Group):
     max_method_labels: int = Field(default=100, ge=1)
     """Distinct method names kept as metric labels; further names share ``<other>`` so
     garbage method names cannot blow up the metrics' cardinality."""
+
+    eject_probe_s: float = Field(default=0.25, gt=0)
+    """Seconds after ejecting a worker that could not be reached before the proxy first
+    pings it; then doubling up to ``eject_probe_max_s``. Ray restarts a killed worker
+    process in ~1-3 s here; an early ping costs one cheap call."""
+
+    eject_probe_max_s: float = Field(default=2.0, gt=0)
+    """Longest pause between pings of an ejected worker, so a worker back after a long
+    outage is used again within this many seconds (or at the AppMaster's next table)."""
 
 
 class ClientSettings(_Group):

@@ -6,6 +6,7 @@ never by process name.
 """
 
 from infra.faults import (
+    heal,
     kill_cluster,
     kill_db,
     kill_node,
@@ -23,6 +24,7 @@ __all__ = [
     "Topology",
     "UpResult",
     "down",
+    "heal",
     "kill_cluster",
     "kill_db",
     "kill_node",

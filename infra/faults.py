@@ -19,7 +19,8 @@ from pathlib import Path
 from ha_serving._errors import StackError
 from infra import procs, topology
 from infra.ports import tcp_answers
-from infra.stack import _wait_nodes, locked, wait_keeper
+from infra.services import redis_ping
+from infra.stack import Report, _quiet, await_nodes, locked, spawn_node, wait_keeper
 from infra.topology import Cluster, Node, Topology
 
 NODE_START_TIMEOUT_S = 90.0
@@ -58,14 +59,14 @@ def restart_node(run_dir: Path, name: str, *, timeout_s: float = NODE_START_TIME
     with locked(run_dir.resolve()):
         topo = _load(run_dir)
         cluster, node = _lookup(topo, name)
-        _restart(topo, cluster, [node], timeout_s)
+        _restart(topo, cluster, [node], timeout_s, report=_quiet)
         return node
 
 
 def restart_cluster(
-    run_dir: Path, cluster: str, *, timeout_s: float = NODE_START_TIMEOUT_S
+    run_dir: Path, cluster: str, *, timeout_s: float = NODE_START_TIMEOUT_S, report: Report = _quiet
 ) -> None:
-    """Start every dead node of ``cluster`` again, head first.
+    """Start every dead node of ``cluster`` again.
 
     A cluster that lost every node comes back *empty*: its head gets a fresh GCS storage
     namespace, as a re-provisioned cluster would. (Restoring the GCS of a cluster whose
@@ -82,15 +83,17 @@ def restart_cluster(
             base = c.storage_namespace.split("~")[0]
             c.storage_namespace = f"{base}~{uuid.uuid4().hex[:6]}"
             c.head.proc.env["RAY_external_storage_namespace"] = c.storage_namespace
-        heads = [n for n in dead if n.role == "head"]
-        workers = [n for n in dead if n.role == "worker"]
-        if heads:
-            _restart(topo, c, heads, timeout_s)
-        if workers:
-            _restart(topo, c, workers, timeout_s)
+        _restart(topo, c, dead, timeout_s, report=report)
 
 
-def _restart(topo: Topology, cluster: Cluster, nodes: list[Node], timeout_s: float) -> None:
+def _restart(
+    topo: Topology, cluster: Cluster, nodes: list[Node], timeout_s: float, *, report: Report
+) -> None:
+    """Spawn ``nodes`` at once and wait until the GCS counts each of them (with retries).
+
+    A head and its workers start together: a worker's ``ray start`` waits for its GCS
+    (``RAY_NUM_REDIS_GET_RETRIES``, see ``ray_nodes.node_env``), so the two ~10-15 s
+    starts overlap instead of adding up."""
     for node in nodes:
         if procs.alive(node.proc):
             raise StackError(f"node {node.name} is running; kill it first")
@@ -99,13 +102,9 @@ def _restart(topo: Topology, cluster: Cluster, nodes: list[Node], timeout_s: flo
         raise StackError(f"head of cluster {cluster.name} is down; restart it first")
     spawned_at = time.time()
     for node in nodes:
-        if node.role == "head":
-            (node.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
-        node.proc = procs.spawn(node.proc.argv, env=node.proc.env, log=node.proc.log)
+        spawn_node(node)
     topo.save()
-    # a node restarted at the same address registers anew; its predecessor's entry may
-    # still look alive until the GCS notices, so only count registrations after the spawn
-    _wait_nodes(cluster, nodes, timeout_s, registered_after=spawned_at - 1.0)
+    await_nodes(topo, cluster, nodes, timeout_s, spawned_at=spawned_at, report=report)
 
 
 def _cluster(topo: Topology, name: str) -> Cluster:
@@ -171,3 +170,49 @@ def restart_db(run_dir: Path, *, timeout_s: float = 60.0) -> None:
             procs.wait_for("private DB", lambda: tcp_answers(host, int(port)), timeout_s=timeout_s)
         except TimeoutError as exc:
             raise StackError(str(exc)) from None
+
+
+def heal(run_dir: Path, *, timeout_s: float = NODE_START_TIMEOUT_S) -> list[str]:
+    """Bring every part of the stack that a fault left down back, and check it is whole.
+
+    Resumes paused Keepers, restarts a dead DB and Redis, every dead node (a cluster that
+    lost all its nodes comes back empty, as ``restart_cluster`` says) and dead Keepers;
+    then waits until the GCS of every cluster counts all its nodes. Returns what it
+    restarted; raises StackError naming what is still not whole. Tests that inject
+    faults into a shared stack call it afterwards, so one test's fault, or its failure
+    mid-fault, never becomes the next test's failure.
+    """
+    healed: list[str] = []
+    topo = _load(run_dir)
+    for k in topo.keepers:
+        procs.resume(k.proc)
+    if topo.db.proc is not None and not procs.alive(topo.db.proc):
+        restart_db(run_dir)
+        healed.append("db")
+    if topo.redis is not None and not procs.alive(topo.redis.proc):
+        with locked(run_dir.resolve()):
+            topo = _load(run_dir)
+            assert topo.redis is not None  # noqa: S101 - checked above, same file
+            topo.redis.proc = procs.spawn(
+                topo.redis.proc.argv, env=topo.redis.proc.env, log=topo.redis.proc.log
+            )
+            topo.save()
+            host, _, port = topo.redis.address.rpartition(":")
+            try:
+                procs.wait_for("Redis", lambda: redis_ping(host, int(port)), timeout_s=15)
+            except TimeoutError as exc:
+                raise StackError(str(exc)) from None
+        healed.append("redis")
+    for c in topo.clusters:
+        if any(not procs.alive(n.proc) for n in c.nodes):
+            restart_cluster(run_dir, c.name, timeout_s=timeout_s)
+            healed.append(f"cluster {c.name}")
+    for k in topo.keepers:
+        if not procs.alive(k.proc):
+            restart_keeper(run_dir, k.id)
+            healed.append(f"keeper {k.id}")
+    topo = _load(run_dir)
+    for c in topo.clusters:
+        with locked(run_dir.resolve()):
+            await_nodes(topo, c, c.nodes, timeout_s, spawned_at=0.0, attempts=1)
+    return healed

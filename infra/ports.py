@@ -8,8 +8,12 @@ Ray binds some ports on every interface, so each node owns a disjoint port block
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
 import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 from ha_serving._errors import StackError
 from infra.topology import NodePorts
@@ -66,3 +70,47 @@ def tcp_answers(address: str, port: int, timeout_s: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+SLOT_BASES = (11000, 16000, 21000)
+"""Port bases a test run may claim. ``make up``'s default base (10000) interleaves with
+11000 (its blocks sit 1000 ports apart), so a test run and ``make up`` share the machine;
+every slot's clusters stay below Linux's ephemeral range (32768+) up to 3 clusters."""
+
+
+@dataclass(frozen=True)
+class PortSlot:
+    """A port base held for one run (an flock on a file under /tmp), and the ports of the
+    run's private services, placed in the base's own first block, which no node uses."""
+
+    base: int
+    lock: IO[str]
+
+    @property
+    def db_port(self) -> int:
+        return self.base + 11
+
+    @property
+    def redis_port(self) -> int:
+        return self.base + 12
+
+    @property
+    def keeper_port(self) -> int:
+        return self.base + 13
+
+    def release(self) -> None:
+        self.lock.close()
+
+
+def claim_slot(bases: tuple[int, ...] = SLOT_BASES, lock_dir: Path = Path("/tmp")) -> PortSlot:  # noqa: S108 - machine-wide by design
+    """Claim the first port base no other run on this machine holds (held until
+    ``release`` or the process ends); StackError when all are taken."""
+    for base in bases:
+        lock = (lock_dir / f"ha-serving-ports-{base}.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return PortSlot(base, lock)
+    raise StackError(f"every port base {list(bases)} is held by another run on this machine")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import secrets
 import shutil
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import tenacity
 from pydantic import BaseModel
 
 from ha_serving._errors import StackError
@@ -31,6 +33,7 @@ from infra.ray_nodes import alive_since, node_argv, node_env
 from infra.topology import Cluster, Keeper, Node, Role, Topology
 
 Report = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 def _quiet(_: str) -> None:
@@ -141,13 +144,15 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
         topo.save()
     report(f"waiting for {s.clusters} head node(s)")
     for c in topo.clusters:
-        _wait_nodes(c, [c.head], s.node_start_timeout_s)
+        await_nodes(topo, c, [c.head], s.node_start_timeout_s, spawned_at=0.0, report=report)
+    workers: dict[str, list[Node]] = {}
     for c in topo.clusters:
-        c.nodes += _start_node_set(settings, topo, c.index, temp_root, heads=False).nodes
+        workers[c.name] = _start_node_set(settings, topo, c.index, temp_root, heads=False).nodes
+        c.nodes += workers[c.name]
         topo.save()
     report(f"waiting for {s.clusters * s.workers_per_cluster} worker node(s)")
     for c in topo.clusters:
-        _wait_nodes(c, c.nodes, s.node_start_timeout_s)
+        await_nodes(topo, c, workers[c.name], s.node_start_timeout_s, spawned_at=0.0, report=report)
     _register_clusters(topo)
     report(f"starting {settings.keeper.replicas} Keeper replicas")
     _start_keepers(settings, topo)
@@ -254,31 +259,115 @@ def _start_node_set(
     )
 
 
+START_ATTEMPTS = 3
+"""Tries to start one Ray node. On a loaded 2-core machine a node's raylet can miss Ray's
+own registration wait (30 s, hard-coded in ``ray._private.node``), and ``ray start``
+exits; a second start from a clean temp dir has always succeeded where measured."""
+
+
+class NodeStartFailed(StackError):
+    """Some nodes did not come up; ``failed`` maps each node's name to why."""
+
+    def __init__(self, cluster: str, failed: dict[str, str]) -> None:
+        self.failed = failed
+        detail = "; ".join(f"{name}: {why}" for name, why in failed.items())
+        super().__init__(f"cluster {cluster}: {detail}")
+
+
+def spawn_node(node: Node) -> None:
+    """Start ``node`` with its recorded command line and environment."""
+    if node.role == "head":
+        # a head restarted in its old temp dir would otherwise refuse to start
+        (node.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+    node.proc = procs.spawn(node.proc.argv, env=node.proc.env, log=node.proc.log)
+
+
+def node_evidence(node: Node, lines: int = 8) -> str:
+    """Tails of a node's ``ray start`` output and of its raylet's log: why it failed."""
+    parts = [f"ray start: {procs.log_tail(node.proc.log, lines)}"]
+    raylet = node.temp_dir / "session_latest" / "logs" / "raylet.out"
+    if raylet.exists():
+        parts.append(f"raylet: {procs.log_tail(raylet, lines)}")
+    return " || ".join(parts)
+
+
+def await_nodes(
+    topo: Topology,
+    cluster: Cluster,
+    nodes: list[Node],
+    timeout_s: float,
+    *,
+    spawned_at: float,
+    report: Report = _quiet,
+    attempts: int = START_ATTEMPTS,
+) -> None:
+    """Wait until the GCS counts every node of ``nodes`` (just spawned) alive.
+
+    A node that exits at start or is not registered within ``timeout_s`` is killed with
+    its descendants, its temp dir is removed, and it is started again, up to
+    ``attempts`` starts in all (tenacity); each retry is reported with the reason and
+    the node's log tails. Raises ``NodeStartFailed`` when starts are used up.
+    """
+    pending = list(nodes)
+
+    def retry_failed(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        failed = exc.failed if isinstance(exc, NodeStartFailed) else {}
+        for node in pending:
+            if node.name in failed:
+                log.warning(
+                    "restarting Ray node %s from a clean temp dir: %s", node.name, failed[node.name]
+                )
+                report(f"Ray node {node.name} failed to start; starting it again")
+                procs.kill(node.proc)
+                shutil.rmtree(node.temp_dir, ignore_errors=True)
+                spawn_node(node)
+        pending[:] = [n for n in pending if n.name in failed]
+        topo.save()
+
+    since = spawned_at
+    for attempt in tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        retry=tenacity.retry_if_exception_type(NodeStartFailed),
+        before_sleep=retry_failed,
+        wait=tenacity.wait_none(),
+        reraise=True,
+    ):
+        with attempt:
+            if attempt.retry_state.attempt_number > 1:
+                since = time.time()
+            _wait_nodes(cluster, pending, timeout_s, registered_after=since - 1.0)
+
+
 def _wait_nodes(
     cluster: Cluster, nodes: list[Node], timeout_s: float, *, registered_after: float = 0.0
 ) -> None:
-    """Wait until the GCS reports every node in ``nodes`` alive; fail fast if one exits."""
-
-    def ready() -> bool:
-        for n in nodes:
-            if not procs.alive(n.proc):
-                raise StackError(
-                    f"Ray node {n.name} ({n.address}) exited at start: {procs.log_tail(n.proc.log)}"
-                )
+    """Wait until the GCS reports every node in ``nodes`` alive, registered after
+    ``registered_after`` (a node restarted at the same address registers anew, and its
+    predecessor's entry may still look alive until the GCS notices). Raises
+    ``NodeStartFailed`` naming each node that exited at start or was not registered."""
+    deadline = time.monotonic() + timeout_s
+    failed: dict[str, str] = {}
+    while True:
         seen = alive_since(cluster.gcs_address) or {}
-        return all(seen.get(n.address, -1.0) >= registered_after for n in nodes)
-
-    def why() -> str:
-        seen = alive_since(cluster.gcs_address)
-        if seen is None:
-            return f"GCS {cluster.gcs_address} does not answer"
-        missing = [n.name for n in nodes if n.address not in seen]
-        return f"not registered: {', '.join(missing)}"
-
-    try:
-        procs.wait_for(f"cluster {cluster.name}", ready, timeout_s=timeout_s, on_fail=why)
-    except TimeoutError as exc:
-        raise StackError(str(exc)) from None
+        waiting = []
+        for n in nodes:
+            if n.name in failed or seen.get(n.address, -1.0) >= registered_after:
+                continue
+            if not procs.alive(n.proc):
+                failed[n.name] = f"exited at start ({n.address}): {node_evidence(n)}"
+            else:
+                waiting.append(n)
+        if not waiting:
+            break
+        if time.monotonic() >= deadline:
+            gcs = "" if seen else f" (GCS {cluster.gcs_address} does not answer)"
+            for n in waiting:
+                failed[n.name] = f"not registered after {timeout_s:.0f}s{gcs}: {node_evidence(n)}"
+            break
+        time.sleep(0.25)
+    if failed:
+        raise NodeStartFailed(cluster.name, failed)
 
 
 # --- status -------------------------------------------------------------------------

@@ -18,10 +18,15 @@ import pytest
 import sqlalchemy as sa
 
 from infra import procs
+from infra.ports import claim_slot
 from infra.services import start_mariadb
 
+SLOT = claim_slot()
+"""This test run's ports, claimed machine-wide for the session: a second test run, or one
+beside `make up`, gets other ports (see ``infra.ports.SLOT_BASES``)."""
+
 TEST_DB_ADDRESS = "127.0.101.1"
-TEST_DB_PORT = 9316
+TEST_DB_PORT = SLOT.base + 10
 
 
 @pytest.fixture(scope="session")

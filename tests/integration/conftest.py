@@ -15,9 +15,9 @@ import infra
 from ha_serving._settings import Settings
 from ha_serving.cli._services import ServiceOps
 from ha_serving.store import Store
+from tests.conftest import SLOT
 
-TEST_PORT_BASE = 11000
-"""Cluster i's nodes use 11000 + i*2000 …: disjoint from `make up`'s 10000 + i*2000 …"""
+TEST_PORT_BASE = SLOT.base
 
 
 def stack_settings(run_dir: Path, **stack: object) -> Settings:
@@ -32,15 +32,33 @@ def stack_settings(run_dir: Path, **stack: object) -> Settings:
             "worker_cpus": 4,
             "port_base": TEST_PORT_BASE,
             "db_address": "127.0.101.2",
-            "db_port": 9326,
+            "db_port": SLOT.db_port,
             "redis_address": "127.0.101.3",
-            "redis_port": 9389,
+            "redis_port": SLOT.redis_port,
             "gcs_reconnect_timeout_s": 60,
             **stack,
         },
         store={},
-        keeper={"port": 9410, "token": None},
+        keeper={"port": SLOT.keeper_port, "token": None},
     )
+
+
+SHARED_STACKS = ("stack", "mstack", "kstack")
+"""Module-scoped stack fixtures that several tests share (and inject faults into)."""
+
+
+@pytest.fixture(autouse=True)
+def whole_stack_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on a shared stack, bring back whatever its faults left down (also
+    when the test failed mid-fault) and check the stack is whole, so a failure in one
+    test never becomes the next test's failure."""
+    yield
+    for name in SHARED_STACKS:
+        if name in request.fixturenames:
+            topo: infra.Topology = request.getfixturevalue(name)
+            healed = infra.heal(topo.run_dir)
+            if healed:
+                print(f"\n[{request.node.name}] restored after the test: {', '.join(healed)}")
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,17 @@ import psutil
 import pytest
 
 from ha_serving._settings import StackSettings
+from tests.conftest import SLOT
 from tests.integration.conftest import TEST_PORT_BASE
 
 pytestmark = pytest.mark.integration
 
 CLI = str(Path(sys.executable).with_name("ha-serving"))
 ISOLATED = {
-    "HA_SERVING_PORT_BASE": "11500",  # cluster a at 13500…: neither make up's nor the stack's
-    "HA_SERVING_DB_PORT": "9336",
-    "HA_SERVING_REDIS_PORT": "9399",
+    # cluster a at base+2500…: neither make up's, nor this run's stack's, nor another slot's
+    "HA_SERVING_PORT_BASE": str(SLOT.base + 500),
+    "HA_SERVING_DB_PORT": str(SLOT.base + 21),
+    "HA_SERVING_REDIS_PORT": str(SLOT.base + 22),
 }
 
 

@@ -1,0 +1,240 @@
+"""Kill and restart one whole cluster N times under constant client load.
+
+    .venv/bin/python -m loadtest.soak_recovery --rounds 20     # what `make soak-recovery` runs
+
+Stands the stack up if none is up (and takes it down again at the end in that case),
+deploys a 2-cluster echo service through the Keepers, runs SDK callers for the whole
+soak, and per round: SIGKILLs every node of cluster ``b``, restarts it, and waits until
+the service answers from ``b`` again. Per round it prints
+
+    kill -> cluster registered again -> service serving on it again, failed calls
+
+A round that does not recover within ``--bound-s`` stops the soak with the evidence: the
+tails of the restarted nodes' Ray logs and of the AppMaster's job. Exit status 0 only when
+every round recovered in bound and no call failed except an explicit UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import infra
+from ha_serving import Settings
+from ha_serving._errors import CallError, StackError
+from ha_serving._spec import load_spec
+from ha_serving.backend import make_package
+from ha_serving.client import discovered_client
+from ha_serving.keeper import KeeperClient
+from infra import procs
+from infra.stack import node_evidence
+
+ROOT = Path(__file__).resolve().parents[1]
+ECHO = ROOT / "examples" / "echo"
+SERVICE = "soak-echo"
+TOLERATED = {"UNAVAILABLE"}
+"""Explicit UNAVAILABLE: the call provably never ran; the caller may retry it elsewhere."""
+
+
+@dataclass
+class Load:
+    """SDK callers over every proxy of the service, each call's (time, cluster or code)."""
+
+    topo: infra.Topology
+    threads: int = 8
+    rate: float = 200.0
+    """Calls per second offered in all (paced per caller): a fixed rate, as a service's
+    clients offer, so the soak measures recovery, not how much this machine can push."""
+    deadline_s: float = 2.0
+    results: list[tuple[float, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.client, self.discovery = discovered_client(
+            SERVICE, [k.address for k in self.topo.keepers], token=self.topo.keeper_token()
+        )
+        self._workers = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
+        ]
+
+    def _run(self) -> None:
+        interval = self.threads / self.rate
+        due = time.monotonic()
+        while not self.stop.is_set():
+            due += interval
+            if (ahead := due - time.monotonic()) > 0:
+                self.stop.wait(ahead)  # pacing to the offered rate
+            else:
+                due = time.monotonic()  # behind (a slow call): no burst to catch up
+            try:
+                reply = self.client.call_raw(SERVICE, "echo", b'"x"', timeout=self.deadline_s)
+                outcome = reply.cluster or "?"
+            except CallError as exc:
+                outcome = exc.code
+            with self.lock:
+                self.results.append((time.monotonic(), outcome))
+
+    def start(self) -> None:
+        for t in self._workers:
+            t.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self._workers:
+            t.join(10)
+        self.discovery.stop()
+        self.client.close()
+
+    def since(self, t0: float) -> list[tuple[float, str]]:
+        with self.lock:
+            return [r for r in self.results if r[0] >= t0]
+
+
+def _wait(what: str, check: Callable[[], bool], deadline: float, interval_s: float = 0.1) -> float:
+    """Poll ``check()`` until true; returns when (monotonic); raises TimeoutError."""
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(interval_s)
+    return time.monotonic()
+
+
+def _deploy(topo: infra.Topology, keeper: KeeperClient, timeout_s: float) -> None:
+    spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
+    clusters = [c.name for c in topo.clusters]
+    spec.update(
+        name=SERVICE,
+        instances=2,
+        placement={"clusters": [{"name": c} for c in clusters]},
+    )
+    op = keeper.deploy(json.dumps(spec), make_package(ECHO / "code").data, kind="deploy")
+    deadline = time.monotonic() + timeout_s
+
+    def done() -> bool:
+        for o in keeper.operations(SERVICE):
+            if o["op_id"] == op:
+                if o["status"] in ("failed", "superseded"):
+                    raise RuntimeError(f"deploy {op} {o['status']}: {o.get('error')}")
+                return bool(o["status"] == "succeeded")
+        return False
+
+    _wait(f"deploy {op}", done, deadline, 0.25)
+
+
+def evidence(topo: infra.Topology, cluster: str, lines: int = 15) -> str:
+    """Log tails of a cluster's nodes (ray start, raylet) and of the Keepers."""
+    parts = [f"--- {n.name}: {node_evidence(n, lines)}" for n in topo.cluster(cluster).nodes]
+    parts += [f"--- keeper {k.id}: {procs.log_tail(k.proc.log, lines)}" for k in topo.keepers]
+    return "\n".join(parts)
+
+
+def _answered_from(load: Load, cluster: str, after: float) -> Callable[[], bool]:
+    return lambda: any(o == cluster for t, o in load.since(after))
+
+
+def soak(topo: infra.Topology, rounds: int, cluster: str, bound_s: float, rate: float) -> bool:
+    keeper = KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
+    _deploy(topo, keeper, timeout_s=240)
+    load = Load(topo, rate=rate)
+    totals: list[float] = []
+    ok = True
+    try:
+        _wait(
+            "discovery of every proxy",
+            lambda: len(load.discovery.endpoints) >= 2 * len(topo.clusters),
+            time.monotonic() + 60,
+        )
+        load.start()
+        _wait(
+            f"a first answer from {cluster}",
+            _answered_from(load, cluster, 0.0),
+            time.monotonic() + 60,
+        )
+        print(
+            f"{'round':>5} {'registered':>11} {'serving':>9} {'calls':>7} {'failed':>7}  codes",
+            flush=True,
+        )
+        for r in range(1, rounds + 1):
+            killed = time.monotonic()
+            infra.kill_cluster(topo.run_dir, cluster)
+            deadline = killed + bound_s
+            try:
+                infra.restart_cluster(
+                    topo.run_dir, cluster, timeout_s=max(5.0, bound_s), report=print
+                )
+                registered = time.monotonic()
+                serving = _wait(
+                    f"{SERVICE} answering from {cluster}",
+                    _answered_from(load, cluster, registered),
+                    deadline,
+                )
+            except (TimeoutError, StackError) as exc:
+                print(f"round {r}: NOT recovered within {bound_s:.0f}s: {exc}", flush=True)
+                print(evidence(infra.load(topo.run_dir) or topo, cluster), flush=True)
+                ok = False
+                break
+            calls = load.since(killed)
+            bad = [o for _, o in calls if o not in {c.name for c in topo.clusters}]
+            untolerated = [o for o in bad if o not in TOLERATED]
+            codes = ", ".join(f"{c}={bad.count(c)}" for c in sorted(set(bad))) or "-"
+            totals.append(serving - killed)
+            print(
+                f"{r:>5} {registered - killed:>10.1f}s {serving - killed:>8.1f}s "
+                f"{len(calls):>7} {len(bad):>7}  {codes}",
+                flush=True,
+            )
+            ok = ok and not untolerated
+    finally:
+        load.close()
+    if totals:
+        print(
+            f"kill -> serving again: p50 {statistics.median(totals):.1f}s, "
+            f"max {max(totals):.1f}s over {len(totals)} of {rounds} rounds",
+            flush=True,
+        )
+    all_calls = load.since(0)
+    failed = [o for _, o in all_calls if o not in {c.name for c in topo.clusters}]
+    print(
+        f"calls: {len(all_calls)}, failed: {len(failed)} "
+        f"({sum(1 for o in failed if o not in TOLERATED)} not explicit UNAVAILABLE)",
+        flush=True,
+    )
+    return ok and len(totals) == rounds and max(totals) <= bound_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--cluster", default="b", help="the cluster to kill and restart")
+    parser.add_argument("--bound-s", type=float, default=60.0, help="a round's recovery bound")
+    parser.add_argument("--rate", type=float, default=200.0, help="calls per second offered")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    settings = Settings.from_env()
+    run_dir = settings.stack.run_dir.resolve()
+    topo = infra.load(run_dir)
+    started_here = topo is None
+    if topo is None:
+        print(f"[soak] no stack in {run_dir}: bringing one up", flush=True)
+        topo = infra.up(settings).topology
+    try:
+        passed = soak(topo, args.rounds, args.cluster, args.bound_s, args.rate)
+    finally:
+        if started_here:
+            print("[soak] taking the stack down again", flush=True)
+            infra.down(run_dir)
+    print(f"[soak] {'PASSED' if passed else 'FAILED'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
