@@ -6,8 +6,12 @@ A failed attempt is retried on another endpoint only when a retry cannot run use
 twice, within the call's overall deadline, ``max_attempts``, and a ``RetryBudget``:
 
 * the proxy's trailer ``ha-retry-safe: 1`` on UNAVAILABLE or RESOURCE_EXHAUSTED, or
-* UNAVAILABLE with no such trailer at all: the error came from the transport
-  (connection refused, proxy gone), before any proxy took the request.
+* UNAVAILABLE with no such trailer whose message says the connection was never made
+  (refused, unreachable, no address): no proxy ever saw the request.
+
+UNAVAILABLE with no trailer on a connection that was made ("Socket closed", a reset,
+GOAWAY) is *not* retried: the proxy may have died holding the request after passing it
+to a backend, and a retry would run user code twice.
 
 Everything else, notably any error from a call that reached user code, goes straight
 to the caller as ``CallError(code, message)``. The endpoint list is replaceable
@@ -199,7 +203,7 @@ class _Core(Generic[C]):
     ) -> float:
         """Backoff before retrying, or raise the CallError the caller gets."""
         code = err.code()
-        safe = _retry_safe(code, err.trailing_metadata())
+        safe = _retry_safe(code, err.trailing_metadata(), err.details())
         if code == grpc.StatusCode.UNAVAILABLE and safe:
             # The proxy itself is gone or has nothing to route to. (An UNAVAILABLE that
             # may have run user code blames a backend, not the proxy: keep using it.)
@@ -218,10 +222,23 @@ class _Core(Generic[C]):
         ep.down_until = 0.0
 
 
-def _retry_safe(code: grpc.StatusCode, trailers: Iterable[tuple[str, Any]] | None) -> bool:
+NEVER_CONNECTED = (
+    "failed to connect to all addresses",
+    "connection refused",
+    "no route to host",
+    "dns resolution failed",
+    "name resolution failure",
+)
+"""gRPC's messages (lower case) for an UNAVAILABLE whose connection was never made."""
+
+
+def _retry_safe(
+    code: grpc.StatusCode, trailers: Iterable[tuple[str, Any]] | None, details: str | None = ""
+) -> bool:
     flag = next((str(v) for k, v in (trailers or ()) if k == RETRY_SAFE_KEY), None)
-    if flag is None:  # not answered by a proxy: a transport failure before the request
-        return code == grpc.StatusCode.UNAVAILABLE
+    if flag is None:  # not answered by a proxy: safe only if no proxy ever saw it
+        text = (details or "").lower()
+        return code == grpc.StatusCode.UNAVAILABLE and any(m in text for m in NEVER_CONNECTED)
     return flag == "1" and code in _RETRYABLE
 
 

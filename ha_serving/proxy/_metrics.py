@@ -93,6 +93,11 @@ class ProxyMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.ejections = Counter(
+            "ha_serving_proxy_worker_ejections",
+            "Backend workers ejected from routing because a call could not reach them.",
+            registry=self.registry,
+        )
         self.registry.register(_RouterCollector(service, inflight, routed))
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None

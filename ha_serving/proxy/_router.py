@@ -14,6 +14,11 @@ by weight, then picks within it; when that group has no room the call spills to 
 other, and "retiring" instances are used only when neither has room, because an answer
 is worth more than an exact split.
 
+Outlier ejection (as Envoy's): a worker that could not be reached is ``eject``ed at once,
+and none of its instances is chosen until ``readmit`` (the proxy probes it) or until a
+table no longer lists it; the AppMaster's next table may be seconds away, and every call
+routed to a dead worker meanwhile would fail.
+
 An instance absent from the table is never chosen; that is how draining works. Its
 in-flight count stays visible in ``inflight()`` until its last call is released, so the
 AppMaster can see the proxy side of a drain finish.
@@ -36,6 +41,8 @@ class Router:
         self._groups: dict[str, list[RouteEntry]] = {}
         """Entries by group, when the table has more than the stable group."""
         self._inflight: dict[str, int] = {}
+        self._ejected: set[str] = set()
+        """Workers that just failed; their instances are skipped until readmitted."""
 
     @property
     def table(self) -> RoutingTable:
@@ -57,7 +64,24 @@ class Router:
             for e in self._entries:
                 groups.setdefault(e.group, []).append(e)
             self._groups = {} if set(groups) <= {"stable"} else groups
+            self._ejected &= {e.worker for e in self._entries}  # forget removed workers
         return self._table.version
+
+    def eject(self, worker: str) -> bool:
+        """Stop choosing ``worker``'s instances; False if it is not in the table or
+        already ejected (then nobody needs to start probing it)."""
+        if worker in self._ejected or not any(e.worker == worker for e in self._entries):
+            return False
+        self._ejected.add(worker)
+        return True
+
+    def readmit(self, worker: str) -> None:
+        """``worker`` answers again: choose its instances again."""
+        self._ejected.discard(worker)
+
+    def ejected(self, worker: str) -> bool:
+        """Whether ``worker`` is ejected (a table that dropped it forgets it)."""
+        return worker in self._ejected
 
     def acquire(self, exclude: Collection[str] = ()) -> RouteEntry | None:
         """Choose an instance (not in ``exclude``) and count the call; None if all are full."""
@@ -113,12 +137,16 @@ class Router:
             pair = [
                 e
                 for e in self._rng.sample(entries, 2)
-                if self._free(e) and e.instance_id not in exclude
+                if self._free(e) and e.instance_id not in exclude and e.worker not in self._ejected
             ]
             if pair:
                 return min(pair, key=self._count)
         # Slow path: near saturation, look at everything still usable.
-        usable = [e for e in entries if self._free(e) and e.instance_id not in exclude]
+        usable = [
+            e
+            for e in entries
+            if self._free(e) and e.instance_id not in exclude and e.worker not in self._ejected
+        ]
         if len(usable) <= 1:
             return usable[0] if usable else None
         a, b = self._rng.sample(usable, 2)

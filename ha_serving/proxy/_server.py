@@ -25,6 +25,11 @@ A failure known not to have reached user code is retried once here, on an instan
 another worker, within the deadline. The trailer tells the client whether it may retry;
 its absence marks an error from the transport rather than from a proxy.
 
+A worker that could not be reached (``BackendUnavailable``) is ejected from routing at
+once, as Envoy's outlier detection does: calls that arrive meanwhile go to other workers
+instead of queueing on a dead or restarting actor, and a background probe readmits the
+worker when it answers a ping again (or the AppMaster's next table drops it).
+
 The standard health service reports SERVING for "" and the service name while the
 routing table has instances, NOT_SERVING while it is empty or the proxy is stopping.
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -47,7 +53,9 @@ from ha_serving._wire import RETRY_SAFE_KEY, SERVING_SERVICE, CallResult, RouteE
 from ha_serving.proto.serving_pb2 import CallReply, CallRequest
 from ha_serving.proxy._metrics import ProxyMetrics
 from ha_serving.proxy._router import Router
+from ha_serving.util.aiotasks import guard
 
+log = logging.getLogger(__name__)
 _Context = grpc.aio.ServicerContext[CallRequest, CallReply]
 
 
@@ -60,6 +68,10 @@ class BackendCaller(Protocol):
         Raise ``BackendUnavailable`` when the worker cannot be reached, saying whether
         the call may have reached user code; any other exception counts as "may have".
         """
+        ...
+
+    async def probe(self, worker: str, timeout_s: float) -> bool:
+        """Whether ``worker`` answers a no-op call within ``timeout_s`` (never raises)."""
         ...
 
 
@@ -253,6 +265,7 @@ class ProxyServer:
                 instance_id=instance_id,
             )
         except BackendUnavailable as exc:
+            self._eject(worker, exc.reason)
             return CallResult.failure(
                 "UNAVAILABLE",
                 str(exc),
@@ -267,10 +280,36 @@ class ProxyServer:
                 instance_id=instance_id,
             )
 
+    # --- outlier ejection -----------------------------------------------------------
+
+    def _eject(self, worker: str, reason: str) -> None:
+        if self._stopping or not self.router.eject(worker):
+            return
+        self.metrics.ejections.inc()
+        log.warning("ejected worker %s: %s", worker, reason)
+        guard(self._probe(worker), name=f"probe {worker}", logger=log, finite=True)
+
+    async def _probe(self, worker: str) -> None:
+        """Ping an ejected worker with growing pauses until it answers (readmit) or the
+        routing table drops it; ends with the proxy."""
+        pause = self.settings.eject_probe_s
+        while not self._stopping and self.router.ejected(worker):
+            await asyncio.sleep(pause)
+            if await self._caller.probe(worker, timeout_s=self.settings.eject_probe_max_s):
+                if self.router.ejected(worker):
+                    self.router.readmit(worker)
+                    log.warning("readmitted worker %s", worker)
+                return
+            pause = min(pause * 2, self.settings.eject_probe_max_s)
+
     def _no_instance(self) -> CallResult:
         entries = self.router.table.entries
         if not entries:
             return _refuse("UNAVAILABLE", f"service {self.service!r} has no instance in service")
+        if all(self.router.ejected(e.worker) for e in entries):
+            return _refuse(
+                "UNAVAILABLE", f"every worker of {self.service!r} is unreachable (ejected)"
+            )
         return _refuse(
             "RESOURCE_EXHAUSTED",
             f"all {len(entries)} instances of {self.service!r} are at their concurrency cap",

@@ -21,8 +21,12 @@ def guard(
     name: str,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
     loop: asyncio.AbstractEventLoop | None = None,
+    finite: bool = False,
 ) -> asyncio.Task[Any]:
-    """Start ``coro`` as a task on ``loop`` (default: the running loop), supervised."""
+    """Start ``coro`` as a task on ``loop`` (default: the running loop), supervised.
+
+    ``finite``: the task is meant to end (a probe, a drain), so only its failure is logged.
+    """
     task = (loop or asyncio.get_running_loop()).create_task(coro, name=name)
     _tasks.add(task)
 
@@ -33,7 +37,7 @@ def guard(
         exc = t.exception()
         if exc is not None:
             logger.error("background task %s failed", name, exc_info=exc)
-        else:
+        elif not finite:
             logger.warning("background task %s exited", name)
 
     task.add_done_callback(_done)

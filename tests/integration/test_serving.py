@@ -156,6 +156,54 @@ def test_backend_worker_killed_its_instances_are_replaced_nothing_lost(ops: Serv
     assert load.out.replies[-1]["prefix"] == "after-kill"
 
 
+def _inflight_on(proxies: list[str], instances: set[str]) -> int:
+    """Calls the proxies have in flight on ``instances`` now."""
+    counts = ray.get(
+        [ray.get_actor(p, namespace=NAMESPACE).inflight.remote() for p in proxies], timeout=10
+    )
+    return sum(n for c in counts for i, n in c.items() if i in instances)
+
+
+def test_a_killed_worker_fails_only_the_calls_in_flight_on_it(ops: ServiceOps) -> None:
+    """8 callers keep 0.2 s calls running while a backend worker is SIGKILLed, 3 times
+    (each worker in turn, after the service recovered). Per kill, the failed calls are at
+    most those the proxies had in flight on the killed worker: the proxy ejects a worker
+    at its first failure, so no call that arrives later is sent to the dead process.
+    Prints, per kill, failures / calls in flight at the kill."""
+    ratios = []
+    with Load(ops.store, "echo", method="work", payload=0.2, threads=8, timeout_s=2.0) as load:
+        load.wait_for(40)
+        for k in range(3):
+            view = _settle(ops)
+            proxies = [p["name"] for p in view["proxies"]]
+            workers = sorted({i["worker"] for i in view["instances"]})
+            victim = workers[k % len(workers)]
+            hosted = {i["id"] for i in view["instances"] if i["worker"] == victim}
+            load.wait_for(40)
+            pid = _pid(victim)
+            before = _inflight_on(proxies, hosted)
+            failed_before = load.out.failures
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            at_kill = max(before, _inflight_on(proxies, hosted))
+            # every call sent before the kill has ended by its 2 s deadline: what fails
+            # after that belongs to no kill; then the worker is back and serving
+            time.sleep(max(0.0, killed + 2.5 - time.monotonic()))
+            _settle(ops)
+            load.wait_for(40)
+            failed = load.out.failures - failed_before
+            ratios.append((failed, at_kill))
+    print(
+        "\nbackend worker SIGKILL, failed / in flight at the kill: "
+        + ", ".join(f"{f}/{n}" for f, n in ratios)
+        + f"; {load.out.recorded} calls, {dict(load.out.codes)}"
+    )
+    assert load.out.issued == load.out.recorded
+    assert set(load.out.codes) <= {"OK", "UNAVAILABLE"}, dict(load.out.codes)
+    assert all(n > 0 for _, n in ratios), "no call was in flight at a kill: the test is void"
+    assert all(f <= n for f, n in ratios), ratios
+
+
 def test_resource_change_replaces_worker_actors_with_zero_failures(ops: ServiceOps) -> None:
     """Resources cannot change in place: each worker is drained, replaced by a new process
     with the new resources, one at a time, while every request succeeds."""

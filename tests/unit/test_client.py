@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -48,7 +51,6 @@ def empty() -> Iterator[Stack]:
 @pytest.mark.parametrize(
     ("code", "trailers", "safe"),
     [
-        (grpc.StatusCode.UNAVAILABLE, None, True),  # transport: never reached a proxy
         (grpc.StatusCode.UNAVAILABLE, ((RETRY_SAFE_KEY, "1"),), True),
         (grpc.StatusCode.UNAVAILABLE, ((RETRY_SAFE_KEY, "0"),), False),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, ((RETRY_SAFE_KEY, "1"),), True),
@@ -62,6 +64,91 @@ def test_only_calls_that_cannot_have_run_user_code_are_retry_safe(
     code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...] | None, safe: bool
 ) -> None:
     assert _retry_safe(code, trailers) is safe
+
+
+@pytest.mark.parametrize(
+    ("details", "safe"),
+    [
+        ("failed to connect to all addresses; last error: Connection refused", True),
+        ("DNS resolution failed for nowhere:1", True),
+        ("Socket closed", False),  # the proxy died holding the request
+        ("recvmsg:Connection reset by peer", False),
+        ("GOAWAY received", False),
+        ("", False),
+    ],
+)
+def test_a_transport_unavailable_is_retry_safe_only_if_the_connection_was_never_made(
+    details: str, safe: bool
+) -> None:
+    assert _retry_safe(grpc.StatusCode.UNAVAILABLE, None, details) is safe
+
+
+PROXY_THAT_HANGS = """
+import sys, time, grpc
+from concurrent import futures
+from ha_serving._wire import SERVING_SERVICE
+from ha_serving.proto.serving_pb2 import CallReply, CallRequest
+
+def call(request, context):
+    with open(sys.argv[2], "a") as f:
+        f.write("ran\\n")  # user code ran
+    time.sleep(60)
+    return CallReply()
+
+server = grpc.server(futures.ThreadPoolExecutor(4))
+handler = grpc.unary_unary_rpc_method_handler(
+    call, request_deserializer=CallRequest.FromString,
+    response_serializer=CallReply.SerializeToString)
+server.add_generic_rpc_handlers(
+    (grpc.method_handlers_generic_handler(SERVING_SERVICE, {"Call": handler}),))
+server.add_insecure_port(sys.argv[1])
+server.start()
+print("ready", flush=True)
+server.wait_for_termination(90)
+"""
+
+
+def test_a_proxy_killed_holding_a_call_is_not_retried_so_user_code_runs_once(
+    serving: Stack, tmp_path: Path
+) -> None:
+    """A proxy process SIGKILLed after its backend started the call: the client sees
+    UNAVAILABLE with no trailer on a connection that was made, and must not send the
+    call to the healthy second proxy."""
+    ran = tmp_path / "ran"
+    address = "127.0.77.253:17451"
+    proxy = subprocess.Popen(
+        [sys.executable, "-c", PROXY_THAT_HANGS, address, str(ran)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proxy.stdout is not None
+        assert proxy.stdout.readline().strip() == "ready"
+        with Client([address, serving.address], settings=FAST, rng=seeded(0)) as client:
+            client.set_addresses([address])  # the first attempt goes to the doomed proxy
+            errors: list[CallError] = []
+
+            def call() -> None:
+                try:
+                    client.call("echo", "echo", 1, timeout=20)
+                except CallError as exc:
+                    errors.append(exc)
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            deadline = time.monotonic() + 20
+            while not ran.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            client.set_addresses([address, serving.address])  # a retry would go here
+            proxy.kill()
+            caller.join(20)
+        assert not caller.is_alive()
+        assert [e.code for e in errors] == ["UNAVAILABLE"], errors
+        assert ran.read_text() == "ran\n"
+        assert serving.caller.calls == [], "the call ran a second time on another proxy"
+    finally:
+        proxy.kill()
+        proxy.wait(10)
 
 
 def test_call_encodes_and_decodes_json(serving: Stack) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -174,6 +176,48 @@ def test_failure_after_the_call_may_have_run_is_not_retried() -> None:
         assert (code, trailers) == ("UNAVAILABLE", {RETRY_SAFE_KEY: "0"})
         assert "actor died" in details
         assert stack.caller.calls == [("w1", "a")]
+
+
+def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_worker_that_died_is_ejected_at_once_and_readmitted_when_its_ping_answers() -> None:
+    """After one call fails on a dead worker, no further call is routed there: the next
+    ones all go to the other worker and succeed. Once the worker answers a ping again it
+    is readmitted and takes calls again."""
+    settings = ProxySettings(eject_probe_s=0.05, eject_probe_max_s=0.1)
+    with running_stack(settings=settings) as stack:
+        stack.add("a", worker="w1")
+        stack.add("b", worker="w2")
+        stack.caller.down["w1"] = True  # died while running a call
+        outcomes = [raw(stack, "echo")[0] for _ in range(30)]
+        to_w1 = [c for c in stack.caller.calls if c[0] == "w1"]
+        assert len(to_w1) == 1, f"calls still routed to the dead worker: {to_w1}"
+        assert outcomes.count("UNAVAILABLE") <= 1
+        assert outcomes.count("OK") >= 29
+        assert stack.server.router.ejected("w1")
+        until(lambda: "w1" in stack.caller.probes)  # probed while still down: stays out
+        assert stack.server.router.ejected("w1")
+        del stack.caller.down["w1"]  # restarted: answers pings again
+        until(lambda: not stack.server.router.ejected("w1"))
+        for _ in range(30):
+            raw(stack, "echo")
+        assert len([c for c in stack.caller.calls if c[0] == "w1"]) > 1
+
+
+def test_every_worker_ejected_is_unavailable_and_retry_safe() -> None:
+    settings = ProxySettings(eject_probe_s=5.0)
+    with running_stack(settings=settings) as stack:
+        stack.add("a", worker="w1")
+        stack.caller.down["w1"] = True
+        raw(stack, "echo")
+        code, details, trailers, _ = raw(stack, "echo")
+        assert (code, trailers) == ("UNAVAILABLE", {RETRY_SAFE_KEY: "1"})
+        assert "ejected" in details
 
 
 def test_unexpected_backend_caller_error_is_unavailable_and_not_retry_safe() -> None:
@@ -424,3 +468,22 @@ def test_ray_backend_caller_caches_handles_and_says_which_failures_are_retry_saf
     asyncio.run(scenario())
     # cached handle, remembered miss, and a fresh lookup after the death
     assert lookups == ["w1", "ghost", "w1"]
+
+
+def test_only_a_call_ray_never_sent_to_a_dead_worker_counts_as_never_sent() -> None:
+    """The two ways Ray 2.60 fails a call on a SIGKILLed actor, as measured: held back
+    while the actor restarts (never sent: safe to retry), or pushed before the death."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from ha_serving.proxy._actor import never_sent
+
+    held = ActorUnavailableError(
+        "The actor is temporarily unavailable: IOError: The actor is restarting", None
+    )
+    pushed = ActorUnavailableError(
+        "The actor is temporarily unavailable: RpcError: RPC error: Socket closed", None
+    )
+    assert never_sent(held)
+    assert not never_sent(pushed)
+    assert not never_sent(ActorDiedError())
+    assert not never_sent(RuntimeError("The actor is restarting"))

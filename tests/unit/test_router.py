@@ -190,3 +190,43 @@ def test_a_full_group_spills_to_the_other_and_retiring_is_the_last_resort() -> N
 def test_a_weight_outside_0_to_100_is_refused() -> None:
     with pytest.raises(ValueError, match="candidate_weight"):
         RoutingTable("svc", 1, (), candidate_weight=101)
+
+
+def picks(router: Router, n: int) -> set[str]:
+    """The instances ``n`` calls in a row go to (each released before the next)."""
+    chosen = set()
+    for _ in range(n):
+        entry = router.acquire()
+        assert entry is not None
+        router.release(entry.instance_id)
+        chosen.add(entry.instance_id)
+    return chosen
+
+
+def test_an_ejected_worker_gets_no_call_until_readmitted_and_a_table_without_it_forgets_it() -> (
+    None
+):
+    router = Router("svc", rng=seeded(3))
+    router.update(table(1, 9, 9, 9, 9))  # i0, i2 on w0; i1, i3 on w1
+    assert router.eject("w0") is True
+    assert router.eject("w0") is False, "already ejected: nobody starts a second probe"
+    assert router.eject("w9") is False, "a worker absent from the table is not ejected"
+    chosen = picks(router, 40)
+    assert chosen == {"i1", "i3"}
+    router.readmit("w0")
+    chosen = picks(router, 200)
+    assert chosen == {"i0", "i1", "i2", "i3"}
+    router.eject("w1")
+    router.update(RoutingTable("svc", 2, (RouteEntry("i0", "w0", "v1", 9),)))
+    assert not router.ejected("w1")
+    router.update(table(3, 9, 9))
+    assert picks(router, 40) == {"i0", "i1"}
+
+
+def test_every_worker_ejected_leaves_no_choice() -> None:
+    router = Router("svc", rng=seeded(1))
+    router.update(table(1, 5, 5))
+    router.eject("w0")
+    router.eject("w1")
+    assert router.acquire() is None
+    assert not router.at_capacity()

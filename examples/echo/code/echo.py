@@ -29,5 +29,11 @@ class Echo:
             raise RuntimeError(f"bad release {self.prefix!r}: failing on purpose")
         return {"echo": value, "prefix": self.prefix, "version": VERSION}
 
+    def work(self, seconds: float) -> float:
+        """Hold the call ``seconds`` (a stand-in for a model's latency); tests use it to
+        keep a known number of calls in flight on an instance."""
+        time.sleep(float(seconds))
+        return seconds
+
     def check_health(self) -> bool:
         return True
