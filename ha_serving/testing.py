@@ -23,6 +23,8 @@ class FakeRuntime:
         self.calls: list[tuple[str, str]] = []
         self.down: set[str] = set()
         """Names that exist but do not answer (a paused or partitioned actor)."""
+        self.killed: list[str] = []
+        """Names killed through ``kill`` (not crashes), in order."""
 
     async def create(self, spec: ActorSpec) -> None:
         if spec.name in self.actors:
@@ -56,8 +58,8 @@ class FakeRuntime:
     async def kill(self, name: str, *, restart: bool = False) -> None:
         if restart:
             self.crash(name)
-        else:
-            self.actors.pop(name, None)
+        elif self.actors.pop(name, None) is not None:
+            self.killed.append(name)
 
     def crash(self, name: str, *, restart: bool = True) -> None:
         """The actor's process dies; Ray restarts it empty (or not, ``restart=False``)."""
@@ -79,6 +81,9 @@ class FakeProxy:
         self.tables: list[RoutingTable] = []
         FakeProxy._next_port += 1
         self._port = FakeProxy._next_port
+        self.stopped = False
+        self.stopped_with: float | None = None
+        """The grace period ``stop`` was called with."""
 
     async def start(self) -> Any:
         from ha_serving.proxy import ProxyEndpoint
@@ -93,6 +98,14 @@ class FakeProxy:
 
     async def routes_version(self) -> int:
         return self.table.version
+
+    async def inflight(self) -> dict[str, int]:
+        return {}
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Like ``ProxyActor.stop``: from now on the proxy takes no call."""
+        self.stopped_with = grace_s
+        self.stopped = True
 
 
 def _check(runtime: FakeRuntime) -> Runtime:

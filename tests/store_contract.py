@@ -685,7 +685,8 @@ def packages_are_content_addressed(b: Backend) -> None:
 
 
 def endpoints_lapse_without_heartbeat(b: Backend) -> None:
-    """An endpoint is listed until its TTL passes; a heartbeat extends it; removal is exact."""
+    """An endpoint is listed until its TTL passes; a heartbeat extends it; removal is exact
+    (of all but some addresses, or of one address)."""
     clock = FakeClock()
     store = b.connect(clock=clock)
     store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {"zone": "z1"}, ttl_s=10)
@@ -702,6 +703,11 @@ def endpoints_lapse_without_heartbeat(b: Backend) -> None:
     store.upsert_endpoint("echo", "a", "127.0.1.2:6000", {}, ttl_s=10)
     assert store.remove_endpoints("echo", "a", keep={"127.0.1.2:6000"}) == 1
     assert [e.address for e in store.list_endpoints("echo")] == ["127.0.1.2:6000"]
+    store.upsert_endpoint("echo", "b", "127.0.2.2:5000", {}, ttl_s=10)
+    assert store.remove_endpoint("echo", "a", "127.0.2.2:5000") is False  # other cluster's
+    assert store.remove_endpoint("echo", "a", "127.0.1.2:6000") is True
+    assert store.remove_endpoint("echo", "a", "127.0.1.2:6000") is False  # idempotent
+    assert [e.address for e in store.list_endpoints("echo")] == ["127.0.2.2:5000"]
 
 
 STORE_CHECKS += [packages_are_content_addressed, endpoints_lapse_without_heartbeat]

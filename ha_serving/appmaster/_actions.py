@@ -2,7 +2,8 @@
 
 Every method here persists the state change an action enables (through ``_mutate``,
 group-committed by the core) before the side effect it allows, so a crash between the
-two leaves a state the next round's plan completes or repeats idempotently.
+two leaves a state the next round's plan completes or repeats idempotently. The one
+exception, ``_withdraw_proxy``, says why.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ha_serving.appmaster._planner import (
     MarkLost,
     Observed,
     RollBack,
+    proxy_names,
     successor,
 )
 from ha_serving.appmaster._state import (
@@ -33,6 +35,7 @@ from ha_serving.appmaster._state import (
     JobState,
     Phase,
     Proxy,
+    ProxyPhase,
     end_release,
     finish_rollout,
 )
@@ -48,6 +51,14 @@ ENDPOINT_TTL_S = 15.0
 FAILED_RETRY_S = 2.0
 """A failed instance is retried after this long, so a broken version does not spin."""
 CALL_TIMEOUT_S = 30.0
+WITHDRAW_S = 5.0
+"""Seconds a proxy keeps serving after its endpoint left discovery, before it is stopped.
+Clients hear of the withdrawal through their Keeper Watch within its period (0.5 s), so
+they have moved away long before; one whose Keeper went silent (up to the client's 6 s
+``silence_s``) may still call the stopping proxy and gets UNAVAILABLE, which it retries
+on another endpoint. Longer only keeps a surplus proxy around longer."""
+STOP_MARGIN_S = 5.0
+"""Seconds on top of a drain grace period that a stop call may take to answer."""
 
 ActorFactory = Callable[[str, JobState], ActorSpec]
 
@@ -121,32 +132,79 @@ class ActionsMixin:
             )
 
     async def _start_proxy(self, name: str) -> None:
-        await self.runtime.create(self._proxy_actor(name, self._state()))
-        endpoint = await self.runtime.call(name, "start", timeout_s=CALL_TIMEOUT_S)
-        metrics = f"{endpoint.address.rsplit(':', 1)[0]}:{endpoint.metrics_port}"
-        await self._mutate(
-            lambda s: s.model_copy(
-                update={
-                    "proxies": {
-                        **s.proxies,
-                        name: Proxy(name=name, address=endpoint.address, metrics_address=metrics),
-                    }
-                }
+        # recorded first: a proxy created by an AppMaster that died at once is still ours
+        # to stop if the spec drops it
+        state = await self._mutate(
+            lambda s: (
+                s
+                if name in s.proxies
+                else s.with_proxy(Proxy(name=name, phase=ProxyPhase.STARTING))
             )
         )
+        await self.runtime.create(self._proxy_actor(name, state))
+        endpoint = await self.runtime.call(name, "start", timeout_s=CALL_TIMEOUT_S)
+        metrics = f"{endpoint.address.rsplit(':', 1)[0]}:{endpoint.metrics_port}"
+        state = await self._mutate(
+            lambda s: s.with_proxy(
+                s.proxies[name].to(
+                    ProxyPhase.SERVING,
+                    address=endpoint.address,
+                    metrics_address=metrics,
+                    stop_at=0.0,
+                )
+            )
+        )
+        await self._publish(state, state.proxies[name], endpoint.address)
+
+    async def _publish(self, state: JobState, proxy: Proxy, address: str) -> None:
+        """Register (or heartbeat) a serving proxy's endpoint in discovery."""
         await asyncio.to_thread(
             self.store.upsert_endpoint,
             self.service,
             self.cluster,
-            endpoint.address,
+            address,
             {
                 "cluster": self.cluster,
-                "proxy": name,
-                "metrics": metrics,
-                "weight": _weight(self._state(), self.cluster),
+                "proxy": proxy.name,
+                "metrics": proxy.metrics_address,
+                "weight": _weight(state, self.cluster),
             },
             ENDPOINT_TTL_S,
         )
+
+    async def _withdraw_proxy(self, name: str, addresses: tuple[str, ...]) -> None:
+        """Take the proxy out of discovery, then record when it may be stopped.
+
+        Side effect before state, unlike elsewhere, and on purpose: ``stop_at`` must be
+        counted from a removal that happened. A crash in between leaves it ``serving``
+        and the next round withdraws it again (idempotent); nothing re-publishes it
+        meanwhile, since only wanted proxies are published."""
+        for address in addresses:
+            await asyncio.to_thread(self.store.remove_endpoint, self.service, self.cluster, address)
+        stop_at = self.clock.now() + WITHDRAW_S
+        await self._mutate(
+            lambda s: s.with_proxy(s.proxies[name].to(ProxyPhase.WITHDRAWN, stop_at=stop_at))
+        )
+        self.log.info("proxy %s withdrawn from discovery; stopping it in %.0fs", name, WITHDRAW_S)
+
+    async def _stop_proxy(self, name: str) -> None:
+        """Stop (NOT_SERVING, in-flight calls finish within the drain timeout), kill,
+        forget. Repeated after a crash at any point, it completes what is left."""
+
+        def stopping(s: JobState) -> JobState:
+            p = s.proxies[name]
+            return s if p.phase == ProxyPhase.STOPPING else s.with_proxy(p.to(ProxyPhase.STOPPING))
+
+        state = await self._mutate(stopping)
+        grace = state.spec.rollout.drain_timeout_s
+        if await self.runtime.exists(name):
+            try:
+                await self.runtime.call(name, "stop", grace, timeout_s=grace + STOP_MARGIN_S)
+            except ActorUnavailable as exc:  # dead or hung: nothing more to wait for
+                self.log.warning("proxy %s did not stop gracefully (%s): killing it", name, exc)
+            await self.runtime.kill(name)
+        await self._mutate(lambda s: s.without_proxy(name))
+        self.log.info("proxy %s stopped and forgotten", name)
 
     async def _start_worker(self, name: str) -> None:
         state = await self._mutate(
@@ -165,6 +223,10 @@ class ActionsMixin:
                 }
             )
         )
+        # empty (its instances were removed, each after wait_idle): shutdown only
+        # releases its thread pools; a dead worker is just forgotten
+        with contextlib.suppress(ActorUnavailable):
+            await self.runtime.call(name, "shutdown", timeout_s=STOP_MARGIN_S * 2)
         await self.runtime.kill(name)
         await self._mutate(
             lambda s: s.model_copy(
@@ -311,17 +373,20 @@ class ActionsMixin:
                     instance_id=i.id,
                     worker=i.worker,
                     version=i.running.version if i.running else "",
-                    # each proxy enforces its own cap: share the instance's among them
-                    max_concurrency=max(
-                        1, state.spec.max_concurrency // len(state.proxies or {"": 0})
-                    ),
+                    max_concurrency=state.concurrency_per_proxy(),
                     group=i.group.value,
                 )
                 for i in state.serving()
             ),
             candidate_weight=state.release.weight if state.release is not None else 0,
         )
-        live = [n for n, v in observed.proxies.items() if v is not None]
+        # withdrawn proxies still serve some calls: they get the table too; ones stopped
+        # since the round began do not
+        live = [
+            n
+            for n, v in observed.proxies.items()
+            if v is not None and (n in state.proxies or n in proxy_names(state))
+        ]
 
         async def push(name: str) -> bool:
             try:
@@ -336,26 +401,21 @@ class ActionsMixin:
                 lambda s: s.model_copy(update={"routes_acked": max(s.routes_acked, table.version)})
             )
 
-    async def _heartbeat_endpoints(self, observed: Observed) -> None:
+    async def _heartbeat_endpoints(self, observed: Observed, started: set[str]) -> None:
+        """Publish the serving proxies the spec asks for, and nothing else: a withdrawn
+        one stays out, a dead one is taken out. ``started``: proxies started this round
+        (observed dead before it, so alive by their record)."""
         state = self.state
         if state is None:
             return
         live: set[str] = set()
-        for name, view in observed.proxies.items():
-            if view is not None and view.address:
-                live.add(view.address)
-                await asyncio.to_thread(
-                    self.store.upsert_endpoint,
-                    self.service,
-                    self.cluster,
-                    view.address,
-                    {
-                        "cluster": self.cluster,
-                        "proxy": name,
-                        "weight": _weight(state, self.cluster),
-                    },
-                    ENDPOINT_TTL_S,
-                )
+        for name in proxy_names(state):
+            proxy = state.proxies.get(name)
+            if proxy is None or proxy.phase != ProxyPhase.SERVING or proxy.address is None:
+                continue
+            if observed.proxies.get(name) is not None or name in started:
+                live.add(proxy.address)
+                await self._publish(state, proxy, proxy.address)
         await asyncio.to_thread(self.store.remove_endpoints, self.service, self.cluster, keep=live)
 
     def _inst(self, instance_id: str) -> Instance:

@@ -35,7 +35,9 @@ from ha_serving.appmaster._planner import (
     RollBack,
     StartProxy,
     StartWorker,
+    StopProxy,
     StopWorker,
+    WithdrawProxy,
     WorkerView,
     converged,
     plan,
@@ -241,11 +243,14 @@ class AppMasterCore(ActionsMixin):
                 rollout = Rollout(
                     op_id=op_id, kind=kind, from_rev=state.desired, to_rev=desired, started_at=now
                 )
+            # the proxies' share of max_concurrency is in the routing table
+            resend = spec.max_concurrency != state.spec.max_concurrency
             return state.model_copy(
                 update={
                     "spec": spec,
                     "desired": desired,
                     "rollout": rollout,
+                    "routes_version": state.routes_version + int(resend),
                     "highest_epoch": max(epoch, state.highest_epoch),
                     "applied_ops": (*state.applied_ops, op_id)[-MAX_APPLIED_OPS:],
                 }
@@ -421,20 +426,24 @@ class AppMasterCore(ActionsMixin):
         actions = plan(state, observed, self.clock.now())
         self.rounds += 1
         await self.execute(actions, observed)
-        await self._heartbeat_endpoints(observed)
+        await self._heartbeat_endpoints(
+            observed, {a.name for a in actions if isinstance(a, StartProxy)}
+        )
         return bool(actions)
 
     async def observe(self, state: JobState) -> Observed:
         names = sorted({i.worker for i in state.instances.values()} | set(state.workers))
         workers = await asyncio.gather(*(self._observe_worker(n) for n in names))
-        proxies = await asyncio.gather(*(self._observe_proxy(n) for n in proxy_names(state)))
+        # the recorded ones too: a proxy the spec dropped runs until it is stopped
+        proxy_set = sorted(set(proxy_names(state)) | set(state.proxies))
+        proxies = await asyncio.gather(*(self._observe_proxy(n) for n in proxy_set))
         now = self.clock.monotonic()
         if now - self._last_health >= state.spec.rollout.health_check_period_s:
             self._last_health = now
             self._unhealthy = await self._health(state, dict(zip(names, workers, strict=True)))
         return Observed(
             workers=dict(zip(names, workers, strict=True)),
-            proxies=dict(zip(proxy_names(state), proxies, strict=True)),
+            proxies=dict(zip(proxy_set, proxies, strict=True)),
             unhealthy=self._unhealthy,
         )
 
@@ -484,17 +493,7 @@ class AppMasterCore(ActionsMixin):
         ]
         for entry in book:
             await self._book(entry)
-        effects: list[Awaitable[None]] = []
-        for a in actions:
-            if isinstance(a, StartProxy):
-                effects.append(self._start_proxy(a.name))
-            elif isinstance(a, StartWorker):
-                effects.append(self._start_worker(a.name))
-            elif isinstance(a, StopWorker):
-                effects.append(self._stop_worker(a.name))
-            elif isinstance(a, ReplaceWorker):
-                effects.append(self._replace_worker(a.name))
-        await _gather(effects)
+        await _gather(self._effects(actions))
         steps: list[Awaitable[None]] = []
         for a in actions:
             if isinstance(a, Load):
@@ -509,6 +508,24 @@ class AppMasterCore(ActionsMixin):
             isinstance(a, PushRoutes) for a in actions
         ):
             await self._push_routes(observed)
+
+    def _effects(self, actions: list[Action]) -> list[Awaitable[None]]:
+        """The actor side effects among ``actions`` (run concurrently, before loads)."""
+        effects: list[Awaitable[None]] = []
+        for a in actions:
+            if isinstance(a, StartProxy):
+                effects.append(self._start_proxy(a.name))
+            elif isinstance(a, StartWorker):
+                effects.append(self._start_worker(a.name))
+            elif isinstance(a, WithdrawProxy):
+                effects.append(self._withdraw_proxy(a.name, a.addresses))
+            elif isinstance(a, StopProxy):
+                effects.append(self._stop_proxy(a.name))
+            elif isinstance(a, StopWorker):
+                effects.append(self._stop_worker(a.name))
+            elif isinstance(a, ReplaceWorker):
+                effects.append(self._replace_worker(a.name))
+        return effects
 
     # --- reading ----------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 The planner compares what the state says should be (desired revision, instance count,
 proxies) with what the runtime shows (live workers and what they host, live proxies and
-the routing table each holds) and returns the next actions. It never does I/O; the
-executor applies the actions and persists every state change before its side effect.
+the routing table each holds) and returns the next actions: what is missing is started;
+what the spec no longer asks for (instances, workers, proxies) is drained and stopped.
+It never does I/O; the executor applies the actions and persists every state change
+before its side effect.
 Called again after every round, it is level-triggered: a restarted AppMaster, or one
 whose last round half-failed, simply plans again from the persisted state.
 """
@@ -13,7 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ha_serving._spec import Revision
-from ha_serving.appmaster._state import OUT_OF_SERVICE, Group, Instance, JobState, Phase
+from ha_serving.appmaster._state import (
+    OUT_OF_SERVICE,
+    Group,
+    Instance,
+    JobState,
+    Phase,
+    ProxyPhase,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class Observed:
     workers: dict[str, WorkerView | None] = field(default_factory=dict)
     """Every worker the state names: its view, or None if it is dead/unreachable."""
     proxies: dict[str, ProxyView | None] = field(default_factory=dict)
+    """Every proxy the spec names or the state records: its view, or None if dead."""
     unhealthy: frozenset[str] = frozenset()
     """Serving instances whose periodic health check failed."""
 
@@ -43,6 +53,22 @@ class Observed:
 
 @dataclass(frozen=True)
 class StartProxy:
+    name: str
+
+
+@dataclass(frozen=True)
+class WithdrawProxy:
+    """Take a proxy the spec no longer asks for out of discovery (it keeps serving)."""
+
+    name: str
+    addresses: tuple[str, ...]
+    """Its recorded and its observed address (they differ if Ray restarted it)."""
+
+
+@dataclass(frozen=True)
+class StopProxy:
+    """Stop a withdrawn proxy (drains its in-flight calls), kill it and forget it."""
+
     name: str
 
 
@@ -121,6 +147,8 @@ class RollBack:
 
 Action = (
     StartProxy
+    | WithdrawProxy
+    | StopProxy
     | StartWorker
     | StopWorker
     | CreateInstances
@@ -167,11 +195,9 @@ def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
     """The next actions, in the order the executor should apply them."""
     actions: list[Action] = []
 
-    # 1. proxies: every named proxy runs (a restarted one re-publishes its address)
-    for name in proxy_names(state):
-        view, known = observed.proxies.get(name), state.proxies.get(name)
-        if view is None or known is None or view.address != known.address:
-            actions.append(StartProxy(name))
+    # 1. proxies: every named proxy runs (a restarted one re-publishes its address);
+    #    the others leave discovery, then stop
+    actions += _proxies(state, observed, now)
 
     # 2. instances the runtime lost (worker died or restarted empty) start over
     lost = tuple(
@@ -192,7 +218,9 @@ def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
         i.worker for a in scale if isinstance(a, CreateInstances) for i in a.instances
     }
     actions += [StartWorker(n) for n in sorted(needed) if observed.workers.get(n) is None]
-    actions += [StopWorker(w) for w, v in observed.workers.items() if v and w not in needed]
+    # (a dead one too: it is forgotten, or it would be observed, and counted as stale
+    # by converged(), forever)
+    actions += [StopWorker(w) for w in observed.workers if w not in needed]
     actions += _replace(state, observed, lost)
 
     # 5. pending instances load the desired revision once their worker runs
@@ -210,6 +238,40 @@ def plan(state: JobState, observed: Observed, now: float) -> list[Action]:
     ):
         actions.append(PushRoutes(state.routes_version))
     return actions
+
+
+def _proxies(state: JobState, observed: Observed, now: float) -> list[Action]:
+    """Wanted proxies run and are recorded serving at their current address; unwanted
+    ones are withdrawn from discovery, and stopped once ``stop_at`` has passed."""
+    actions: list[Action] = []
+    wanted = proxy_names(state)
+    for name in wanted:
+        view, known = observed.proxies.get(name), state.proxies.get(name)
+        if known is not None and known.phase == ProxyPhase.STOPPING:
+            actions.append(StopProxy(name))  # cannot be taken back: started anew once gone
+        elif (
+            view is None
+            or known is None
+            or known.phase != ProxyPhase.SERVING
+            or view.address != known.address
+        ):
+            actions.append(StartProxy(name))
+    for name in sorted(set(state.proxies) - set(wanted)):
+        known = state.proxies[name]
+        if known.phase == ProxyPhase.SERVING:
+            view = observed.proxies.get(name)
+            found = {known.address, view.address if view is not None else None}
+            actions.append(WithdrawProxy(name, tuple(sorted(a for a in found if a))))
+        elif known.phase != ProxyPhase.WITHDRAWN or known.stop_at <= now:
+            actions.append(StopProxy(name))  # starting ones were never published
+    return actions
+
+
+def proxies_converged(state: JobState) -> bool:
+    """Exactly the proxies the spec names are recorded, all serving."""
+    return set(state.proxies) == set(proxy_names(state)) and all(
+        p.phase == ProxyPhase.SERVING for p in state.proxies.values()
+    )
 
 
 def _replace(state: JobState, observed: Observed, lost: tuple[str, ...]) -> list[Action]:
@@ -304,7 +366,8 @@ def _rollout(state: JobState) -> list[Action]:
 
 
 def converged(state: JobState) -> bool:
-    """Every instance serves its group's revision, with the wanted count of each group."""
+    """Every instance serves its group's revision, with the wanted count of each group,
+    on workers with the current resources, behind exactly the wanted proxies."""
     r = state.release
     return (
         all(
@@ -317,6 +380,7 @@ def converged(state: JobState) -> bool:
         and len(state.instances) == state.wanted()
         and (r is None or len(state.in_group(Group.CANDIDATE)) == r.instances)
         and all(k == state.placement_key for k in state.workers.values())
+        and proxies_converged(state)
     )
 
 

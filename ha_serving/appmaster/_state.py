@@ -1,4 +1,4 @@
-"""The AppMaster's durable state and the instance lifecycle state machine.
+"""The AppMaster's durable state and the lifecycles of the instances and proxies it owns.
 
 Theory of operation
 -------------------
@@ -34,6 +34,28 @@ touched, and returns to routing only after its health check passed.
 A change of resources or runtime env cannot be applied in place: the worker actor is
 replaced, one worker at a time. All its instances are drained (purpose "replace"), the
 worker is killed and created again with the new options, and its instances load anew.
+
+Proxy lifecycle
+---------------
+A proxy is recorded before its actor is created, so an AppMaster that dies right after
+creating it still knows it owns it. A proxy the spec no longer asks for (``proxies``
+lowered) leaves without failing a call: its discovery endpoint is withdrawn first and it
+keeps serving (and receiving routing tables) until ``stop_at``, while clients' discovery
+moves them to the other proxies; then it is stopped (health NOT_SERVING, late calls get a
+retry-safe UNAVAILABLE, in-flight ones finish within the drain timeout), killed, and its
+record deleted. Only ``serving`` proxies that the spec asks for are published.
+
+=========  ================  =====================================================
+from       to                when
+=========  ================  =====================================================
+starting   serving           it answered ``start()``; its address is published
+starting   stopping          no longer wanted before it served (never published)
+serving    serving           Ray restarted it at a new address (re-published)
+serving    withdrawn         no longer wanted: its endpoint left discovery
+withdrawn  serving           wanted again before it was stopped
+withdrawn  stopping          ``stop_at`` passed
+stopping   (record deleted)  stopped, drained and killed
+=========  ================  =====================================================
 
 Version groups (canary, blue-green)
 -----------------------------------
@@ -71,11 +93,14 @@ from ha_serving._spec import Revision, ServiceSpec
 
 
 class IllegalTransition(HAServingError):
-    def __init__(self, instance_id: str, src: str, dst: str) -> None:
-        self.instance_id = instance_id
+    """A lifecycle move its table does not allow: a bug, never retried."""
+
+    def __init__(self, subject: str, src: str, dst: str) -> None:
+        self.subject = subject
+        """What moved: ``instance <id>`` or ``proxy <name>``."""
         self.src = src
         self.dst = dst
-        super().__init__(f"instance {instance_id}: illegal transition {src} -> {dst}")
+        super().__init__(f"{subject}: illegal transition {src} -> {dst}")
 
 
 class Phase(str, Enum):
@@ -130,14 +155,39 @@ class Instance(_Frozen):
 
     def to(self, phase: Phase, **changes: Any) -> Instance:
         if phase not in TRANSITIONS[self.phase]:
-            raise IllegalTransition(self.id, self.phase.value, phase.value)
+            raise IllegalTransition(f"instance {self.id}", self.phase.value, phase.value)
         return self.model_copy(update={"phase": phase, **changes})
+
+
+class ProxyPhase(str, Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    WITHDRAWN = "withdrawn"
+    STOPPING = "stopping"
+
+
+PROXY_TRANSITIONS: dict[ProxyPhase, frozenset[ProxyPhase]] = {
+    ProxyPhase.STARTING: frozenset({ProxyPhase.SERVING, ProxyPhase.STOPPING}),
+    ProxyPhase.SERVING: frozenset({ProxyPhase.SERVING, ProxyPhase.WITHDRAWN}),
+    ProxyPhase.WITHDRAWN: frozenset({ProxyPhase.SERVING, ProxyPhase.STOPPING}),
+    ProxyPhase.STOPPING: frozenset(),
+}
 
 
 class Proxy(_Frozen):
     name: str
     address: str | None = None
     metrics_address: str | None = None
+    phase: ProxyPhase = ProxyPhase.SERVING
+    """Lifecycle phase (see the module's table); records saved before proxies had phases
+    were all of serving proxies, hence the default."""
+    stop_at: float = 0.0
+    """A withdrawn proxy is stopped no sooner than this (epoch seconds)."""
+
+    def to(self, phase: ProxyPhase, **changes: Any) -> Proxy:
+        if phase not in PROXY_TRANSITIONS[self.phase]:
+            raise IllegalTransition(f"proxy {self.name}", self.phase.value, phase.value)
+        return self.model_copy(update={"phase": phase, **changes})
 
 
 class Rollout(_Frozen):
@@ -217,6 +267,26 @@ class JobState(_Frozen):
         rest = {k: v for k, v in self.instances.items() if k != instance_id}
         return self.model_copy(update={"instances": rest})
 
+    def with_proxy(self, proxy: Proxy) -> JobState:
+        return self._with_proxies({**self.proxies, proxy.name: proxy})
+
+    def without_proxy(self, name: str) -> JobState:
+        return self._with_proxies({k: v for k, v in self.proxies.items() if k != name})
+
+    def _with_proxies(self, proxies: dict[str, Proxy]) -> JobState:
+        """Each serving proxy's routing table carries its share of the instances'
+        concurrency (``concurrency_per_proxy``): a change of their number is a new table."""
+        bump = _serving(proxies) != _serving(self.proxies)
+        return self.model_copy(
+            update={"proxies": proxies, "routes_version": self.routes_version + int(bump)}
+        )
+
+    def concurrency_per_proxy(self) -> int:
+        """An instance's ``max_concurrency``, shared among the proxies clients are sent to
+        (each enforces its own cap). A withdrawn proxy is not counted: the others take
+        its clients at once, and its own calls are draining away."""
+        return max(1, self.spec.max_concurrency // max(1, _serving(self.proxies)))
+
     def target(self, inst: Instance) -> Revision:
         """The revision ``inst`` should run: its group's."""
         if inst.group == Group.CANDIDATE and self.release is not None:
@@ -246,6 +316,10 @@ class JobState(_Frozen):
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> JobState:
         return cls.model_validate(_upgrade(record))
+
+
+def _serving(proxies: dict[str, Proxy]) -> int:
+    return sum(p.phase == ProxyPhase.SERVING for p in proxies.values())
 
 
 def _upgrade(record: dict[str, Any]) -> dict[str, Any]:

@@ -102,6 +102,16 @@ def remove_endpoints(
     return conn.execute(query).rowcount
 
 
+def remove_endpoint(conn: Connection, service: str, cluster: str, address: str) -> bool:
+    """Delete one endpoint; False if it was not there (already removed or lapsed)."""
+    query = sa.delete(endpoints).where(
+        (endpoints.c.service == service)
+        & (endpoints.c.cluster == cluster)
+        & (endpoints.c.address == address)
+    )
+    return bool(conn.execute(query).rowcount)
+
+
 def remove_cluster_endpoints(conn: Connection, cluster: str) -> int:
     """Withdraw every endpoint on ``cluster`` (it was declared lost)."""
     return int(conn.execute(sa.delete(endpoints).where(endpoints.c.cluster == cluster)).rowcount)

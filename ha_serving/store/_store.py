@@ -468,6 +468,11 @@ class Store:
         with self._tx() as conn:
             return _catalog.remove_endpoints(conn, service, cluster, keep)
 
+    def remove_endpoint(self, service: str, cluster: str, address: str) -> bool:
+        """Withdraw one proxy's endpoint (idempotent); True if it was listed."""
+        with self._tx() as conn:
+            return _catalog.remove_endpoint(conn, service, cluster, address)
+
     def remove_cluster_endpoints(self, cluster: str) -> int:
         """Withdraw every service's endpoints on ``cluster`` at once (cluster lost)."""
         with self._tx() as conn:
