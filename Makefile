@@ -79,3 +79,12 @@ BENCH_ARGS ?=
 bench: venv
 	@$(BIN)/python -c 'import ray.serve' 2>/dev/null || $(BIN)/python -m pip install -q $(SERVE_DEPS)
 	$(BIN)/python bench/grpc_vs_serve.py $(BENCH_ARGS)
+
+## soak-recovery: kill and restart cluster b ROUNDS times under constant client load,
+## printing per round kill -> registered -> serving again and failed calls (own stack if
+## none is up; exit status = every round recovered within BOUND_S, nothing lost)
+ROUNDS ?= 20
+BOUND_S ?= 60
+.PHONY: soak-recovery
+soak-recovery: venv
+	$(BIN)/python -m loadtest.soak_recovery --rounds $(ROUNDS) --bound-s $(BOUND_S)

@@ -269,6 +269,37 @@ def test_rolling_update_of_50_packed_instances_under_load(ops: ServiceOps) -> No
     assert json.dumps(load.out.replies[-1]).count("fifty") == 1
 
 
+def _actor_exists(name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:  # no live actor has the name
+        return False
+    return True
+
+
+def test_scaling_proxies_down_stops_the_extra_one_with_zero_failures(ops: ServiceOps) -> None:
+    """2 -> 1 proxies under load: the extra proxy leaves discovery first, then drains and
+    stops; no call fails, its actor is gone, and the state and discovery list only p0.
+    Then 1 -> 2 brings a second proxy back."""
+    before = [e.address for e in ops.store.list_endpoints("echo")]
+    assert len(before) == 2
+    with Load(ops.store, "echo") as load:
+        load.wait_for(100)
+        ops.change("echo", kind="deploy", proxies=1)
+        view = _settle(ops)
+        load.wait_for(100)
+    _assert_no_failures(load)
+    assert [p["name"] for p in view["proxies"]] == ["echo-p0"]
+    assert len(ops.store.list_endpoints("echo")) == 1
+    deadline = time.monotonic() + 10  # the kill is asynchronous in Ray
+    while _actor_exists("echo-p1"):
+        assert time.monotonic() < deadline, "echo-p1 still runs after the scale-down"
+        time.sleep(0.1)
+    ops.change("echo", kind="deploy", proxies=2)
+    view = _settle(ops)
+    assert sorted(p["name"] for p in view["proxies"]) == ["echo-p0", "echo-p1"]
+
+
 def _cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("ha-serving")
     return subprocess.run(
