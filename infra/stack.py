@@ -352,7 +352,7 @@ def _wait_nodes(
         seen = alive_since(cluster.gcs_address) or {}
         waiting = []
         for n in nodes:
-            if n.name in failed or seen.get(n.address, -1.0) >= registered_after:
+            if n.name in failed or (n.address in seen and seen[n.address] >= registered_after):
                 continue
             if not procs.alive(n.proc):
                 failed[n.name] = f"exited at start ({n.address}): {node_evidence(n)}"

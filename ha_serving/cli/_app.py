@@ -201,9 +201,10 @@ def cluster_kill(name: str, run_dir: RunDir = None) -> None:
 
 @cluster_app.command("restart")
 def cluster_restart(name: str, run_dir: RunDir = None) -> None:
-    """Start every dead node of a cluster again, head first."""
+    """Start every dead node of a cluster again (head and workers together); a node that
+    fails to start is started again from a clean temp dir, and said so."""
     with err.status(f"restarting cluster {name}"):
-        infra.restart_cluster(run_dir_of(run_dir), name)
+        infra.restart_cluster(run_dir_of(run_dir), name, report=err.print)
     out.print(f"cluster {name} is back")
 
 
