@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from ha_serving._errors import StackError
+from ha_serving._settings import Settings
 from infra.topology import NodePorts
 
 BLOCK_PER_CLUSTER = 2000
@@ -100,6 +101,18 @@ class PortSlot:
 
     def release(self) -> None:
         self.lock.close()
+
+    def settings(self, settings: Settings) -> Settings:
+        """``settings`` with every port of the stack (nodes, DB, Redis, Keepers) in this
+        slot, for a run that stands up a stack of its own."""
+        groups = {
+            name: getattr(settings, name).model_dump() for name in type(settings).model_fields
+        }
+        groups["stack"].update(
+            port_base=self.base, db_port=self.db_port, redis_port=self.redis_port
+        )
+        groups["keeper"]["port"] = self.keeper_port
+        return Settings.build(**groups)
 
 
 def claim_slot(bases: tuple[int, ...] = SLOT_BASES, lock_dir: Path = Path("/tmp")) -> PortSlot:  # noqa: S108 - machine-wide by design

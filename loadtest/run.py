@@ -30,6 +30,7 @@ from ha_serving import Settings
 from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
 from ha_serving.keeper import KeeperClient
+from infra.ports import claim_slot
 from loadtest import report
 from loadtest.sla import Record, summarize
 
@@ -108,8 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     topo = infra.load(run_dir)
     started_here = topo is None
     if topo is None:
-        print(f"[loadtest] no stack in {run_dir}: bringing one up", flush=True)
-        topo = infra.up(settings).topology
+        # a stack of its own: ports of a free slot, so it can run beside `make up`'s
+        slot = claim_slot()
+        print(
+            f"[loadtest] no stack in {run_dir}: bringing one up (ports from {slot.base})",
+            flush=True,
+        )
+        topo = infra.up(slot.settings(settings)).topology
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.reports / f"{args.scenario}-{stamp}"
     try:

@@ -34,6 +34,7 @@ from ha_serving.backend import make_package
 from ha_serving.client import discovered_client
 from ha_serving.keeper import KeeperClient
 from infra import procs
+from infra.ports import claim_slot
 from infra.stack import node_evidence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     topo = infra.load(run_dir)
     started_here = topo is None
     if topo is None:
-        print(f"[soak] no stack in {run_dir}: bringing one up", flush=True)
-        topo = infra.up(settings).topology
+        # a stack of its own: ports of a free slot, so it can run beside `make up`'s
+        slot = claim_slot()
+        print(f"[soak] no stack in {run_dir}: bringing one up (ports from {slot.base})", flush=True)
+        topo = infra.up(slot.settings(settings)).topology
     try:
         passed = soak(topo, args.rounds, args.cluster, args.bound_s, args.rate)
     finally:
