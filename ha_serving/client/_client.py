@@ -203,9 +203,12 @@ class _Core(Generic[C]):
     ) -> float:
         """Backoff before retrying, or raise the CallError the caller gets."""
         code = err.code()
-        safe = _retry_safe(code, err.trailing_metadata(), err.details())
-        if code == grpc.StatusCode.UNAVAILABLE and safe:
-            # The proxy itself is gone or has nothing to route to. (An UNAVAILABLE that
+        trailers = err.trailing_metadata()
+        safe = _retry_safe(code, trailers, err.details())
+        from_transport = not any(k == RETRY_SAFE_KEY for k, _ in (trailers or ()))
+        if code == grpc.StatusCode.UNAVAILABLE and (safe or from_transport):
+            # The proxy itself is gone (no proxy answered: the connection failed or
+            # broke) or has nothing to route to. (An UNAVAILABLE a proxy answered that
             # may have run user code blames a backend, not the proxy: keep using it.)
             with self.lock:
                 ep.down_until = self.clock() + self.settings.endpoint_down_s
