@@ -88,3 +88,14 @@ BOUND_S ?= 60
 .PHONY: soak-recovery
 soak-recovery: venv
 	$(BIN)/python -m loadtest.soak_recovery --rounds $(ROUNDS) --bound-s $(BOUND_S)
+
+## chaos: the fault-drill catalogue (Chaos Toolkit experiments in chaos/drills/) under
+## constant client load and control operations: a control run, then each drill; journals,
+## history, summary.md and timeline.png in chaos/reports/<run>/ (own stack if none is up;
+## exit status = every drill passed with 0 violations). DRILL=kill-keeper-leader runs one.
+DRILL ?=
+MODE ?= catalogue
+.PHONY: chaos
+chaos: venv
+	$(BIN)/python -m pip install -q -e '.[chaos]'
+	$(BIN)/python -m chaos.run --mode '$(MODE)' $(if $(DRILL),--drill '$(DRILL)')

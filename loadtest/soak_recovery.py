@@ -20,83 +20,26 @@ import argparse
 import json
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import infra
 from ha_serving import Settings
-from ha_serving._errors import CallError, StackError
+from ha_serving._errors import StackError
 from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
-from ha_serving.client import discovered_client
 from ha_serving.keeper import KeeperClient
 from infra import procs
 from infra.ports import claim_slot
 from infra.stack import node_evidence
+from loadtest.callers import Load
 
 ROOT = Path(__file__).resolve().parents[1]
 ECHO = ROOT / "examples" / "echo"
 SERVICE = "soak-echo"
 TOLERATED = {"UNAVAILABLE"}
 """Explicit UNAVAILABLE: the call provably never ran; the caller may retry it elsewhere."""
-
-
-@dataclass
-class Load:
-    """SDK callers over every proxy of the service, each call's (time, cluster or code)."""
-
-    topo: infra.Topology
-    threads: int = 8
-    rate: float = 200.0
-    """Calls per second offered in all (paced per caller): a fixed rate, as a service's
-    clients offer, so the soak measures recovery, not how much this machine can push."""
-    deadline_s: float = 2.0
-    results: list[tuple[float, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.client, self.discovery = discovered_client(
-            SERVICE, [k.address for k in self.topo.keepers], token=self.topo.keeper_token()
-        )
-        self._workers = [
-            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
-        ]
-
-    def _run(self) -> None:
-        interval = self.threads / self.rate
-        due = time.monotonic()
-        while not self.stop.is_set():
-            due += interval
-            if (ahead := due - time.monotonic()) > 0:
-                self.stop.wait(ahead)  # pacing to the offered rate
-            else:
-                due = time.monotonic()  # behind (a slow call): no burst to catch up
-            try:
-                reply = self.client.call_raw(SERVICE, "echo", b'"x"', timeout=self.deadline_s)
-                outcome = reply.cluster or "?"
-            except CallError as exc:
-                outcome = exc.code
-            with self.lock:
-                self.results.append((time.monotonic(), outcome))
-
-    def start(self) -> None:
-        for t in self._workers:
-            t.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self._workers:
-            t.join(10)
-        self.discovery.stop()
-        self.client.close()
-
-    def since(self, t0: float) -> list[tuple[float, str]]:
-        with self.lock:
-            return [r for r in self.results if r[0] >= t0]
 
 
 def _wait(what: str, check: Callable[[], bool], deadline: float, interval_s: float = 0.1) -> float:
@@ -138,13 +81,13 @@ def evidence(topo: infra.Topology, cluster: str, lines: int = 15) -> str:
 
 
 def _answered_from(load: Load, cluster: str, after: float) -> Callable[[], bool]:
-    return lambda: any(o == cluster for t, o in load.since(after))
+    return lambda: any(c.answer == cluster for c in load.since(after))
 
 
 def soak(topo: infra.Topology, rounds: int, cluster: str, bound_s: float, rate: float) -> bool:
     keeper = KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
     _deploy(topo, keeper, timeout_s=240)
-    load = Load(topo, rate=rate)
+    load = Load(topo, SERVICE, rate=rate)
     totals: list[float] = []
     ok = True
     try:
@@ -183,7 +126,7 @@ def soak(topo: infra.Topology, rounds: int, cluster: str, bound_s: float, rate: 
                 ok = False
                 break
             calls = load.since(killed)
-            bad = [o for _, o in calls if o not in {c.name for c in topo.clusters}]
+            bad = [c.answer for c in calls if c.answer not in {k.name for k in topo.clusters}]
             untolerated = [o for o in bad if o not in TOLERATED]
             codes = ", ".join(f"{c}={bad.count(c)}" for c in sorted(set(bad))) or "-"
             totals.append(serving - killed)
@@ -202,7 +145,7 @@ def soak(topo: infra.Topology, rounds: int, cluster: str, bound_s: float, rate: 
             flush=True,
         )
     all_calls = load.since(0)
-    failed = [o for _, o in all_calls if o not in {c.name for c in topo.clusters}]
+    failed = [c.answer for c in all_calls if c.answer not in {k.name for k in topo.clusters}]
     print(
         f"calls: {len(all_calls)}, failed: {len(failed)} "
         f"({sum(1 for o in failed if o not in TOLERATED)} not explicit UNAVAILABLE)",
