@@ -92,10 +92,12 @@ soak-recovery: venv
 ## chaos: the fault-drill catalogue (Chaos Toolkit experiments in chaos/drills/) under
 ## constant client load and control operations: a control run, then each drill; journals,
 ## history, summary.md and timeline.png in chaos/reports/<run>/ (own stack if none is up;
-## exit status = every drill passed with 0 violations). DRILL=kill-keeper-leader runs one.
+## exit status = every drill passed with 0 violations). DRILL=kill-keeper-leader runs one;
+## SET=smoke runs the smoke set CI runs.
 DRILL ?=
 MODE ?= catalogue
+SET ?= all
 .PHONY: chaos
 chaos: venv
 	$(BIN)/python -m pip install -q -e '.[chaos]'
-	$(BIN)/python -m chaos.run --mode '$(MODE)' $(if $(DRILL),--drill '$(DRILL)')
+	$(BIN)/python -m chaos.run --mode '$(MODE)' --set '$(SET)' $(if $(DRILL),--drill '$(DRILL)')

@@ -76,6 +76,9 @@ class DrillMeta(BaseModel):
     order: int = 100
     control: bool = False
     """The control run: no fault, measures the noise floor."""
+    smoke: bool = False
+    """In the smoke set CI runs (``--set smoke``): drills that passed every catalogue run
+    here with a clear margin; the others need the full catalogue (``make chaos``)."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,14 @@ def load_catalogue(directory: Path = DRILLS_DIR) -> list[Drill]:
     return sorted(drills, key=lambda d: (not d.meta.control, d.meta.order, d.name))
 
 
-def select(catalogue: Sequence[Drill], names: Sequence[str], *, control: bool) -> list[Drill]:
-    """The drills to run, in catalogue order: ``names`` (all when empty), the control
-    run first unless ``control`` is False. Raises ValueError naming unknown drills."""
+def select(
+    catalogue: Sequence[Drill], names: Sequence[str], *, control: bool, smoke: bool = False
+) -> list[Drill]:
+    """The drills to run, in catalogue order: ``names`` (all when empty; the smoke set
+    with ``smoke``), the control run first unless ``control`` is False. Raises
+    ValueError naming unknown drills."""
+    if smoke and not names:
+        names = [d.name for d in catalogue if d.meta.smoke]
     known = {d.name for d in catalogue}
     unknown = [n for n in names if n not in known]
     if unknown:

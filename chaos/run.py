@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drill", action="append", default=[], help="run only this drill")
     parser.add_argument("--mode", choices=["catalogue"], default="catalogue")
+    parser.add_argument(
+        "--set", choices=["all", "smoke"], default="all", help="smoke: the drills CI runs"
+    )
     parser.add_argument("--no-control", action="store_true", help="skip the control run")
     parser.add_argument("--reports", type=Path, default=ROOT / "chaos" / "reports")
     parser.add_argument("--callers", type=int, default=8)
@@ -419,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = [n for arg in args.drill for n in arg.split(",") if n]
     try:
-        drills = select(load_catalogue(), names, control=not args.no_control)
+        drills = select(
+            load_catalogue(), names, control=not args.no_control, smoke=args.set == "smoke"
+        )
     except ValueError as exc:
         parser.error(str(exc))
     console = Console()

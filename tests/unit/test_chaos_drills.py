@@ -124,3 +124,12 @@ def test_every_listed_activity_is_a_function_of_its_module() -> None:
     for module in (actions, probes):
         for name in module.ACTIVITIES:
             assert callable(getattr(module, name)), f"{module.__name__}.{name}"
+
+
+def test_the_smoke_set_is_the_control_run_and_the_drills_marked_smoke() -> None:
+    catalogue = load_catalogue()
+    chosen = select(catalogue, [], control=True, smoke=True)
+    assert chosen[0].meta.control
+    assert [d.name for d in chosen[1:]] == [d.name for d in catalogue if d.meta.smoke]
+    assert 0 < len(chosen) - 1 < len(catalogue) - 1  # a real subset
+    assert select(catalogue, ["kill-cluster"], control=False, smoke=True)[0].name == "kill-cluster"
