@@ -56,7 +56,6 @@ from ha_serving import Settings
 from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
 from ha_serving.keeper import KeeperClient
-from infra.ports import claim_slot
 from loadtest.callers import Call, Load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -428,17 +427,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     console = Console()
-    settings = Settings.from_env()
-    run_dir = settings.stack.run_dir.resolve()
-    topo = infra.load(run_dir)
-    started_here = topo is None
-    if topo is None:
-        # a stack of its own: ports of a free slot, so it can run beside `make up`'s
-        slot = claim_slot()
-        console.print(
-            f"[chaos] no stack in {run_dir}: bringing one up (ports from {slot.base})", markup=False
-        )
-        topo = infra.up(slot.settings(settings)).topology
     # absolute: the service's workers write the ledger there from their own directories
     out = args.reports.resolve() / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
@@ -446,12 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(
         callers=args.callers, rate=args.rate, max_minutes=args.max_minutes, window_s=args.window_s
     )
-    try:
+    say = lambda text: console.print(f"[chaos] {text}", markup=False)  # noqa: E731
+    with infra.stack_for_run(Settings.from_env(), report=say) as topo:
         results = execute(Session(topo, out, options, console), drills)
-    finally:
-        if started_here:
-            console.print("[chaos] taking the stack down again", markup=False)
-            infra.down(run_dir)
     console.print(f"\n[chaos] report: {out}", markup=False)
     # the table, as CI prints it at the end of its log; per-drill details stay in the file
     print((out / "summary.md").read_text().split("\n## ")[0], flush=True)  # unwrapped

@@ -16,7 +16,7 @@ from infra.faults import (
     restart_node,
     signal_keeper,
 )
-from infra.stack import DownResult, UpResult, down, status, up
+from infra.stack import DownResult, UpResult, down, stack_for_run, status, up
 from infra.topology import Topology, load
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "restart_keeper",
     "restart_node",
     "signal_keeper",
+    "stack_for_run",
     "status",
     "up",
 ]

@@ -28,7 +28,7 @@ from ha_serving._settings import Settings
 from ha_serving.keeper import keeper_status
 from ha_serving.store import ClusterRecord, Store
 from infra import procs, services, topology
-from infra.ports import cluster_name, ensure_free, node_address, node_ports
+from infra.ports import claim_slot, cluster_name, ensure_free, node_address, node_ports
 from infra.ray_nodes import alive_since, node_argv, node_env
 from infra.topology import Cluster, Keeper, Node, Role, Topology
 
@@ -368,6 +368,25 @@ def _wait_nodes(
         time.sleep(0.25)
     if failed:
         raise NodeStartFailed(cluster.name, failed)
+
+
+@contextlib.contextmanager
+def stack_for_run(settings: Settings, *, report: Report = _quiet) -> Iterator[Topology]:
+    """The stack up in ``settings``' run dir, or else one of the run's own, with the ports
+    of a free slot (so it can run beside `make up`'s), taken down again afterwards."""
+    run_dir = settings.stack.run_dir.resolve()
+    found = topology.load(run_dir)
+    if found is not None:
+        yield found
+        return
+    slot = claim_slot()
+    report(f"no stack in {run_dir}: bringing one up (ports from {slot.base})")
+    try:
+        yield up(slot.settings(settings)).topology
+    finally:
+        report("taking the stack down again")
+        down(run_dir)
+        slot.release()
 
 
 # --- status -------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from ha_serving import Settings
 from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
 from ha_serving.keeper import KeeperClient
-from infra.ports import claim_slot
 from loadtest import report
 from loadtest.sla import Record, summarize
 
@@ -104,31 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=20.0, help="hard time bound")
     args = parser.parse_args(argv)
     scenario = SCENARIOS[args.scenario]
-    settings = Settings.from_env()
-    run_dir = settings.stack.run_dir.resolve()
-    topo = infra.load(run_dir)
-    started_here = topo is None
-    if topo is None:
-        # a stack of its own: ports of a free slot, so it can run beside `make up`'s
-        slot = claim_slot()
-        print(
-            f"[loadtest] no stack in {run_dir}: bringing one up (ports from {slot.base})",
-            flush=True,
-        )
-        topo = infra.up(slot.settings(settings)).topology
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.reports / f"{args.scenario}-{stamp}"
-    try:
+    with infra.stack_for_run(Settings.from_env(), report=_say) as topo:
         sla = _run(
             args.scenario, scenario, topo, out, deadline=time.monotonic() + args.max_minutes * 60
         )
-    finally:
-        if started_here:
-            print("[loadtest] taking the stack down again", flush=True)
-            infra.down(run_dir)
     print(f"\n[loadtest] report: {out}")
     print((out / "report.md").read_text())
     return 0 if sla["passed"] else 1
+
+
+def _say(text: str) -> None:
+    print(f"[loadtest] {text}", flush=True)
 
 
 def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: float) -> Any:

@@ -31,7 +31,6 @@ from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
 from ha_serving.keeper import KeeperClient
 from infra import procs
-from infra.ports import claim_slot
 from infra.stack import node_evidence
 from loadtest.callers import Load
 
@@ -163,21 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    settings = Settings.from_env()
-    run_dir = settings.stack.run_dir.resolve()
-    topo = infra.load(run_dir)
-    started_here = topo is None
-    if topo is None:
-        # a stack of its own: ports of a free slot, so it can run beside `make up`'s
-        slot = claim_slot()
-        print(f"[soak] no stack in {run_dir}: bringing one up (ports from {slot.base})", flush=True)
-        topo = infra.up(slot.settings(settings)).topology
-    try:
+    say = lambda text: print(f"[soak] {text}", flush=True)  # noqa: E731
+    with infra.stack_for_run(Settings.from_env(), report=say) as topo:
         passed = soak(topo, args.rounds, args.cluster, args.bound_s, args.rate)
-    finally:
-        if started_here:
-            print("[soak] taking the stack down again", flush=True)
-            infra.down(run_dir)
     print(f"[soak] {'PASSED' if passed else 'FAILED'}")
     return 0 if passed else 1
 

@@ -23,6 +23,7 @@ SLICE = {
     "kill-worker-node",
     "kill-head",
     "kill-cluster",
+    "kill-keeper-leader-and-cluster",
     "db-down-30s",
 }
 
