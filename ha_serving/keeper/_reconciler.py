@@ -214,6 +214,9 @@ class Reconciler:
         for target, service in self._targets():
             beat = beats.get((target, service))
             if beat is not None and now - beat < HEARTBEAT_STALE_S:
+                # the job did its work: should this AppMaster go silent later (its cluster
+                # restarted faster than we could call it lost), start one again at once
+                self._next_submit.pop((target, service), None)
                 continue
             cluster = clusters.get(target)
             key = (target, service)

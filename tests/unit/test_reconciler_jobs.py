@@ -10,7 +10,7 @@ from pathlib import Path
 from ha_serving.backend import make_package
 from ha_serving.keeper import Leadership
 from ha_serving.keeper._control_api import deploy
-from ha_serving.keeper._reconciler import Reconciler
+from ha_serving.keeper._reconciler import HEARTBEAT_STALE_S, Reconciler
 from ha_serving.store import ClusterRecord, Store
 from ha_serving.util.clock import FakeClock
 from tests.unit.test_appmaster import FIXTURES, spec
@@ -62,3 +62,34 @@ def test_a_refused_submission_is_retried_after_submit_retry_s_and_an_accepted_on
     assert [b - a for a, b in itertools.pairwise(refused)] == [1.0, 1.0]
     assert jobs.accepted[0] - refused[-1] == 1.0
     assert [b - a for a, b in zip(jobs.accepted, jobs.accepted[1:], strict=False)] == [30.0]
+
+
+def test_an_appmaster_that_linked_and_then_went_silent_gets_a_job_at_once(
+    tmp_path: Path,
+) -> None:
+    """A cluster restarted faster than the leader could call it lost: its AppMaster had
+    linked after the last submission and now is silent. The next job goes out as soon as
+    the heartbeat is stale, not a resubmit interval after the last submission (measured:
+    a soak round took 25 s instead of 18 s that way)."""
+    clock = FakeClock()
+    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
+    store.register_cluster(ClusterRecord("a", "127.0.1.250:1", "http://127.0.1.250:1", "z1"))
+    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
+    leadership.tick()
+    jobs = FlakyJobs(refusals=0, clock=clock)
+    reconciler = Reconciler(store, leadership, jobs, resubmit_s=30.0, monotonic=clock.monotonic)
+    body = spec(instances=1).model_dump(mode="json")
+    body["placement"] = {"clusters": [{"name": "a"}]}
+    deploy(store, json.dumps(body), make_package(FIXTURES / "echo_v1").data, kind="deploy")
+    reconciler._ensure_appmasters()
+    assert len(jobs.accepted) == 1
+    for _ in range(10):  # the job's AppMaster links and heartbeats for 5 s
+        clock.advance(0.5)
+        store.heartbeat_appmaster("a", "echo", "echo-appmaster", 1)
+        reconciler._ensure_appmasters()
+    killed = clock.monotonic()
+    while len(jobs.accepted) < 2:  # the cluster dies and is back: no more heartbeats
+        clock.advance(0.5)
+        reconciler._ensure_appmasters()
+        assert clock.monotonic() - killed < 30, "resubmitted only after resubmit_s"
+    assert jobs.accepted[1] - killed <= HEARTBEAT_STALE_S + 0.5
