@@ -385,18 +385,23 @@ def shared_stack() -> Any:
 
 
 def test_routes_are_spread_over_instances() -> None:
-    """Power of two choices across real calls: every instance takes part."""
+    """Power of two choices across real calls: every instance takes part. At most 6
+    calls at once, within the 3 x 8 slots: 30 at once could outrun the caps and the
+    retry budget on a loaded machine (CI saw RESOURCE_EXHAUSTED), which is not what
+    this test is about."""
     with running_stack() as stack:
         for n in range(3):
             stack.add(f"i{n}", worker=f"w{n}")
 
         async def scenario() -> list[CallReply]:
             async with AsyncClient([stack.address], timeout_s=5) as client:
-                return list(
-                    await asyncio.gather(
-                        *(client.call_raw("echo", "aslow", b"0.02") for _ in range(30))
-                    )
-                )
+                slots = asyncio.Semaphore(6)
+
+                async def one() -> CallReply:
+                    async with slots:
+                        return await client.call_raw("echo", "aslow", b"0.02")
+
+                return list(await asyncio.gather(*(one() for _ in range(30))))
 
         counts = Counter(r.instance_id for r in stack.run(scenario()))
         assert set(counts) == {"i0", "i1", "i2"}
