@@ -10,8 +10,9 @@ the service answers from ``b`` again. Per round it prints
     kill -> cluster registered again -> service serving on it again, failed calls
 
 A round that does not recover within ``--bound-s`` stops the soak with the evidence: the
-tails of the restarted nodes' Ray logs and of the AppMaster's job. Exit status 0 only when
-every round recovered in bound and no call failed except an explicit UNAVAILABLE.
+tails of the cluster's nodes' ``ray start`` and raylet logs and of the Keepers' logs. Exit
+status 0 only when every round recovered in bound and no call failed except with an
+explicit UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ECHO = ROOT / "examples" / "echo"
 SERVICE = "soak-echo"
 TOLERATED = {"UNAVAILABLE"}
-"""Explicit UNAVAILABLE: the call provably never ran; the caller may retry it elsewhere."""
+"""An explicit UNAVAILABLE: the caller was told the call failed (a call in flight on the
+killed cluster's proxies may have run, so it is not retried); never a silent loss."""
 
 
 def _wait(what: str, check: Callable[[], bool], deadline: float, interval_s: float = 0.1) -> float:
