@@ -69,6 +69,12 @@ loadtest: venv
 proto: venv
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. ha_serving/proto/serving.proto ha_serving/proto/keeper.proto
 
+## docs: regenerate docs/settings.md from the settings tree (ha_serving/_settings.py);
+## tests/unit/test_docs_settings.py fails while it is out of date
+.PHONY: docs
+docs: venv
+	$(BIN)/python -m tools.settings_doc
+
 ## bench: ha_serving's proxy vs Ray Serve's gRPC proxy, same echo, one run (own temp stack,
 ## ~1.5 min). Installs Ray Serve's Python deps on first use, but not uvicorn[standard]'s
 ## uvloop: once importable, Ray makes it the event loop of every async actor, ours included.
@@ -93,11 +99,30 @@ soak-recovery: venv
 ## constant client load and control operations: a control run, then each drill; journals,
 ## history, summary.md and timeline.png in chaos/reports/<run>/ (own stack if none is up;
 ## exit status = every drill passed with 0 violations). DRILL=kill-keeper-leader runs one;
-## SET=smoke runs the smoke set CI runs.
+## SET=smoke runs the smoke set CI runs. MODE=random SEED=7 DURATION=600: faults drawn
+## from the catalogue at random (seeded: the same SEED, the same plan; printed first), one
+## after another against one stack for DURATION seconds, judged over the whole run.
 DRILL ?=
 MODE ?= catalogue
 SET ?= all
+SEED ?=
+DURATION ?= 600
 .PHONY: chaos
 chaos: venv
 	$(BIN)/python -m pip install -q -e '.[chaos]'
-	$(BIN)/python -m chaos.run --mode '$(MODE)' --set '$(SET)' $(if $(DRILL),--drill '$(DRILL)')
+	$(BIN)/python -m chaos.run --mode '$(MODE)' --set '$(SET)' $(if $(DRILL),--drill '$(DRILL)') \
+		$(if $(SEED),--seed '$(SEED)') --duration-s '$(DURATION)'
+
+## tf-test: the Terraform packaging (terraform/), offline: fmt, init + validate + test of
+## every provider-free module and environment, then the Python policy and render tests
+## (HCL of the provider wrappers; rendered manifests against Kubernetes' and KubeRay's
+## schemas; --noconftest: they need no fixture of tests/, nor its port slot). TF_APPLY=1
+## also runs environments/local's apply test: a real stack up, its status checked, and
+## down again (minutes; run it alone).
+TF_APPLY ?=
+TF_PYTESTS := tests/unit/test_terraform_policy.py tests/unit/test_terraform_render.py \
+	tests/unit/test_terraform_local.py
+.PHONY: tf-test
+tf-test: venv
+	TF_APPLY='$(TF_APPLY)' bash terraform/check.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider --noconftest $(TF_PYTESTS)

@@ -1,5 +1,8 @@
 """The drills' fault actions: thin functions over ``infra``'s fault primitives (and, for
-a single actor, SIGKILL to the process Ray's state API names).
+a single actor, SIGKILL to the process Ray's state API names), the network faults of
+``chaos.links`` (a TCP fault hub), a Keeper's clock under libfaketime (``chaos.clock``)
+and CPU starvation (``chaos.cpuhog``). Whatever an action starts it stops again by its
+process group (or the drill's ``heal`` does).
 
 Chaos Toolkit calls them as python providers with its ``configuration`` (``run_dir``,
 ``service``); what each returns goes into the journal. Each fault is also recorded in
@@ -17,9 +20,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import infra
-from chaos import target
+from chaos import clock, cpuhog, links, target
+from chaos.netfault import PASS, Fault, Mode
 from chaos.target import ActorKind, DrillError, Role
 from infra import procs
+from infra.topology import Proc
 
 Configuration = Mapping[str, Any]
 
@@ -35,6 +40,16 @@ ACTIVITIES = (
     "restart_cluster",
     "kill_db",
     "restart_db",
+    "kill_redis",
+    "restart_redis",
+    "route_keepers_db",
+    "net_fault",
+    "net_heal",
+    "starve_cpu",
+    "stop_cpu_starvation",
+    "fake_keeper_clock",
+    "jump_keeper_clock",
+    "restore_keeper_clocks",
     "heal",
 )
 """The functions a drill may name (the rest of the module is their plumbing)."""
@@ -48,6 +63,8 @@ class Injected:
     """Wall clock when the fault was injected."""
     pid: int | None = None
     cluster: str | None = None
+    epoch: int | None = None
+    """The Keepers' highest leader epoch when it was injected (faults aimed at them)."""
 
 
 INJECTED: list[Injected] = []
@@ -182,10 +199,170 @@ def restart_db(configuration: Configuration) -> dict[str, Any]:
     return {"db": "restarted", "took_s": round(time.time() - started, 3)}
 
 
+def kill_redis(configuration: Configuration) -> dict[str, Any]:
+    """SIGKILL the private Redis that backs the clusters' GCS fault tolerance."""
+    topo = target.topology(configuration)
+    if topo.redis is None:
+        raise DrillError("the stack runs without Redis (no GCS fault tolerance): nothing to kill")
+    at = time.time()
+    infra.kill_redis(topo.run_dir)
+    return _record(Injected("kill_redis", topo.redis.address, at))
+
+
+def restart_redis(configuration: Configuration) -> dict[str, Any]:
+    """Start Redis again with its command line (same address, port, data directory and
+    append-only file); returns once it answers PING."""
+    topo = target.topology(configuration)
+    started = time.time()
+    infra.restart_redis(topo.run_dir)
+    return {"redis": "restarted", "took_s": round(time.time() - started, 3)}
+
+
+# --- the network (chaos.links) -------------------------------------------------------
+
+
+def _leader_epoch(configuration: Configuration) -> int | None:
+    leaders = target.leaders(target.topology(configuration), timeout_s=3.0)
+    return leaders[0].epoch if leaders else None
+
+
+def route_keepers_db(configuration: Configuration) -> dict[str, object]:
+    """The Keepers' DB traffic through the fault hub's keeper-db link (passing): done once
+    per stack by a rolling restart of the Keepers, a no-op afterwards."""
+    return links.route_keepers_db(target.run_dir(configuration))
+
+
+def net_fault(
+    configuration: Configuration,
+    link: str,
+    mode: Mode,
+    *,
+    latency_ms: float = 0.0,
+    jitter_ms: float = 0.0,
+    reset_every_s: float | None = None,
+) -> dict[str, Any]:
+    """A fault on the links of ``link`` (``keeper-db``, ``client-a``, ``client-*``): mode
+    ``latency``, ``blackhole`` or ``reset`` (``chaos.netfault``)."""
+    fault = Fault(
+        mode=mode, latency_ms=latency_ms, jitter_ms=jitter_ms, reset_every_s=reset_every_s
+    )
+    epoch = _leader_epoch(configuration) if link == links.KEEPER_DB else None
+    at = time.time()
+    matched = links.set_fault(target.run_dir(configuration), link, fault)
+    fault_record = _record(Injected(f"net_fault:{link}:{mode}", link, at, epoch=epoch))
+    return {**fault_record, "links": matched}
+
+
+def net_heal(configuration: Configuration, link: str = "*") -> dict[str, Any]:
+    """The links of ``link`` pass bytes untouched again."""
+    return {"link": link, "links": links.set_fault(target.run_dir(configuration), link, PASS)}
+
+
+# --- the CPU (chaos.cpuhog) ------------------------------------------------------------
+
+_HOGS: list[Proc] = []
+"""CPU hogs this process started and has not stopped."""
+
+
+def starve_cpu(
+    configuration: Configuration, workers: int = 2, seconds: float = 30.0
+) -> dict[str, Any]:
+    """Start ``workers`` busy processes (stress-ng, else Python) for ``seconds`` at most,
+    in a process group of their own; returns at once (the method holds meanwhile)."""
+    run_dir = target.run_dir(configuration)
+    at = time.time()
+    hog = cpuhog.start(workers, seconds, log=run_dir / "logs" / "cpu-hog.log")
+    _HOGS.append(hog)
+    return {**_record(Injected("starve_cpu", hog.argv[0], at, hog.pid)), "argv": hog.argv}
+
+
+def stop_cpu_starvation(configuration: Configuration) -> list[int]:  # noqa: ARG001 - API
+    """Stop every CPU hog this process started, by process group; their PGIDs."""
+    stopped = []
+    while _HOGS:
+        hog = _HOGS.pop()
+        procs.kill(hog)
+        stopped.append(hog.pgid)
+    return stopped
+
+
+# --- a Keeper's clock (chaos.clock) ---------------------------------------------------
+
+_FAKED: list[str] = []
+"""Keepers this process restarted under libfaketime, in that order (``which`` of
+``jump_keeper_clock``)."""
+
+
+def fake_keeper_clock(
+    configuration: Configuration, role: Role = "follower", offset_s: float = 0.0
+) -> dict[str, Any]:
+    """Restart one live Keeper of ``role`` (not yet faked) under libfaketime, its wall
+    clock off by ``offset_s``; ``jump_keeper_clock`` moves it while it runs."""
+    lib = clock.library()
+    if lib is None:
+        raise DrillError("libfaketime is not installed (apt-get install -y libfaketime faketime)")
+    topo = target.topology(configuration)
+    views = {v.id: v for v in target.keepers(topo)}
+    chosen = [
+        k
+        for k in topo.keepers
+        if views[k.id].alive
+        and views[k.id].leader == (role == "leader")
+        and not clock.is_faked(k.proc.env)
+    ]
+    if not chosen:
+        raise DrillError(f"no live Keeper {role} to fake: {list(views.values())}")
+    k = chosen[0]
+    rc = clock.offset_file(topo.run_dir, k.id)
+    clock.write_offset(rc, offset_s)
+    at = time.time()
+    infra.signal_keeper(topo.run_dir, k.id, signal.SIGKILL)
+    infra.restart_keeper(topo.run_dir, k.id, env=clock.faked_env(k.proc.env, lib, rc))
+    _FAKED.append(k.id)
+    return _record(Injected(f"fake_keeper_clock:{role}", k.id, at))
+
+
+def jump_keeper_clock(
+    configuration: Configuration, offset_s: float, which: int = 0
+) -> dict[str, Any]:
+    """Set the ``which``-th faked Keeper's clock offset to ``offset_s``: its running
+    process sees its wall clock jump within a second."""
+    if not 0 <= which < len(_FAKED):
+        raise DrillError(f"no faked Keeper #{which} (faked: {_FAKED})")
+    keeper_id = _FAKED[which]
+    rc = clock.offset_file(target.run_dir(configuration), keeper_id)
+    before = clock.read_offset(rc)
+    at = time.time()
+    clock.write_offset(rc, offset_s)
+    fault = Injected(f"jump_keeper_clock:{round(offset_s - before):+d}s", keeper_id, at)
+    return {**_record(fault), "offset_s": round(offset_s)}
+
+
+def restore_keeper_clocks(configuration: Configuration) -> list[str]:
+    """Restart every Keeper running under libfaketime with its real clock; their ids."""
+    topo = target.topology(configuration)
+    restored = []
+    for k in topo.keepers:
+        if not clock.is_faked(k.proc.env):
+            continue
+        infra.signal_keeper(topo.run_dir, k.id, signal.SIGKILL)
+        infra.restart_keeper(topo.run_dir, k.id, env=clock.real_env(k.proc.env))
+        clock.offset_file(topo.run_dir, k.id).unlink(missing_ok=True)
+        restored.append(k.id)
+    _FAKED.clear()
+    return restored
+
+
 # --- rollback ------------------------------------------------------------------------
 
 
 def heal(configuration: Configuration) -> list[str]:
-    """Every drill's rollback: resume paused Keepers, restart whatever is dead, and check
-    every cluster's GCS counts all its nodes (``infra.heal``); returns what it restarted."""
-    return infra.heal(target.run_dir(configuration))
+    """Every drill's rollback: stop CPU hogs, let every fault link pass, restart faked
+    Keepers with their real clock, then resume paused Keepers, restart whatever is dead,
+    and check every cluster's GCS counts all its nodes (``infra.heal``); returns what it
+    did."""
+    run_dir = target.run_dir(configuration)
+    done = [f"cpu hog {pgid} stopped" for pgid in stop_cpu_starvation(configuration)]
+    done += links.heal(run_dir)
+    done += [f"keeper {k} on its real clock" for k in restore_keeper_clocks(configuration)]
+    return done + infra.heal(run_dir)

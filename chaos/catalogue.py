@@ -79,6 +79,16 @@ class DrillMeta(BaseModel):
     smoke: bool = False
     """In the smoke set CI runs (``--set smoke``): drills that passed every catalogue run
     here with a clear margin; the others need the full catalogue (``make chaos``)."""
+    duration_s: float = Field(gt=0, le=600)
+    """How long one run of the drill takes here, in seconds: steady state before and
+    after, the method, the rollback (estimated from its holds and the recovery times
+    measured; a random run's report shows the real ones). Random mode plans with it."""
+    random: bool = True
+    """Random mode (``--mode random``) may pick it."""
+    client_links: bool = False
+    """Its faults act on the load's links to the proxies (``chaos.links``): the runner
+    routes the load's callers through the fault hub for the whole run when it runs a
+    drill that says so (and in random mode)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,8 @@ def load_drill(path: Path) -> Drill:
     problems += _rollback_problems(experiment)
     if thresholds is not None:
         problems += _recovery_problems(experiment, thresholds)
+    if meta is not None:
+        problems += _link_problems(experiment, meta)
     if problems or meta is None or thresholds is None:
         raise InvalidDrill(path, problems)
     return Drill(path.stem, path, experiment, meta, thresholds)
@@ -233,4 +245,29 @@ def _recovery_problems(experiment: Mapping[str, Any], t: Thresholds) -> list[str
     ]
     if t.max_recovery_s is not None and (t.recovery_from is None or t.recovery_until is None):
         problems.append("max_recovery_s needs recovery_from and recovery_until")
+    return problems
+
+
+LINK_FUNCS = frozenset({"net_fault", "net_heal", "wait_link_traffic"})
+
+
+def _link_problems(experiment: Mapping[str, Any], meta: DrillMeta) -> list[str]:
+    """A drill that faults the load's links must say so (``client_links``), and one that
+    faults the Keepers' DB link must route the Keepers through it first."""
+    problems = []
+    routed = False
+    for where, activity in _activities(experiment):
+        provider = activity.get("provider") or {}
+        func = provider.get("func")
+        link = str((provider.get("arguments") or {}).get("link", "client-*"))
+        if func == "route_keepers_db" and where == "method":
+            routed = True
+        if func not in LINK_FUNCS:
+            continue
+        if link.startswith("client") and not meta.client_links:
+            problems.append(f"{activity.get('name')}: acts on {link!r}, needs client_links")
+        if link == "keeper-db" and func == "net_fault" and not routed:
+            problems.append(
+                f"{activity.get('name')}: faults keeper-db before route_keepers_db in the method"
+            )
     return problems

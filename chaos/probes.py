@@ -11,16 +11,19 @@ these return values, so the clock can start at an earlier activity.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import infra
-from chaos import target
-from chaos.actions import last_injected
+from chaos import links, target
+from chaos.actions import Injected, last_injected
 from chaos.checker import ACTIVE
-from chaos.target import ActorKind, DrillError
+from chaos.target import ActorKind, DrillError, KeeperView
 from ha_serving._errors import HAServingError
+from ha_serving._settings import KeeperSettings
 
 Configuration = Mapping[str, Any]
 log = logging.getLogger("chaostoolkit")
@@ -35,6 +38,13 @@ ACTIVITIES = (
     "wait_control_back",
     "wait_serving_from",
     "wait_ops_settled",
+    "wait_stack_whole",
+    "wait_one_leader",
+    "wait_new_epoch",
+    "epoch_holds",
+    "no_stale_leader",
+    "one_leader_per_epoch",
+    "wait_link_traffic",
 )
 """The functions a drill may name."""
 
@@ -67,25 +77,27 @@ def _holds(what: str, check: Callable[[], bool], within_s: float) -> bool:
 # --- steady state --------------------------------------------------------------------
 
 
+def _whole(configuration: Configuration, *, gcs: bool = False) -> bool:
+    """Everything runs (``gcs``: and every cluster's GCS answers)."""
+    s: Any = infra.status(target.run_dir(configuration))
+    if s is None:
+        raise DrillError("no stack")
+    missing = [n["name"] for c in s["clusters"] for n in c["nodes"] if not n["alive"]]
+    missing += [f"GCS of {c['name']}" for c in s["clusters"] if gcs and not c["gcs_alive"]]
+    missing += [f"keeper {k['id']}" for k in s["keepers"] if not k["alive"]]
+    if not s["db"]["alive"]:
+        missing.append("db")
+    if s["redis"]["gcs_fault_tolerance"] and not s["redis"]["alive"]:
+        missing.append("redis")
+    if missing:
+        raise DrillError(f"not running: {', '.join(missing)}")
+    return True
+
+
 def stack_is_whole(configuration: Configuration, within_s: float = 10.0) -> bool:
     """Every node runs and its GCS counts it, the DB and Redis answer, every Keeper
     answers."""
-
-    def whole() -> bool:
-        s: Any = infra.status(target.run_dir(configuration))
-        if s is None:
-            raise DrillError("no stack")
-        missing = [n["name"] for c in s["clusters"] for n in c["nodes"] if not n["alive"]]
-        missing += [f"keeper {k['id']}" for k in s["keepers"] if not k["alive"]]
-        if not s["db"]["alive"]:
-            missing.append("db")
-        if s["redis"]["gcs_fault_tolerance"] and not s["redis"]["alive"]:
-            missing.append("redis")
-        if missing:
-            raise DrillError(f"not running: {', '.join(missing)}")
-        return True
-
-    return _holds("stack whole", whole, within_s)
+    return _holds("stack whole", lambda: _whole(configuration), within_s)
 
 
 def one_leader(configuration: Configuration, within_s: float = 10.0) -> bool:
@@ -217,3 +229,173 @@ def wait_ops_settled(configuration: Configuration, timeout_s: float = 60.0) -> f
         return not any(o["op_id"] in pending and o["status"] in ACTIVE for o in ops)
 
     return _poll("pending operations finished", settled, timeout_s, every_s=0.2)
+
+
+def wait_stack_whole(configuration: Configuration, timeout_s: float = 60.0) -> float:
+    """Until the stack is whole again by itself, every GCS answering (nothing is
+    restarted: a head whose GCS died with Redis stays dead, and this times out)."""
+    return _poll(
+        "the stack whole again", lambda: _whole(configuration, gcs=True), timeout_s, every_s=0.5
+    )
+
+
+# --- Keeper leadership under DB, clock and CPU faults ------------------------------------
+
+
+def _lease_ttl(topo: infra.Topology) -> float:
+    """The Keepers' lease TTL, as `up` gave it to them."""
+    for k in topo.keepers:
+        if value := k.proc.env.get("HA_SERVING_KEEPER_TTL"):
+            return float(value)
+    return KeeperSettings().lease_ttl_s
+
+
+def _last_keeper_fault() -> Injected | None:
+    """The latest fault that recorded the leader's epoch (a fault aimed at the Keepers)."""
+    hit = last_injected()
+    return hit if hit is not None and hit.epoch is not None else None
+
+
+@dataclass(frozen=True)
+class _Sample:
+    start: float
+    """Wall clock when the Keepers were asked."""
+    end: float
+    views: list[KeeperView]
+
+    @property
+    def claims(self) -> list[KeeperView]:
+        return [v for v in self.views if v.alive and v.leader]
+
+
+def _sample(
+    configuration: Configuration, seconds: float, every_s: float, timeout_s: float
+) -> list[_Sample]:
+    """Every Keeper's Status every ``every_s`` for ``seconds`` (each round at most
+    ``timeout_s``; at most seconds / every_s + 1 rounds)."""
+    topo = target.topology(configuration)
+    rounds = math.floor(seconds / every_s) + 1
+    deadline = time.monotonic() + seconds
+    samples = []
+    for _ in range(rounds):
+        started = time.time()
+        views = target.keepers(topo, timeout_s=timeout_s)
+        samples.append(_Sample(started, time.time(), views))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(every_s, left))
+    return samples
+
+
+def wait_one_leader(configuration: Configuration, timeout_s: float = 30.0) -> float:
+    """Until exactly one Keeper says it leads."""
+    topo = target.topology(configuration)
+    return _poll(
+        "one Keeper leader", lambda: len(target.leaders(topo, timeout_s=3.0)) == 1, timeout_s
+    )
+
+
+def wait_new_epoch(configuration: Configuration, timeout_s: float = 30.0) -> float:
+    """Until exactly one Keeper leads, at an epoch above the one the last fault aimed at
+    the Keepers found: the old term is over (its lease could not be renewed)."""
+    hit = _last_keeper_fault()
+    if hit is None or hit.epoch is None:
+        raise DrillError("no fault aimed at the Keepers recorded their epoch in this run")
+    before = hit.epoch
+    topo = target.topology(configuration)
+
+    def newer() -> bool:
+        found = target.leaders(topo, timeout_s=3.0)
+        return len(found) == 1 and found[0].epoch > before
+
+    return _poll(f"one Keeper leading above epoch {before}", newer, timeout_s, every_s=0.25)
+
+
+def epoch_holds(
+    configuration: Configuration, seconds: float, every_s: float = 0.5, timeout_s: float = 5.0
+) -> dict[str, Any]:
+    """For ``seconds``, the leadership does not change hands: every Keeper that answers
+    and leads does so at the epoch the last fault aimed at the Keepers found. Raises when
+    it changed, or when no Keeper answered at all; returns the epochs seen and the share
+    of samples in which some Keeper led (a leader that cannot renew in time stops acting
+    for a while without losing its lease: reported, not judged)."""
+    samples = _sample(configuration, seconds, every_s, timeout_s)
+    answered = sum(1 for s in samples for v in s.views if v.alive)
+    if answered == 0:
+        raise DrillError(f"no Keeper answered Status within {timeout_s:g}s for {seconds:g}s")
+    epochs = sorted({v.epoch for s in samples for v in s.claims})
+    hit = _last_keeper_fault()
+    expected = [hit.epoch] if hit is not None and hit.epoch is not None else epochs[:1]
+    if len(epochs) > 1 or (epochs and epochs != expected):
+        raise DrillError(f"the leadership changed hands: epochs {epochs}, before {expected}")
+    led = sum(1 for s in samples if s.claims) / len(samples)
+    return {"samples": len(samples), "epochs": epochs, "led_fraction": round(led, 3)}
+
+
+def no_stale_leader(
+    configuration: Configuration, seconds: float, grace_s: float = 1.0, every_s: float = 0.5
+) -> dict[str, Any]:
+    """For ``seconds`` from now, while the Keepers cannot reach the DB: no Keeper that
+    answers says it leads once its lease must have run out (the last fault's time plus
+    the lease TTL plus ``grace_s``): a leader that cannot renew steps down in time.
+    A Keeper that does not answer (its Status reads the DB too) claims nothing."""
+    hit = _last_keeper_fault()
+    if hit is None:
+        raise DrillError("no fault aimed at the Keepers was recorded in this run")
+    topo = target.topology(configuration)
+    expired = hit.at + _lease_ttl(topo) + grace_s
+    samples = _sample(configuration, seconds, every_s, timeout_s=1.0)
+    stale = [f"{v.id}@{v.epoch}" for s in samples if s.start > expired for v in s.claims]
+    if stale:
+        raise DrillError(f"Keepers still led after their lease ran out: {sorted(set(stale))}")
+    answered = sum(1 for s in samples for v in s.views if v.alive)
+    return {"samples": len(samples), "answers": answered, "claims_past_lease": 0}
+
+
+def one_leader_per_epoch(
+    configuration: Configuration, seconds: float, every_s: float = 0.25
+) -> dict[str, Any]:
+    """For ``seconds``: no epoch is claimed by two Keepers, and no two Keepers lead at
+    once (in a round of Status calls shorter than the leader's safety margin, a quarter
+    of the TTL, which a handover can never fit in). Raises on either."""
+    topo = target.topology(configuration)
+    margin = _lease_ttl(topo) / 4
+    samples = _sample(configuration, seconds, every_s, timeout_s=1.0)
+    holders: dict[int, set[str]] = {}
+    for s in samples:
+        for v in s.claims:
+            holders.setdefault(v.epoch, set()).add(v.id)
+    shared = {e: sorted(ids) for e, ids in holders.items() if len(ids) > 1}
+    together = [
+        sorted(f"{v.id}@{v.epoch}" for v in s.claims)
+        for s in samples
+        if len(s.claims) > 1 and s.end - s.start < margin
+    ]
+    if shared or together:
+        raise DrillError(f"split leadership: epochs held by two {shared}, at once {together}")
+    return {"samples": len(samples), "epochs": {str(e): sorted(h) for e, h in holders.items()}}
+
+
+# --- the network's fault links -------------------------------------------------------
+
+
+def wait_link_traffic(
+    configuration: Configuration, link: str = "client-*", timeout_s: float = 30.0
+) -> float:
+    """Until bytes flow through the fault links of ``link`` (more delivered than when the
+    probe began): the load goes through them (or, after a fault, again)."""
+    run_dir = target.run_dir(configuration)
+    first: list[int] = []
+
+    def flowing() -> bool:
+        found = links.link_status(run_dir, link)
+        if not found:
+            raise DrillError(f"no fault link matches {link!r}: is the load routed through links?")
+        total = sum(int(str(s["bytes_up"])) + int(str(s["bytes_down"])) for s in found)
+        if not first:
+            first.append(total)
+            return False
+        return total > first[0]
+
+    return _poll(f"traffic through the {link} links", flowing, timeout_s, every_s=0.2)

@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -346,3 +346,146 @@ def write(  # noqa: PLR0917 - one report's parts
     history.write(out / "history.jsonl", [*calls, *control, *windows])
     (out / "summary.md").write_text(summary_md(run, results, about))
     plot_timeline(out / "timeline.png", calls, results)
+
+
+# --- random mode ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RandomRun:
+    """A random run (``chaos.run --mode random``): its faults, each judged on its own
+    checks, and the whole run's data plane and history checks."""
+
+    seed: int
+    duration_s: float
+    planned: int
+    min_faults: int
+    min_availability: float
+    started: float
+    ended: float
+    whole: DataPlane
+    violations: tuple[Violation, ...]
+    faults: tuple[DrillResult, ...]
+    reasons: tuple[str, ...]
+    """Why the run failed; empty when it passed."""
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+    @property
+    def acked_ops_lost(self) -> int:
+        return len({v.subject for v in self.violations if v.kind in ACKED_OPS_LOST})
+
+
+def random_reasons(
+    whole: DataPlane,
+    violations: Sequence[Violation],
+    *,
+    injected: int,
+    min_faults: int,
+    min_availability: float,
+    unhealed: Sequence[str] = (),
+    stopped: str = "",
+) -> list[str]:
+    """Why a random run failed: availability over the whole run below the bar, any
+    violation of the history checkers, fewer faults injected than promised, a fault
+    after which the stack could not be healed, or a run that stopped on an error."""
+    reasons = []
+    if whole.calls == 0:
+        reasons.append("no call was recorded")
+    elif whole.availability < min_availability:
+        reasons.append(f"availability {whole.availability:.5f} < {min_availability}")
+    if violations:
+        kinds = Counter(v.kind for v in violations)
+        reasons.append("violations: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    if injected < min_faults:
+        reasons.append(f"only {injected} faults injected (at least {min_faults})")
+    if unhealed:
+        reasons.append(f"not healed after {', '.join(unhealed)}")
+    if stopped.startswith("the run stopped"):
+        reasons.append(stopped)
+    return reasons
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%H:%M:%S")
+
+
+def random_row(r: DrillResult, started: float) -> str:
+    took = r.span[1] - r.span[0]
+    own = "ok" if r.passed else "; ".join(r.reasons)
+    cells = [
+        r.name.split("-", 1)[0],
+        f"{r.span[0] - started:.0f} s ({_clock(r.span[0])})",
+        r.name.split("-", 1)[-1],
+        r.fault,
+        f"{took:.1f} s",
+        r.journal_status,
+        f"{r.whole.calls:,}",
+        _codes(r.whole),
+        _recovery(r),
+        own,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+RANDOM_HEADER = (
+    "| # | at (UTC) | drill | fault | took | journal | calls | failures by code | recovery "
+    "| its own checks |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def random_summary_md(run: str, r: RandomRun, about: Mapping[str, str]) -> str:
+    verdict = "PASSED" if r.passed else "FAILED"
+    injected = sum(1 for f in r.faults if f.window is not None)
+    w = r.whole
+    lines = [f"# Chaos run {run} (random, seed {r.seed}): {verdict}", ""]
+    lines += [
+        f"- seed {r.seed}: `make chaos MODE=random SEED={r.seed} DURATION={r.duration_s:g}` "
+        "plans the same faults",
+        f"- {len(r.faults)} of {r.planned} planned faults ran ({injected} injected, at least "
+        f"{r.min_faults} required) in {r.ended - r.started:.0f} s, from "
+        f"{_clock(r.started)} UTC",
+    ]
+    lines += [f"- {k}: {v}" for k, v in about.items()]
+    lines += [
+        "",
+        "## The whole run",
+        "",
+        f"- calls {w.calls:,}, failures {_codes(w)}, availability {w.availability:.5f} "
+        f"(≥ {r.min_availability}), longest failure streak {_streak(w)}, p50 / p99 "
+        f"{w.p50_ms:.1f} / {w.p99_ms:.1f} ms",
+        f"- acknowledged ops lost {r.acked_ops_lost}, violations {len(r.violations)}",
+    ]
+    lines += [f"- {reason}" for reason in r.reasons]
+    lines += [f"  - {v.kind} `{v.subject}`: {v.detail}" for v in r.violations[:20]]
+    if len(r.violations) > 20:
+        lines.append(f"  - … {len(r.violations) - 20} more in history.jsonl's checks")
+    lines += ["", "## The faults", "", RANDOM_HEADER]
+    lines += [random_row(f, r.started) for f in r.faults]
+    lines += [
+        "",
+        "Each fault is its drill's own experiment (steady state before, the fault, steady "
+        "state after, heal). Its own checks are its steady states, activities and recovery "
+        "bar; availability is judged over the whole run only (a fault has no observation "
+        "window of its own here), as are the history checkers. Journals: "
+        "`journal-<#>-<drill>.json`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_random(  # noqa: PLR0917 - one report's parts
+    out: Path,
+    run: str,
+    r: RandomRun,
+    calls: Sequence[CallRecord],
+    control: Sequence[ControlEvent],
+    about: Mapping[str, str],
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    windows = [f.window for f in r.faults if f.window is not None]
+    history.write(out / "history.jsonl", [*calls, *control, *windows])
+    (out / "summary.md").write_text(random_summary_md(run, r, about))
+    plot_timeline(out / "timeline.png", calls, r.faults)

@@ -72,7 +72,9 @@ class KeeperView:
     epoch: int = 0
 
 
-def keepers(topo: infra.Topology, *, skip: str | None = None) -> list[KeeperView]:
+def keepers(
+    topo: infra.Topology, *, skip: str | None = None, timeout_s: float = 1.0
+) -> list[KeeperView]:
     """Every Keeper's view of itself, asked at once (a paused one costs its timeout,
     not more); ``skip`` is reported dead without asking (a Keeper a drill paused)."""
     token = topo.keeper_token()
@@ -80,17 +82,20 @@ def keepers(topo: infra.Topology, *, skip: str | None = None) -> list[KeeperView
     def view(k: Keeper) -> KeeperView:
         if k.id == skip or not procs.alive(k.proc):
             return KeeperView(k.id, alive=False)
-        s = keeper_status(k.address, token=token, timeout_s=1.0)
+        s = keeper_status(k.address, token=token, timeout_s=timeout_s)
         return KeeperView(k.id, alive=bool(s["alive"]), leader=bool(s["leader"]), epoch=s["epoch"])
 
     with ThreadPoolExecutor(max_workers=len(topo.keepers) or 1) as pool:
         return list(pool.map(view, topo.keepers))
 
 
-def leaders(topo: infra.Topology, *, skip: str | None = None) -> list[KeeperView]:
+def leaders(
+    topo: infra.Topology, *, skip: str | None = None, timeout_s: float = 1.0
+) -> list[KeeperView]:
     """Live Keepers that say they lead, highest epoch first."""
     return sorted(
-        (k for k in keepers(topo, skip=skip) if k.alive and k.leader), key=lambda k: -k.epoch
+        (k for k in keepers(topo, skip=skip, timeout_s=timeout_s) if k.alive and k.leader),
+        key=lambda k: -k.epoch,
     )
 
 

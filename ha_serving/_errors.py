@@ -27,13 +27,32 @@ class UserError(HAServingError):
     grpc_status = "INVALID_ARGUMENT"
 
 
+MAX_PROBLEMS_SHOWN = 5
+"""An error's message names this many problems, then "and N more" (``problems`` has all)."""
+MAX_PROBLEM_CHARS = 200
+"""Each problem (and the thing found invalid) is cut to this many characters in a message."""
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` on one line (every run of whitespace, newlines included, made one space),
+    cut to ``limit`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: max(limit - 1, 0)] + "…"
+
+
 class InvalidSpec(UserError):
-    """A spec or setting failed validation; ``problems`` lists each one by field."""
+    """A spec or setting failed validation; ``problems`` lists each one by field.
+
+    The message is one line of bounded length whatever the input: the first
+    ``MAX_PROBLEMS_SHOWN`` problems, each cut to ``MAX_PROBLEM_CHARS``, then how many more."""
 
     def __init__(self, what: str, problems: list[str]) -> None:
         self.what = what
         self.problems = problems
-        super().__init__(f"invalid {what}: " + "; ".join(problems))
+        shown = [one_line(p, MAX_PROBLEM_CHARS) for p in problems[:MAX_PROBLEMS_SHOWN]]
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            shown.append(f"and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+        super().__init__(f"invalid {one_line(what, MAX_PROBLEM_CHARS)}: " + "; ".join(shown))
 
 
 class UnknownService(UserError):
@@ -150,6 +169,17 @@ class LeaseLost(PlatformError):
         self.holder = holder
         self.epoch = epoch
         super().__init__(f"lease {name!r} at epoch {epoch} is no longer held by {holder!r}")
+
+
+class InvalidRecord(PlatformError):
+    """A record read from the store or sent between roles does not decode: it is
+    corrupt, or was written by code that disagrees on its shape. Not the caller's fault,
+    and retrying the same read cannot help."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        self.what = what
+        self.problem = problem
+        super().__init__(f"invalid {what} record: {one_line(problem, MAX_PROBLEM_CHARS)}")
 
 
 class StackError(PlatformError):

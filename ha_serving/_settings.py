@@ -36,6 +36,12 @@ from ha_serving._errors import InvalidSpec
 MAX_CLUSTERS = 9
 """Cluster i lives at 127.0.i.x and owns a port block; 9 keeps every block below 32768."""
 
+MiB = 1024 * 1024
+
+MAX_PACKAGE_BYTES = 50 * MiB
+"""Largest code package (zipped or unzipped), in bytes: code, not model weights, travels
+in it (``ha_serving.backend`` enforces it; the Keepers' message limit is sized from it)."""
+
 
 class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -106,7 +112,8 @@ class StackSettings(_Group):
     mariadbd_bin: str | None = Field(
         default_factory=lambda: shutil.which("mariadbd") or shutil.which("mysqld")
     )
-    """MySQL-compatible server binary for the private DB; None falls back (see README)."""
+    """MySQL-compatible server binary for the private DB; None falls back (see
+    docs/operations.md, "Choosing the DB")."""
 
     redis_bin: str | None = Field(default_factory=lambda: shutil.which("redis-server"))
     """Redis binary for GCS fault tolerance; None starts clusters without GCS FT."""
@@ -194,20 +201,55 @@ class KeeperSettings(_Group):
     change having to happen."""
 
     link_period_s: float = Field(default=0.3, gt=0, le=10)
-    """How often an AppMaster's link re-reads its instructions and heartbeats: bounds the
-    delay between the leader's decision and the AppMaster acting on it."""
+    """How often an AppMaster's link re-reads its instructions (or beats, which the
+    AppMaster answers with its heartbeat): bounds the delay between the leader's
+    decision and the AppMaster acting on it."""
 
     token: str | None = None
     """Shared secret for the control API (``authorization: Bearer <token>``); `up`
     generates one into <run_dir>/keeper.token. None: no authentication (tests only)."""
 
+    max_message_bytes: int = Field(default=MAX_PACKAGE_BYTES + 16 * MiB, ge=4 * MiB)
+    """Largest message a Keeper, and each client of it (CLI, AppMaster link), sends or
+    receives: a Deploy carries a code package (up to ``MAX_PACKAGE_BYTES``, 50 MiB) plus
+    its spec, so gRPC's own 4 MiB would refuse most packages."""
+
+    max_concurrent_rpcs: int = Field(default=10_000, ge=1)
+    """Calls one Keeper holds at once before gRPC answers RESOURCE_EXHAUSTED; each Watch
+    stream and AppMaster link holds one while open, so this bounds memory far above what
+    a stack opens."""
+
+    operations_page_size: int = Field(default=100, ge=1, le=10_000)
+    """Most operations one ``Operations`` reply carries; a client pages for more."""
+
+    retention_s: float = Field(default=7 * 86_400.0, ge=3600)
+    """Finished history older than this is pruned by the leader: finished operations
+    (never each service's latest), events, instructions its AppMaster has consumed
+    (never the latest per target) and code packages nothing references any more."""
+
+    prune_period_s: float = Field(default=300.0, gt=0)
+    """How often the leader prunes (one bounded batch per table each time)."""
+
+    prune_batch: int = Field(default=500, ge=1, le=100_000)
+    """Rows deleted per table in one pruning pass, so a pass is a short transaction
+    even when a backlog of history waits."""
+
 
 class Settings(_Group):
     stack: StackSettings = StackSettings()
+    """The local stack `up` starts: run directory, Ray clusters and nodes, their port
+    blocks, the private DB and Redis, and the binaries that run them."""
     keeper: KeeperSettings = KeeperSettings()
+    """The replicated Keepers: how many and where they listen, the leader lease, discovery's
+    Watch streams, the AppMasters' links, the control API and the leader's housekeeping."""
     store: StoreSettings = StoreSettings()
+    """The state store (MariaDB/MySQL, or SQLite): its URL and connect timeout."""
     proxy: ProxySettings = ProxySettings()
+    """Each service's gRPC proxies: message size, default deadline, graceful stop,
+    concurrency bound, metric labels and the ejection of unreachable workers."""
     client: ClientSettings = ClientSettings()
+    """The client SDK: overall deadline, attempts, the retry budget and back-off, how long
+    a failing endpoint is skipped, and the largest reply."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

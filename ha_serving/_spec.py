@@ -1,7 +1,10 @@
 """A service's spec: what users write in YAML and what the platform persists.
 
 ``load_spec(path)`` validates a YAML file into a ``ServiceSpec`` and reports every
-problem by field at once (``InvalidSpec.problems``), never just the first.
+problem by field at once (``InvalidSpec.problems``), never just the first. YAML is read
+safely (no tags that make Python objects), and bounded: at most ``MAX_YAML_BYTES``, no
+aliases (a few hundred bytes of them can expand to gigabytes), at most
+``MAX_YAML_DEPTH`` levels of nesting; numbers must be finite.
 ``Revision`` is the part of a spec that an in-place update changes (code version,
 package, config); the AppMaster drives each instance's running revision towards the
 desired one.
@@ -21,9 +24,16 @@ from ha_serving._errors import InvalidSpec
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 
+MAX_YAML_BYTES = 1024 * 1024
+"""Largest spec or config file read: a spec is a page of YAML, a config some KiB."""
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of mappings and lists in a spec or config file."""
+
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class RolloutPolicy(_Spec):
@@ -126,8 +136,8 @@ class ServiceSpec(_Spec):
     @model_validator(mode="after")
     def _config_is_json(self) -> ServiceSpec:
         try:
-            json.dumps(self.config)
-        except (TypeError, ValueError) as exc:
+            json.dumps(self.config, allow_nan=False)  # the store's JSON has no NaN/inf
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"config must be JSON-serialisable: {exc}") from None
         return self
 
@@ -171,20 +181,105 @@ def parse_spec(data: object, *, source: str = "spec") -> ServiceSpec:
 
 def load_spec(path: Path) -> ServiceSpec:
     """Read and validate a YAML spec file."""
+    return parse_spec(load_yaml(path), source=str(path))
+
+
+def loads_spec(text: bytes | str, *, source: str = "spec") -> ServiceSpec:
+    """Validate a YAML spec given as text (what ``load_spec`` does after reading)."""
+    return parse_spec(parse_yaml(text, source=source), source=source)
+
+
+def load_yaml(path: Path) -> object:
+    """A YAML file's data, read safely and bounded (see the module's text); InvalidSpec
+    names the file and says, in one line, what is wrong."""
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
     except OSError as exc:
-        raise InvalidSpec(str(path), [f"cannot read: {exc.strerror}"]) from None
+        raise InvalidSpec(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    return parse_yaml(raw, source=str(path))
+
+
+def parse_yaml(text: bytes | str, *, source: str) -> object:
+    """``text`` parsed as one YAML document, safely and bounded; InvalidSpec otherwise."""
+    if len(text) > MAX_YAML_BYTES:
+        raise InvalidSpec(source, [f"larger than {MAX_YAML_BYTES} bytes"])
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InvalidSpec(
+                source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]
+            ) from None
+    loader: _BoundedLoader | None = None
     try:
-        data = yaml.safe_load(text)
+        loader = _BoundedLoader(text)  # its reader refuses control characters already
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise InvalidSpec(str(path), [f"not valid YAML: {exc}"]) from None
-    return parse_spec(data, source=str(path))
+        raise InvalidSpec(source, [f"not valid YAML: {_yaml_problem(exc)}"]) from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # a scalar YAML accepted that Python refuses: an int of 5000 digits, 2001-13-45
+        raise InvalidSpec(source, [f"not valid YAML: {type(exc).__name__}: {exc}"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (the same safe constructors: a ``!!python/...`` tag is
+    refused, never run) that also refuses aliases and deep nesting while composing."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        problem: str | None = None
+        if self.check_event(yaml.AliasEvent):
+            problem = "aliases (*name) are not allowed"
+        elif self._depth >= MAX_YAML_DEPTH:
+            problem = f"nested deeper than {MAX_YAML_DEPTH} levels"
+        if problem is not None:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, problem, mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[arg-type]
+        finally:
+            self._depth -= 1
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error without its multi-line position marker: what, and where."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        text = " ".join(str(p) for p in (exc.context, exc.problem) if p) or "syntax error"
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            text += f" (line {mark.line + 1}, column {mark.column + 1})"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
 
 
 def code_dir(spec: ServiceSpec, spec_path: Path) -> Path:
-    """The spec's code directory, resolved against the spec file's folder."""
-    directory = (spec_path.parent / spec.code.dir).resolve()
+    """The spec's code directory, resolved against the spec file's folder, which it must
+    stay inside: an absolute path, ``..`` or a symlink leading out is refused, so a spec
+    cannot package (and upload) files from elsewhere on the deployer's disk."""
+    where = str(spec_path)
+    given = spec.code.dir
+    if "\x00" in given:
+        raise InvalidSpec(where, ["code.dir: contains a NUL character"])
+    if Path(given).is_absolute() or ".." in Path(given).parts:
+        raise InvalidSpec(
+            where, [f"code.dir: {given!r} must be a folder inside the spec's folder, relative"]
+        )
+    try:
+        base = spec_path.parent.resolve()
+        directory = (base / given).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise InvalidSpec(where, [f"code.dir: {given!r}: {exc}"]) from None
+    if not directory.is_relative_to(base):
+        raise InvalidSpec(
+            where, [f"code.dir: {given!r} leads outside the spec's folder (to {directory})"]
+        )
     if not directory.is_dir():
-        raise InvalidSpec(str(spec_path), [f"code.dir: {directory} is not a directory"])
+        raise InvalidSpec(where, [f"code.dir: {directory} is not a directory"])
     return directory

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+from ha_serving._errors import InvalidRecord
 
 SERVING_SERVICE = "ha_serving.v1.Serving"
 """Full gRPC name of the data-plane service (see ``ha_serving/proto/serving.proto``)."""
@@ -131,28 +134,41 @@ class RoutingTable:
 
     @classmethod
     def from_record(cls, record: Mapping[str, object]) -> RoutingTable:
-        raw = record.get("entries", [])
-        if not isinstance(raw, list):
-            raise TypeError("routing table record: entries must be a list")
-        entries = tuple(
-            RouteEntry(
-                instance_id=str(e["instance_id"]),
-                worker=str(e["worker"]),
-                version=str(e["version"]),
-                max_concurrency=int(e["max_concurrency"]),
-                group=str(e.get("group", "stable")),
+        """The table ``to_record`` made; InvalidRecord for anything else (a missing or
+        mistyped field, a repeated id, a weight out of range), never another error."""
+        try:
+            raw = _field(record, "entries", list)
+            entries = tuple(
+                RouteEntry(
+                    instance_id=_field(e, "instance_id", str),
+                    worker=_field(e, "worker", str),
+                    version=_field(e, "version", str),
+                    max_concurrency=_field(e, "max_concurrency", int),
+                    group=_field(e, "group", str, "stable"),
+                )
+                for e in raw
             )
-            for e in raw
-        )
-        version = record["version"]
-        if not isinstance(version, int):
-            raise TypeError("routing table record: version must be an int")
-        weight = record.get("candidate_weight", 0)
-        if not isinstance(weight, int):
-            raise TypeError("routing table record: candidate_weight must be an int")
-        return cls(
-            service=str(record["service"]),
-            version=version,
-            entries=entries,
-            candidate_weight=weight,
-        )
+            return cls(
+                service=_field(record, "service", str),
+                version=_field(record, "version", int),
+                entries=entries,
+                candidate_weight=_field(record, "candidate_weight", int, 0),
+            )
+        except (TypeError, ValueError) as exc:  # ValueError: RouteEntry's own checks
+            raise InvalidRecord("routing table", str(exc)) from None
+
+
+_T = TypeVar("_T")
+
+
+def _field(record: object, key: str, kind: type[_T], default: _T | None = None) -> _T:
+    """``record[key]`` if ``record`` is a mapping and the value a ``kind`` (an int is no
+    bool here); TypeError otherwise."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"expected a mapping, got {type(record).__name__}")
+    value = record.get(key, default)
+    if value is None:
+        raise TypeError(f"{key} is missing")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{key} must be {kind.__name__}, got {type(value).__name__}")
+    return value

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from ha_serving._errors import StackError
@@ -129,8 +130,16 @@ def signal_keeper(run_dir: Path, keeper_id: str, sig: int) -> None:
             os.killpg(keeper.proc.pgid, sig)
 
 
-def restart_keeper(run_dir: Path, keeper_id: str) -> None:
-    """Start a killed Keeper again with its command line and environment."""
+def restart_keeper(
+    run_dir: Path,
+    keeper_id: str,
+    *,
+    argv: list[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Start a killed Keeper again with its command line and environment, or with
+    ``argv`` / ``env`` instead (a drill routes its DB traffic through a fault proxy, or
+    fakes its clock); what it runs with is recorded, so a later restart repeats it."""
     with locked(run_dir.resolve()):
         topo = _load(run_dir)
         try:
@@ -139,7 +148,11 @@ def restart_keeper(run_dir: Path, keeper_id: str) -> None:
             raise StackError(str(exc.args[0])) from None
         if procs.alive(keeper.proc):
             raise StackError(f"keeper {keeper_id} is running; kill it first")
-        keeper.proc = procs.spawn(keeper.proc.argv, env=keeper.proc.env, log=keeper.proc.log)
+        keeper.proc = procs.spawn(
+            keeper.proc.argv if argv is None else argv,
+            env=keeper.proc.env if env is None else dict(env),
+            log=keeper.proc.log,
+        )
         topo.save()
         wait_keeper(topo, keeper)
 
@@ -172,6 +185,35 @@ def restart_db(run_dir: Path, *, timeout_s: float = 60.0) -> None:
             raise StackError(str(exc)) from None
 
 
+def kill_redis(run_dir: Path) -> None:
+    """SIGKILL the private Redis (GCS fault tolerance's store): its append-only file
+    keeps what it acknowledged."""
+    with locked(run_dir.resolve()):
+        topo = _load(run_dir)
+        if topo.redis is None:
+            raise StackError("the stack runs without Redis (no GCS fault tolerance)")
+        procs.kill(topo.redis.proc)
+
+
+def restart_redis(run_dir: Path, *, timeout_s: float = 15.0) -> None:
+    """Start the killed private Redis again: same command line, so the same address,
+    port, data directory and append-only file; wait until it answers PING."""
+    with locked(run_dir.resolve()):
+        topo = _load(run_dir)
+        if topo.redis is None:
+            raise StackError("the stack runs without Redis (no GCS fault tolerance)")
+        if procs.alive(topo.redis.proc):
+            raise StackError("Redis is running; kill it first")
+        redis = topo.redis
+        redis.proc = procs.spawn(redis.proc.argv, env=redis.proc.env, log=redis.proc.log)
+        topo.save()
+        host, _, port = redis.address.rpartition(":")
+        try:
+            procs.wait_for("Redis", lambda: redis_ping(host, int(port)), timeout_s=timeout_s)
+        except TimeoutError as exc:
+            raise StackError(str(exc)) from None
+
+
 def heal(run_dir: Path, *, timeout_s: float = NODE_START_TIMEOUT_S) -> list[str]:
     """Bring every part of the stack that a fault left down back, and check it is whole.
 
@@ -190,18 +232,7 @@ def heal(run_dir: Path, *, timeout_s: float = NODE_START_TIMEOUT_S) -> list[str]
         restart_db(run_dir)
         healed.append("db")
     if topo.redis is not None and not procs.alive(topo.redis.proc):
-        with locked(run_dir.resolve()):
-            topo = _load(run_dir)
-            assert topo.redis is not None  # noqa: S101 - checked above, same file
-            topo.redis.proc = procs.spawn(
-                topo.redis.proc.argv, env=topo.redis.proc.env, log=topo.redis.proc.log
-            )
-            topo.save()
-            host, _, port = topo.redis.address.rpartition(":")
-            try:
-                procs.wait_for("Redis", lambda: redis_ping(host, int(port)), timeout_s=15)
-            except TimeoutError as exc:
-                raise StackError(str(exc)) from None
+        restart_redis(run_dir)
         healed.append("redis")
     for c in topo.clusters:
         if any(not procs.alive(n.proc) for n in c.nodes):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import infra
 from ha_serving._errors import CallError
-from ha_serving.client import discovered_client
+from ha_serving.client import Client, Discovery, EndpointInfo, discovered_client
 
 Payload = Callable[[str], bytes]
 """Builds a call's request body from its id."""
@@ -68,14 +68,31 @@ class Load:
     """Calls per second offered in all (paced per caller): a fixed rate, as a service's
     clients offer, so a drill measures recovery, not how much this machine can push."""
     deadline_s: float = 2.0
+    route: Callable[[EndpointInfo], str] | None = None
+    """Maps each endpoint discovery reports to the address the callers dial instead (a
+    chaos drill's fault link in front of it); None: the endpoints' own addresses."""
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.client, self.discovery = discovered_client(
-            self.service, [k.address for k in self.topo.keepers], token=self.topo.keeper_token()
-        )
+        keepers = [k.address for k in self.topo.keepers]
+        route = self.route
+        if route is None:
+            self.client, self.discovery = discovered_client(
+                self.service, keepers, token=self.topo.keeper_token()
+            )
+        else:
+            client = self.client = Client([])
+
+            def adopt(endpoints: list[EndpointInfo]) -> None:
+                dialed = [route(e) for e in endpoints]
+                weights = {a: e.weight for a, e in zip(dialed, endpoints, strict=True)}
+                client.set_addresses(dialed, weights=weights)
+
+            self.discovery = Discovery(
+                self.service, keepers, token=self.topo.keeper_token(), on_change=adopt
+            ).start()
         self._nonce = uuid.uuid4().hex[:8]
         self._workers = [
             threading.Thread(target=self._run, args=(i,), daemon=True, name=f"caller-{i}")

@@ -737,6 +737,35 @@ def keeper_records_round_trip(b: Backend) -> None:
 STORE_CHECKS.append(keeper_records_round_trip)
 
 
+def clusters_keep_their_tier_and_can_be_removed(b: Backend) -> None:
+    """A registered cluster's tier round-trips; removal is by name and idempotent, and
+    leaves the other clusters registered."""
+    store = b.connect()
+    store.register_cluster(ClusterRecord("a", "127.0.1.1:12000", "http://x", "z1", "primary"))
+    store.register_cluster(ClusterRecord("b", "127.0.2.1:12000", None, "z2"))
+    assert [(c.name, c.tier) for c in store.list_clusters()] == [("a", "primary"), ("b", "")]
+    assert store.remove_cluster("a") is True
+    assert store.remove_cluster("a") is False
+    assert [c.name for c in store.list_clusters()] == ["b"]
+
+
+def a_version_4_db_gains_the_cluster_tier(b: Backend) -> None:
+    """Migration 5 adds clusters.tier to a DB an earlier release made, keeping its rows
+    (with tier '')."""
+    store = b.connect()
+    store.register_cluster(ClusterRecord("a", "127.0.1.1:12000", None, "z1", "gold"))
+    b.execute("ALTER TABLE clusters DROP COLUMN tier")
+    b.execute("UPDATE schema_version SET version = 4")
+    again = b.connect()
+    assert again.schema_version() == SCHEMA_VERSION
+    assert again.list_clusters() == [ClusterRecord("a", "127.0.1.1:12000", None, "z1", "")]
+    again.register_cluster(ClusterRecord("a", "127.0.1.1:12000", None, "z1", "gold"))
+    assert again.list_clusters()[0].tier == "gold"
+
+
+STORE_CHECKS += [clusters_keep_their_tier_and_can_be_removed, a_version_4_db_gains_the_cluster_tier]
+
+
 def operation_progress_and_commands(b: Backend) -> None:
     """Progress is written compare-and-set by the leader; a command is left on an active
     operation without a version check (it never races the leader) and refused once the
@@ -798,3 +827,153 @@ def fenced_writes_need_the_lease_at_the_writers_epoch(b: Backend) -> None:
 
 
 STORE_CHECKS.append(fenced_writes_need_the_lease_at_the_writers_epoch)
+
+
+def deploy_writes_the_operation_and_the_service_together(b: Backend) -> None:
+    """A new service and its first operation, then an update: each in one transaction."""
+    store = b.connect()
+    created, fresh = store.create_operation_with_service(
+        _op("d-1"), {"n": 1}, expected_version=None
+    )
+    assert fresh
+    assert (created.op_id, created.version, created.status) == ("d-1", 1, "pending")
+    assert (store.get_service("echo").spec, store.get_service("echo").version) == ({"n": 1}, 1)
+    store.create_operation_with_service(_op("d-2"), {"n": 2}, expected_version=1)
+    service = store.get_service("echo")
+    assert (service.spec, service.version, service.spec_version) == ({"n": 2}, 2, 2)
+    assert [o.op_id for o in store.list_operations("echo")] == ["d-1", "d-2"]
+
+
+def deploy_with_a_stale_service_version_writes_nothing(b: Backend) -> None:
+    """A lost race on the service row leaves no operation behind (nothing acknowledged
+    can be missing, nothing refused can be durable); likewise a "new" service that
+    exists meanwhile."""
+    store = b.connect()
+    store.create_service("echo", {"n": 1})
+    with pytest.raises(ConflictError) as stale:
+        store.create_operation_with_service(_op("d-1"), {"n": 2}, expected_version=7)
+    assert (stale.value.expected, stale.value.actual) == (7, 1)
+    with pytest.raises(ConflictError) as taken:
+        store.create_operation_with_service(_op("d-2"), {"n": 3}, expected_version=None)
+    assert (taken.value.expected, taken.value.actual) == (0, 1)
+    assert store.list_operations() == []
+    assert store.get_service("echo").spec == {"n": 1}
+    with pytest.raises(UnknownOperation):
+        store.get_operation("d-1")
+
+
+def deploy_repeated_under_its_op_id_is_idempotent(b: Backend) -> None:
+    """The same request again returns the stored operation and leaves the service as
+    the first one wrote it; another request under that op_id is refused."""
+    store = b.connect()
+    first, _ = store.create_operation_with_service(_op("d-1"), {"n": 1}, expected_version=None)
+    again, fresh = store.create_operation_with_service(_op("d-1"), {"n": 1}, expected_version=None)
+    assert not fresh
+    assert again == first
+    assert store.get_service("echo").version == 1
+    with pytest.raises(AlreadyExists):
+        store.create_operation_with_service(
+            _op("d-1", service="other"), {"n": 9}, expected_version=None
+        )
+    with pytest.raises(UnknownService):
+        store.get_service("other")
+    assert len(store.list_operations()) == 1
+
+
+STORE_CHECKS += [
+    deploy_writes_the_operation_and_the_service_together,
+    deploy_with_a_stale_service_version_writes_nothing,
+    deploy_repeated_under_its_op_id_is_idempotent,
+]
+
+
+# --- paging and retention -------------------------------------------------------------
+
+
+def operations_page_in_creation_order(b: Backend) -> None:
+    """Pages of operations, oldest first, resume after an operation's (created_at, op_id)
+    even among operations created in the same instant; one can be asked for by id."""
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    for name in ("c", "a", "b"):  # one instant: op_id orders them
+        store.create_operation(_op(name))
+    clock.advance(1)
+    store.create_operation(_op("0-later"))
+    store.create_operation(_op("x", service="other"))
+    everything = [o.op_id for o in store.list_operations()]
+    assert everything == ["a", "b", "c", "0-later", "x"]
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        page = store.list_operations("echo", after=after, limit=2)
+        if not page:
+            break
+        pages.append([o.op_id for o in page])
+        after = (page[-1].created_at, page[-1].op_id)
+    assert pages == [["a", "b"], ["c", "0-later"]]
+    assert [o.op_id for o in store.list_operations(op_id="x")] == ["x"]
+    assert store.list_operations("echo", op_id="x") == []
+
+
+def pruning_deletes_old_history_but_nothing_still_needed(b: Backend) -> None:
+    """Old finished operations, consumed instructions, events and unnamed packages go,
+    a bounded batch at a time; active operations, each service's latest, the latest and
+    the unconsumed instructions per target, and every package something names stay."""
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+
+    def package(name: str) -> str:
+        return store.put_package(f"zip of {name}".encode())
+
+    live, in_state, in_instruction = package("live"), package("state"), package("instr")
+    only_pruned_op, unnamed, put_again = package("pruned op"), package("old"), package("again")
+    store.create_service("echo", {"spec": {"name": "echo"}, "package": live})
+    for op_id, status, digest in [
+        ("e-1", "succeeded", only_pruned_op),
+        ("e-2", "superseded", live),
+        ("e-3", "failed", live),
+        ("e-4", "running", live),  # active: kept however old
+        ("o-1", "succeeded", live),  # "other"'s latest: kept however old
+        ("o-2", "superseded", live),
+    ]:
+        service = "other" if op_id.startswith("o") else "echo"
+        store.create_operation(OperationRecord(op_id, service, "deploy", {"package": digest}))
+        store.advance_operation(op_id, expected_version=1, status=status)
+    a = [store.add_instruction("a", "echo", f"e-{i}", 1, {"package": live}) for i in (1, 2, 3)]
+    b_ids = [
+        store.add_instruction("b", "echo", "e-1", 1, {"package": in_instruction}),
+        store.add_instruction("b", "echo", "e-2", 1, {}),
+    ]
+    store.save_appmaster_state(
+        "a", "echo", {"last_instruction": a[1], "package": in_state}, expected_version=None
+    )
+    store.append_event("old")
+    clock.advance(100)
+    package("again")  # put again: as good as new
+    fresh = package("fresh")
+    store.create_operation(OperationRecord("e-5", "echo", "deploy", {"package": live}))
+    store.advance_operation("e-5", expected_version=1, status="succeeded")
+    store.append_event("recent")
+
+    first = store.prune(50, batch=1)
+    assert first == {"operations": 1, "instructions": 1, "events": 1, "packages": 1}
+    while any(store.prune(50, batch=1).values()):
+        pass
+
+    ops = {o.op_id: o.status for o in store.list_operations()}
+    assert ops == {"e-4": "running", "e-5": "succeeded", "o-1": "succeeded"}
+    assert [i.id for i in store.list_instructions("a", "echo")] == [a[2]]  # consumed: a[:2]
+    assert [i.id for i in store.list_instructions("b", "echo")] == b_ids  # none consumed
+    assert [e.kind for e in store.list_events()] == ["recent"]
+    for kept in (live, in_state, in_instruction, put_again, fresh):
+        assert store.get_package(kept)
+    for gone in (only_pruned_op, unnamed):
+        with pytest.raises(UnknownPackage):
+            store.get_package(gone)
+    assert store.prune(50) == {"operations": 0, "instructions": 0, "events": 0, "packages": 0}
+
+
+STORE_CHECKS += [
+    operations_page_in_creation_order,
+    pruning_deletes_old_history_but_nothing_still_needed,
+]

@@ -1,7 +1,7 @@
 """The AppMaster: per-service, per-cluster control plane with persisted state."""
 
 from ha_serving.appmaster._actor import CONTROL_CPUS, NAMESPACE, AppMaster, appmaster_name
-from ha_serving.appmaster._core import AppMasterCore, StaleInstruction
+from ha_serving.appmaster._core import AppMasterCore, StaleInstruction, UnknownEpoch
 from ha_serving.appmaster._planner import Observed, ProxyView, WorkerView, plan
 from ha_serving.appmaster._state import IllegalTransition, Instance, JobState, Phase
 
@@ -17,6 +17,7 @@ __all__ = [
     "Phase",
     "ProxyView",
     "StaleInstruction",
+    "UnknownEpoch",
     "WorkerView",
     "appmaster_name",
     "plan",

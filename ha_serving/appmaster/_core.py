@@ -52,7 +52,7 @@ from ha_serving.appmaster._state import (
     finish_rollout,
 )
 from ha_serving.runtime import ActorUnavailable, Runtime
-from ha_serving.store import Store
+from ha_serving.store import KEEPER_LEADER, Store
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
 
@@ -62,13 +62,65 @@ class StaleInstruction(HAServingError):
 
     grpc_status = "FAILED_PRECONDITION"
 
-    def __init__(self, epoch: int, highest: int) -> None:
+    def __init__(self, epoch: int, highest: int, message: str | None = None) -> None:
         self.epoch = epoch
         self.highest = highest
-        super().__init__(f"instruction epoch {epoch} < highest seen {highest}: refused")
+        super().__init__(message or f"instruction epoch {epoch} < highest seen {highest}: refused")
+
+
+class UnknownEpoch(StaleInstruction):
+    """An epoch above any the Keepers' leadership lease has granted: made up by its
+    caller, not a leader's. Refused like a stale one, so it can never fence the real
+    leader out."""
+
+    def __init__(self, epoch: int, granted: int) -> None:
+        message = f"instruction epoch {epoch} > the Keepers' lease epoch {granted}: refused"
+        super().__init__(epoch, granted, message)
 
 
 RELEASE_KINDS = frozenset({"release", "promote", "abort", "traffic"})
+DEPLOY_KINDS = frozenset({"deploy", "config", "code", "scale"})
+_NEEDS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(DEPLOY_KINDS, ("spec", "package")),
+    "release": ("op", "mode", "spec", "package", "instances", "weight"),
+    "promote": ("op",),
+    "abort": ("op",),
+    "traffic": (),
+}
+MAX_REJECTED = 20
+"""Rejected instructions a state remembers (newest last), for the Keeper to read."""
+
+
+def instruction_kind(body: dict[str, Any]) -> str:
+    """The instruction's kind, if this AppMaster can carry it out; else ``InvalidSpec``
+    with the reason in one line (an unknown kind, a missing field, a bad spec)."""
+    kind = body.get("kind", "deploy")
+    if not isinstance(kind, str) or kind not in _NEEDS:
+        raise InvalidSpec("instruction", [f"unknown kind {kind!r}"])
+    missing = [f for f in _NEEDS[kind] if f not in body]
+    if missing:
+        raise InvalidSpec("instruction", [f"a {kind} instruction needs {', '.join(missing)}"])
+    wrong = [f for f in ("op", "package") if f in _NEEDS[kind] and not isinstance(body[f], str)]
+    if wrong:
+        raise InvalidSpec("instruction", [f"{', '.join(wrong)} must be text"])
+    if kind == "release":
+        if body["mode"] not in ("canary", "blue_green"):
+            raise InvalidSpec("instruction", [f"unknown release mode {body['mode']!r}"])
+        if not _count(body["weight"], 100) or not _count(body["instances"], 5000):
+            raise InvalidSpec("instruction", ["a release's weight and instances are counts"])
+    if kind == "traffic" and body.get("weight") is not None and not _count(body["weight"], 1000):
+        raise InvalidSpec("instruction", [f"traffic weight {body['weight']!r} is not 0..1000"])
+    if "spec" in body:
+        try:
+            ServiceSpec.model_validate(body["spec"])
+        except ValueError as exc:  # pydantic's ValidationError: one line, not the table
+            first = str(exc).splitlines()
+            raise InvalidSpec("instruction", [f"bad spec: {' '.join(first[:3])}"]) from None
+    return kind
+
+
+def _count(value: Any, most: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= most
 
 
 def _start_or_step(state: JobState, body: dict[str, Any], op_id: str, now: float) -> JobState:
@@ -142,6 +194,8 @@ class AppMasterCore(ActionsMixin):
         self._packages: dict[str, bytes] = {}
         self._last_health = 0.0
         self._unhealthy: frozenset[str] = frozenset()
+        self._granted = 0
+        """Highest epoch the store's leadership lease was seen at (it only grows)."""
         self.rounds = 0
         self.log = bound("ha_serving.appmaster", cluster=cluster, service=service)
 
@@ -281,9 +335,23 @@ class AppMasterCore(ActionsMixin):
         self._wake.set()
         return {"op_id": op_id, "accepted": True, "duplicate": False}
 
+    async def _fence(self, epoch: int) -> None:
+        """An epoch above the highest this AppMaster has seen must have been granted to a
+        Keeper: checked against the store's leadership lease (``UnknownEpoch`` if not),
+        so a caller cannot pass an epoch of its own making."""
+        state = self.state
+        known = max(self._granted, state.highest_epoch if state is not None else 0)
+        if epoch <= known:
+            return
+        lease = await asyncio.to_thread(self.store.get_lease, KEEPER_LEADER)
+        self._granted = max(self._granted, lease.epoch if lease is not None else 0)
+        if epoch > self._granted:
+            raise UnknownEpoch(epoch, self._granted)
+
     async def _seen(self, op_id: str, epoch: int) -> bool:
-        """Fencing and idempotence: StaleInstruction below the highest epoch seen; True
-        if ``op_id`` was applied already."""
+        """Fencing and idempotence: StaleInstruction below the highest epoch seen,
+        UnknownEpoch above any granted; True if ``op_id`` was applied already."""
+        await self._fence(epoch)
         async with self._lock:
             state = self.state
             if state is not None:
@@ -355,19 +423,24 @@ class AppMasterCore(ActionsMixin):
     async def take_instruction(
         self, instruction_id: int, body: dict[str, Any], *, op_id: str, epoch: int
     ) -> str:
-        """Consume one Keeper instruction: applied, duplicate, or refused (stale epoch).
-        Either way it is recorded as consumed, so the link resumes after it."""
+        """Consume one Keeper instruction: applied, duplicate, refused (stale or unknown
+        epoch) or rejected (one this AppMaster cannot carry out: an unknown kind, a
+        missing field, a release with nothing deployed). Either way it is recorded as
+        consumed, so the link resumes after it and later instructions flow; a rejection
+        is also recorded in the state (``rejected``), where the leader reads it and ends
+        the operation as failed with the reason."""
         state = self.state
         if state is not None and instruction_id <= state.last_instruction:
             return "consumed"
+        reason: str | None = None
         try:
-            if body.get("kind") in RELEASE_KINDS:
+            await self._fence(epoch)  # a stale leader's instruction is refused, not judged
+            kind = instruction_kind(body)
+            if kind in RELEASE_KINDS:
                 outcome = await self.release(body, op_id=op_id, epoch=epoch)
             else:
                 spec = ServiceSpec.model_validate(body["spec"])
-                ack = await self.apply(
-                    spec, body["package"], op_id=op_id, epoch=epoch, kind=body.get("kind", "deploy")
-                )
+                ack = await self.apply(spec, body["package"], op_id=op_id, epoch=epoch, kind=kind)
                 outcome = "duplicate" if ack["duplicate"] else "applied"
         except (InvalidSpec, StaleInstruction) as exc:
             # cannot be carried out here (rejected) or comes from a stale leader (refused):
@@ -376,7 +449,8 @@ class AppMasterCore(ActionsMixin):
             if isinstance(exc, StaleInstruction):
                 outcome, detail = "refused", {"highest_epoch": exc.highest}
             else:
-                outcome, detail = "rejected", {"error": str(exc)}
+                reason = " ".join(str(exc).split())
+                outcome, detail = "rejected", {"error": reason}
             self.log.warning("%s instruction %s: %s", outcome, op_id, exc)
             await asyncio.to_thread(
                 self.store.append_event,
@@ -389,11 +463,16 @@ class AppMasterCore(ActionsMixin):
             )
             if self.state is None:
                 return outcome
-        await self._mutate(
-            lambda s: s.model_copy(
-                update={"last_instruction": max(s.last_instruction, instruction_id)}
-            )
-        )
+
+        def consumed(s: JobState) -> JobState:
+            update: dict[str, Any] = {"last_instruction": max(s.last_instruction, instruction_id)}
+            if reason is not None:
+                rejected = {**s.rejected, op_id: reason}
+                update["rejected"] = dict(list(rejected.items())[-MAX_REJECTED:])
+                update["highest_epoch"] = max(epoch, s.highest_epoch)
+            return s.model_copy(update=update)
+
+        await self._mutate(consumed)
         return outcome
 
     # --- the loop ---------------------------------------------------------------------

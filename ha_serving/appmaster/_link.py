@@ -1,19 +1,29 @@
 """The AppMaster's link to the Keepers: one ``Instructions`` stream at a time, to any
-replica, failing over to the next. The open stream is the AppMaster's registration and
-heartbeat; each instruction it carries is consumed by ``AppMasterCore.take_instruction``
-(fenced by epoch, idempotent by op_id) before the next one."""
+replica, failing over to the next. Opening the stream registers the AppMaster; each
+instruction it carries is consumed by ``AppMasterCore.take_instruction`` (fenced by
+epoch, idempotent by op_id) before the next one. The AppMaster's heartbeat is what it
+sends: a ``Heartbeat`` call on the stream's channel each time it has read a message
+(the Keeper beats every ~0.3 s), at most every ``BEAT_S`` and one at a time, beside the
+reading (a slow one never holds an instruction up) - so only an AppMaster that runs and
+reads keeps its heartbeat fresh (the leader resubmits one stale for 5 s)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from typing import Any
 
 import grpc
 
+from ha_serving._settings import KeeperSettings
 from ha_serving.appmaster._core import AppMasterCore
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 
 RETRY_S = 0.5
+BEAT_S = 0.2
+"""Least time between two heartbeats (below the Keeper's beat period, 0.3 s, so each of
+its beats is answered; far below the leader's staleness bound, 1.5-5 s)."""
 SILENCE_S = 3.0
 """A Keeper silent this long (it beats every link period, ~0.3 s) is left for the next:
 a paused or partitioned Keeper keeps its TCP connection open, so only silence shows it."""
@@ -25,6 +35,9 @@ class KeeperLink:
         self.keepers = keepers
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.consumed = 0
+        self._beat_at = 0.0
+        self._beat_failed = False
+        self._beating: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         index = 0
@@ -50,21 +63,56 @@ class KeeperLink:
             actor_name=f"{self.core.service}-appmaster",
             epoch_seen=state.highest_epoch if state else 0,
         )
-        async with grpc.aio.insecure_channel(keeper) as channel:
+        async with grpc.aio.insecure_channel(keeper, options=_channel_options()) as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Instructions(request, metadata=self.metadata)
-            while True:
-                try:
-                    msg = await asyncio.wait_for(call.read(), SILENCE_S)
-                except TimeoutError:
-                    call.cancel()
-                    self.core.log.warning("keeper %s silent for %.0fs: next", keeper, SILENCE_S)
-                    return
-                if msg is grpc.aio.EOF:
-                    return
-                if msg.id == 0:
-                    continue  # the Keeper's beat
-                await self.core.take_instruction(
-                    msg.id, json.loads(msg.body_json), op_id=msg.op_id, epoch=msg.epoch
-                )
-                self.consumed += 1
+            try:
+                while True:
+                    try:
+                        msg = await asyncio.wait_for(call.read(), SILENCE_S)
+                    except TimeoutError:
+                        call.cancel()
+                        self.core.log.warning("keeper %s silent for %.0fs: next", keeper, SILENCE_S)
+                        return
+                    if msg is grpc.aio.EOF:
+                        return
+                    if msg.id != 0:  # else the Keeper's beat
+                        await self.core.take_instruction(
+                            msg.id, json.loads(msg.body_json), op_id=msg.op_id, epoch=msg.epoch
+                        )
+                        self.consumed += 1
+                    self._beat(stub, keeper)
+            finally:
+                if self._beating is not None:
+                    self._beating.cancel()
+
+    def _beat(self, stub: Any, keeper: str) -> None:
+        now = time.monotonic()
+        if now - self._beat_at < BEAT_S or (self._beating and not self._beating.done()):
+            return
+        self._beat_at = now
+        self._beating = asyncio.create_task(self._send_beat(stub, keeper))
+
+    async def _send_beat(self, stub: Any, keeper: str) -> None:
+        state = self.core.state
+        beat = keeper_pb2.HeartbeatRequest(
+            cluster=self.core.cluster,
+            service=self.core.service,
+            actor_name=f"{self.core.service}-appmaster",
+            epoch_seen=state.highest_epoch if state else 0,
+        )
+        try:
+            await stub.Heartbeat(beat, metadata=self.metadata, timeout=SILENCE_S)
+        except grpc.aio.AioRpcError as exc:  # the stream's silence decides about this Keeper
+            if not self._beat_failed:  # once per outage, not every beat
+                self.core.log.warning("heartbeat to keeper %s failed: %s", keeper, exc.code().name)
+            self._beat_failed = True
+        else:
+            self._beat_failed = False
+
+
+def _channel_options() -> list[tuple[str, int]]:
+    """Messages up to the Keepers' limit both ways, as their server and the CLI allow
+    (the actor has no settings of its own: the defaults)."""
+    limit = KeeperSettings().max_message_bytes
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]

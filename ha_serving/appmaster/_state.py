@@ -242,8 +242,11 @@ class JobState(_Frozen):
     applied_ops: tuple[str, ...] = ()
     """Recent op_ids applied, so a repeated instruction is ignored (bounded)."""
     last_instruction: int = 0
-    """Id of the last Keeper instruction consumed (applied, duplicate or refused): the
-    link resumes after it."""
+    """Id of the last Keeper instruction consumed (applied, duplicate, refused or
+    rejected): the link resumes after it."""
+    rejected: dict[str, str] = {}
+    """Recent instructions this AppMaster could not carry out: op_id -> the reason, in
+    one line (bounded). The leader reads it to end the operation as failed."""
     release: Release | None = None
     """A canary or blue-green release in progress."""
     retired_workers: tuple[str, ...] = ()

@@ -5,10 +5,10 @@ fresh namespace per load; ``InstanceHost`` is the pure-asyncio core; ``BackendWo
 is the Ray actor body the AppMaster creates (with ``backend_actor_options``).
 """
 
+from ha_serving._settings import MAX_PACKAGE_BYTES
 from ha_serving.backend._actor import BackendWorker, backend_actor_options
 from ha_serving.backend._host import RESERVED_METHODS, InstanceHost, InstanceStats
 from ha_serving.backend._package import (
-    MAX_PACKAGE_BYTES,
     Package,
     load_class,
     make_package,

@@ -170,7 +170,7 @@ class InstanceHost:
             )
         try:
             value = json.loads(payload)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, nested too deep
             return CallResult.failure(
                 "INVALID_ARGUMENT",
                 f"payload is not valid JSON: {exc}",
@@ -210,7 +210,7 @@ class InstanceHost:
                 )
             try:
                 data = json.dumps(result).encode()
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 return CallResult.failure(
                     "UNKNOWN",
                     f"result of {getattr(fn, '__name__', '?')} is not JSON: {exc}",

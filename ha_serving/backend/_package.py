@@ -35,9 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ha_serving._errors import InvalidSpec
-
-MAX_PACKAGE_BYTES = 50 * 1024 * 1024
-"""Largest package (zipped or unzipped), in bytes: code, not model weights, travels here."""
+from ha_serving._settings import MAX_PACKAGE_BYTES
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip's epoch: fixed so the digest depends on content only
 _NAMESPACE_PREFIX = "_hasrv_"
@@ -94,15 +92,34 @@ def make_package(code_dir: str | Path, *, max_bytes: int = MAX_PACKAGE_BYTES) ->
 
 
 def _package_files(root: Path) -> list[Path]:
+    """The files to package. A symlink is packaged as what it points to only when that
+    lies inside ``root``; one leading outside (a secret, a home directory) is refused
+    rather than uploaded to the store."""
+    base = root.resolve()
     out = []
     for path in root.rglob("*"):
         rel = path.relative_to(root).parts
         if any(p.startswith(".") or p == "__pycache__" for p in rel):
             continue
+        if path.is_symlink() and not _inside(path, base):
+            raise InvalidSpec(
+                "package",
+                [
+                    f"{path.relative_to(root).as_posix()} is a symlink leading outside {root}: "
+                    "copy what it points to into the code directory, or remove it"
+                ],
+            )
         if path.suffix in (".pyc", ".pyo") or not path.is_file():
             continue
         out.append(path)
     return out
+
+
+def _inside(link: Path, base: Path) -> bool:
+    try:
+        return link.resolve().is_relative_to(base)
+    except (OSError, RuntimeError):  # a symlink loop leads nowhere useful
+        return False
 
 
 def load_class(package: Package, import_path: str, *, namespace_id: str) -> type:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
+from rich.markup import escape
 from rich.table import Table
 
 import infra
@@ -27,9 +27,12 @@ from ha_serving._errors import (
     StackError,
     UnknownService,
     UserError,
+    one_line,
 )
 from ha_serving._settings import Settings
+from ha_serving._spec import load_yaml
 from ha_serving.backend import make_package
+from ha_serving.cli._clusters import add_registry_commands
 from ha_serving.cli._common import (
     RunDir,
     Timeout,
@@ -41,6 +44,7 @@ from ha_serving.cli._common import (
     progress_bar,
     run_dir_of,
     settings_for,
+    submit_op,
 )
 from ha_serving.cli._releases import bluegreen, canary, release_app
 from ha_serving.cli._services import ServiceOps, load_spec_file, start_appmaster
@@ -50,9 +54,13 @@ from ha_serving.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 node_app = typer.Typer(no_args_is_help=True, help="Kill or restart one Ray node.")
-cluster_app = typer.Typer(no_args_is_help=True, help="Kill or restart a whole Ray cluster.")
+cluster_app = typer.Typer(
+    no_args_is_help=True,
+    help="Register, list or remove the Keepers' clusters; kill or restart a local one.",
+)
 app.add_typer(node_app, name="node")
 app.add_typer(cluster_app, name="cluster")
+add_registry_commands(cluster_app)
 keeper_app = typer.Typer(no_args_is_help=True, help="Run, kill, pause or resume a Keeper.")
 app.add_typer(keeper_app, name="keeper")
 appmaster_app = typer.Typer(no_args_is_help=True, help="The serving job's entrypoint.")
@@ -212,7 +220,12 @@ def cluster_restart(name: str, run_dir: RunDir = None) -> None:
 def keeper_run(
     keeper_id: Annotated[str, typer.Option("--id", help="Replica id, e.g. k1.")],
     address: Annotated[str, typer.Option(help="host:port to serve the control API on.")],
-    db_url: Annotated[str, typer.Option(help="State store URL.")],
+    db_url: Annotated[
+        str,
+        typer.Option(
+            envvar="HA_SERVING_DB_URL", help="State store URL (keep it off argv: use the env)."
+        ),
+    ],
     peers: Annotated[str, typer.Option(help="Every replica's address, comma-separated.")] = "",
 ) -> None:
     """Run one Keeper replica in the foreground (`up` starts three)."""
@@ -354,7 +367,7 @@ def deploy(
     if cluster is None:
         keeper = keepers(run_dir)
         package = make_package(code).data
-        op_id = keeper.deploy(spec.model_dump_json(), package, kind="deploy")
+        op_id = submit_op(keeper, spec.model_dump_json(), package, kind="deploy")
         if wait:
             follow_op(keeper, spec.name, op_id, timeout)
         return
@@ -467,16 +480,13 @@ def _change_via_keepers(
         package = make_package(changes.pop("code")).data
     spec.update(changes)
     options = {"drain": True} if drain else None
-    op_id = keeper.deploy(json.dumps(spec), package, kind=kind, options=options)
+    op_id = submit_op(keeper, json.dumps(spec), package, kind=kind, options=options)
     if wait:
         follow_op(keeper, service, op_id, timeout)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidSpec(str(path), [str(exc)]) from None
+    data = load_yaml(path)  # safe and bounded, as a spec is
     if not isinstance(data, dict):
         raise InvalidSpec(str(path), ["config must be a mapping"])
     return data
@@ -515,10 +525,10 @@ def main() -> None:
     try:
         app()
     except HAServingError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error_line(str(exc))
         sys.exit(2 if isinstance(exc, UserError) else 1)
     except TimeoutError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error_line(str(exc))
         sys.exit(1)
     except Exception as exc:
         if not type(exc).__module__.startswith("ray."):
@@ -526,5 +536,16 @@ def main() -> None:
         # an actor's failure, re-raised by Ray with its remote traceback: say it in one
         # line; the actor's log has the rest
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        err.print(f"[red]error:[/] a remote actor failed: {first}", highlight=False, soft_wrap=True)
+        _error_line(f"a remote actor failed: {first}")
         sys.exit(1)
+
+
+MAX_ERROR_CHARS = 2000
+"""The CLI's ``error:`` line is at most this long (InvalidSpec already shows 5 problems)."""
+
+
+def _error_line(message: str) -> None:
+    """The one ``error: …`` line the CLI promises: whatever the message holds (newlines,
+    a 10 MB value, text that looks like rich markup), one line of bounded length."""
+    text = escape(one_line(message, MAX_ERROR_CHARS))
+    err.print(f"[red]error:[/] {text}", highlight=False, soft_wrap=True)

@@ -4,9 +4,12 @@ Keepers, and following an operation to its end."""
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import tenacity
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -14,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import infra
 from ha_serving._errors import StackError
 from ha_serving._settings import Settings
-from ha_serving.keeper import KeeperClient
+from ha_serving.keeper import KeeperClient, KeeperError
 
 out = Console()
 err = Console(stderr=True)
@@ -51,6 +54,39 @@ def keepers(run_dir: Path | None) -> KeeperClient:
     return KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
 
 
+SUBMIT_RETRY_S = 30.0
+"""How long a command keeps retrying its operation while no Keeper takes it."""
+RETRIED = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"})
+"""Keeper failures a command retries: no replica answered, or one went away (failover)
+mid-request, or a concurrent change of the service won; the request may have been
+recorded or not, and its op_id makes the retry safe either way."""
+
+
+def submit_op(
+    keeper: KeeperClient,
+    spec_json: str,
+    package: bytes,
+    *,
+    kind: str,
+    options: dict[str, Any] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Record an operation through the Keepers under an op_id made here, once: a failed
+    attempt is retried with the same op_id, which a Keeper answers with the operation it
+    recorded under it (never a second one). Returns the op_id."""
+    op_id = f"{kind}-{uuid.uuid4().hex[:12]}"
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda exc: isinstance(exc, KeeperError) and exc.code in RETRIED
+        ),
+        stop=tenacity.stop_after_delay(SUBMIT_RETRY_S),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=2.0),
+        sleep=sleep,
+        reraise=True,
+    )
+    return str(retrying(keeper.deploy, spec_json, package, kind=kind, op_id=op_id, options=options))
+
+
 def progress_bar() -> Progress:
     """The bar every command that follows a rollout shows (on stderr)."""
     return Progress(
@@ -70,7 +106,7 @@ def follow_op(keeper: KeeperClient, service: str, op_id: str, timeout: float) ->
     with progress_bar() as bar:
         task = bar.add_task(f"{service} {op_id}", total=None)
         while True:
-            op = next((o for o in keeper.operations(service) if o["op_id"] == op_id), None)
+            op = keeper.operation(op_id)  # this one operation, not the whole history
             if op is not None:
                 total, done, where = progress_of(op)
                 bar.update(

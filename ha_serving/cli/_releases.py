@@ -14,7 +14,16 @@ from rich.table import Table
 
 from ha_serving._errors import InvalidSpec
 from ha_serving.backend import make_package
-from ha_serving.cli._common import RunDir, Timeout, Wait, follow_op, keepers, out, progress_of
+from ha_serving.cli._common import (
+    RunDir,
+    Timeout,
+    Wait,
+    follow_op,
+    keepers,
+    out,
+    progress_of,
+    submit_op,
+)
 from ha_serving.cli._services import load_spec_file
 
 release_app = typer.Typer(
@@ -101,8 +110,8 @@ def _release(
 ) -> None:
     spec, code = load_spec_file(spec_file)
     keeper = keepers(run_dir)
-    op_id = keeper.deploy(
-        spec.model_dump_json(), make_package(code).data, kind=kind, options=options
+    op_id = submit_op(
+        keeper, spec.model_dump_json(), make_package(code).data, kind=kind, options=options
     )
     if wait:
         follow_op(keeper, spec.name, op_id, timeout)

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ha_serving._errors import StackError, UnknownService
+from ha_serving._errors import InvalidSpec, StackError, UnknownService
 from ha_serving._spec import ServiceSpec, code_dir, load_spec, parse_spec
 from ha_serving.appmaster import CONTROL_CPUS, NAMESPACE, AppMaster, appmaster_name
 from ha_serving.backend import make_package
 from ha_serving.runtime import ActorSpec
 from ha_serving.runtime._ray import RayRuntime, connect, disconnect
-from ha_serving.store import AlreadyExists, Store
+from ha_serving.store import AlreadyExists, ServiceRecord, Store
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -50,21 +50,31 @@ class ServiceOps:
     # --- instructions -----------------------------------------------------------------
 
     def deploy(self, spec: ServiceSpec, code: Path, *, kind: str = "deploy") -> dict[str, Any]:
-        """Package the code into the DB, record the service, instruct the AppMaster."""
+        """Package the code into the DB, record the service, instruct the AppMaster.
+        A service the Keepers manage is refused before anything is written."""
+        try:
+            current: ServiceRecord | None = self.store.get_service(spec.name)
+        except UnknownService:
+            current = None
+        _direct_only(spec.name, current)
         package = make_package(code)
         digest = self.store.put_package(package.data)
         # "direct": this service is driven on one cluster by hand; the Keepers leave it be
         record = {"spec": spec.model_dump(mode="json"), "package": digest, "direct": self.cluster}
-        try:
-            self.store.create_service(spec.name, record)
-        except AlreadyExists:
-            current = self.store.get_service(spec.name)
+        if current is None:
+            try:
+                self.store.create_service(spec.name, record)
+            except AlreadyExists:  # created meanwhile: by whom is checked again
+                current = self.store.get_service(spec.name)
+                _direct_only(spec.name, current)
+        if current is not None:  # compare-and-set: refused if it changed since the check
             self.store.update_service(spec.name, record, expected_version=current.version)
         return self._apply(spec, digest, kind)
 
     def change(self, service: str, *, kind: str, **changes: Any) -> dict[str, Any]:
         """Update the recorded spec (config, version/code, instances) and apply it."""
         current = self._record(service)
+        _direct_only(service, current)
         spec = dict(current.spec["spec"])
         digest = current.spec["package"]
         if "code" in changes:
@@ -138,6 +148,15 @@ class ServiceOps:
             if time.monotonic() > deadline:
                 raise StackError(f"{service} did not settle within {timeout_s:.0f}s")
             time.sleep(0.5)
+
+
+def _direct_only(name: str, current: ServiceRecord | None) -> None:
+    """Refuse to drive a service the Keepers manage (its record is theirs) by hand."""
+    if current is not None and not current.spec.get("direct"):
+        raise InvalidSpec(
+            "--cluster",
+            [f"{name} is deployed through the Keepers: change it without --cluster"],
+        )
 
 
 def _settled(view: dict[str, Any]) -> bool:

@@ -248,7 +248,7 @@ def _retry_safe(
 def _decode(reply: CallReply) -> object:
     try:
         return json.loads(reply.payload)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, or nested deeper than we decode
         raise CallError("INTERNAL", f"reply of {reply.instance_id} is not JSON: {exc}") from None
 
 

@@ -14,7 +14,10 @@ buckets, so it is the upper bound of the bucket holding the 99th percentile.
 
 from __future__ import annotations
 
+import http.client
+import logging
 import math
+import time
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +32,8 @@ FAILURE_CODES = frozenset(
 """Answers that count against a version: the platform's or the code's failures, not the
 caller's (INVALID_ARGUMENT, NOT_FOUND...)."""
 
+log = logging.getLogger("ha_serving.keeper.analysis")
+
 _REQUESTS = "ha_serving_proxy_requests_total"
 _BUCKETS = "ha_serving_proxy_request_duration_seconds_bucket"
 
@@ -36,7 +41,9 @@ _BUCKETS = "ha_serving_proxy_request_duration_seconds_bucket"
 class AnalysisPolicy(BaseModel):
     """When a release's candidate is judged good enough to go on."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
     interval_s: float = Field(default=5.0, gt=0, le=3600)
     """Seconds between checks (each judges the calls of that interval)."""
@@ -88,19 +95,75 @@ def parse(text: str, service: str) -> Sample:
     return out
 
 
+class MetricsScraper:
+    """Reads the proxies' ``/metrics`` for the leader, one endpoint at a time.
+
+    A bad endpoint is that endpoint's scrape failing, never the round's: one that is
+    unreachable, answers something that is not HTTP, an HTTP error, undecodable bytes,
+    a malformed exposition or more than ``max_bytes`` is skipped (its calls are not in
+    this sample, nor in the next one's difference). It is logged in one line when it
+    starts failing and when it is readable again, not on every round."""
+
+    def __init__(self, *, timeout_s: float = 1.0, max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.timeout_s = timeout_s
+        """Per socket operation, and for reading a whole body."""
+        self.max_bytes = max_bytes
+        """A larger body counts as a failed scrape (a proxy's is a few KiB)."""
+        self._failing: set[str] = set()
+
+    def __call__(self, addresses: Iterable[str], service: str) -> Sample:
+        """Sum of every readable proxy's counters of ``service``."""
+        total: Sample = {}
+        for address in addresses:
+            try:
+                sample = parse(self._fetch(address), service)
+            except Exception as exc:  # whatever a bad proxy sends fails its scrape alone
+                if address not in self._failing:
+                    self._failing.add(address)
+                    log.warning("metrics of %s unreadable, skipped: %s", address, _brief(exc))
+                continue
+            if address in self._failing:
+                self._failing.discard(address)
+                log.info("metrics of %s readable again", address)
+            for group, part in sample.items():
+                total.setdefault(group, GroupSample()).add(part)
+        return total
+
+    def _fetch(self, address: str) -> str:
+        deadline = time.monotonic() + self.timeout_s
+        body = bytearray()
+        with _OPENER.open(f"http://{address}/metrics", timeout=self.timeout_s) as resp:
+            while chunk := resp.read1(64 * 1024):
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise ValueError(f"more than {self.max_bytes} bytes")
+                if time.monotonic() > deadline:  # a trickle of bytes, each within timeout
+                    raise TimeoutError(f"body not read within {self.timeout_s:g} s")
+        return body.decode()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None  # a proxy's metrics are where it said: a 3xx is a failed scrape
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+"""Straight to the proxy (no HTTP proxy from the environment), no redirects."""
+
+
 def scrape(addresses: Iterable[str], service: str, *, timeout_s: float = 1.0) -> Sample:
-    """Sum of every reachable proxy's counters (an unreachable one is skipped: its calls
-    are not in this sample, nor in the next one's difference)."""
-    total: Sample = {}
-    for address in addresses:
-        try:
-            with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as resp:
-                text = resp.read().decode()
-        except OSError:
-            continue
-        for group, sample in parse(text, service).items():
-            total.setdefault(group, GroupSample()).add(sample)
-    return total
+    """One scrape of ``addresses`` (see ``MetricsScraper``, which the leader keeps, so a
+    bad endpoint is logged once, not on every round)."""
+    return MetricsScraper(timeout_s=timeout_s)(addresses, service)
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception as one short line (a bad status line quotes what the peer sent)."""
+    if isinstance(exc, http.client.BadStatusLine):
+        text = "not an HTTP answer"
+    else:
+        text = " ".join(str(exc).split()) or "(no detail)"
+    return f"{type(exc).__name__}: {text[:160]}"
 
 
 def _delta(before: Sample, after: Sample, group: str) -> GroupSample:

@@ -9,14 +9,22 @@ from typing import Any
 import grpc
 
 from ha_serving._errors import PlatformError, UserError
+from ha_serving._settings import KeeperSettings
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+
+
+def channel_options(settings: KeeperSettings | None = None) -> list[tuple[str, int]]:
+    """gRPC options of a Keeper's server and of every channel to one: messages up to
+    ``max_message_bytes`` (a Deploy carries a code package) both ways."""
+    limit = (settings or KeeperSettings()).max_message_bytes
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
 
 
 def keeper_status(address: str, *, token: str | None, timeout_s: float = 1.0) -> dict[str, Any]:
     """The replica's own view: id, leader flag, epoch, leader id. ``alive`` is False (and
     ``error`` says why) when it does not answer within ``timeout_s``."""
     metadata = [("authorization", f"Bearer {token}")] if token else []
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(address, options=channel_options()) as channel:
         stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
         try:
             reply = stub.Status(keeper_pb2.StatusRequest(), timeout=timeout_s, metadata=metadata)
@@ -37,17 +45,25 @@ def keeper_status(address: str, *, token: str | None, timeout_s: float = 1.0) ->
 class KeeperClient:
     """The control API from a CLI or SDK: any replica will do; fails over on UNAVAILABLE."""
 
-    def __init__(self, addresses: list[str], *, token: str | None, timeout_s: float = 30.0):
+    def __init__(
+        self,
+        addresses: list[str],
+        *,
+        token: str | None,
+        timeout_s: float = 30.0,
+        settings: KeeperSettings | None = None,
+    ):
         if not addresses:
             raise ValueError("no Keeper addresses")
         self.addresses = addresses
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.timeout_s = timeout_s
+        self.options = channel_options(settings)
 
     def _call(self, method: str, request: Any) -> Any:
         last: grpc.RpcError | None = None
         for address in self.addresses:
-            with grpc.insecure_channel(address) as channel:
+            with grpc.insecure_channel(address, options=self.options) as channel:
                 stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
                 try:
                     return getattr(stub, method)(
@@ -96,8 +112,23 @@ class KeeperClient:
         }
 
     def operations(self, service: str = "") -> list[dict[str, Any]]:
-        reply = self._call("Operations", keeper_pb2.ServiceRequest(service=service))
-        return [_operation(o) for o in reply.operations]
+        """Every operation (of ``service``, "" for all), oldest first, page by page."""
+        out: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            request = keeper_pb2.OperationsRequest(service=service, page_token=token)
+            reply = self._call("Operations", request)
+            out.extend(_operation(o) for o in reply.operations)
+            token = reply.next_page_token
+            if not token or not reply.operations:  # the last page (or a Keeper gone wrong)
+                return out
+
+    def operation(self, op_id: str) -> dict[str, Any] | None:
+        """One operation, None if the Keepers know none by that id (what a CLI following
+        it polls: one small reply, not the whole history)."""
+        reply = self._call("Operations", keeper_pb2.OperationsRequest(op_id=op_id))
+        # a Keeper from before op_id existed answers with every operation: pick it out
+        return next((_operation(o) for o in reply.operations if o.op_id == op_id), None)
 
 
 def _operation(o: Any) -> dict[str, Any]:

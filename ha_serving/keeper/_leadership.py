@@ -11,6 +11,10 @@ cannot reach the DB (or was paused by SIGSTOP) it stops acting before any other 
 can have taken the lease. Whatever a stale leader still sends carries an old epoch, and
 AppMasters refuse epochs below the highest they have seen.
 
+The lease's holder is ``<keeper id>#<instance>``, the instance a random token of this
+process: two processes started with the same ``--id`` are two holders, so at most one of
+them leads at any epoch (``keeper_of`` gives the id back for display).
+
 ==========  ===========================================  ==========
 from        event                                        to
 ==========  ===========================================  ==========
@@ -29,15 +33,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ha_serving._errors import HAServingError, LeaseLost, StoreUnavailable
-from ha_serving.store import Lease, Store
+from ha_serving.store import KEEPER_LEADER, Lease, Store
 from ha_serving.util.clock import Clock
 from ha_serving.util.logs import bound
 
-LEASE_NAME = "keeper-leader"
+LEASE_NAME = KEEPER_LEADER
+INSTANCE_SEP = "#"
+
+
+def keeper_of(holder: str | None) -> str:
+    """The Keeper id in a lease holder ``<id>#<instance>`` ("" for none)."""
+    if not holder:
+        return ""
+    head, sep, _ = holder.rpartition(INSTANCE_SEP)
+    return head if sep else holder
 
 
 class Role(str, enum.Enum):
@@ -74,6 +88,8 @@ class Leadership:
     ) -> None:
         self.store = store
         self.holder = holder
+        self.instance = f"{holder}{INSTANCE_SEP}{uuid.uuid4().hex[:12]}"
+        """This process's name on the lease: unique even if another runs the same id."""
         self.ttl_s = ttl_s
         self.margin_s = ttl_s / 4 if margin_s is None else margin_s
         self.clock = clock
@@ -107,7 +123,7 @@ class Leadership:
         deadline = started + self.ttl_s - self.margin_s
         try:
             if self._lease is None:
-                lease = self.store.acquire_lease(LEASE_NAME, self.holder, self.ttl_s)
+                lease = self.store.acquire_lease(LEASE_NAME, self.instance, self.ttl_s)
                 if lease is not None:
                     # Re-acquiring a lease we still hold returns it unchanged, expiry
                     # included; renew so it really runs a full TTL from ``started``.

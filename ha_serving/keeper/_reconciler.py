@@ -19,7 +19,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ha_serving._errors import HAServingError, StoreUnavailable
-from ha_serving.keeper._analysis import AnalysisPolicy, Sample, analyze, metrics_addresses, scrape
+from ha_serving._settings import KeeperSettings
+from ha_serving.keeper._analysis import (
+    AnalysisPolicy,
+    MetricsScraper,
+    Sample,
+    analyze,
+    metrics_addresses,
+)
 from ha_serving.keeper._control_api import record_service
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, Term
 from ha_serving.keeper._releases import (
@@ -61,6 +68,7 @@ class Reconciler:
         submit_retry_s: float = 1.0,
         scraper: Callable[[list[str], str], Sample] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        retention: KeeperSettings | None = None,
     ) -> None:
         self.store = store
         self.leadership = leadership
@@ -72,11 +80,15 @@ class Reconciler:
         """(cluster, service) -> earliest time (monotonic) of its next job submission."""
         self.lost: set[str] = set()
         """Clusters this leader declared lost (and has not seen come back)."""
-        self._scrape = scraper or scrape
+        self._scrape = scraper or MetricsScraper()
         """Reads the proxies' metrics (tests inject one)."""
         self._monotonic = monotonic
         self._samples: dict[str, tuple[float, Sample]] = {}
         """Last metrics scrape per release being analysed (a new leader starts afresh)."""
+        self.retention = retention or KeeperSettings()
+        """How old finished history gets before it is pruned, how often, how much at once."""
+        self._next_prune = 0.0
+        """When (monotonic) this leader prunes next: at once, then every prune period."""
         self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
 
     async def run(self) -> None:
@@ -103,6 +115,18 @@ class Reconciler:
             self._advance(op, term)
         self._watch_clusters()
         self._ensure_appmasters()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Every prune period, one bounded batch per table of history older than the
+        retention (``Store.prune`` says what is never pruned)."""
+        if self._monotonic() < self._next_prune:
+            return
+        self.leadership.require()
+        self._next_prune = self._monotonic() + self.retention.prune_period_s
+        deleted = self.store.prune(self.retention.retention_s, batch=self.retention.prune_batch)
+        if any(deleted.values()):
+            self.log.info("pruned %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
 
     def _advance(self, op: OperationRecord, term: Term) -> None:
         targets = [t["name"] for t in op.plan["clusters"]]

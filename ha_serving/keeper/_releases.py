@@ -16,7 +16,8 @@ pending    created by any Keeper replica, durable before ack     running
 running    instructing / waiting for cluster ``plan[step]``      running, succeeded,
                                                                  failed
 succeeded  every cluster converged
-failed     a cluster rolled the revision back (error says which)
+failed     a cluster rolled the revision back, or rejected an
+           instruction it cannot carry out (error says which, why)
 superseded a newer operation of the same service took over
 =========  ====================================================  =================
 
@@ -138,6 +139,9 @@ def decide(  # noqa: PLR0911 - one return per row of the table above
         return [Instruct(cluster, op_id, body)]
     if state is None:
         return []
+    why = rejection(state, op_id)
+    if why is not None:
+        return [Finish("failed", f"cluster {cluster} rejected {op_id}: {why}")]
     if rolled_back(state, op_id):
         return [Finish("failed", f"cluster {cluster} rolled the release back")]
     if converged(state, body):
@@ -158,21 +162,27 @@ def _drained_step(  # noqa: PLR0911 - one return per sub-step
 ) -> list[Decision]:
     """One cluster's step with its traffic drained first: its weight goes to 0 (clients
     move to the other clusters), it is rolled, its weight comes back, then the next.
-    The last instruction sent to the cluster says which of the three it is at."""
+    The last instruction sent to the cluster says which of the three it is at; an
+    update the cluster rejected gets its weight restored, then fails the operation."""
     cluster = op.plan["clusters"][op.step]["name"]
     update = instruction_op_id(op, cluster)
     drain, restore = f"{op.op_id}#drain@{cluster}", f"{op.op_id}#restore@{cluster}"
-    at = sent.op_id if sent is not None else None
+    at = sent.op_id if sent is not None else ""
     if at not in (drain, update, restore):
         return [Instruct(cluster, drain, {"kind": "traffic", "weight": 0})]
+    if at != update and rejection(state, at) is not None:
+        return [Finish("failed", f"cluster {cluster} rejected {at}: {rejection(state, at)}")]
     if at == drain:
         return [Instruct(cluster, update, body)] if state.get("cluster_weight") == 0 else []
     if at == update:
-        if rolled_back(state, update) or converged(state, body):
+        if rolled_back(state, update) or converged(state, body) or rejection(state, update):
             return [Instruct(cluster, restore, {"kind": "traffic", "weight": None})]
         return []
     if state.get("cluster_weight") is not None:
         return []
+    why = rejection(state, update)
+    if why is not None:
+        return [Finish("failed", f"cluster {cluster} rejected {update}: {why}")]
     if rolled_back(state, update):
         return [Finish("failed", f"cluster {cluster} rolled the release back")]
     return _next(op)
@@ -193,6 +203,13 @@ def converged(state: dict[str, Any], body: dict[str, Any]) -> bool:
             i.get("phase") == "serving" and i.get("running") == desired for i in instances.values()
         )
     )
+
+
+def rejection(state: Mapping[str, Any], op_id: str) -> str | None:
+    """Why the AppMaster rejected instruction ``op_id`` (one it cannot carry out: an
+    unknown kind, a missing field...), or None if it did not."""
+    found = (state.get("rejected") or {}).get(op_id)
+    return None if found is None else str(found)
 
 
 def rolled_back(state: Mapping[str, Any], op_id: str) -> bool:

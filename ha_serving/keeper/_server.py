@@ -8,6 +8,7 @@ wrong token gets UNAUTHENTICATED and a log line that names the caller, never the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -19,8 +20,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ha_serving._errors import HAServingError, StoreUnavailable
 from ha_serving._settings import KeeperSettings
+from ha_serving.keeper._client import channel_options
 from ha_serving.keeper._control_api import command, deploy
-from ha_serving.keeper._leadership import LEASE_NAME, Leadership
+from ha_serving.keeper._leadership import LEASE_NAME, Leadership, keeper_of
+from ha_serving.keeper._paging import operations_page
 from ha_serving.keeper._reconciler import JobSubmitter, Reconciler
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import OperationRecord, Store
@@ -83,7 +86,9 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         )
         self._server: grpc.aio.Server | None = None
         self.reconciler = (
-            Reconciler(store, self.leadership, submitter) if submitter is not None else None
+            Reconciler(store, self.leadership, submitter, retention=settings)
+            if submitter is not None
+            else None
         )
 
     async def Status(  # noqa: N802 - the gRPC method's name
@@ -98,7 +103,7 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             address=self.address,
             leader=term is not None,
             epoch=term.epoch if term else (lease.epoch if lease else 0),
-            leader_id=(lease.holder or "") if lease else "",
+            leader_id=keeper_of(lease.holder) if lease else "",
         )
 
     async def Resolve(  # noqa: N802 - the gRPC method's name
@@ -183,14 +188,25 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         )
 
     async def Operations(  # noqa: N802 - the gRPC method's name
-        self, request: keeper_pb2.ServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: keeper_pb2.OperationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> keeper_pb2.OperationsReply:
+        """A page of operations (``operations_page_size`` at most), oldest first."""
         try:
-            ops = await asyncio.to_thread(self.store.list_operations, request.service or None)
+            ops, next_token = await asyncio.to_thread(
+                operations_page,
+                self.store,
+                service=request.service,
+                op_id=request.op_id,
+                limit=request.limit,
+                page_token=request.page_token,
+                page_size=self.settings.operations_page_size,
+            )
         except HAServingError as exc:
             await context.abort(_status(exc), str(exc))
             raise
-        return keeper_pb2.OperationsReply(operations=[_operation_info(o) for o in ops])
+        return keeper_pb2.OperationsReply(
+            operations=[_operation_info(o) for o in ops], next_page_token=next_token
+        )
 
     async def Command(  # noqa: N802 - the gRPC method's name
         self, request: keeper_pb2.CommandRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -208,19 +224,22 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         request: keeper_pb2.InstructionsRequest,
         context: grpc.aio.ServicerContext[Any, Any],  # noqa: ARG002 - nothing to set
     ) -> AsyncIterator[keeper_pb2.InstructionMsg]:
-        """An AppMaster's link: heartbeat it and stream the instructions after ``after``,
-        or an empty message (id 0) each period with none, so a Keeper that stops
-        answering (paused, partitioned) is noticed by its silence, not by TCP."""
+        """An AppMaster's link: register it (its request is a heartbeat) and stream the
+        instructions after ``after``, or an empty message (id 0) each period with none,
+        so a Keeper that stops answering (paused, partitioned) is noticed by its silence,
+        not by TCP. The loop itself heartbeats nothing: an open stream is no proof that
+        the AppMaster lives (a paused one keeps it open); its ``Heartbeat`` calls are."""
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.to_thread(
+                self.store.heartbeat_appmaster,
+                request.cluster,
+                request.service,
+                request.actor_name,
+                request.epoch_seen,
+            )
         after = request.after
         while True:
             try:
-                await asyncio.to_thread(
-                    self.store.heartbeat_appmaster,
-                    request.cluster,
-                    request.service,
-                    request.actor_name,
-                    request.epoch_seen,
-                )
                 found = await asyncio.to_thread(
                     self.store.list_instructions, request.cluster, request.service, after=after
                 )
@@ -235,6 +254,25 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
                 yield keeper_pb2.InstructionMsg(id=0)
             await asyncio.sleep(self.settings.link_period_s)
 
+    async def Heartbeat(  # noqa: N802 - the gRPC method's name
+        self, request: keeper_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> keeper_pb2.HeartbeatReply:
+        """An AppMaster's link says it lives: the only refresh of its heartbeat."""
+        if not (request.cluster and request.service):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cluster and service required")
+        try:
+            await asyncio.to_thread(
+                self.store.heartbeat_appmaster,
+                request.cluster,
+                request.service,
+                request.actor_name,
+                request.epoch_seen,
+            )
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"state store unavailable: {exc}")
+            raise
+        return keeper_pb2.HeartbeatReply()
+
     def _lease_or_none(self) -> Any:
         try:
             return self.store.get_lease(LEASE_NAME)
@@ -245,7 +283,11 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         interceptors = []
         if self.settings.token:
             interceptors.append(_TokenAuth(self.settings.token, self.log))
-        server = grpc.aio.server(interceptors=interceptors)
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=channel_options(self.settings),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
+        )
         keeper_pb2_grpc.add_KeeperServicer_to_server(self, server)  # type: ignore[no-untyped-call]
         health_servicer = health.HealthServicer()
         health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

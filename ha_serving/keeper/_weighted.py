@@ -20,9 +20,13 @@ step   instructs every cluster                            moves on when
 k      weight ``steps[k-1]``                              every cluster applied it and
                                                           ``pause_s`` passed (not paused)
 end    promote (after the last step, or ``promote``) or   every cluster converged: the
-       abort (``abort``, failed analysis, a cluster       op ends succeeded, aborted or
-       that rolled the candidate back itself)             rolled_back
+       abort (``abort``, failed analysis, a cluster       op ends succeeded, aborted,
+       that rolled the candidate back itself or           rolled_back or (a rejected
+       rejected an instruction)                           instruction) failed
 =====  =================================================  ============================
+
+A target cluster the service does not run on yet (no AppMaster state) fails the operation
+before anything is sent: its AppMaster could only reject the release.
 
 A new leader reads the same row and decides again: instructions carry op-derived ids,
 so nothing is applied twice, and the step's clock (``step_at``) is durable.
@@ -41,6 +45,7 @@ from ha_serving.keeper._releases import (
     Finish,
     Instruct,
     Progress,
+    rejection,
     rolled_back,
 )
 from ha_serving.store import Instruction, OperationRecord
@@ -128,10 +133,22 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
     progress = dict(op.progress or {})
     ending = progress.get("ending")
     if ending is None:
-        reason = _why_end(op, progress, states, targets)
+        absent = [c for c in targets if states.get(c) is None]
+        if op.step == 0 and not progress and absent:  # nothing sent yet: nothing to undo
+            return [
+                Finish(
+                    "failed",
+                    f"{op.service} does not run on cluster {absent[0]} yet: "
+                    f"deploy it there before a {op.kind}",
+                )
+            ]
+        reason = _why_end(op, progress, last, states, targets)
         if reason is not None:
-            kind, why = reason
-            return [Progress({**progress, "ending": kind, "reason": why})]
+            kind, why, failed = reason
+            ends: dict[str, Any] = {"ending": kind, "reason": why}
+            if failed:  # the release is undone all the same, then the op fails
+                ends["failed"] = True
+            return [Progress({**progress, **ends})]
         # the step: its weight on every cluster, then its pause
         weight = weight_at(op, op.step)
         sends: list[Decision] = [
@@ -164,6 +181,13 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
     if sends:
         weight = 100 if ending == "promote" else 0
         return [*sends, Progress({**progress, "weight": weight})]
+    for c in targets:
+        state = states.get(c)
+        refused = rejection(state, step_op_id(op, ending, c)) if state is not None else None
+        if refused is not None:
+            return [
+                Finish("failed", f"cluster {c} rejected {step_op_id(op, ending, c)}: {refused}")
+            ]
     if ending == "promote":
         for c in targets:
             state = states.get(c)
@@ -175,7 +199,7 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
     if ending == "promote":
         return [Finish("succeeded")]
     status = "aborted" if progress.get("reason") == OPERATOR_ABORT else "rolled_back"
-    return [Finish(status, progress.get("reason"))]
+    return [Finish("failed" if progress.get("failed") else status, progress.get("reason"))]
 
 
 OPERATOR_ABORT = "aborted by the operator"
@@ -184,22 +208,32 @@ OPERATOR_ABORT = "aborted by the operator"
 def _why_end(
     op: OperationRecord,
     progress: Mapping[str, Any],
+    last: Mapping[str, Instruction | None],
     states: Mapping[str, Mapping[str, Any] | None],
     targets: list[str],
-) -> tuple[str, str] | None:
-    """("promote"|"abort", why) if the release must end now, else None."""
+) -> tuple[str, str, bool] | None:
+    """("promote"|"abort", why, failed) if the release must end now, else None;
+    ``failed``: it ends because a cluster rejected one of its instructions."""
     if op.command == "abort":
-        return "abort", OPERATOR_ABORT
+        return "abort", OPERATOR_ABORT, False
+    for c in targets:  # an instruction of this release the cluster cannot carry out
+        sent, state = _sent(last.get(c)), states.get(c)
+        if state is None or sent is None or not sent.startswith(f"{op.op_id}#"):
+            continue
+        why = rejection(state, sent)
+        if why is not None:
+            return "abort", f"cluster {c} rejected {sent}: {why}", True
     policy = AnalysisPolicy.model_validate(op.plan["release"]["analysis"])
     failed = int(progress.get("failed_checks", 0))
     if failed >= policy.max_failed_checks:
-        return "abort", f"analysis failed {failed} checks, last: {progress.get('last_failure')}"
+        why = f"analysis failed {failed} checks, last: {progress.get('last_failure')}"
+        return "abort", why, False
     for c in targets:
         state = states.get(c)
         if state is not None and rolled_back(state, step_op_id(op, 0, c)):
-            return "abort", f"the candidate failed to start on cluster {c}"
+            return "abort", f"the candidate failed to start on cluster {c}", False
     if op.command == "promote" and op.step >= 1:
-        return "promote", "promoted by the operator"
+        return "promote", "promoted by the operator", False
     return None
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dha_serving/proto/keeper.proto\x12\rha_serving.v1\"f\n\rDeployRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\x12\x0f\n\x07package\x18\x02 \x01(\x0c\x12\r\n\x05op_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0coptions_json\x18\x05 \x01(\t\"0\n\x0e\x43ommandRequest\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\"/\n\x0b\x44\x65ployReply\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"!\n\x0eServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"E\n\x0bServiceInfo\x12\x11\n\tspec_json\x18\x01 \x01(\t\x12\x0f\n\x07package\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"\xa3\x01\n\rOperationInfo\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x05\x12\x11\n\tplan_json\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x03\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x15\n\rprogress_json\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\"C\n\x0fOperationsReply\x12\x30\n\noperations\x18\x01 \x03(\x0b\x32\x1c.ha_serving.v1.OperationInfo\"n\n\x13InstructionsRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\x03\x12\x12\n\nactor_name\x18\x04 \x01(\t\x12\x12\n\nepoch_seen\x18\x05 \x01(\x03\"M\n\x0eInstructionMsg\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05op_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x11\n\tbody_json\x18\x04 \x01(\t\"!\n\x0eResolveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x90\x01\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.ha_serving.v1.Endpoint.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\tEndpoints\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\tendpoints\x18\x02 \x03(\x0b\x32\x17.ha_serving.v1.Endpoint\"\x0f\n\rStatusRequest\"d\n\x0cKeeperStatus\x12\x11\n\tkeeper_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x11\n\tleader_id\x18\x05 \x01(\t2\xcc\x04\n\x06Keeper\x12\x43\n\x06Status\x12\x1c.ha_serving.v1.StatusRequest\x1a\x1b.ha_serving.v1.KeeperStatus\x12\x42\n\x07Resolve\x12\x1d.ha_serving.v1.ResolveRequest\x1a\x18.ha_serving.v1.Endpoints\x12\x42\n\x05Watch\x12\x1d.ha_serving.v1.ResolveRequest\x1a\x18.ha_serving.v1.Endpoints0\x01\x12\x42\n\x06\x44\x65ploy\x12\x1c.ha_serving.v1.DeployRequest\x1a\x1a.ha_serving.v1.DeployReply\x12G\n\nGetService\x12\x1d.ha_serving.v1.ServiceRequest\x1a\x1a.ha_serving.v1.ServiceInfo\x12K\n\nOperations\x12\x1d.ha_serving.v1.ServiceRequest\x1a\x1e.ha_serving.v1.OperationsReply\x12\x46\n\x07\x43ommand\x12\x1d.ha_serving.v1.CommandRequest\x1a\x1c.ha_serving.v1.OperationInfo\x12S\n\x0cInstructions\x12\".ha_serving.v1.InstructionsRequest\x1a\x1d.ha_serving.v1.InstructionMsg0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dha_serving/proto/keeper.proto\x12\rha_serving.v1\"f\n\rDeployRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\x12\x0f\n\x07package\x18\x02 \x01(\x0c\x12\r\n\x05op_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0coptions_json\x18\x05 \x01(\t\"0\n\x0e\x43ommandRequest\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\"/\n\x0b\x44\x65ployReply\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"!\n\x0eServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"E\n\x0bServiceInfo\x12\x11\n\tspec_json\x18\x01 \x01(\t\x12\x0f\n\x07package\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"\xa3\x01\n\rOperationInfo\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x05\x12\x11\n\tplan_json\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x03\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x15\n\rprogress_json\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\"V\n\x11OperationsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05op_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\\\n\x0fOperationsReply\x12\x30\n\noperations\x18\x01 \x03(\x0b\x32\x1c.ha_serving.v1.OperationInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x13InstructionsRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\x03\x12\x12\n\nactor_name\x18\x04 \x01(\t\x12\x12\n\nepoch_seen\x18\x05 \x01(\x03\"\\\n\x10HeartbeatRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x12\n\nactor_name\x18\x03 \x01(\t\x12\x12\n\nepoch_seen\x18\x04 \x01(\x03\"\x10\n\x0eHeartbeatReply\"M\n\x0eInstructionMsg\x12\n\n\x02id\x18\x01 \x01(\x03\x12\r\n\x05op_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x11\n\tbody_json\x18\x04 \x01(\t\"!\n\x0eResolveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x90\x01\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.ha_serving.v1.Endpoint.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\tEndpoints\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\tendpoints\x18\x02 \x03(\x0b\x32\x17.ha_serving.v1.Endpoint\"\x0f\n\rStatusRequest\"d\n\x0cKeeperStatus\x12\x11\n\tkeeper_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x11\n\tleader_id\x18\x05 \x01(\t2\x9c\x05\n\x06Keeper\x12\x43\n\x06Status\x12\x1c.ha_serving.v1.StatusRequest\x1a\x1b.ha_serving.v1.KeeperStatus\x12\x42\n\x07Resolve\x12\x1d.ha_serving.v1.ResolveRequest\x1a\x18.ha_serving.v1.Endpoints\x12\x42\n\x05Watch\x12\x1d.ha_serving.v1.ResolveRequest\x1a\x18.ha_serving.v1.Endpoints0\x01\x12\x42\n\x06\x44\x65ploy\x12\x1c.ha_serving.v1.DeployRequest\x1a\x1a.ha_serving.v1.DeployReply\x12G\n\nGetService\x12\x1d.ha_serving.v1.ServiceRequest\x1a\x1a.ha_serving.v1.ServiceInfo\x12N\n\nOperations\x12 .ha_serving.v1.OperationsRequest\x1a\x1e.ha_serving.v1.OperationsReply\x12\x46\n\x07\x43ommand\x12\x1d.ha_serving.v1.CommandRequest\x1a\x1c.ha_serving.v1.OperationInfo\x12S\n\x0cInstructions\x12\".ha_serving.v1.InstructionsRequest\x1a\x1d.ha_serving.v1.InstructionMsg0\x01\x12K\n\tHeartbeat\x12\x1f.ha_serving.v1.HeartbeatRequest\x1a\x1d.ha_serving.v1.HeartbeatReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,24 +45,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICEINFO']._serialized_end=355
   _globals['_OPERATIONINFO']._serialized_start=358
   _globals['_OPERATIONINFO']._serialized_end=521
-  _globals['_OPERATIONSREPLY']._serialized_start=523
-  _globals['_OPERATIONSREPLY']._serialized_end=590
-  _globals['_INSTRUCTIONSREQUEST']._serialized_start=592
-  _globals['_INSTRUCTIONSREQUEST']._serialized_end=702
-  _globals['_INSTRUCTIONMSG']._serialized_start=704
-  _globals['_INSTRUCTIONMSG']._serialized_end=781
-  _globals['_RESOLVEREQUEST']._serialized_start=783
-  _globals['_RESOLVEREQUEST']._serialized_end=816
-  _globals['_ENDPOINT']._serialized_start=819
-  _globals['_ENDPOINT']._serialized_end=963
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=918
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=963
-  _globals['_ENDPOINTS']._serialized_start=965
-  _globals['_ENDPOINTS']._serialized_end=1037
-  _globals['_STATUSREQUEST']._serialized_start=1039
-  _globals['_STATUSREQUEST']._serialized_end=1054
-  _globals['_KEEPERSTATUS']._serialized_start=1056
-  _globals['_KEEPERSTATUS']._serialized_end=1156
-  _globals['_KEEPER']._serialized_start=1159
-  _globals['_KEEPER']._serialized_end=1747
+  _globals['_OPERATIONSREQUEST']._serialized_start=523
+  _globals['_OPERATIONSREQUEST']._serialized_end=609
+  _globals['_OPERATIONSREPLY']._serialized_start=611
+  _globals['_OPERATIONSREPLY']._serialized_end=703
+  _globals['_INSTRUCTIONSREQUEST']._serialized_start=705
+  _globals['_INSTRUCTIONSREQUEST']._serialized_end=815
+  _globals['_HEARTBEATREQUEST']._serialized_start=817
+  _globals['_HEARTBEATREQUEST']._serialized_end=909
+  _globals['_HEARTBEATREPLY']._serialized_start=911
+  _globals['_HEARTBEATREPLY']._serialized_end=927
+  _globals['_INSTRUCTIONMSG']._serialized_start=929
+  _globals['_INSTRUCTIONMSG']._serialized_end=1006
+  _globals['_RESOLVEREQUEST']._serialized_start=1008
+  _globals['_RESOLVEREQUEST']._serialized_end=1041
+  _globals['_ENDPOINT']._serialized_start=1044
+  _globals['_ENDPOINT']._serialized_end=1188
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=1143
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=1188
+  _globals['_ENDPOINTS']._serialized_start=1190
+  _globals['_ENDPOINTS']._serialized_end=1262
+  _globals['_STATUSREQUEST']._serialized_start=1264
+  _globals['_STATUSREQUEST']._serialized_end=1279
+  _globals['_KEEPERSTATUS']._serialized_start=1281
+  _globals['_KEEPERSTATUS']._serialized_end=1381
+  _globals['_KEEPER']._serialized_start=1384
+  _globals['_KEEPER']._serialized_end=2052
 # @@protoc_insertion_point(module_scope)

@@ -74,11 +74,25 @@ class OperationInfo(_message.Message):
     command: str
     def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., step: _Optional[int] = ..., plan_json: _Optional[str] = ..., epoch: _Optional[int] = ..., error: _Optional[str] = ..., progress_json: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
 
+class OperationsRequest(_message.Message):
+    __slots__ = ("service", "op_id", "limit", "page_token")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    op_id: str
+    limit: int
+    page_token: str
+    def __init__(self, service: _Optional[str] = ..., op_id: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
 class OperationsReply(_message.Message):
-    __slots__ = ("operations",)
+    __slots__ = ("operations", "next_page_token")
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     operations: _containers.RepeatedCompositeFieldContainer[OperationInfo]
-    def __init__(self, operations: _Optional[_Iterable[_Union[OperationInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, operations: _Optional[_Iterable[_Union[OperationInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class InstructionsRequest(_message.Message):
     __slots__ = ("cluster", "service", "after", "actor_name", "epoch_seen")
@@ -93,6 +107,22 @@ class InstructionsRequest(_message.Message):
     actor_name: str
     epoch_seen: int
     def __init__(self, cluster: _Optional[str] = ..., service: _Optional[str] = ..., after: _Optional[int] = ..., actor_name: _Optional[str] = ..., epoch_seen: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("cluster", "service", "actor_name", "epoch_seen")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_NAME_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_SEEN_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    service: str
+    actor_name: str
+    epoch_seen: int
+    def __init__(self, cluster: _Optional[str] = ..., service: _Optional[str] = ..., actor_name: _Optional[str] = ..., epoch_seen: _Optional[int] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class InstructionMsg(_message.Message):
     __slots__ = ("id", "op_id", "epoch", "body_json")

@@ -61,7 +61,7 @@ class KeeperStub:
                 _registered_method=True)
         self.Operations = channel.unary_unary(
                 '/ha_serving.v1.Keeper/Operations',
-                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.SerializeToString,
+                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.OperationsRequest.SerializeToString,
                 response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.OperationsReply.FromString,
                 _registered_method=True)
         self.Command = channel.unary_unary(
@@ -73,6 +73,11 @@ class KeeperStub:
                 '/ha_serving.v1.Keeper/Instructions',
                 request_serializer=ha__serving_dot_proto_dot_keeper__pb2.InstructionsRequest.SerializeToString,
                 response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.InstructionMsg.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/ha_serving.v1.Keeper/Heartbeat',
+                request_serializer=ha__serving_dot_proto_dot_keeper__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=ha__serving_dot_proto_dot_keeper__pb2.HeartbeatReply.FromString,
                 _registered_method=True)
 
 
@@ -115,7 +120,9 @@ class KeeperServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Operations(self, request, context):
-        """The service's operations (releases) with their step and status.
+        """Operations (releases) with their step and status, oldest first, a page at a time.
+        (Its request was ServiceRequest; OperationsRequest keeps its field 1, so old
+        clients' requests read the same.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,8 +136,16 @@ class KeeperServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Instructions(self, request, context):
-        """An AppMaster's link: registers it (heartbeats while open) and streams the leader's
-        instructions for (cluster, service) after the given id.
+        """An AppMaster's link: registers it (one heartbeat when opened) and streams the
+        leader's instructions for (cluster, service) after the given id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """An AppMaster's sign of life, sent by its link as it reads the stream: only what the
+        AppMaster sends refreshes its heartbeat, never the open stream alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,7 +181,7 @@ def add_KeeperServicer_to_server(servicer, server):
             ),
             'Operations': grpc.unary_unary_rpc_method_handler(
                     servicer.Operations,
-                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.FromString,
+                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.OperationsRequest.FromString,
                     response_serializer=ha__serving_dot_proto_dot_keeper__pb2.OperationsReply.SerializeToString,
             ),
             'Command': grpc.unary_unary_rpc_method_handler(
@@ -178,6 +193,11 @@ def add_KeeperServicer_to_server(servicer, server):
                     servicer.Instructions,
                     request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.InstructionsRequest.FromString,
                     response_serializer=ha__serving_dot_proto_dot_keeper__pb2.InstructionMsg.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=ha__serving_dot_proto_dot_keeper__pb2.HeartbeatRequest.FromString,
+                    response_serializer=ha__serving_dot_proto_dot_keeper__pb2.HeartbeatReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -340,7 +360,7 @@ class Keeper:
             request,
             target,
             '/ha_serving.v1.Keeper/Operations',
-            ha__serving_dot_proto_dot_keeper__pb2.ServiceRequest.SerializeToString,
+            ha__serving_dot_proto_dot_keeper__pb2.OperationsRequest.SerializeToString,
             ha__serving_dot_proto_dot_keeper__pb2.OperationsReply.FromString,
             options,
             channel_credentials,
@@ -396,6 +416,33 @@ class Keeper:
             '/ha_serving.v1.Keeper/Instructions',
             ha__serving_dot_proto_dot_keeper__pb2.InstructionsRequest.SerializeToString,
             ha__serving_dot_proto_dot_keeper__pb2.InstructionMsg.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ha_serving.v1.Keeper/Heartbeat',
+            ha__serving_dot_proto_dot_keeper__pb2.HeartbeatRequest.SerializeToString,
+            ha__serving_dot_proto_dot_keeper__pb2.HeartbeatReply.FromString,
             options,
             channel_credentials,
             insecure,

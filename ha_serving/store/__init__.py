@@ -8,7 +8,7 @@ versioned and migrated by ``Store.connect``.
 from ha_serving.store._catalog import Endpoint, UnknownPackage
 from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
 from ha_serving.store._engine import TimeSource, db_now, safe_url, store_retry
-from ha_serving.store._lease import Lease
+from ha_serving.store._lease import KEEPER_LEADER, Lease
 from ha_serving.store._records import (
     AlreadyExists,
     EventRecord,
@@ -20,6 +20,7 @@ from ha_serving.store._schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from ha_serving.store._store import Store
 
 __all__ = [
+    "KEEPER_LEADER",
     "SCHEMA_VERSION",
     "AlreadyExists",
     "AppMasterRecord",

@@ -37,9 +37,13 @@ class Endpoint:
 
 
 def put_package(conn: Connection, now: sa.ColumnElement[float], data: bytes) -> str:
+    """Store ``data`` once by digest. Putting it again refreshes ``created_at``, so a
+    package about to be named by a new operation is never old enough to be pruned."""
     digest = hashlib.sha256(data).hexdigest()
-    exists = conn.execute(sa.select(packages.c.digest).where(packages.c.digest == digest)).first()
-    if exists is None:
+    touched = conn.execute(
+        sa.update(packages).where(packages.c.digest == digest).values(created_at=now)
+    )
+    if touched.rowcount == 0:
         try:
             with conn.begin_nested():
                 conn.execute(

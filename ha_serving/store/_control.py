@@ -19,6 +19,8 @@ class ClusterRecord:
     gcs_address: str
     dashboard_url: str | None
     zone: str
+    tier: str = ""
+    """A label of the operator's (e.g. primary/secondary); '' for clusters `up` registers."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,11 @@ def register_cluster(conn: Connection, now: Any, record: ClusterRecord) -> None:
 
 def list_clusters(conn: Connection) -> list[ClusterRecord]:
     rows = conn.execute(sa.select(clusters).order_by(clusters.c.name)).all()
-    return [ClusterRecord(r.name, r.gcs_address, r.dashboard_url, r.zone) for r in rows]
+    return [ClusterRecord(r.name, r.gcs_address, r.dashboard_url, r.zone, r.tier) for r in rows]
+
+
+def remove_cluster(conn: Connection, name: str) -> bool:
+    return bool(conn.execute(sa.delete(clusters).where(clusters.c.name == name)).rowcount)
 
 
 def heartbeat_appmaster(  # noqa: PLR0917 - one row's fields

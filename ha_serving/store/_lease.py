@@ -57,6 +57,11 @@ from ha_serving.store._schema import leases
 Now = sa.ColumnElement[float]
 """The SQL expression for "now": ``db_now()`` or a bound fake-clock literal."""
 
+KEEPER_LEADER = "keeper-leader"
+"""The Keepers' leadership lease. Its epoch is the fencing token on every instruction:
+AppMasters check an epoch they have not seen yet against it (no Keeper was granted an
+epoch above the lease's)."""
+
 
 @dataclass(frozen=True)
 class Lease:

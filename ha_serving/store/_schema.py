@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import PlatformError, StoreUnavailable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema version this code reads and writes."""
 
 _MIGRATE_LOCK = "ha_serving_migrate"
@@ -172,6 +172,7 @@ clusters = sa.Table(
     sa.Column("dashboard_url", sa.String(191), nullable=True),  # Ray Job Submission API
     sa.Column("zone", sa.String(64), nullable=False),
     sa.Column("updated_at", TIME, nullable=False),
+    sa.Column("tier", sa.String(64), nullable=False, server_default=""),  # version 5
     **_MYSQL_TABLE,
 )
 """The Ray clusters the Keepers may place services on. Added in schema version 3."""
@@ -243,11 +244,22 @@ def _v4_release_progress(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {operations.name} ADD COLUMN {name} {kind} NULL"))
 
 
+def _v5_cluster_tier(conn: Connection) -> None:
+    """Add clusters.tier, '' for the clusters already registered (migration 3 of this code
+    already creates it: add it only if missing)."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns(clusters.name)}
+    if "tier" not in present:
+        kind = clusters.c.tier.type.compile(dialect=conn.dialect)
+        add = f"ALTER TABLE {clusters.name} ADD COLUMN tier {kind} NOT NULL DEFAULT ''"
+        conn.execute(sa.text(add))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _v1_initial),
     Migration(2, "content-addressed code packages", _v2_packages),
     Migration(3, "cluster registry and Keeper instructions", _v3_keeper),
     Migration(4, "release progress and operator commands on operations", _v4_release_progress),
+    Migration(5, "a tier for each registered cluster", _v5_cluster_tier),
 )
 
 

@@ -24,7 +24,7 @@ from ha_serving._errors import (
     StoreUnavailable,
     UnknownService,
 )
-from ha_serving.store import _catalog, _control, _lease
+from ha_serving.store import _catalog, _control, _lease, _retention
 from ha_serving.store._catalog import Endpoint
 from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
 from ha_serving.store._engine import (
@@ -221,20 +221,102 @@ class Store:
             raise AlreadyExists("operations", op.op_id) from None
         return stored
 
+    def create_operation_with_service(
+        self, op: OperationRecord, spec: Mapping[str, Any], *, expected_version: int | None
+    ) -> tuple[OperationRecord, bool]:
+        """Store ``op`` and make ``spec`` the record of service ``op.service``, in one
+        transaction: both are written or neither is. Returns (the stored op, created).
+
+        ``expected_version`` is the service row's version the caller read, None for a
+        service that must not exist yet; a mismatch raises ``ConflictError`` (``expected``
+        0 for "absent") and writes nothing. Idempotent like ``create_operation``: an
+        ``op_id`` already stored for the same request returns it with ``created`` False
+        and leaves the service alone; a different request raises ``AlreadyExists``.
+        """
+        now = self._now_sql()
+        values = op.to_record() | {"version": 1, "created_at": now, "updated_at": now}
+        with self._tx() as conn:
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(operations).values(values))
+            except exc.IntegrityError:
+                stored = self._operation(conn, op.op_id)
+            else:
+                self._put_service(conn, op.service, spec, expected_version)
+                return self._operation(conn, op.op_id), True
+        if not stored.same_request(op):
+            raise AlreadyExists("operations", op.op_id)
+        return stored, False
+
+    def _put_service(
+        self, conn: Connection, name: str, spec: Mapping[str, Any], expected: int | None
+    ) -> None:
+        """Create (``expected`` None) or compare-and-set the service row, in ``conn``'s
+        transaction; ``ConflictError`` if it is not as expected."""
+        now = self._now_sql()
+        if expected is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        sa.insert(services).values(
+                            name=name,
+                            spec=dict(spec),
+                            spec_version=1,
+                            version=1,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+            except exc.IntegrityError:
+                actual = self._service(conn, name).version
+                raise ConflictError("services", name, 0, actual) from None
+            return
+        updated = conn.execute(
+            sa.update(services)
+            .where(services.c.name == name, services.c.version == expected)
+            .values(
+                spec=dict(spec),
+                spec_version=services.c.spec_version + 1,
+                version=services.c.version + 1,
+                updated_at=now,
+            )
+        )
+        if updated.rowcount != 1:
+            found = conn.execute(
+                sa.select(services.c.version).where(services.c.name == name)
+            ).scalar_one_or_none()
+            raise ConflictError("services", name, expected, found)
+
     def get_operation(self, op_id: str) -> OperationRecord:
         """The operation's record; ``UnknownOperation`` if there is none."""
         with self._tx() as conn:
             return self._operation(conn, op_id)
 
     def list_operations(
-        self, service: str | None = None, status: str | None = None
+        self,
+        service: str | None = None,
+        status: str | None = None,
+        *,
+        op_id: str | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
     ) -> list[OperationRecord]:
-        """Operations, oldest first, optionally only one service's or one status'."""
-        query = sa.select(operations).order_by(operations.c.created_at, operations.c.op_id)
+        """Operations, oldest first (by ``created_at``, then ``op_id``), optionally only one
+        service's, one status' or one operation. A page: ``after`` an operation's
+        ``(created_at, op_id)``, at most ``limit`` of them."""
+        c = operations.c
+        query = sa.select(operations).order_by(c.created_at, c.op_id)
         if service is not None:
-            query = query.where(operations.c.service == service)
+            query = query.where(c.service == service)
         if status is not None:
-            query = query.where(operations.c.status == status)
+            query = query.where(c.status == status)
+        if op_id is not None:
+            query = query.where(c.op_id == op_id)
+        if after is not None:
+            at, last = after
+            query = query.where((c.created_at > at) | ((c.created_at == at) & (c.op_id > last)))
+        if limit is not None:
+            query = query.limit(limit)
         with self._tx() as conn:
             return [OperationRecord.from_record(row._mapping) for row in conn.execute(query)]
 
@@ -493,6 +575,11 @@ class Store:
         with self._tx() as conn:
             return _control.list_clusters(conn)
 
+    def remove_cluster(self, name: str) -> bool:
+        """Take ``name`` out of the registry (idempotent); True if it was registered."""
+        with self._tx() as conn:
+            return _control.remove_cluster(conn, name)
+
     def heartbeat_appmaster(
         self, cluster: str, service: str, actor_name: str, epoch_seen: int
     ) -> None:
@@ -536,3 +623,23 @@ class Store:
     def last_instruction(self, cluster: str, service: str) -> Instruction | None:
         with self._tx() as conn:
             return _control.last_instruction(conn, cluster, service)
+
+    # --- retention (in _retention.py) -------------------------------------------------
+
+    def prune(self, older_than_s: float, *, batch: int = 500) -> dict[str, int]:
+        """Delete history older than ``older_than_s`` seconds, at most ``batch`` rows per
+        table, each table in its own short transaction; returns the rows deleted per table.
+
+        Only what nothing needs any more goes: finished operations but each service's
+        latest that got anywhere (the leader keeps its AppMasters by it); instructions
+        their AppMaster has consumed, but the latest per target (the leader decides by
+        it); events; code packages that no service, operation, AppMaster state or
+        instruction left names (a package put again counts as new)."""
+        if older_than_s < 0 or batch < 1:
+            raise ValueError("prune needs older_than_s >= 0 and batch >= 1")
+        cutoff = self._now_sql() - older_than_s
+        deleted = {}
+        for table, prune in _retention.PRUNERS:
+            with self._tx() as conn:
+                deleted[table] = prune(conn, cutoff, batch)
+        return deleted

@@ -16,12 +16,12 @@ import pytest
 
 import infra
 from ha_serving._errors import CallError
-from ha_serving._spec import load_spec
+from ha_serving._spec import load_spec, parse_spec
 from ha_serving.backend import make_package
 from ha_serving.client import discovered_client
-from ha_serving.keeper import KeeperClient, KeeperError, keeper_status
-from ha_serving.keeper._releases import cluster_body, instruction_op_id
-from ha_serving.store import EventRecord, Store
+from ha_serving.keeper import KeeperClient, KeeperError, KeeperRefused, keeper_status
+from ha_serving.keeper._releases import cluster_body, instruction_op_id, make_plan
+from ha_serving.store import EventRecord, OperationRecord, Store
 from tests.integration.conftest import stack_settings
 
 pytestmark = pytest.mark.integration
@@ -159,6 +159,39 @@ def test_a_stale_leaders_instruction_is_refused_by_the_appmaster(
         after = store.load_appmaster_state("a", "multi")
         assert after is not None
         assert after[0]["desired"]["config"]["prefix"] == before["desired"]["config"]["prefix"]
+
+
+def test_an_instruction_the_appmaster_cannot_carry_out_fails_its_operation(
+    mstack: infra.Topology, keeper: KeeperClient
+) -> None:
+    """Issue 11: an operation whose instruction the AppMaster cannot carry out (a
+    "release" deploy, as an older Keeper recorded it; the control API refuses the kind
+    now) ends failed with the AppMaster's one-line reason instead of wedging the link,
+    and the next operation of the service is carried out. Deploy validates op_ids and
+    answers a repeated one with its operation."""
+    _ensure_deployed(mstack, keeper)
+    with pytest.raises(KeeperRefused) as refused:
+        keeper.deploy(_spec_json(), b"", kind="release")
+    assert refused.value.code == "INVALID_ARGUMENT"
+    with pytest.raises(KeeperRefused) as too_long:
+        keeper.deploy(_spec_json(), b"", kind="config", op_id="x" * 65)
+    assert too_long.value.code == "INVALID_ARGUMENT"
+    with Store.connect(mstack.db.url) as store:
+        current = store.get_service("multi")
+        spec = parse_spec(json.loads(_spec_json()))
+        plan = make_plan(spec, current.spec["package"], 0, "release", ["a", "b"])
+        store.create_operation(
+            OperationRecord(op_id="wedge-1", service="multi", kind="release", plan=plan)
+        )
+    op = _wait_op(keeper, "wedge-1", timeout_s=60)
+    assert op["status"] == "failed", op
+    assert op["error"].startswith("cluster a rejected wedge-1@a: "), op
+    assert "\n" not in op["error"]
+    body = _spec_json(config={"prefix": "after-reject"})
+    op_id = keeper.deploy(body, b"", kind="config", op_id="after-reject-1")
+    assert keeper.deploy(body, b"", kind="config", op_id="after-reject-1") == op_id
+    assert [o["op_id"] for o in keeper.operations("multi")].count(op_id) == 1
+    assert _wait_op(keeper, op_id)["status"] == "succeeded"
 
 
 class ClusterLoad:

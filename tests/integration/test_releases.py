@@ -5,6 +5,7 @@ by the analysis of the proxies' metrics, blue-green switches and flips back."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -199,7 +200,9 @@ def _current_prefix(keeper: KeeperClient) -> str:
 
 def _spec_file(tmp_path: Path, **config: Any) -> Path:
     spec = _spec(**config)
-    spec["code"]["dir"] = str(ECHO / "code")
+    # a spec's code lies in its own folder (an absolute code.dir is refused)
+    shutil.copytree(ECHO / "code", tmp_path / "code", dirs_exist_ok=True)
+    spec["code"]["dir"] = "code"
     path = tmp_path / "rel.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

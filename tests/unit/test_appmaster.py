@@ -12,12 +12,12 @@ import pytest
 
 from ha_serving._errors import StoreUnavailable
 from ha_serving._spec import Revision, ServiceSpec, parse_spec
-from ha_serving.appmaster import AppMasterCore, JobState, Phase, StaleInstruction
+from ha_serving.appmaster import AppMasterCore, JobState, Phase, StaleInstruction, UnknownEpoch
 from ha_serving.appmaster._actor import worker_spec
 from ha_serving.appmaster._state import OUT_OF_SERVICE
 from ha_serving.backend import make_package
 from ha_serving.runtime import ActorSpec
-from ha_serving.store import Store
+from ha_serving.store import KEEPER_LEADER, Store
 from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.clock import FakeClock
 
@@ -98,9 +98,21 @@ class Harness:
         return out
 
 
+def grant_epochs(store: Store, up_to: int) -> None:
+    """Move the Keepers' leadership lease to epoch ``up_to``, as that many terms would:
+    AppMasters accept no epoch above the lease's."""
+    lease = store.acquire_lease(KEEPER_LEADER, "k-test", 60)
+    assert lease is not None
+    while lease.epoch < up_to:
+        store.release_lease(lease)
+        lease = store.acquire_lease(KEEPER_LEADER, "k-test", 60)
+        assert lease is not None
+
+
 @pytest.fixture
 def h(tmp_path: Path) -> Iterator[Harness]:
     store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
+    grant_epochs(store, 6)  # the epochs these tests stamp instructions with
     try:
         yield Harness(store, FakeRuntime(), FakeClock())
     finally:
@@ -523,5 +535,77 @@ def test_release_instructions_are_fenced_and_idempotent(h: Harness) -> None:
         assert state.cluster_weight == 0
         labels = {e.labels["weight"] for e in h.store.list_endpoints("echo")}
         assert labels == {0}
+
+    run(scenario())
+
+
+def _body(h: Harness, kind: str, **spec_changes: Any) -> dict[str, Any]:
+    """An instruction body as the leader builds it (``cluster_body``)."""
+    return {
+        "spec": spec(**spec_changes).model_dump(mode="json"),
+        "package": h.package("echo_v1"),
+        "kind": kind,
+        "generation": 2,
+    }
+
+
+def test_an_instruction_it_cannot_carry_out_is_rejected_and_the_next_one_flows(
+    h: Harness,
+) -> None:
+    """A Deploy of kind "release" made a body without the release's fields, and a newer
+    Keeper may send a kind this AppMaster does not know: each is consumed as rejected
+    (recorded in the state with a one-line reason, for the leader to fail the operation),
+    not raised, so the link does not reconnect from it forever; the next one applies."""
+
+    async def scenario() -> None:
+        take = h.core.take_instruction
+        assert await take(1, _body(h, "deploy"), op_id="op-1@a", epoch=1) == "applied"
+        assert await take(2, _body(h, "release"), op_id="op-2@a", epoch=1) == "rejected"
+        assert await take(3, _body(h, "resize"), op_id="op-3@a", epoch=1) == "rejected"
+        promote = {"kind": "promote", "op": 7}
+        assert await take(4, promote, op_id="op-4@a", epoch=1) == "rejected"
+        changed = _body(h, "config", config={"prefix": "next"})
+        assert await take(5, changed, op_id="op-5@a", epoch=2) == "applied"
+        state = h.core.state
+        assert state is not None
+        assert state.last_instruction == 5
+        assert state.desired.config == {"prefix": "next"}
+        assert set(state.rejected) == {"op-2@a", "op-3@a", "op-4@a"}
+        assert "needs op, mode, instances, weight" in state.rejected["op-2@a"]
+        assert "unknown kind 'resize'" in state.rejected["op-3@a"]
+        assert all("\n" not in why for why in state.rejected.values())
+        saved = h.store.load_appmaster_state("a", "echo")
+        assert saved is not None
+        assert JobState.from_record(saved[0]).rejected == state.rejected
+        kinds = [(e.kind, e.op_id) for e in h.store.list_events(service="echo")]
+        assert ("rejected", "op-2@a") in kinds
+
+    run(scenario())
+
+
+def test_an_epoch_no_keeper_was_granted_is_refused(h: Harness) -> None:
+    """A caller of ``apply`` (or a forged instruction) cannot pass an epoch above the
+    Keepers' lease: it would fence the real leader out. It is refused, and the leader's
+    next instruction still applies."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1", epoch=5)
+        with pytest.raises(UnknownEpoch, match="lease epoch 6"):
+            await h.deploy(spec(instances=2), "echo_v1", "op-2", epoch=1_000_000)
+        with pytest.raises(StaleInstruction):  # the same refusal, for callers of old
+            await h.core.release({"kind": "traffic", "weight": 0}, op_id="t@a", epoch=7)
+        forged = await h.core.take_instruction(
+            1, _body(h, "scale", instances=1), op_id="op-3@a", epoch=99
+        )
+        assert forged == "refused"
+        state = h.core.state
+        assert state is not None
+        assert (state.highest_epoch, state.spec.instances, state.last_instruction) == (5, 6, 1)
+        ok = await h.core.take_instruction(
+            2, _body(h, "scale", instances=2), op_id="op-4@a", epoch=6
+        )
+        assert ok == "applied"
+        assert h.core.state is not None
+        assert h.core.state.spec.instances == 2
 
     run(scenario())

@@ -60,6 +60,7 @@ from ha_serving.store import ClusterRecord, Store
 from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.clock import FakeClock
 from tests.unit.fixtures.dataplane import Stack, running_stack
+from tests.unit.test_appmaster import grant_epochs
 
 ROOT = Path(__file__).resolve().parents[2]
 DRILL_CODE = ROOT / "examples" / "drill" / "code"
@@ -282,6 +283,7 @@ def _fenced_run(tmp_path: Path) -> tuple[list[ControlEvent], FinalState]:
     supersedes op-1 and carries op-2 out; the old leader resumes and delivers op-1."""
     store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
     store.register_cluster(ClusterRecord("a", "127.0.0.1:1", None, "z"))
+    grant_epochs(store, 2)  # two leaders' terms
 
     def proxy(name: str, state: Any) -> ActorSpec:
         return ActorSpec(name=name, cls=FakeProxy, args=(state.service,))

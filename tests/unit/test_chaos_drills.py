@@ -1,6 +1,9 @@
 """The drill catalogue is valid data: every experiment in chaos/drills parses, names only
 functions of chaos.actions / chaos.probes with arguments they take, ends its rollbacks
-with heal, and covers the faults of this slice; a broken drill is refused with a reason."""
+with heal, states its duration, and covers the faults of issue 10 (processes, nodes,
+clusters, Keepers, the DB, the network, the clock, the CPU, Redis); a drill that faults
+the load's links says so, one that faults the Keepers' DB link routes them through it
+first; a broken drill is refused with a reason."""
 
 from __future__ import annotations
 
@@ -25,6 +28,13 @@ SLICE = {
     "kill-cluster",
     "kill-keeper-leader-and-cluster",
     "db-down-30s",
+    "keeper-db-latency",
+    "keeper-db-blackhole",
+    "client-proxy-latency",
+    "client-proxy-resets",
+    "cpu-starvation",
+    "redis-kill-restart",
+    "clock-jump-keepers",
 }
 
 
@@ -53,6 +63,61 @@ def test_recovery_clocks_and_thresholds_are_where_the_issue_puts_them() -> None:
     assert drills["kill-cluster"].thresholds.max_failure_streak_s == 2
     assert drills["db-down-30s"].thresholds.recovery_from_edge == "end"
     assert all(d.thresholds.min_availability >= 0.999 for d in drills.values())
+
+
+def test_the_network_clock_cpu_and_redis_drills_have_the_issues_thresholds() -> None:
+    drills = {d.name: d for d in load_catalogue()}
+    blackhole = drills["keeper-db-blackhole"].thresholds
+    assert (blackhole.max_recovery_s, blackhole.recovery_until) == (10, "new-leader-elected")
+    assert blackhole.recovery_from == "heal-partition"
+    assert drills["keeper-db-blackhole"].experiment["configuration"]["hold_s"] == 20
+    assert drills["keeper-db-latency"].thresholds.max_recovery_s == 30
+    assert drills["client-proxy-latency"].thresholds.max_p99_ms == 1000
+    assert drills["client-proxy-resets"].thresholds.max_failure_streak_s == 1
+    assert drills["redis-kill-restart"].thresholds.recovery_until == "every-gcs-whole"
+    assert drills["clock-jump-keepers"].thresholds.max_recovery_s == 10
+    assert drills["cpu-starvation"].experiment["configuration"]["workers"] == 2
+    assert {n for n, d in drills.items() if d.meta.client_links} == {
+        "client-proxy-latency",
+        "client-proxy-resets",
+    }
+    assert not any(d.meta.smoke for n, d in drills.items() if n in NEW)
+    assert all(0 < d.meta.duration_s <= 60 for d in drills.values())
+
+
+NEW = {
+    "keeper-db-latency",
+    "keeper-db-blackhole",
+    "client-proxy-latency",
+    "client-proxy-resets",
+    "cpu-starvation",
+    "redis-kill-restart",
+    "clock-jump-keepers",
+}
+
+
+def _method_funcs(name: str) -> list[str]:
+    experiment = json.loads((DRILLS_DIR / f"{name}.json").read_text())
+    return [a["provider"]["func"] for a in experiment["method"]]
+
+
+def test_the_new_drills_inject_what_their_names_say_and_undo_it_in_the_method() -> None:
+    assert _method_funcs("keeper-db-blackhole")[:3] == [
+        "route_keepers_db",
+        "wait_one_leader",
+        "net_fault",
+    ]
+    assert "net_heal" in _method_funcs("keeper-db-latency")
+    assert _method_funcs("cpu-starvation") == ["starve_cpu", "stop_cpu_starvation"]
+    assert _method_funcs("redis-kill-restart")[:2] == ["kill_redis", "restart_redis"]
+    clock = _method_funcs("clock-jump-keepers")
+    assert clock.count("fake_keeper_clock") == 2
+    assert clock.count("jump_keeper_clock") == 4
+    assert clock[-2:] == ["restore_keeper_clocks", "wait_one_leader"]
+    for name in ("client-proxy-latency", "client-proxy-resets"):
+        funcs = _method_funcs(name)
+        assert funcs[0] == "wait_link_traffic"  # the load really goes through the links
+        assert "net_heal" in funcs
 
 
 def _drill(tmp_path: Path, **changes: Any) -> Path:
@@ -97,6 +162,22 @@ def test_a_broken_drill_is_refused_with_its_reason(
 ) -> None:
     with pytest.raises(InvalidDrill, match=reason):
         load_drill(_drill(tmp_path, **changes))
+
+
+def test_a_drill_that_faults_the_loads_links_must_say_so(tmp_path: Path) -> None:
+    experiment = json.loads((DRILLS_DIR / "client-proxy-latency.json").read_text())
+    experiment["extensions"][0]["client_links"] = False
+    (tmp_path / "x.json").write_text(json.dumps(experiment))
+    with pytest.raises(InvalidDrill, match="needs client_links"):
+        load_drill(tmp_path / "x.json")
+
+
+def test_a_drill_must_route_the_keepers_before_faulting_their_db_link(tmp_path: Path) -> None:
+    experiment = json.loads((DRILLS_DIR / "keeper-db-blackhole.json").read_text())
+    experiment["method"] = experiment["method"][1:]  # no route-keepers-through-link
+    (tmp_path / "x.json").write_text(json.dumps(experiment))
+    with pytest.raises(InvalidDrill, match="before route_keepers_db"):
+        load_drill(tmp_path / "x.json")
 
 
 def test_adding_a_drill_needs_only_a_file(tmp_path: Path) -> None:

@@ -153,3 +153,59 @@ def test_every_function_a_drill_names_is_listed_as_an_activity() -> None:
     }
     named |= STEADY
     assert named <= set(actions.ACTIVITIES) | set(probes.ACTIVITIES)
+
+
+def _pause_vars(experiment: dict[str, Any]) -> dict[str, Any]:
+    """Every configuration value a pause of the drill reads, set to 0 (a test waits for
+    nothing)."""
+    names = {
+        a["pauses"][when].strip("${}")
+        for a in experiment["method"]
+        for when in ("before", "after")
+        if isinstance(a.get("pauses", {}).get(when), str)
+    }
+    return dict.fromkeys(names, 0)
+
+
+@pytest.mark.parametrize("path", sorted(DRILLS_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_every_drill_runs_through_chaos_toolkit_with_its_arguments_substituted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, path: Path
+) -> None:
+    fakes = Fakes(monkeypatch)
+    drill = load_drill(path)
+    experiment = drill.fresh_experiment()
+    variables = {"run_dir": str(tmp_path), "service": "svc", "settle_s": 0}
+    variables |= _pause_vars(experiment)
+    journal = run_experiment(experiment, settings=CHAOS_SETTINGS, experiment_vars=(variables, {}))
+    assert journal["status"] == "completed", journal["status"]
+    assert [r.name for r in method_runs(journal)] == [a["name"] for a in drill.experiment["method"]]
+    assert fakes.names()[-1] == "heal"
+    for name, kwargs in fakes.calls:
+        assert not any("${" in str(v) for v in kwargs.values()), (name, kwargs)
+
+
+def test_the_clock_drill_jumps_each_faked_keeper_both_ways(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fakes = Fakes(monkeypatch)
+    run("clock-jump-keepers", fakes, tmp_path)
+    jumps = [(k["which"], k["offset_s"]) for n, k in fakes.calls if n == "jump_keeper_clock"]
+    assert jumps == [(0, 90), (1, -90), (0, -90), (1, 90)]
+    assert fakes.names().index("kill_keeper") > fakes.names().index("jump_keeper_clock")
+
+
+def test_the_resets_drill_hits_one_clusters_links_then_heals_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fakes = Fakes(monkeypatch)
+    experiment = load_drill(DRILLS_DIR / "client-proxy-resets.json").fresh_experiment()
+    variables = {"run_dir": str(tmp_path), "service": "svc", "settle_s": 0, "hold_s": 0}
+    run_experiment(
+        experiment, settings=CHAOS_SETTINGS, experiment_vars=(variables | {"refuse_s": 0}, {})
+    )
+    faults = [k for n, k in fakes.calls if n == "net_fault"]
+    assert [(f["link"], f["mode"], f.get("reset_every_s")) for f in faults] == [
+        ("client-a", "reset", 5),
+        ("client-a", "reset", None),
+    ]
+    assert ("net_heal", {"link": "client-a", "run_dir": str(tmp_path)}) in fakes.calls

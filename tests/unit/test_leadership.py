@@ -162,3 +162,28 @@ def test_require_refuses_a_follower(tmp_path: Path) -> None:
     b.tick()
     with pytest.raises(NotLeader):
         b.require()
+
+
+def test_two_processes_with_the_same_keeper_id_never_lead_at_once(tmp_path: Path) -> None:
+    """Two Keepers started with the same --id are two lease holders: the second does not
+    take the first's lease as its own (same epoch, both acting); it leads only after the
+    first's lease expired, at a higher epoch."""
+    clock, store, _ = _replicas(tmp_path, 0)
+    first = Leadership(store, "k1", ttl_s=TTL, clock=clock)  # type: ignore[arg-type]
+    twin = Leadership(store, "k1", ttl_s=TTL, clock=clock)  # type: ignore[arg-type]
+    assert first.tick() == Role.LEADER
+    assert twin.tick() == Role.FOLLOWER
+    assert first.tick() == Role.LEADER
+    assert [r.term() is not None for r in (first, twin)] == [True, False]
+    clock.advance(TTL + 0.1)  # the first stops renewing (killed, paused)
+    assert twin.tick() == Role.LEADER
+    assert twin.require().epoch == 2
+    assert first.tick() == Role.FOLLOWER  # its renew is refused: the lease moved on
+
+
+def test_status_names_the_keeper_not_its_instance() -> None:
+    from ha_serving.keeper._leadership import keeper_of
+
+    assert keeper_of("k1#0123456789ab") == "k1"
+    assert keeper_of("k1") == "k1"
+    assert keeper_of(None) == ""

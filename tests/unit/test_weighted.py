@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ha_serving._errors import InvalidSpec, OperationFinished
+from ha_serving._spec import parse_spec
 from ha_serving.appmaster import AppMasterCore, JobState
 from ha_serving.appmaster._actor import worker_spec
 from ha_serving.backend import make_package
@@ -21,9 +23,11 @@ from ha_serving.keeper import Leadership
 from ha_serving.keeper._analysis import AnalysisPolicy, GroupSample, Sample, analyze, parse
 from ha_serving.keeper._control_api import command, deploy
 from ha_serving.keeper._reconciler import Reconciler
+from ha_serving.keeper._releases import Finish, Instruct, Progress, make_plan
+from ha_serving.keeper._weighted import decide_weighted, release_plan
 from ha_serving.proxy._metrics import ProxyMetrics
 from ha_serving.runtime import ActorSpec
-from ha_serving.store import ClusterRecord, Store
+from ha_serving.store import ClusterRecord, Instruction, OperationRecord, Store
 from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.clock import FakeClock
 from tests.unit.test_appmaster import FIXTURES, spec
@@ -333,3 +337,109 @@ def test_analysis_judges_the_interval_between_two_scrapes() -> None:
     assert analyze(after, after, policy)["verdict"] == "inconclusive"
     other = parse(_proxy_text(good).replace('service="echo"', 'service="x"'), "echo")
     assert other == {}
+
+
+# --- instructions an AppMaster cannot carry out ---------------------------------------
+
+
+def test_a_rejected_instruction_fails_its_operation_and_later_ones_flow(
+    cp: ControlPlane,
+) -> None:
+    """An operation whose instruction the AppMaster cannot carry out (here a "release"
+    deploy, which an older Keeper recorded; the control API now refuses the kind) ends
+    failed with the AppMaster's reason in one line, instead of wedging the link; the
+    next operation of the service is carried out."""
+
+    async def scenario() -> None:
+        await _deployed(cp)
+        current = cp.store.get_service("echo")
+        body = spec(version="v1", instances=4, instances_per_worker=2).model_dump(mode="json")
+        body["placement"] = {"clusters": [{"name": c} for c in CLUSTERS]}
+        plan = make_plan(parse_spec(body), current.spec["package"], 2, "release", list(CLUSTERS))
+        cp.store.create_operation(
+            OperationRecord(op_id="old-1", service="echo", kind="release", plan=plan)
+        )
+        op = await cp.finish("old-1")
+        assert op.status == "failed"
+        assert op.error.startswith("cluster a rejected old-1@a: invalid instruction: ")
+        assert "needs op, mode, instances, weight" in op.error
+        assert "\n" not in op.error
+        after = await cp.finish(cp.deploy("v2", "code"))
+        assert after.status == "succeeded"
+        assert cp.versions() == {"a": {"v2"}, "b": {"v2"}}
+
+    run(scenario())
+
+
+def test_a_release_onto_a_cluster_the_service_does_not_run_on_fails_at_once(
+    cp: ControlPlane,
+) -> None:
+    """Its AppMaster could only reject the release (nothing to run a candidate beside):
+    the operation fails before anything is sent, instead of waiting forever."""
+
+    async def scenario() -> None:
+        body = spec(version="v1", instances=4, instances_per_worker=2).model_dump(mode="json")
+        body["placement"] = {"clusters": [{"name": "a"}]}
+        package = make_package(FIXTURES / "echo_v1").data
+        first, _ = deploy(cp.store, json.dumps(body), package, kind="deploy")
+        assert (await cp.finish(first)).status == "succeeded"
+        body.update(version="v2", placement={"clusters": [{"name": c} for c in CLUSTERS]})
+        package = make_package(FIXTURES / "echo_v2").data
+        canary, _ = deploy(cp.store, json.dumps(body), package, kind="canary")
+        op = await cp.finish(canary)
+        assert (op.status, op.error) == (
+            "failed",
+            "echo does not run on cluster b yet: deploy it there before a canary",
+        )
+        assert cp.store.list_instructions("b", "echo") == []
+
+    run(scenario())
+
+
+def test_a_release_step_a_cluster_rejects_is_undone_then_fails() -> None:
+    """A rejected step of a canary aborts it everywhere (the other cluster may already
+    send the candidate traffic); once settled, the operation ends failed, not
+    rolled_back, with the reason."""
+    plan = {
+        "clusters": [{"name": c, "instances": 4, "weight": 100} for c in CLUSTERS],
+        "spec": {"version": "v2", "config": {}},
+        "package": "p2",
+        "release": release_plan(
+            "canary",
+            [{"name": c, "instances": 4} for c in CLUSTERS],
+            steps=None,
+            pause_s=0,
+            canary_instances=1,
+            analysis=AnalysisPolicy(),
+        ),
+    }
+    op = OperationRecord(
+        op_id="c-1",
+        service="echo",
+        kind="canary",
+        plan=plan,
+        status="running",
+        step=1,
+        progress={"weight": 10, "step": 1, "step_at": 0.0},
+    )
+    sent = {c: Instruction(1, c, "echo", f"c-1#1@{c}", 1, {}) for c in CLUSTERS}
+    states: dict[str, Any] = {
+        "a": {"release": {"op_id": "c-1", "weight": 10}},
+        "b": {"rejected": {"c-1#1@b": "invalid instruction: no"}},
+    }
+    [end] = decide_weighted(op, sent, states, now=1.0)
+    assert isinstance(end, Progress)
+    assert end.progress["ending"] == "abort"
+    assert end.progress["reason"] == "cluster b rejected c-1#1@b: invalid instruction: no"
+    op = replace(op, progress=end.progress)
+    aborts = decide_weighted(op, sent, states, now=2.0)
+    assert {d.cluster for d in aborts if isinstance(d, Instruct)} == set(CLUSTERS)
+    sent = {c: Instruction(2, c, "echo", f"c-1#abort@{c}", 1, {}) for c in CLUSTERS}
+    settled = {
+        "desired": {"version": "v1"},
+        "spec": {"instances": 0},
+        "instances": {},
+        "rollout": None,
+    }
+    [done] = decide_weighted(op, sent, dict.fromkeys(CLUSTERS, settled), now=3.0)
+    assert done == Finish("failed", "cluster b rejected c-1#1@b: invalid instruction: no")
