@@ -349,16 +349,21 @@ def within(calls: Sequence[CallRecord], start: float, end: float) -> list[CallRe
 
 
 def longest_streak(calls: Sequence[CallRecord]) -> Streak:
+    """The most consecutive failed calls (by start), their span from the first one's
+    start to the latest end among them. One pass: a drill whose whole window fails
+    (tens of thousands of calls) is judged in linear time."""
     best = Streak()
-    run: list[CallRecord] = []
+    count, first, last_end = 0, 0.0, 0.0
     for c in sorted(calls, key=lambda c: c.start):
         if c.ok:
-            run = []
+            count = 0
             continue
-        run.append(c)
-        if len(run) > best.calls:
-            last_end = max(r.end for r in run)
-            best = Streak(len(run), last_end - run[0].start, run[0].start)
+        if count == 0:
+            first, last_end = c.start, c.end
+        count += 1
+        last_end = max(last_end, c.end)
+        if count > best.calls:
+            best = Streak(count, last_end - first, first)
     return best
 
 

@@ -386,11 +386,13 @@ def random_reasons(
     min_faults: int,
     min_availability: float,
     unhealed: Sequence[str] = (),
+    deviated: Sequence[str] = (),
     stopped: str = "",
 ) -> list[str]:
     """Why a random run failed: availability over the whole run below the bar, any
     violation of the history checkers, fewer faults injected than promised, a fault
-    after which the stack could not be healed, or a run that stopped on an error."""
+    after which the stack could not be healed, a fault that missed its own checks
+    (steady states, activities, recovery bar), or a run that stopped on an error."""
     reasons = []
     if whole.calls == 0:
         reasons.append("no call was recorded")
@@ -403,6 +405,8 @@ def random_reasons(
         reasons.append(f"only {injected} faults injected (at least {min_faults})")
     if unhealed:
         reasons.append(f"not healed after {', '.join(unhealed)}")
+    if deviated:
+        reasons.append(f"own checks missed by {', '.join(deviated)}")
     if stopped.startswith("the run stopped"):
         reasons.append(stopped)
     return reasons

@@ -492,6 +492,7 @@ def execute_random(
     calls = _records(load.since(0), [(f.label, f.span) for f in faults])
     violations += check_executions(calls, read_ledger(out / "ledger"))
     whole = data_plane(within(calls, started, ended), started)
+    judged = tuple(_judge_fault(f, calls) for f in faults)
     reasons = random_reasons(
         whole,
         violations,
@@ -499,6 +500,7 @@ def execute_random(
         min_faults=ro.min_faults,
         min_availability=ro.min_availability,
         unhealed=[f.label for f in faults if not f.healed],
+        deviated=[r.name for r in judged if not r.passed],
         stopped=stopped,
     )
     run = RandomRun(
@@ -511,7 +513,7 @@ def execute_random(
         ended=ended,
         whole=whole,
         violations=tuple(violations),
-        faults=tuple(_judge_fault(f, calls) for f in faults),
+        faults=judged,
         reasons=tuple(reasons),
     )
     write_random(out, out.name, run, calls, history, _about(session))

@@ -111,6 +111,9 @@ def start_mariadb(binary: str, data_dir: Path, *, address: str, port: int) -> Da
         f"--init-file={init}",
         "--innodb-buffer-pool-size=64M",
         "--skip-log-bin",
+        # a code package may be 50 MiB (MAX_PACKAGE_BYTES); the default 16 MiB packet would
+        # refuse the INSERT of one past 16 MiB although gRPC lets it through
+        "--max-allowed-packet=96M",
     ]
     proc = _start_server(
         "mariadbd", argv, data_dir / "mariadbd.log", lambda: tcp_answers(address, port), 30

@@ -66,7 +66,7 @@ def test_heavy_and_light_faults_fall_anywhere_in_the_run() -> None:
 def test_the_plan_draws_from_the_whole_catalogue_but_never_the_control_run() -> None:
     catalogue = load_catalogue()
     drawn = {s.drill for seed in range(40) for s in plan(catalogue, seed=seed, duration_s=600)}
-    assert drawn == {d.name for d in catalogue if not d.meta.control}
+    assert drawn == {d.name for d in catalogue if not d.meta.control and d.meta.random}
     assert "control" not in drawn
 
 
@@ -103,7 +103,7 @@ def _calls(n: int, failed: int = 0) -> list[CallRecord]:
     ]
 
 
-def test_the_random_verdict_is_whole_run_availability_history_and_enough_faults() -> None:
+def test_the_random_verdict_is_whole_run_availability_history_faults_and_their_checks() -> None:
     fine = data_plane(_calls(10_000, failed=5))
     assert random_reasons(fine, [], injected=20, min_faults=20, min_availability=0.999) == []
     poor = data_plane(_calls(10_000, failed=20))
@@ -112,12 +112,19 @@ def test_the_random_verdict_is_whole_run_availability_history_and_enough_faults(
     ]
     lost = [Violation(LOST, "op-1", "acknowledged, but not in the store")]
     reasons = random_reasons(
-        fine, lost, injected=19, min_faults=20, min_availability=0.999, unhealed=["07-kill-head"]
+        fine,
+        lost,
+        injected=19,
+        min_faults=20,
+        min_availability=0.999,
+        unhealed=["07-kill-head"],
+        deviated=["13-kill-appmaster"],
     )
     assert reasons == [
         "violations: lost 1",
         "only 19 faults injected (at least 20)",
         "not healed after 07-kill-head",
+        "own checks missed by 13-kill-appmaster",
     ]
     assert random_reasons(data_plane([]), [], injected=20, min_faults=20, min_availability=0.9)
 
