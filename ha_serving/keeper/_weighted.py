@@ -252,8 +252,10 @@ def _sent(instruction: Instruction | None) -> str | None:
 
 
 def _ready(state: Mapping[str, Any] | None, op_id: str, weight: int) -> bool:
-    """The cluster runs ``op_id``'s candidate on all its candidate instances, at ``weight``."""
-    if state is None:
+    """The cluster runs ``op_id``'s candidate on all its candidate instances, at ``weight``,
+    and its proxies hold that routing table (the AppMaster saving the weight is not yet
+    calls going there)."""
+    if state is None or not _routed(state):
         return False
     release = state.get("release")
     if not release or release.get("op_id") != op_id or release.get("weight") != weight:
@@ -266,13 +268,18 @@ def _ready(state: Mapping[str, Any] | None, op_id: str, weight: int) -> bool:
     )
 
 
+def _routed(state: Mapping[str, Any]) -> bool:
+    """Every live proxy of the cluster acknowledged the AppMaster's latest routing table."""
+    return int(state.get("routes_acked", 0)) >= int(state.get("routes_version", 0))
+
+
 def _settled(
     state: Mapping[str, Any] | None, op_id: str, promoted: Mapping[str, Any] | None
 ) -> bool:
     """The release ``op_id`` has ended on the cluster and every instance serves ``desired``
     in the stable group: the candidate of plan ``promoted``, or (after an abort, when
-    ``promoted`` is None) the old version."""
-    if state is None:
+    ``promoted`` is None) the old version, and its proxies route that way."""
+    if state is None or not _routed(state):
         return False
     release = state.get("release")
     if release and release.get("op_id") == op_id:

@@ -254,6 +254,43 @@ def test_blue_green_switches_after_green_is_up_and_retires_blue(cp: ControlPlane
     run(scenario())
 
 
+def test_a_step_takes_effect_only_once_every_proxy_holds_its_weight(cp: ControlPlane) -> None:
+    """The leader starts a step's clock (``progress.step``) only when each cluster's
+    proxies acknowledged the routing table with the step's weight, not when the
+    AppMaster saved it: until then calls still go to the old version."""
+
+    async def scenario() -> None:
+        await _deployed(cp)
+        proxy = next(a for a in cp.runtimes["b"].actors.values() if isinstance(a, FakeProxy))
+        held = proxy.update_routes
+
+        async def stuck(table: Any) -> int:  # a proxy that has not taken the switch yet
+            return proxy.table.version if table.candidate_weight == 100 else await held(table)
+
+        proxy.update_routes = stuck  # type: ignore[method-assign]
+        op_id = cp.deploy("v2", "blue_green", pause_s=1000)
+        core = cp.cores["b"]
+
+        def saved_on_b() -> bool:
+            return (
+                core.state is not None
+                and core.state.release is not None
+                and (core.state.release.weight == 100)
+            )
+
+        await cp.pump(saved_on_b)
+        for _ in range(5):  # a few more rounds: b's AppMaster saved 100, its proxy has not
+            await cp.pump(lambda: True, rounds=1)
+            assert cp.op(op_id).progress.get("step") != 1, cp.op(op_id).progress
+        assert proxy.table.candidate_weight != 100
+        proxy.update_routes = held  # type: ignore[method-assign]
+        await cp.pump(lambda: cp.op(op_id).progress.get("step") == 1)
+        for cluster in CLUSTERS:
+            assert cp.tables(cluster)[-1].candidate_weight == 100
+
+    run(scenario())
+
+
 def test_blue_green_rollback_in_the_window_is_a_flip_back(cp: ControlPlane) -> None:
     async def scenario() -> None:
         await _deployed(cp)
