@@ -296,7 +296,10 @@ class ActionsMixin:
         )
         if not idle:
             self.log.warning("drain timeout: updating %s with calls in flight", instance_id)
-        await self._mutate(lambda s: s.with_instance(s.instances[instance_id].to(Phase.UPDATING)))
+        if inst.phase != Phase.UPDATING:  # else a restarted AppMaster finishing the update
+            await self._mutate(
+                lambda s: s.with_instance(s.instances[instance_id].to(Phase.UPDATING))
+            )
         if inst.running is not None and inst.running.same_code(rev):
             result = await self._control(inst.worker, "reconfigure", instance_id, rev.config)
         else:
@@ -354,7 +357,10 @@ class ActionsMixin:
             await self.runtime.call(
                 inst.worker, "wait_idle", instance_id, timeout, timeout_s=timeout + 5
             )
-        await self._mutate(lambda s: s.with_instance(s.instances[instance_id].to(Phase.REMOVING)))
+        if inst.phase != Phase.REMOVING:  # else a restarted AppMaster finishing the removal
+            await self._mutate(
+                lambda s: s.with_instance(s.instances[instance_id].to(Phase.REMOVING))
+            )
         with contextlib.suppress(ActorUnavailable):  # a dead worker hosts nothing
             await self._control(inst.worker, "remove_instance", instance_id)
         await self._mutate(lambda s: s.without_instance(instance_id))

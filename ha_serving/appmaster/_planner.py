@@ -395,6 +395,14 @@ def _roll(state: JobState, observed: Observed, now: float, lost: tuple[str, ...]
             actions.append(Remove(inst.id))
         else:
             actions.append(Apply(inst.id, state.target(inst)))
+    # An update or removal its AppMaster died in the middle of: a round carries its
+    # actions to the end before the next is planned, so an instance found updating or
+    # removing here has no one carrying it out (it would block the rollout for ever).
+    # Both are idempotent: do them again.
+    for inst in _by_index(state, Phase.UPDATING):
+        if inst.id not in lost:
+            actions.append(Apply(inst.id, state.target(inst)))
+    actions += [Remove(i.id) for i in _by_index(state, Phase.REMOVING)]
     out = sum(1 for i in state.instances.values() if i.phase in OUT_OF_SERVICE)
     budget = state.spec.rollout.max_unavailable - out
     failed_due = [

@@ -4,6 +4,8 @@ BackendWorkers (in-process): deploy, rolling updates, rollback, recovery, fencin
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,7 +170,6 @@ def test_config_update_rolls_in_place_at_most_max_unavailable_at_a_time(h: Harne
         await h.converge()
         _check_rollout_invariants(h, 2)
         after = await h.call_all()
-        import json
 
         for r in after:
             body = json.loads(r.payload)
@@ -232,6 +233,79 @@ def test_restarted_appmaster_resumes_a_rollout_and_reattaches_by_name(h: Harness
         await h.converge()
         assert h.runtime.created == created
         assert {r.version for r in await h.call_all()} == {"v2"}
+
+    run(scenario())
+
+
+async def _die_during(h: Harness, method: str, change: Any, phase: Phase) -> None:
+    """Run rounds with every worker's ``method`` hanging, until an instance is saved in
+    ``phase``; then the AppMaster dies there (its task cancelled, as SIGKILL would) and
+    a new one is started, as Ray restarts it."""
+    hung = asyncio.Event()
+    patched = {}
+    for name, actor in h.runtime.actors.items():
+        if "-w" in name:
+            patched[name] = getattr(actor, method)
+
+            async def hang(*_: Any, **__: Any) -> Any:
+                hung.set()
+                await asyncio.Event().wait()  # never answers: the AppMaster dies meanwhile
+
+            setattr(actor, method, hang)
+    await change()
+
+    async def rounds() -> None:
+        for _ in range(50):
+            await h.core.round()
+            h.clock.advance(1.0)
+
+    task = asyncio.create_task(rounds())
+    await asyncio.wait_for(hung.wait(), 10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    saved = h.store.load_appmaster_state("a", "echo")
+    assert saved is not None
+    assert any(i["phase"] == phase.value for i in saved[0]["instances"].values())
+    for name, original in patched.items():
+        setattr(h.runtime.actors[name], method, original)
+    h.core = h.new_core()
+    assert await h.core.load() is not None
+
+
+def test_an_appmaster_killed_mid_update_finishes_the_update_after_restart(h: Harness) -> None:
+    """Killed after it saved an instance as updating, before the worker answered: the
+    new AppMaster updates that instance again (no one else will) and the rollout ends."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+
+        async def change() -> None:
+            await h.deploy(spec(config={"prefix": "after"}), "echo_v1", "op-2", kind="config")
+
+        await _die_during(h, "reconfigure", change, Phase.UPDATING)
+        await h.converge(max_rounds=60)
+        assert {json.loads(r.payload)["prefix"] for r in await h.call_all()} == {"after"}
+        assert h.core.describe()["history"][-1]["status"] == "succeeded"
+
+    run(scenario())
+
+
+def test_an_appmaster_killed_mid_removal_finishes_it_after_restart(h: Harness) -> None:
+    """Killed after it saved an instance as removing: the new AppMaster removes it."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+
+        async def change() -> None:
+            await h.deploy(spec(instances=3), "echo_v1", "op-2", kind="scale")
+
+        await _die_during(h, "remove_instance", change, Phase.REMOVING)
+        await h.converge(max_rounds=60)
+        assert sorted(r.instance_id for r in await h.call_all()) == ["echo-0", "echo-1", "echo-2"]
+        assert len(h.core.describe()["instances"]) == 3
 
     run(scenario())
 
