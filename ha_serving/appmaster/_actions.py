@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ha_serving._errors import HAServingError
 from ha_serving._spec import Revision
+from ha_serving._status import RolloutStatus
 from ha_serving._wire import RouteEntry, RoutingTable
 from ha_serving.appmaster._planner import (
     Action,
@@ -110,8 +111,8 @@ class ActionsMixin:
             if isinstance(action, RollBack):
                 r = state.rollout
                 if r is None or (r.from_rev is None and state.release is None):
-                    return finish_rollout(state, "failed", now)
-                rolled = r.model_copy(update={"status": "rolling_back"})
+                    return finish_rollout(state, RolloutStatus.FAILED, now)
+                rolled = r.to(RolloutStatus.ROLLING_BACK)
                 if state.release is not None:  # a failing candidate: abort the release
                     state = _bump_routes(end_release(state, promote=False))
                     return state.model_copy(update={"rollout": rolled})
@@ -332,7 +333,7 @@ class ActionsMixin:
             )
             state = state.with_instance(failed)
             r = state.rollout
-            if r is not None and r.status == "running":
+            if r is not None and r.status == RolloutStatus.RUNNING:
                 state = state.model_copy(
                     update={"rollout": r.model_copy(update={"failures": r.failures + 1})}
                 )

@@ -17,6 +17,7 @@ from typing import Any
 
 from ha_serving._errors import ConflictError, HAServingError, InvalidSpec, TransientError
 from ha_serving._spec import Revision, ServiceSpec
+from ha_serving._status import RELEASE_MODES, RolloutStatus
 from ha_serving.appmaster._actions import ActionsMixin, ActorFactory
 from ha_serving.appmaster._planner import (
     Action,
@@ -104,7 +105,7 @@ def instruction_kind(body: dict[str, Any]) -> str:
     if wrong:
         raise InvalidSpec("instruction", [f"{', '.join(wrong)} must be text"])
     if kind == "release":
-        if body["mode"] not in ("canary", "blue_green"):
+        if body["mode"] not in RELEASE_MODES:
             raise InvalidSpec("instruction", [f"unknown release mode {body['mode']!r}"])
         if not _count(body["weight"], 100) or not _count(body["instances"], 5000):
             raise InvalidSpec("instruction", ["a release's weight and instances are counts"])
@@ -155,7 +156,7 @@ def _start_or_step(state: JobState, body: dict[str, Any], op_id: str, now: float
     rollout = Rollout(
         op_id=op_id, kind=body["mode"], from_rev=state.desired, to_rev=candidate, started_at=now
     )
-    state = finish_rollout(state, "superseded", now)
+    state = finish_rollout(state, RolloutStatus.SUPERSEDED, now)
     return state.model_copy(
         update={
             "release": release,
@@ -293,7 +294,7 @@ class AppMasterCore(ActionsMixin):
             rollout = state.rollout
             if desired.key != state.desired.key or rollout is None:
                 if rollout is not None:
-                    state = finish_rollout(state, "superseded", now)
+                    state = finish_rollout(state, RolloutStatus.SUPERSEDED, now)
                 rollout = Rollout(
                     op_id=op_id, kind=kind, from_rev=state.desired, to_rev=desired, started_at=now
                 )
@@ -391,7 +392,7 @@ class AppMasterCore(ActionsMixin):
                         to_rev=r.candidate if promote else state.desired,
                         started_at=now,
                     )
-                    state = finish_rollout(state, "superseded", now)
+                    state = finish_rollout(state, RolloutStatus.SUPERSEDED, now)
                     state = end_release(state, promote=promote)
                     state = state.model_copy(
                         update={"rollout": rollout, "routes_version": state.routes_version + 1}

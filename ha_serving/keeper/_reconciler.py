@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ha_serving._errors import HAServingError, StoreUnavailable
 from ha_serving._settings import KeeperSettings
+from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.keeper._analysis import (
     AnalysisPolicy,
     MetricsScraper,
@@ -30,7 +31,6 @@ from ha_serving.keeper._analysis import (
 from ha_serving.keeper._control_api import record_service
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, Term
 from ha_serving.keeper._releases import (
-    ACTIVE,
     Advance,
     Decision,
     Finish,
@@ -109,7 +109,7 @@ class Reconciler:
         for op in active:  # oldest first: the last one per service wins
             previous = newest.get(op.service)
             if previous is not None:
-                self._set(previous, term, status="superseded")
+                self._set(previous, term, status=OperationStatus.SUPERSEDED)
             newest[op.service] = op
         for op in newest.values():
             self._advance(op, term)
@@ -144,6 +144,8 @@ class Reconciler:
         for decision in decisions:
             self.leadership.require()  # never act on a term that ran out meanwhile
             if isinstance(decision, Instruct):
+                if op.status == OperationStatus.PENDING:  # before the send: never sent pending
+                    op = self._set(op, term, status=OperationStatus.RUNNING)
                 self.store.add_instruction(
                     decision.cluster,
                     op.service,
@@ -153,14 +155,12 @@ class Reconciler:
                     fence=LEASE_NAME,
                 )
                 self.log.info("instructed %s/%s (%s)", decision.cluster, op.service, op.op_id)
-                if op.status == "pending":
-                    op = self._set(op, term, status="running")
             elif isinstance(decision, Advance):
-                op = self._set(op, term, step=decision.step, status="running")
+                op = self._set(op, term, step=decision.step, status=OperationStatus.RUNNING)
             elif isinstance(decision, Progress):
                 op = self._set(op, term, progress=decision.progress)
             elif isinstance(decision, Finish):
-                if op.kind in WEIGHTED and decision.status == "succeeded":
+                if op.kind in WEIGHTED and decision.status == OperationStatus.SUCCEEDED:
                     record_service(self.store, dict(op.plan))  # the candidate is the service now
                 op = self._set(op, term, status=decision.status, error=decision.error)
                 self._samples.pop(op.op_id, None)
@@ -262,7 +262,7 @@ class Reconciler:
         service's newest operation that got anywhere."""
         latest: dict[str, OperationRecord] = {}
         for op in self.store.list_operations():
-            if op.status != "superseded":
+            if op.status != OperationStatus.SUPERSEDED:
                 latest[op.service] = op
         return [(t["name"], s) for s, op in latest.items() for t in op.plan["clusters"]]
 
