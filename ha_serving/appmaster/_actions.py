@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from ha_serving._errors import HAServingError
 from ha_serving._spec import Revision
 from ha_serving._status import RolloutStatus
 from ha_serving._wire import RouteEntry, RoutingTable
 from ha_serving.appmaster._planner import (
-    Action,
     Assign,
     CreateInstances,
     Drain,
@@ -62,6 +61,8 @@ STOP_MARGIN_S = 5.0
 """Seconds on top of a drain grace period that a stop call may take to answer."""
 
 ActorFactory = Callable[[str, JobState], ActorSpec]
+Bookkeeping = CreateInstances | Assign | MarkLost | RollBack | FinishRollout | Drain
+"""The actions that only change the state (``_book``); the executor does them first."""
 
 
 class ActionsMixin:
@@ -81,7 +82,7 @@ class ActionsMixin:
     async def _mutate(self, change: Callable[[JobState], JobState]) -> JobState:
         raise NotImplementedError  # AppMasterCore's group commit
 
-    async def _book(self, action: Action) -> None:
+    async def _book(self, action: Bookkeeping) -> None:
         now = self.clock.now()
 
         def change(state: JobState) -> JobState:  # noqa: PLR0911 - one return per action
@@ -119,7 +120,7 @@ class ActionsMixin:
                 return state.model_copy(update={"desired": r.from_rev, "rollout": rolled})
             if isinstance(action, FinishRollout):
                 return finish_rollout(state, action.status, now)
-            return state
+            assert_never(action)  # a new bookkeeping action must be booked here, not dropped
 
         await self._mutate(change)
         if isinstance(action, (RollBack, FinishRollout)):

@@ -166,6 +166,40 @@ def _start_or_step(state: JobState, body: dict[str, Any], op_id: str, now: float
     )
 
 
+def _end(
+    state: JobState, release_op: str, *, promote: bool, op_id: str, now: float
+) -> tuple[JobState, bool]:
+    """Promote or abort operation ``release_op``'s running release; (the state, whether
+    it was in effect already). A release that is not running here is rejected
+    (``InvalidSpec``: the leader fails the operation with the reason), never recorded as
+    applied, except an abort of one this AppMaster aborted itself (it rolls a failing
+    candidate back on its own): that abort is in effect already."""
+    kind = "promote" if promote else "abort"
+    r = state.release
+    if r is None or r.op_id != release_op:
+        ended = state.ended_releases.get(release_op)
+        if ended == "aborted" and not promote:
+            return state, True
+        was = f"it was {ended} here" if ended else "it never ran here"
+        now_running = f"release {r.op_id} runs" if r is not None else "no release runs"
+        raise InvalidSpec(
+            "instruction", [f"cannot {kind} release {release_op}: {was}, {now_running}"]
+        )
+    rollout = Rollout(  # an abort has nothing to roll back to
+        op_id=op_id,
+        kind=kind,
+        from_rev=state.desired if promote else None,
+        to_rev=r.candidate if promote else state.desired,
+        started_at=now,
+    )
+    state = finish_rollout(state, RolloutStatus.SUPERSEDED, now)
+    state = end_release(state, promote=promote)
+    state = state.model_copy(
+        update={"rollout": rollout, "routes_version": state.routes_version + 1}
+    )
+    return state, False
+
+
 class AppMasterCore(ActionsMixin):
     """The control loop of one service on one cluster; Ray-free (``Runtime`` adapter)."""
 
@@ -368,7 +402,8 @@ class AppMasterCore(ActionsMixin):
         - ``release``: run ``body["spec"]`` as the candidate of operation ``body["op"]``
           on ``instances`` instances (``mode`` canary or blue_green) and send it
           ``weight`` percent of traffic; repeated with a new weight for each step;
-        - ``promote`` / ``abort``: end that operation's release;
+        - ``promote`` / ``abort``: end that operation's release (``InvalidSpec`` if it
+          is not running here; ``duplicate`` for an abort in effect already, see ``_end``);
         - ``traffic``: set this cluster's traffic weight (None: the placement's).
         Fenced and idempotent like ``apply``; durable before it returns."""
         if await self._seen(op_id, epoch):
@@ -377,26 +412,15 @@ class AppMasterCore(ActionsMixin):
             raise InvalidSpec("release", [f"{self.service} is not deployed on {self.cluster}"])
         kind = body["kind"]
         now = self.clock.now()
+        already = {"in_effect": False}
 
         def change(state: JobState) -> JobState:
             if kind == "release":
                 state = _start_or_step(state, body, op_id, now)
             elif kind in ("promote", "abort"):
-                r = state.release
-                if r is not None and r.op_id == body["op"]:
-                    promote = kind == "promote"
-                    rollout = Rollout(  # an abort has nothing to roll back to
-                        op_id=op_id,
-                        kind=kind,
-                        from_rev=state.desired if promote else None,
-                        to_rev=r.candidate if promote else state.desired,
-                        started_at=now,
-                    )
-                    state = finish_rollout(state, RolloutStatus.SUPERSEDED, now)
-                    state = end_release(state, promote=promote)
-                    state = state.model_copy(
-                        update={"rollout": rollout, "routes_version": state.routes_version + 1}
-                    )
+                promote = kind == "promote"
+                state, in_effect = _end(state, body["op"], promote=promote, op_id=op_id, now=now)
+                already.update(in_effect=in_effect)
             elif kind == "traffic":
                 state = state.model_copy(update={"cluster_weight": body.get("weight")})
             else:
@@ -409,6 +433,9 @@ class AppMasterCore(ActionsMixin):
             )
 
         await self._mutate(change)
+        detail = {k: v for k, v in body.items() if k not in ("spec", "package")}
+        if already["in_effect"]:
+            detail["in_effect"] = True
         await asyncio.to_thread(
             self.store.append_event,
             kind,
@@ -416,10 +443,10 @@ class AppMasterCore(ActionsMixin):
             service=self.service,
             op_id=op_id,
             epoch=epoch,
-            detail={k: v for k, v in body.items() if k not in ("spec", "package")},
+            detail=detail,
         )
         self._wake.set()
-        return "applied"
+        return "duplicate" if already["in_effect"] else "applied"
 
     async def take_instruction(
         self, instruction_id: int, body: dict[str, Any], *, op_id: str, epoch: int

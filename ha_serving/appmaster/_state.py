@@ -247,6 +247,11 @@ class JobState(_Frozen):
     one line (bounded). The leader reads it to end the operation as failed."""
     release: Release | None = None
     """A canary or blue-green release in progress."""
+    ended_releases: dict[str, str] = {}
+    """Recent releases that ended here: the Keeper operation -> "promoted" or "aborted"
+    (bounded). An instruction to end one again is judged by it: an abort of a release
+    this AppMaster already aborted (a failing candidate) is in effect; anything else
+    aimed at a release that is not running is rejected, never recorded as applied."""
     retired_workers: tuple[str, ...] = ()
     """Worker actors this AppMaster stopped (newest last, bounded): their names are never
     used again, since proxies cache actor handles by name and a call on the dead actor's
@@ -353,7 +358,12 @@ def end_release(state: JobState, *, promote: bool) -> JobState:
                 instances[key] = inst.model_copy(update={"group": Group.RETIRING})
         elif blue_green and inst.group == Group.CANDIDATE:
             instances[key] = inst.model_copy(update={"group": Group.RETIRING})
-    changes: dict[str, Any] = {"release": None, "instances": instances}
+    ended = {**state.ended_releases, r.op_id: "promoted" if promote else "aborted"}
+    changes: dict[str, Any] = {
+        "release": None,
+        "instances": instances,
+        "ended_releases": dict(list(ended.items())[-MAX_ENDED_RELEASES:]),
+    }
     if promote:
         changes["desired"] = r.candidate
         changes["spec"] = r.spec.model_copy(update={"instances": state.spec.instances})
@@ -361,6 +371,7 @@ def end_release(state: JobState, *, promote: bool) -> JobState:
 
 
 MAX_HISTORY = 20
+MAX_ENDED_RELEASES = 20
 MAX_APPLIED_OPS = 200
 MAX_RETIRED_WORKERS = 1000
 
