@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ha_serving._errors import ConflictError, HAServingError, InvalidSpec, TransientError
+from ha_serving._settings import AppMasterSettings
 from ha_serving._spec import Revision, ServiceSpec
 from ha_serving._status import RELEASE_MODES, RolloutStatus
 from ha_serving.appmaster._actions import ActionsMixin, ActorFactory
@@ -213,9 +214,11 @@ class AppMasterCore(ActionsMixin):
         proxy_actor: ActorFactory,
         worker_actor: ActorFactory,
         clock: Clock | None = None,
+        settings: AppMasterSettings | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
+        self.settings = settings or AppMasterSettings()
         self.cluster = cluster
         self.service = service
         self._proxy_actor = proxy_actor

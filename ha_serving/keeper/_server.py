@@ -81,12 +81,11 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         self.address = address
         self.settings = settings
         self.log = bound("ha_serving.keeper", keeper=keeper_id)
-        self.leadership = Leadership(
-            store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock or SystemClock()
-        )
+        clock = clock or SystemClock()
+        self.leadership = Leadership(store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock)
         self._server: grpc.aio.Server | None = None
         self.reconciler = (
-            Reconciler(store, self.leadership, submitter, retention=settings)
+            Reconciler(store, self.leadership, submitter, settings=settings, clock=clock)
             if submitter is not None
             else None
         )
