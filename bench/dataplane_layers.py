@@ -36,8 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness
+# run as a script: the repository root, not this folder, makes ``bench`` importable
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import harness
 
 NAMESPACE = "hasrv-bench-layers"
 

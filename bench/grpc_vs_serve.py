@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (
+# run as a script: the repository root, not this folder, makes ``bench`` importable
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.harness import (
     ECHO,
     SERVICE,
     BareProxy,

@@ -45,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from chaos.history import CallRecord, ControlEvent
+from ha_serving._status import ACTIVE
 from loadtest.sla import percentile
 
 LOST = "lost"
@@ -64,8 +65,6 @@ UNCHECKED = "unchecked"
 
 ACKED_OPS_LOST = frozenset({LOST, NOT_CARRIED_OUT})
 """The violations that count as "acknowledged ops lost" in the summary."""
-
-ACTIVE = frozenset({"pending", "running"})
 
 
 @dataclass(frozen=True)

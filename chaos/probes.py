@@ -20,10 +20,10 @@ from typing import Any
 import infra
 from chaos import links, target
 from chaos.actions import Injected, last_injected
-from chaos.checker import ACTIVE
 from chaos.target import ActorKind, DrillError, KeeperView
 from ha_serving._errors import HAServingError
 from ha_serving._settings import KeeperSettings
+from ha_serving._status import ACTIVE
 
 Configuration = Mapping[str, Any]
 log = logging.getLogger("chaostoolkit")

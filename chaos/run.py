@@ -54,7 +54,6 @@ import infra
 from chaos import actions, links, target
 from chaos.catalogue import Drill, load_catalogue, select
 from chaos.checker import (
-    ACTIVE,
     UNCHECKED,
     DataPlane,
     FinalState,
@@ -80,6 +79,7 @@ from chaos.report import (
 from chaos.schedule import Slot, plan
 from ha_serving import Settings
 from ha_serving._spec import load_spec
+from ha_serving._status import ACTIVE
 from ha_serving.backend import make_package
 from ha_serving.keeper import KeeperClient
 from loadtest.callers import Call, Load

@@ -171,6 +171,18 @@ class LeaseLost(PlatformError):
         super().__init__(f"lease {name!r} at epoch {epoch} is no longer held by {holder!r}")
 
 
+class IllegalTransition(PlatformError):
+    """A lifecycle move its table does not allow (``ha_serving._status``, the AppMaster's
+    ``_state``): a bug, never retried."""
+
+    def __init__(self, subject: str, src: str, dst: str) -> None:
+        self.subject = subject
+        """What moved: ``instance <id>``, ``proxy <name>``, ``operation <op_id>`` ..."""
+        self.src = src
+        self.dst = dst
+        super().__init__(f"{subject}: illegal transition {src} -> {dst}")
+
+
 class InvalidRecord(PlatformError):
     """A record read from the store or sent between roles does not decode: it is
     corrupt, or was written by code that disagrees on its shape. Not the caller's fault,

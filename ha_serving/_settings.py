@@ -28,8 +28,9 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ha_serving._errors import InvalidSpec
 
@@ -45,6 +46,12 @@ in it (``ha_serving.backend`` enforces it; the Keepers' message limit is sized f
 
 class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+def _require(holds: bool, problem: str) -> None:
+    """A relation between settings: ``problem`` (one line) when it does not hold."""
+    if not holds:
+        raise ValueError(problem)
 
 
 class StoreSettings(_Group):
@@ -205,6 +212,44 @@ class KeeperSettings(_Group):
     AppMaster answers with its heartbeat): bounds the delay between the leader's
     decision and the AppMaster acting on it."""
 
+    link_beat_s: float = Field(default=0.2, gt=0)
+    """Least time between two heartbeats of an AppMaster's link. Below ``link_period_s``,
+    so each of the Keeper's beats is answered, and a live AppMaster's heartbeat is at
+    most one link period old."""
+
+    link_silence_s: float = Field(default=3.0, gt=0)
+    """A Keeper whose stream is silent this long is left for the next: a paused or
+    partitioned Keeper keeps its TCP connection open, so only silence shows it. At
+    least 2 link periods (one missed beat is no silence); with ``link_retry_s`` below
+    ``heartbeat_stale_s``, so a link stuck on a silent Keeper moves on before the leader
+    takes its AppMaster for dead."""
+
+    link_retry_s: float = Field(default=0.5, gt=0)
+    """Pause before an AppMaster's link opens a stream to the next Keeper."""
+
+    reconcile_period_s: float = Field(default=0.5, gt=0, le=30)
+    """How often the leader's reconciler runs a round (operations, cluster loss,
+    AppMasters' jobs, pruning)."""
+
+    heartbeat_stale_s: float = Field(default=5.0, gt=0)
+    """An AppMaster whose link has not heartbeated this long gets its serving job
+    resubmitted. Above ``link_silence_s + link_retry_s`` (a link failing over between
+    Keepers is not a dead AppMaster)."""
+
+    loss_silence_s: float = Field(default=1.5, gt=0)
+    """A cluster is lost once its GCS refuses connections and none of its AppMasters
+    has heartbeated for this long. Both must hold, so a slow DB or a busy Keeper alone
+    never makes a live cluster look lost. At least 2 heartbeat intervals
+    (``max(link_period_s, link_beat_s)``), so one late beat is not a loss."""
+
+    resubmit_s: float = Field(default=30.0, gt=0)
+    """Least time between two submissions of the same serving job: the AppMaster of a
+    job just submitted needs time to start and link."""
+
+    submit_retry_s: float = Field(default=1.0, gt=0)
+    """Pause before a submission that failed (a restarted cluster whose GCS answers
+    before its Job API does) is tried again; at most ``resubmit_s``."""
+
     token: str | None = None
     """Shared secret for the control API (``authorization: Bearer <token>``); `up`
     generates one into <run_dir>/keeper.token. None: no authentication (tests only)."""
@@ -234,6 +279,62 @@ class KeeperSettings(_Group):
     """Rows deleted per table in one pruning pass, so a pass is a short transaction
     even when a backlog of history waits."""
 
+    @model_validator(mode="after")
+    def _timings_agree(self) -> Self:
+        """The link's and the leader's timings depend on each other (see each field)."""
+        beat = max(self.link_period_s, self.link_beat_s)
+        _require(
+            self.link_beat_s < self.link_period_s,
+            f"link_beat_s ({self.link_beat_s}) must be below link_period_s "
+            f"({self.link_period_s}), or some Keeper beats go unanswered",
+        )
+        _require(
+            self.link_silence_s >= 2 * self.link_period_s,
+            f"link_silence_s ({self.link_silence_s}) must be at least 2 link periods "
+            f"({2 * self.link_period_s}), or one missed beat drops a live Keeper",
+        )
+        _require(
+            self.heartbeat_stale_s > self.link_silence_s + self.link_retry_s,
+            f"heartbeat_stale_s ({self.heartbeat_stale_s}) must exceed link_silence_s + "
+            f"link_retry_s ({self.link_silence_s + self.link_retry_s}), or a link failing "
+            "over between Keepers gets its job resubmitted",
+        )
+        _require(
+            self.loss_silence_s >= 2 * beat,
+            f"loss_silence_s ({self.loss_silence_s}) must be at least 2 heartbeat "
+            f"intervals ({2 * beat}), or one late beat declares a live cluster lost",
+        )
+        _require(
+            self.submit_retry_s <= self.resubmit_s,
+            f"submit_retry_s ({self.submit_retry_s}) must be at most resubmit_s "
+            f"({self.resubmit_s})",
+        )
+        return self
+
+
+class AppMasterSettings(_Group):
+    endpoint_ttl_s: float = Field(default=15.0, gt=0)
+    """Discovery lease of a proxy's endpoint, refreshed every AppMaster round (a round
+    runs at least every second): a proxy whose AppMaster died drops out of discovery
+    this long after its last refresh."""
+
+    failed_retry_s: float = Field(default=2.0, ge=0)
+    """A failed instance is retried after this long, so a broken version does not spin."""
+
+    call_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest an AppMaster waits for one call to a worker or proxy actor (start, load,
+    health...), so one hung actor cannot hold the control loop."""
+
+    withdraw_s: float = Field(default=5.0, ge=0)
+    """Seconds a proxy keeps serving after its endpoint left discovery, before it is
+    stopped. Clients hear of the withdrawal through their Keeper Watch within its
+    period, so it must exceed ``keeper.watch_period_s``; one whose Keeper went silent (up
+    to the client's 6 s ``silence_s``) may still call the stopping proxy and gets a
+    retry-safe UNAVAILABLE. Longer only keeps a surplus proxy around longer."""
+
+    stop_margin_s: float = Field(default=5.0, gt=0)
+    """Seconds on top of a drain grace period that a stop call may take to answer."""
+
 
 class Settings(_Group):
     stack: StackSettings = StackSettings()
@@ -250,6 +351,22 @@ class Settings(_Group):
     client: ClientSettings = ClientSettings()
     """The client SDK: overall deadline, attempts, the retry budget and back-off, how long
     a failing endpoint is skipped, and the largest reply."""
+    appmaster: AppMasterSettings = AppMasterSettings()
+    """Each AppMaster's control loop: discovery leases of its proxies, actor call
+    timeouts, the retry of failed instances and the withdrawal of surplus proxies. An
+    AppMaster actor runs with the defaults (it is started with no settings of its own),
+    as its link runs with the default ``keeper`` ones."""
+
+    @model_validator(mode="after")
+    def _groups_agree(self) -> Self:
+        """Timings that span two groups."""
+        _require(
+            self.appmaster.withdraw_s > self.keeper.watch_period_s,
+            f"appmaster.withdraw_s ({self.appmaster.withdraw_s}) must exceed "
+            f"keeper.watch_period_s ({self.keeper.watch_period_s}), or clients are sent to "
+            "a proxy already stopped",
+        )
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -299,7 +416,11 @@ class Settings(_Group):
 
 
 def _problems(exc: ValidationError) -> list[str]:
-    return [
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
-        for err in exc.errors()
-    ]
+    out = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "value_error":  # a relation (``_require``): its message says it
+            out.append(f"{where}: {err['ctx']['error']}" if where else str(err["ctx"]["error"]))
+        else:
+            out.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return out

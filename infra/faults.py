@@ -18,13 +18,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ha_serving._errors import StackError
+from ha_serving._settings import StackSettings
 from infra import procs, topology
 from infra.ports import tcp_answers
 from infra.services import redis_ping
 from infra.stack import Report, _quiet, await_nodes, locked, spawn_node, wait_keeper
 from infra.topology import Cluster, Node, Topology
 
-NODE_START_TIMEOUT_S = 90.0
+NODE_START_TIMEOUT_S: float = StackSettings.model_fields["node_start_timeout_s"].default
+"""How long a restart waits for its nodes: the settings' own default for ``up``, not a
+second number to keep in step with it."""
 
 
 def _load(run_dir: Path) -> Topology:

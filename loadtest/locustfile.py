@@ -2,8 +2,10 @@
 
 Run by ``loadtest/run.py`` (headless); configured through the environment:
 ``HA_LOADTEST_SERVICE``, ``HA_LOADTEST_METHOD``, ``HA_LOADTEST_KEEPERS`` (comma-separated),
-``HA_SERVING_KEEPER_TOKEN``, ``HA_LOADTEST_DEADLINE_S``, ``HA_LOADTEST_RAW`` (where raw
-records go, one JSON line per request, flushed every second).
+``HA_LOADTEST_DEADLINE_S``, ``HA_LOADTEST_RAW`` (where raw records go, one JSON line per
+request, flushed every second); the Keepers' token comes from the settings tree
+(``Settings.from_env``, ``HA_SERVING_KEEPER_TOKEN``), the one reader of the stack's
+variables.
 
 gevent is patched by Locust before this module runs; ``init_gevent()`` makes gRPC
 cooperate with it and must run before any gRPC object exists. Each user has its own
@@ -27,6 +29,7 @@ import gevent  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 
 from ha_serving._errors import CallError  # noqa: E402
+from ha_serving._settings import Settings  # noqa: E402
 from ha_serving.client import Client, Discovery, EndpointInfo  # noqa: E402
 
 SERVICE = os.environ.get("HA_LOADTEST_SERVICE", "loadtest-echo")
@@ -53,7 +56,7 @@ def _adopt(endpoints: list[EndpointInfo]) -> None:
 @events.test_start.add_listener
 def _start(**_: Any) -> None:
     keepers = [k for k in os.environ.get("HA_LOADTEST_KEEPERS", "").split(",") if k]
-    token = os.environ.get("HA_SERVING_KEEPER_TOKEN")
+    token = Settings.from_env().keeper.token
     _Shared.discovery = Discovery(SERVICE, keepers, token=token, on_change=_adopt).start()
     raw = os.environ.get("HA_LOADTEST_RAW")
     if raw:

@@ -28,6 +28,7 @@ from typing import Any
 import infra
 from ha_serving import Settings
 from ha_serving._spec import load_spec
+from ha_serving._status import ACTIVE
 from ha_serving.backend import make_package
 from ha_serving.keeper import KeeperClient
 from loadtest import report
@@ -276,7 +277,7 @@ def _wait_records(raw: Path, target: int, deadline: float, *, minimum_s: float) 
 def _wait_op(keeper: KeeperClient, op_id: str, deadline: float, *, what: str) -> str:
     while time.monotonic() < deadline:
         for op in keeper.operations(SERVICE):
-            if op["op_id"] == op_id and op["status"] not in ("pending", "running"):
+            if op["op_id"] == op_id and op["status"] not in ACTIVE:
                 return str(op["status"])
         time.sleep(1.0)
     raise TimeoutError(f"{what} did not finish in time")

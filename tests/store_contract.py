@@ -27,7 +27,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from ha_serving._errors import ConflictError, LeaseLost, OperationFinished, UnknownService
+from ha_serving._errors import (
+    ConflictError,
+    IllegalTransition,
+    LeaseLost,
+    OperationFinished,
+    UnknownService,
+)
+from ha_serving._status import OperationStatus
 from ha_serving.store import (
     SCHEMA_VERSION,
     AlreadyExists,
@@ -201,6 +208,16 @@ def _op(op_id: str = "op-1", service: str = "echo", **kw: Any) -> OperationRecor
     )
 
 
+def finish_operation(store: Store, op_id: str, status: str) -> OperationRecord:
+    """Move a stored operation to ``status`` the way the leader does: a pending one runs
+    first (an operation never finishes straight from pending, except as failed or
+    superseded)."""
+    op = store.get_operation(op_id)
+    if op.status == "pending" and status not in ("running", "failed", "superseded"):
+        op = store.advance_operation(op_id, expected_version=op.version, status="running")
+    return store.advance_operation(op_id, expected_version=op.version, status=status)
+
+
 def create_operation_is_idempotent_for_the_same_request(b: Backend) -> None:
     store = b.connect()
     created = store.create_operation(_op())
@@ -236,9 +253,30 @@ def advance_operation_is_compare_and_set(b: Backend) -> None:
 def recorded_operation_error_survives_later_status_changes(b: Backend) -> None:
     store = b.connect()
     store.create_operation(_op())
-    store.advance_operation("op-1", expected_version=1, status="failed", error="step 1: boom")
+    store.advance_operation("op-1", expected_version=1, status="running", error="step 1: boom")
     done = store.advance_operation("op-1", expected_version=2, status="rolled_back")
     assert (done.status, done.error) == ("rolled_back", "step 1: boom")
+
+
+def operation_status_moves_only_by_its_table(b: Backend) -> None:
+    """A status its table (``ha_serving._status``) does not allow from the stored one is
+    refused with ``IllegalTransition`` and writes nothing: a finished operation is never
+    reopened, a pending one does not succeed without having run, and a status that is
+    none is no move at all."""
+    store = b.connect()
+    store.create_operation(_op())
+    for illegal in ("succeeded", "aborted", "rolled_back", "done"):
+        with pytest.raises(IllegalTransition, match=f"operation op-1: .*pending -> {illegal}"):
+            store.advance_operation("op-1", expected_version=1, status=illegal, step=3)
+    assert store.get_operation("op-1").version == 1  # nothing written, not even the step
+    ran = store.advance_operation("op-1", expected_version=1, status="running")
+    again = store.advance_operation("op-1", expected_version=2, status="running", step=1)
+    done = store.advance_operation("op-1", expected_version=again.version, status="succeeded")
+    assert (ran.status, done.status) == (OperationStatus.RUNNING, OperationStatus.SUCCEEDED)
+    for reopen in ("pending", "running", "failed", "superseded"):
+        with pytest.raises(IllegalTransition, match=f"succeeded -> {reopen}"):
+            store.advance_operation("op-1", expected_version=done.version, status=reopen)
+    assert store.get_operation("op-1") == done
 
 
 def unknown_operation_raises_unknown_operation(b: Backend) -> None:
@@ -254,10 +292,10 @@ def list_operations_filters_by_service_and_status(b: Backend) -> None:
     store.create_operation(_op("a", "echo"))
     store.create_operation(_op("b", "echo"))
     store.create_operation(_op("c", "other"))
-    store.advance_operation("b", expected_version=1, status="done")
+    store.advance_operation("b", expected_version=1, status="running")
     assert [o.op_id for o in store.list_operations(service="echo")] == ["a", "b"]
     assert [o.op_id for o in store.list_operations(status="pending")] == ["a", "c"]
-    assert [o.op_id for o in store.list_operations("echo", "done")] == ["b"]
+    assert [o.op_id for o in store.list_operations("echo", "running")] == ["b"]
 
 
 # --- appmaster state ---------------------------------------------------------------------
@@ -344,6 +382,7 @@ STORE_CHECKS: list[Callable[[Backend], None]] = [
     create_operation_with_a_different_request_under_the_same_id_is_refused,
     advance_operation_is_compare_and_set,
     recorded_operation_error_survives_later_status_changes,
+    operation_status_moves_only_by_its_table,
     unknown_operation_raises_unknown_operation,
     list_operations_filters_by_service_and_status,
     appmaster_state_round_trips_with_versions,
@@ -780,7 +819,7 @@ def operation_progress_and_commands(b: Backend) -> None:
     )
     assert later.progress == {"weight": 50, "checks": [1, 2]}
     assert later.command == "pause"
-    store.advance_operation("op-1", expected_version=later.version, status="succeeded")
+    finish_operation(store, "op-1", "succeeded")
     with pytest.raises(OperationFinished, match="succeeded"):
         store.command_operation("op-1", "abort")
     with pytest.raises(UnknownOperation):
@@ -938,7 +977,7 @@ def pruning_deletes_old_history_but_nothing_still_needed(b: Backend) -> None:
     ]:
         service = "other" if op_id.startswith("o") else "echo"
         store.create_operation(OperationRecord(op_id, service, "deploy", {"package": digest}))
-        store.advance_operation(op_id, expected_version=1, status=status)
+        finish_operation(store, op_id, status)
     a = [store.add_instruction("a", "echo", f"e-{i}", 1, {"package": live}) for i in (1, 2, 3)]
     b_ids = [
         store.add_instruction("b", "echo", "e-1", 1, {"package": in_instruction}),
@@ -952,7 +991,7 @@ def pruning_deletes_old_history_but_nothing_still_needed(b: Backend) -> None:
     package("again")  # put again: as good as new
     fresh = package("fresh")
     store.create_operation(OperationRecord("e-5", "echo", "deploy", {"package": live}))
-    store.advance_operation("e-5", expected_version=1, status="succeeded")
+    finish_operation(store, "e-5", "succeeded")
     store.append_event("recent")
 
     first = store.prune(50, batch=1)

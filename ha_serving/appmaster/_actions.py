@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from ha_serving._errors import HAServingError
+from ha_serving._settings import AppMasterSettings
 from ha_serving._spec import Revision
+from ha_serving._status import RolloutStatus
 from ha_serving._wire import RouteEntry, RoutingTable
 from ha_serving.appmaster._planner import (
-    Action,
     Assign,
     CreateInstances,
     Drain,
@@ -46,21 +47,9 @@ if TYPE_CHECKING:
     from ha_serving.util.clock import Clock
     from ha_serving.util.logs import Bound
 
-ENDPOINT_TTL_S = 15.0
-"""Discovery lease of a proxy endpoint; refreshed every round (at most every period)."""
-FAILED_RETRY_S = 2.0
-"""A failed instance is retried after this long, so a broken version does not spin."""
-CALL_TIMEOUT_S = 30.0
-WITHDRAW_S = 5.0
-"""Seconds a proxy keeps serving after its endpoint left discovery, before it is stopped.
-Clients hear of the withdrawal through their Keeper Watch within its period (0.5 s), so
-they have moved away long before; one whose Keeper went silent (up to the client's 6 s
-``silence_s``) may still call the stopping proxy and gets UNAVAILABLE, which it retries
-on another endpoint. Longer only keeps a surplus proxy around longer."""
-STOP_MARGIN_S = 5.0
-"""Seconds on top of a drain grace period that a stop call may take to answer."""
-
 ActorFactory = Callable[[str, JobState], ActorSpec]
+Bookkeeping = CreateInstances | Assign | MarkLost | RollBack | FinishRollout | Drain
+"""The actions that only change the state (``_book``); the executor does them first."""
 
 
 class ActionsMixin:
@@ -72,6 +61,8 @@ class ActionsMixin:
     service: str
     state: JobState | None
     clock: Clock
+    settings: AppMasterSettings
+    """Its timings: endpoint leases, call timeouts, retries, withdrawal."""
     log: Bound
     _proxy_actor: ActorFactory
     _worker_actor: ActorFactory
@@ -80,7 +71,7 @@ class ActionsMixin:
     async def _mutate(self, change: Callable[[JobState], JobState]) -> JobState:
         raise NotImplementedError  # AppMasterCore's group commit
 
-    async def _book(self, action: Action) -> None:
+    async def _book(self, action: Bookkeeping) -> None:
         now = self.clock.now()
 
         def change(state: JobState) -> JobState:  # noqa: PLR0911 - one return per action
@@ -110,15 +101,15 @@ class ActionsMixin:
             if isinstance(action, RollBack):
                 r = state.rollout
                 if r is None or (r.from_rev is None and state.release is None):
-                    return finish_rollout(state, "failed", now)
-                rolled = r.model_copy(update={"status": "rolling_back"})
+                    return finish_rollout(state, RolloutStatus.FAILED, now)
+                rolled = r.to(RolloutStatus.ROLLING_BACK)
                 if state.release is not None:  # a failing candidate: abort the release
                     state = _bump_routes(end_release(state, promote=False))
                     return state.model_copy(update={"rollout": rolled})
                 return state.model_copy(update={"desired": r.from_rev, "rollout": rolled})
             if isinstance(action, FinishRollout):
                 return finish_rollout(state, action.status, now)
-            return state
+            assert_never(action)  # a new bookkeeping action must be booked here, not dropped
 
         await self._mutate(change)
         if isinstance(action, (RollBack, FinishRollout)):
@@ -142,7 +133,7 @@ class ActionsMixin:
             )
         )
         await self.runtime.create(self._proxy_actor(name, state))
-        endpoint = await self.runtime.call(name, "start", timeout_s=CALL_TIMEOUT_S)
+        endpoint = await self.runtime.call(name, "start", timeout_s=self.settings.call_timeout_s)
         metrics = f"{endpoint.address.rsplit(':', 1)[0]}:{endpoint.metrics_port}"
         state = await self._mutate(
             lambda s: s.with_proxy(
@@ -169,7 +160,7 @@ class ActionsMixin:
                 "metrics": proxy.metrics_address,
                 "weight": _weight(state, self.cluster),
             },
-            ENDPOINT_TTL_S,
+            self.settings.endpoint_ttl_s,
         )
 
     async def _withdraw_proxy(self, name: str, addresses: tuple[str, ...]) -> None:
@@ -181,11 +172,15 @@ class ActionsMixin:
         meanwhile, since only wanted proxies are published."""
         for address in addresses:
             await asyncio.to_thread(self.store.remove_endpoint, self.service, self.cluster, address)
-        stop_at = self.clock.now() + WITHDRAW_S
+        stop_at = self.clock.now() + self.settings.withdraw_s
         await self._mutate(
             lambda s: s.with_proxy(s.proxies[name].to(ProxyPhase.WITHDRAWN, stop_at=stop_at))
         )
-        self.log.info("proxy %s withdrawn from discovery; stopping it in %.0fs", name, WITHDRAW_S)
+        self.log.info(
+            "proxy %s withdrawn from discovery; stopping it in %.0fs",
+            name,
+            self.settings.withdraw_s,
+        )
 
     async def _stop_proxy(self, name: str) -> None:
         """Stop (NOT_SERVING, in-flight calls finish within the drain timeout), kill,
@@ -199,7 +194,9 @@ class ActionsMixin:
         grace = state.spec.rollout.drain_timeout_s
         if await self.runtime.exists(name):
             try:
-                await self.runtime.call(name, "stop", grace, timeout_s=grace + STOP_MARGIN_S)
+                await self.runtime.call(
+                    name, "stop", grace, timeout_s=grace + self.settings.stop_margin_s
+                )
             except ActorUnavailable as exc:  # dead or hung: nothing more to wait for
                 self.log.warning("proxy %s did not stop gracefully (%s): killing it", name, exc)
             await self.runtime.kill(name)
@@ -226,7 +223,7 @@ class ActionsMixin:
         # empty (its instances were removed, each after wait_idle): shutdown only
         # releases its thread pools; a dead worker is just forgotten
         with contextlib.suppress(ActorUnavailable):
-            await self.runtime.call(name, "shutdown", timeout_s=STOP_MARGIN_S * 2)
+            await self.runtime.call(name, "shutdown", timeout_s=self.settings.stop_margin_s * 2)
         await self.runtime.kill(name)
         await self._mutate(
             lambda s: s.model_copy(
@@ -331,11 +328,13 @@ class ActionsMixin:
                 served = cur.to(Phase.SERVING, running=rev, purpose="", group=group)
                 return _bump_routes(state.with_instance(served))
             failed = cur.to(
-                Phase.FAILED, running=rev if loaded else cur.running, retry_at=now + FAILED_RETRY_S
+                Phase.FAILED,
+                running=rev if loaded else cur.running,
+                retry_at=now + self.settings.failed_retry_s,
             )
             state = state.with_instance(failed)
             r = state.rollout
-            if r is not None and r.status == "running":
+            if r is not None and r.status == RolloutStatus.RUNNING:
                 state = state.model_copy(
                     update={"rollout": r.model_copy(update={"failures": r.failures + 1})}
                 )
@@ -367,7 +366,9 @@ class ActionsMixin:
 
     async def _control(self, worker: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """A worker control call; its ControlResult says whether it worked."""
-        return await self.runtime.call(worker, method, *args, timeout_s=CALL_TIMEOUT_S, **kwargs)
+        return await self.runtime.call(
+            worker, method, *args, timeout_s=self.settings.call_timeout_s, **kwargs
+        )
 
     async def _push_routes(self, observed: Observed) -> None:
         state = self._state()

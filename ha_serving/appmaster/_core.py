@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ha_serving._errors import ConflictError, HAServingError, InvalidSpec, TransientError
+from ha_serving._settings import AppMasterSettings
 from ha_serving._spec import Revision, ServiceSpec
+from ha_serving._status import RELEASE_MODES, RolloutStatus
 from ha_serving.appmaster._actions import ActionsMixin, ActorFactory
 from ha_serving.appmaster._planner import (
     Action,
@@ -104,7 +106,7 @@ def instruction_kind(body: dict[str, Any]) -> str:
     if wrong:
         raise InvalidSpec("instruction", [f"{', '.join(wrong)} must be text"])
     if kind == "release":
-        if body["mode"] not in ("canary", "blue_green"):
+        if body["mode"] not in RELEASE_MODES:
             raise InvalidSpec("instruction", [f"unknown release mode {body['mode']!r}"])
         if not _count(body["weight"], 100) or not _count(body["instances"], 5000):
             raise InvalidSpec("instruction", ["a release's weight and instances are counts"])
@@ -155,7 +157,7 @@ def _start_or_step(state: JobState, body: dict[str, Any], op_id: str, now: float
     rollout = Rollout(
         op_id=op_id, kind=body["mode"], from_rev=state.desired, to_rev=candidate, started_at=now
     )
-    state = finish_rollout(state, "superseded", now)
+    state = finish_rollout(state, RolloutStatus.SUPERSEDED, now)
     return state.model_copy(
         update={
             "release": release,
@@ -163,6 +165,40 @@ def _start_or_step(state: JobState, body: dict[str, Any], op_id: str, now: float
             "routes_version": state.routes_version + 1,
         }
     )
+
+
+def _end(
+    state: JobState, release_op: str, *, promote: bool, op_id: str, now: float
+) -> tuple[JobState, bool]:
+    """Promote or abort operation ``release_op``'s running release; (the state, whether
+    it was in effect already). A release that is not running here is rejected
+    (``InvalidSpec``: the leader fails the operation with the reason), never recorded as
+    applied, except an abort of one this AppMaster aborted itself (it rolls a failing
+    candidate back on its own): that abort is in effect already."""
+    kind = "promote" if promote else "abort"
+    r = state.release
+    if r is None or r.op_id != release_op:
+        ended = state.ended_releases.get(release_op)
+        if ended == "aborted" and not promote:
+            return state, True
+        was = f"it was {ended} here" if ended else "it never ran here"
+        now_running = f"release {r.op_id} runs" if r is not None else "no release runs"
+        raise InvalidSpec(
+            "instruction", [f"cannot {kind} release {release_op}: {was}, {now_running}"]
+        )
+    rollout = Rollout(  # an abort has nothing to roll back to
+        op_id=op_id,
+        kind=kind,
+        from_rev=state.desired if promote else None,
+        to_rev=r.candidate if promote else state.desired,
+        started_at=now,
+    )
+    state = finish_rollout(state, RolloutStatus.SUPERSEDED, now)
+    state = end_release(state, promote=promote)
+    state = state.model_copy(
+        update={"rollout": rollout, "routes_version": state.routes_version + 1}
+    )
+    return state, False
 
 
 class AppMasterCore(ActionsMixin):
@@ -178,9 +214,11 @@ class AppMasterCore(ActionsMixin):
         proxy_actor: ActorFactory,
         worker_actor: ActorFactory,
         clock: Clock | None = None,
+        settings: AppMasterSettings | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
+        self.settings = settings or AppMasterSettings()
         self.cluster = cluster
         self.service = service
         self._proxy_actor = proxy_actor
@@ -293,7 +331,7 @@ class AppMasterCore(ActionsMixin):
             rollout = state.rollout
             if desired.key != state.desired.key or rollout is None:
                 if rollout is not None:
-                    state = finish_rollout(state, "superseded", now)
+                    state = finish_rollout(state, RolloutStatus.SUPERSEDED, now)
                 rollout = Rollout(
                     op_id=op_id, kind=kind, from_rev=state.desired, to_rev=desired, started_at=now
                 )
@@ -367,7 +405,8 @@ class AppMasterCore(ActionsMixin):
         - ``release``: run ``body["spec"]`` as the candidate of operation ``body["op"]``
           on ``instances`` instances (``mode`` canary or blue_green) and send it
           ``weight`` percent of traffic; repeated with a new weight for each step;
-        - ``promote`` / ``abort``: end that operation's release;
+        - ``promote`` / ``abort``: end that operation's release (``InvalidSpec`` if it
+          is not running here; ``duplicate`` for an abort in effect already, see ``_end``);
         - ``traffic``: set this cluster's traffic weight (None: the placement's).
         Fenced and idempotent like ``apply``; durable before it returns."""
         if await self._seen(op_id, epoch):
@@ -376,26 +415,15 @@ class AppMasterCore(ActionsMixin):
             raise InvalidSpec("release", [f"{self.service} is not deployed on {self.cluster}"])
         kind = body["kind"]
         now = self.clock.now()
+        already = {"in_effect": False}
 
         def change(state: JobState) -> JobState:
             if kind == "release":
                 state = _start_or_step(state, body, op_id, now)
             elif kind in ("promote", "abort"):
-                r = state.release
-                if r is not None and r.op_id == body["op"]:
-                    promote = kind == "promote"
-                    rollout = Rollout(  # an abort has nothing to roll back to
-                        op_id=op_id,
-                        kind=kind,
-                        from_rev=state.desired if promote else None,
-                        to_rev=r.candidate if promote else state.desired,
-                        started_at=now,
-                    )
-                    state = finish_rollout(state, "superseded", now)
-                    state = end_release(state, promote=promote)
-                    state = state.model_copy(
-                        update={"rollout": rollout, "routes_version": state.routes_version + 1}
-                    )
+                promote = kind == "promote"
+                state, in_effect = _end(state, body["op"], promote=promote, op_id=op_id, now=now)
+                already.update(in_effect=in_effect)
             elif kind == "traffic":
                 state = state.model_copy(update={"cluster_weight": body.get("weight")})
             else:
@@ -408,6 +436,9 @@ class AppMasterCore(ActionsMixin):
             )
 
         await self._mutate(change)
+        detail = {k: v for k, v in body.items() if k not in ("spec", "package")}
+        if already["in_effect"]:
+            detail["in_effect"] = True
         await asyncio.to_thread(
             self.store.append_event,
             kind,
@@ -415,10 +446,10 @@ class AppMasterCore(ActionsMixin):
             service=self.service,
             op_id=op_id,
             epoch=epoch,
-            detail={k: v for k, v in body.items() if k not in ("spec", "package")},
+            detail=detail,
         )
         self._wake.set()
-        return "applied"
+        return "duplicate" if already["in_effect"] else "applied"
 
     async def take_instruction(
         self, instruction_id: int, body: dict[str, Any], *, op_id: str, epoch: int

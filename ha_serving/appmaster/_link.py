@@ -3,15 +3,16 @@ replica, failing over to the next. Opening the stream registers the AppMaster; e
 instruction it carries is consumed by ``AppMasterCore.take_instruction`` (fenced by
 epoch, idempotent by op_id) before the next one. The AppMaster's heartbeat is what it
 sends: a ``Heartbeat`` call on the stream's channel each time it has read a message
-(the Keeper beats every ~0.3 s), at most every ``BEAT_S`` and one at a time, beside the
-reading (a slow one never holds an instruction up) - so only an AppMaster that runs and
-reads keeps its heartbeat fresh (the leader resubmits one stale for 5 s)."""
+(the Keeper beats every ``link_period_s``), at most every ``link_beat_s`` and one at a
+time, beside the reading (a slow one never holds an instruction up) - so only an
+AppMaster that runs and reads keeps its heartbeat fresh (the leader resubmits one stale
+for ``heartbeat_stale_s``). Its timings are ``KeeperSettings``' ``link_*``, checked
+against each other there."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import grpc
@@ -20,19 +21,18 @@ from ha_serving._settings import KeeperSettings
 from ha_serving.appmaster._core import AppMasterCore
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 
-RETRY_S = 0.5
-BEAT_S = 0.2
-"""Least time between two heartbeats (below the Keeper's beat period, 0.3 s, so each of
-its beats is answered; far below the leader's staleness bound, 1.5-5 s)."""
-SILENCE_S = 3.0
-"""A Keeper silent this long (it beats every link period, ~0.3 s) is left for the next:
-a paused or partitioned Keeper keeps its TCP connection open, so only silence shows it."""
-
 
 class KeeperLink:
-    def __init__(self, core: AppMasterCore, keepers: list[str], token: str | None) -> None:
+    def __init__(
+        self,
+        core: AppMasterCore,
+        keepers: list[str],
+        token: str | None,
+        settings: KeeperSettings | None = None,
+    ) -> None:
         self.core = core
         self.keepers = keepers
+        self.settings = settings or KeeperSettings()
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.consumed = 0
         self._beat_at = 0.0
@@ -52,7 +52,7 @@ class KeeperLink:
             except Exception:  # a failed apply (DB down...): reconnect and get it again
                 self.core.log.exception("keeper link to %s failed", keeper)
             index += 1
-            await asyncio.sleep(RETRY_S)
+            await asyncio.sleep(self.settings.link_retry_s)
 
     async def _stream(self, keeper: str) -> None:
         state = self.core.state
@@ -63,16 +63,18 @@ class KeeperLink:
             actor_name=f"{self.core.service}-appmaster",
             epoch_seen=state.highest_epoch if state else 0,
         )
-        async with grpc.aio.insecure_channel(keeper, options=_channel_options()) as channel:
+        options = _channel_options(self.settings)
+        silence = self.settings.link_silence_s
+        async with grpc.aio.insecure_channel(keeper, options=options) as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Instructions(request, metadata=self.metadata)
             try:
                 while True:
                     try:
-                        msg = await asyncio.wait_for(call.read(), SILENCE_S)
+                        msg = await asyncio.wait_for(call.read(), silence)
                     except TimeoutError:
                         call.cancel()
-                        self.core.log.warning("keeper %s silent for %.0fs: next", keeper, SILENCE_S)
+                        self.core.log.warning("keeper %s silent for %.0fs: next", keeper, silence)
                         return
                     if msg is grpc.aio.EOF:
                         return
@@ -87,8 +89,10 @@ class KeeperLink:
                     self._beating.cancel()
 
     def _beat(self, stub: Any, keeper: str) -> None:
-        now = time.monotonic()
-        if now - self._beat_at < BEAT_S or (self._beating and not self._beating.done()):
+        now = self.core.clock.monotonic()
+        if now - self._beat_at < self.settings.link_beat_s or (
+            self._beating and not self._beating.done()
+        ):
             return
         self._beat_at = now
         self._beating = asyncio.create_task(self._send_beat(stub, keeper))
@@ -102,7 +106,7 @@ class KeeperLink:
             epoch_seen=state.highest_epoch if state else 0,
         )
         try:
-            await stub.Heartbeat(beat, metadata=self.metadata, timeout=SILENCE_S)
+            await stub.Heartbeat(beat, metadata=self.metadata, timeout=self.settings.link_silence_s)
         except grpc.aio.AioRpcError as exc:  # the stream's silence decides about this Keeper
             if not self._beat_failed:  # once per outage, not every beat
                 self.core.log.warning("heartbeat to keeper %s failed: %s", keeper, exc.code().name)
@@ -111,8 +115,8 @@ class KeeperLink:
             self._beat_failed = False
 
 
-def _channel_options() -> list[tuple[str, int]]:
+def _channel_options(settings: KeeperSettings) -> list[tuple[str, int]]:
     """Messages up to the Keepers' limit both ways, as their server and the CLI allow
     (the actor has no settings of its own: the defaults)."""
-    limit = KeeperSettings().max_message_bytes
+    limit = settings.max_message_bytes
     return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ha_serving._spec import Revision
+from ha_serving._status import RolloutStatus
 from ha_serving.appmaster._state import (
     OUT_OF_SERVICE,
     Group,
@@ -137,7 +138,7 @@ class PushRoutes:
 
 @dataclass(frozen=True)
 class FinishRollout:
-    status: str
+    status: RolloutStatus
 
 
 @dataclass(frozen=True)
@@ -358,10 +359,12 @@ def _rollout(state: JobState) -> list[Action]:
     r = state.rollout
     if r is None:
         return []
-    if r.status == "running" and r.failures >= state.spec.rollout.failure_threshold:
+    running = r.status == RolloutStatus.RUNNING
+    if running and r.failures >= state.spec.rollout.failure_threshold:
         return [RollBack()]
     if converged(state):
-        return [FinishRollout("succeeded" if r.status == "running" else "rolled_back")]
+        done = RolloutStatus.SUCCEEDED if running else RolloutStatus.ROLLED_BACK
+        return [FinishRollout(done)]
     return []
 
 

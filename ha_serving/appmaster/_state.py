@@ -88,19 +88,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ha_serving._errors import HAServingError
+from ha_serving._errors import IllegalTransition
 from ha_serving._spec import Revision, ServiceSpec
-
-
-class IllegalTransition(HAServingError):
-    """A lifecycle move its table does not allow: a bug, never retried."""
-
-    def __init__(self, subject: str, src: str, dst: str) -> None:
-        self.subject = subject
-        """What moved: ``instance <id>`` or ``proxy <name>``."""
-        self.src = src
-        self.dst = dst
-        super().__init__(f"{subject}: illegal transition {src} -> {dst}")
+from ha_serving._status import (
+    ROLLOUT_TRANSITIONS,
+    ReleaseMode,
+    RolloutKind,
+    RolloutStatus,
+    check_move,
+)
 
 
 class Phase(str, Enum):
@@ -192,15 +188,18 @@ class Proxy(_Frozen):
 
 class Rollout(_Frozen):
     op_id: str
-    kind: str
-    """"config", "code", "deploy" or "scale"."""
+    kind: RolloutKind
     from_rev: Revision | None
     to_rev: Revision
-    status: str = "running"
-    """running -> succeeded | rolling_back -> rolled_back."""
+    status: RolloutStatus = RolloutStatus.RUNNING
+    """Moves by ``ha_serving._status.ROLLOUT_TRANSITIONS`` (``to``)."""
     failures: int = 0
     started_at: float
     finished_at: float | None = None
+
+    def to(self, status: RolloutStatus, **changes: Any) -> Rollout:
+        moved = check_move(f"rollout {self.op_id}", ROLLOUT_TRANSITIONS, self.status, status)
+        return self.model_copy(update={"status": moved, **changes})
 
 
 class Release(_Frozen):
@@ -208,8 +207,7 @@ class Release(_Frozen):
 
     op_id: str
     """The Keeper operation driving it."""
-    mode: str
-    """"canary" (candidate instances taken in place) or "blue_green" (extra ones)."""
+    mode: ReleaseMode
     candidate: Revision
     spec: ServiceSpec
     """The candidate's spec; ``desired``'s spec becomes it on promote."""
@@ -249,6 +247,11 @@ class JobState(_Frozen):
     one line (bounded). The leader reads it to end the operation as failed."""
     release: Release | None = None
     """A canary or blue-green release in progress."""
+    ended_releases: dict[str, str] = {}
+    """Recent releases that ended here: the Keeper operation -> "promoted" or "aborted"
+    (bounded). An instruction to end one again is judged by it: an abort of a release
+    this AppMaster already aborted (a failing candidate) is in effect; anything else
+    aimed at a release that is not running is rejected, never recorded as applied."""
     retired_workers: tuple[str, ...] = ()
     """Worker actors this AppMaster stopped (newest last, bounded): their names are never
     used again, since proxies cache actor handles by name and a call on the dead actor's
@@ -301,7 +304,7 @@ class JobState(_Frozen):
     def wanted(self) -> int:
         """Instances this job should have: the spec's, plus blue-green's extra ones."""
         r = self.release
-        extra = r.instances if r is not None and r.mode == "blue_green" else 0
+        extra = r.instances if r is not None and r.mode == ReleaseMode.BLUE_GREEN else 0
         return self.spec.instances + extra
 
     def in_group(self, group: Group) -> list[Instance]:
@@ -345,7 +348,7 @@ def end_release(state: JobState, *, promote: bool) -> JobState:
     r = state.release
     if r is None:
         return state
-    blue_green = r.mode == "blue_green"
+    blue_green = r.mode == ReleaseMode.BLUE_GREEN
     instances = dict(state.instances)
     for key, inst in state.instances.items():
         if promote:
@@ -355,7 +358,12 @@ def end_release(state: JobState, *, promote: bool) -> JobState:
                 instances[key] = inst.model_copy(update={"group": Group.RETIRING})
         elif blue_green and inst.group == Group.CANDIDATE:
             instances[key] = inst.model_copy(update={"group": Group.RETIRING})
-    changes: dict[str, Any] = {"release": None, "instances": instances}
+    ended = {**state.ended_releases, r.op_id: "promoted" if promote else "aborted"}
+    changes: dict[str, Any] = {
+        "release": None,
+        "instances": instances,
+        "ended_releases": dict(list(ended.items())[-MAX_ENDED_RELEASES:]),
+    }
     if promote:
         changes["desired"] = r.candidate
         changes["spec"] = r.spec.model_copy(update={"instances": state.spec.instances})
@@ -363,17 +371,17 @@ def end_release(state: JobState, *, promote: bool) -> JobState:
 
 
 MAX_HISTORY = 20
+MAX_ENDED_RELEASES = 20
 MAX_APPLIED_OPS = 200
 MAX_RETIRED_WORKERS = 1000
 
 
-def finish_rollout(state: JobState, status: str, now: float | None = None) -> JobState:
-    """Close the running rollout with ``status`` and move it to the bounded history."""
+def finish_rollout(state: JobState, status: RolloutStatus, now: float | None = None) -> JobState:
+    """Close the running rollout with ``status`` (``IllegalTransition`` if its table does
+    not allow it) and move it to the bounded history; no rollout, nothing to close."""
     if state.rollout is None:
         return state
-    done = state.rollout.model_copy(
-        update={"status": status, "finished_at": now if now is not None else time.time()}
-    )
+    done = state.rollout.to(status, finished_at=now if now is not None else time.time())
     return state.model_copy(
         update={"rollout": None, "history": (*state.history, done)[-MAX_HISTORY:]}
     )

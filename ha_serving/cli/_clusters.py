@@ -27,6 +27,7 @@ from rich.table import Table
 
 import infra
 from ha_serving._errors import InvalidSpec, StackError, UserError
+from ha_serving._status import OperationStatus
 from ha_serving.cli._common import RunDir, out, run_dir_of, settings_for
 from ha_serving.store import ClusterRecord, OperationRecord, Store
 
@@ -184,7 +185,7 @@ def usage_of(store: Store, cluster: str) -> Usage:
     AppMaster on), or the cluster it was deployed on directly (``--cluster``)."""
     newest: dict[str, OperationRecord] = {}
     for op in store.list_operations():  # oldest first: the last one per service wins
-        if op.status != "superseded":
+        if op.status != OperationStatus.SUPERSEDED:
             newest[op.service] = op
     placed = {s for s, op in newest.items() if cluster in _targets(op.plan)}
     names = set(newest)

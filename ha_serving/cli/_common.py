@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import infra
 from ha_serving._errors import StackError
 from ha_serving._settings import Settings
+from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.keeper import KeeperClient, KeeperError
 
 out = Console()
@@ -115,13 +116,13 @@ def follow_op(keeper: KeeperClient, service: str, op_id: str, timeout: float) ->
                     completed=done,
                     description=f"{service} {op['status']} ({where})",
                 )
-                if op["status"] not in ("pending", "running"):
+                if op["status"] not in ACTIVE:
                     break
             if time.monotonic() > deadline:
                 raise StackError(f"{op_id} did not finish within {timeout:.0f}s")
             time.sleep(0.5)
     out.print(f"{service}: {op_id} {op['status']}" + (f": {op['error']}" if op["error"] else ""))
-    if op["status"] != "succeeded":
+    if op["status"] != OperationStatus.SUCCEEDED:
         raise typer.Exit(1)
 
 

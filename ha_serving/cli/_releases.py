@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from ha_serving._errors import InvalidSpec
+from ha_serving._status import ACTIVE
 from ha_serving.backend import make_package
 from ha_serving.cli._common import (
     RunDir,
@@ -207,7 +208,7 @@ def status(
     out.print(table)
     for o in ops:
         checks = (o.get("progress") or {}).get("checks") or []
-        if checks and o["status"] in ("pending", "running"):
+        if checks and o["status"] in ACTIVE:
             out.print(_checks_table(o["op_id"], checks[-5:]))
 
 

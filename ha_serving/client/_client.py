@@ -17,16 +17,25 @@ Everything else, notably any error from a call that reached user code, goes stra
 to the caller as ``CallError(code, message)``. The endpoint list is replaceable
 (``set_addresses``) so discovery can feed it; a removed endpoint's channel is closed
 once its last call has ended.
+
+One call's loop (wait for a first endpoint, choose one, try, decide whether and when to
+retry) is decided in one place without I/O, ``_Core.attempts``: a generator that yields
+what to do next (``_Wait``, ``_Try``, ``_Pause``) and is sent each try's outcome. The two
+drivers, ``Client.call_raw`` (blocking) and ``AsyncClient.call_raw`` (asyncio), only do
+what it says, each with its own kind of waiting, calling and sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -101,6 +110,85 @@ class _Endpoint(Generic[C]):
         cluster) = only when no weighted endpoint in any tier is healthy."""
 
 
+class _Ready:
+    """Set while the client has an endpoint. Threads wait on it (``wait``), and event
+    loops too (``wait_async``), without polling: ``set`` may come from any thread
+    (discovery's), and wakes each loop's waiters through that loop."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._set = False
+        self._loops: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._cond:
+            self._set = True
+            self._cond.notify_all()
+            waiting, self._loops = self._loops, []
+        for loop, fut in waiting:
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
+                loop.call_soon_threadsafe(_settle, fut)
+
+    def clear(self) -> None:
+        with self._cond:
+            self._set = False
+
+    def wait(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._set, timeout)
+
+    async def wait_async(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if self._set:
+                return True
+            self._loops.append((loop, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            with self._cond, contextlib.suppress(ValueError):  # already taken by ``set``
+                self._loops.remove((loop, fut))
+        return True
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """Wait up to ``seconds`` for a first endpoint (discovery has not answered yet)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Try(Generic[C]):
+    """Call ``endpoint`` within ``timeout`` seconds; send back the reply or the error.
+    Either way, ``_Core.end(endpoint)`` once the try is over."""
+
+    endpoint: _Endpoint[C]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class _Pause:
+    """Back off ``seconds`` before the next try."""
+
+    seconds: float
+
+
+_Failure = grpc.aio.AioRpcError | grpc.Call
+"""A failed try as the two gRPC flavours report it (code, details, trailers)."""
+
+
 class _Core(Generic[C]):
     """What Client and AsyncClient share: endpoints, budget, retry decisions."""
 
@@ -122,7 +210,7 @@ class _Core(Generic[C]):
         self.lock = threading.Lock()
         self._open = open_channel
         self.endpoints: dict[str, _Endpoint[C]] = {}
-        self.has_endpoints = threading.Event()
+        self.has_endpoints = _Ready()
         """Set while there is an endpoint: a call made before discovery's first answer
         waits for it (within its deadline) instead of failing at once."""
         self.replace(addresses)
@@ -164,6 +252,28 @@ class _Core(Generic[C]):
     def deadline(self, timeout: float | None) -> float:
         return self.clock() + (self.timeout_s if timeout is None else timeout)
 
+    def attempts(
+        self, deadline: float
+    ) -> Generator[_Wait | _Try[C] | _Pause, CallReply | _Failure | None, CallReply]:
+        """One call's loop until ``deadline``, without I/O (see the module's docstring):
+        yields what the driver does next, is sent each ``_Try``'s reply or error, returns
+        the reply, or raises the ``CallError`` the caller gets."""
+        if not self.has_endpoints.is_set():
+            yield _Wait(max(0.0, deadline - self.clock()))
+        tried: set[str] = set()
+        for attempt in itertools.count(1):
+            ep, remaining = self.begin(tried, deadline, attempt)
+            outcome = yield _Try(ep, remaining)
+            if isinstance(outcome, CallReply):
+                self.mark_up(ep)
+                return outcome
+            if outcome is None:  # pragma: no cover - a driver's bug, not a call's failure
+                raise TypeError("a _Try needs its outcome sent back")
+            pause = self.after_failure(ep, outcome, attempt, deadline)
+            tried.add(ep.address)
+            yield _Pause(pause)
+        raise AssertionError("unreachable")  # pragma: no cover - itertools.count is endless
+
     def begin(self, tried: set[str], deadline: float, attempt: int) -> tuple[_Endpoint[C], float]:
         """Choose the endpoint for this attempt and count the call on it."""
         remaining = deadline - self.clock()
@@ -199,7 +309,7 @@ class _Core(Generic[C]):
             return ep.retired and ep.active == 0
 
     def after_failure(
-        self, ep: _Endpoint[C], err: grpc.aio.AioRpcError | grpc.Call, attempt: int, deadline: float
+        self, ep: _Endpoint[C], err: _Failure, attempt: int, deadline: float
     ) -> float:
         """Backoff before retrying, or raise the CallError the caller gets."""
         code = err.code()
@@ -324,27 +434,30 @@ class Client:
     ) -> CallReply:
         core = self._core
         request = core.request(service, method, payload, metadata)
-        deadline = core.deadline(timeout)
-        core.has_endpoints.wait(max(0.0, deadline - core.clock()))
-        tried: set[str] = set()
-        attempt = 0
+        loop = core.attempts(core.deadline(timeout))
+        step = next(loop)
         while True:
-            attempt += 1
-            ep, remaining = core.begin(tried, deadline, attempt)
+            outcome: CallReply | _Failure | None = None
+            if isinstance(step, _Wait):
+                core.has_endpoints.wait(step.seconds)
+            elif isinstance(step, _Pause):
+                time.sleep(step.seconds)
+            else:
+                ep = step.endpoint
+                try:
+                    outcome = ep.stub(request, timeout=step.timeout)
+                except grpc.RpcError as err:
+                    if not isinstance(err, grpc.Call):  # pragma: no cover - grpc gives one
+                        raise
+                    outcome = err
+                finally:
+                    if core.end(ep):
+                        ep.channel.close()
             try:
-                reply: CallReply = ep.stub(request, timeout=remaining)
-            except grpc.RpcError as err:
-                if not isinstance(err, grpc.Call):  # pragma: no cover - grpc always gives one
-                    raise
-                pause = core.after_failure(ep, err, attempt, deadline)
-                tried.add(ep.address)
-                time.sleep(pause)
-                continue
-            finally:
-                if core.end(ep):
-                    ep.channel.close()
-            core.mark_up(ep)
-            return reply
+                step = loop.send(outcome)
+            except StopIteration as done:
+                reply: CallReply = done.value
+                return reply
 
     def close(self) -> None:
         self.set_addresses([])
@@ -423,26 +536,28 @@ class AsyncClient:
     ) -> CallReply:
         core = self._core
         request = core.request(service, method, payload, metadata)
-        deadline = core.deadline(timeout)
-        while not core.has_endpoints.is_set() and core.clock() < deadline:
-            await asyncio.sleep(0.02)  # discovery's first answer (set from its thread)
-        tried: set[str] = set()
-        attempt = 0
+        loop = core.attempts(core.deadline(timeout))
+        step = next(loop)
         while True:
-            attempt += 1
-            ep, remaining = core.begin(tried, deadline, attempt)
+            outcome: CallReply | _Failure | None = None
+            if isinstance(step, _Wait):
+                await core.has_endpoints.wait_async(step.seconds)  # set from discovery's thread
+            elif isinstance(step, _Pause):
+                await asyncio.sleep(step.seconds)
+            else:
+                ep = step.endpoint
+                try:
+                    outcome = await ep.stub(request, timeout=step.timeout)
+                except grpc.aio.AioRpcError as err:
+                    outcome = err
+                finally:
+                    if core.end(ep):
+                        await ep.channel.close()
             try:
-                reply: CallReply = await ep.stub(request, timeout=remaining)
-            except grpc.aio.AioRpcError as err:
-                pause = core.after_failure(ep, err, attempt, deadline)
-                tried.add(ep.address)
-                await asyncio.sleep(pause)
-                continue
-            finally:
-                if core.end(ep):
-                    await ep.channel.close()
-            core.mark_up(ep)
-            return reply
+                step = loop.send(outcome)
+            except StopIteration as done:
+                reply: CallReply = done.value
+                return reply
 
     async def close(self) -> None:
         await self.set_addresses([])

@@ -1,6 +1,6 @@
 """The leader's loop: carry operations out, keep every target's AppMaster alive.
 
-Only while ``Leadership.term()`` is valid, every ``period``: for each service's newest
+Only while ``Leadership.term()`` is valid, every ``reconcile_period_s``: for each service's newest
 active operation, ``decide()`` (pure, in ``_releases``) and apply the decisions, each
 instruction stamped with the current epoch; older active operations of the same service
 are superseded. Every target cluster of a service must have a live AppMaster (its link
@@ -8,18 +8,21 @@ heartbeats through any Keeper); one that is silent gets its serving job (re)subm
 through the cluster's Ray Job Submission API, at most every ``resubmit_s``; a submission
 that fails (a restarted cluster whose GCS answers before its Job API does) is tried again
 after ``submit_retry_s``, not after ``resubmit_s``, which cost a restarted cluster ~30 s.
+Every timing is a ``KeeperSettings`` field (checked against the links' there), and all
+time is read from the injected clock: the reconciler's own waits from its monotonic
+reading, heartbeats and step clocks from the store's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from ha_serving._errors import HAServingError, StoreUnavailable
 from ha_serving._settings import KeeperSettings
+from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.keeper._analysis import (
     AnalysisPolicy,
     MetricsScraper,
@@ -30,7 +33,6 @@ from ha_serving.keeper._analysis import (
 from ha_serving.keeper._control_api import record_service
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, Term
 from ha_serving.keeper._releases import (
-    ACTIVE,
     Advance,
     Decision,
     Finish,
@@ -40,14 +42,8 @@ from ha_serving.keeper._releases import (
 )
 from ha_serving.keeper._weighted import WEIGHTED, add_check, decide_weighted
 from ha_serving.store import ClusterRecord, OperationRecord, Store
+from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
-
-HEARTBEAT_STALE_S = 5.0
-"""An AppMaster whose link has not heartbeated for this long gets its job resubmitted."""
-LOSS_SILENCE_S = 1.5
-"""A cluster is lost once its GCS refuses connections and none of its AppMasters has
-heartbeated for this long (links beat every ~0.3 s). Both must hold, so a slow DB or a
-busy Keeper alone never makes a live cluster look lost."""
 
 
 class JobSubmitter(Protocol):
@@ -63,30 +59,24 @@ class Reconciler:
         leadership: Leadership,
         submitter: JobSubmitter,
         *,
-        period_s: float = 0.5,
-        resubmit_s: float = 30.0,
-        submit_retry_s: float = 1.0,
+        settings: KeeperSettings | None = None,
         scraper: Callable[[list[str], str], Sample] | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-        retention: KeeperSettings | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.leadership = leadership
         self.submitter = submitter
-        self.period_s = period_s
-        self.resubmit_s = resubmit_s
-        self.submit_retry_s = submit_retry_s
+        self.settings = settings or KeeperSettings()
+        """Its timings and the retention of history (period, resubmission, loss, pruning)."""
         self._next_submit: dict[tuple[str, str], float] = {}
         """(cluster, service) -> earliest time (monotonic) of its next job submission."""
         self.lost: set[str] = set()
         """Clusters this leader declared lost (and has not seen come back)."""
         self._scrape = scraper or MetricsScraper()
         """Reads the proxies' metrics (tests inject one)."""
-        self._monotonic = monotonic
+        self.clock = clock or SystemClock()
         self._samples: dict[str, tuple[float, Sample]] = {}
         """Last metrics scrape per release being analysed (a new leader starts afresh)."""
-        self.retention = retention or KeeperSettings()
-        """How old finished history gets before it is pruned, how often, how much at once."""
         self._next_prune = 0.0
         """When (monotonic) this leader prunes next: at once, then every prune period."""
         self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
@@ -101,7 +91,7 @@ class Reconciler:
                     self.log.warning("round failed: %s", exc)
                 except Exception:  # a bug must not stop the leader's loop
                     self.log.exception("round crashed")
-            await asyncio.sleep(self.period_s)
+            await self.clock.sleep(self.settings.reconcile_period_s)
 
     def round(self, term: Term) -> None:
         active = [o for o in self.store.list_operations() if o.status in ACTIVE]
@@ -109,7 +99,7 @@ class Reconciler:
         for op in active:  # oldest first: the last one per service wins
             previous = newest.get(op.service)
             if previous is not None:
-                self._set(previous, term, status="superseded")
+                self._set(previous, term, status=OperationStatus.SUPERSEDED)
             newest[op.service] = op
         for op in newest.values():
             self._advance(op, term)
@@ -120,11 +110,11 @@ class Reconciler:
     def _prune(self) -> None:
         """Every prune period, one bounded batch per table of history older than the
         retention (``Store.prune`` says what is never pruned)."""
-        if self._monotonic() < self._next_prune:
+        if self.clock.monotonic() < self._next_prune:
             return
         self.leadership.require()
-        self._next_prune = self._monotonic() + self.retention.prune_period_s
-        deleted = self.store.prune(self.retention.retention_s, batch=self.retention.prune_batch)
+        self._next_prune = self.clock.monotonic() + self.settings.prune_period_s
+        deleted = self.store.prune(self.settings.retention_s, batch=self.settings.prune_batch)
         if any(deleted.values()):
             self.log.info("pruned %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
 
@@ -144,6 +134,8 @@ class Reconciler:
         for decision in decisions:
             self.leadership.require()  # never act on a term that ran out meanwhile
             if isinstance(decision, Instruct):
+                if op.status == OperationStatus.PENDING:  # before the send: never sent pending
+                    op = self._set(op, term, status=OperationStatus.RUNNING)
                 self.store.add_instruction(
                     decision.cluster,
                     op.service,
@@ -153,14 +145,12 @@ class Reconciler:
                     fence=LEASE_NAME,
                 )
                 self.log.info("instructed %s/%s (%s)", decision.cluster, op.service, op.op_id)
-                if op.status == "pending":
-                    op = self._set(op, term, status="running")
             elif isinstance(decision, Advance):
-                op = self._set(op, term, step=decision.step, status="running")
+                op = self._set(op, term, step=decision.step, status=OperationStatus.RUNNING)
             elif isinstance(decision, Progress):
                 op = self._set(op, term, progress=decision.progress)
             elif isinstance(decision, Finish):
-                if op.kind in WEIGHTED and decision.status == "succeeded":
+                if op.kind in WEIGHTED and decision.status == OperationStatus.SUCCEEDED:
                     record_service(self.store, dict(op.plan))  # the candidate is the service now
                 op = self._set(op, term, status=decision.status, error=decision.error)
                 self._samples.pop(op.op_id, None)
@@ -182,7 +172,7 @@ class Reconciler:
         if op.step < 1 or progress.get("ending") or progress.get("step") != op.step:
             return op
         policy = AnalysisPolicy.model_validate(op.plan["release"]["analysis"])
-        now = self._monotonic()
+        now = self.clock.monotonic()
         previous = self._samples.get(op.op_id)
         if previous is not None and now - previous[0] < policy.interval_s:
             return op
@@ -211,7 +201,8 @@ class Reconciler:
         now = self.store.now()
         for cluster in self.store.list_clusters():
             fresh = any(
-                b.cluster == cluster.name and now - b.heartbeat_at < LOSS_SILENCE_S for b in beats
+                b.cluster == cluster.name and now - b.heartbeat_at < self.settings.loss_silence_s
+                for b in beats
             )
             reachable = _answers(cluster.gcs_address)
             if not reachable and not fresh:
@@ -237,24 +228,24 @@ class Reconciler:
         now = self.store.now()
         for target, service in self._targets():
             beat = beats.get((target, service))
-            if beat is not None and now - beat < HEARTBEAT_STALE_S:
+            if beat is not None and now - beat < self.settings.heartbeat_stale_s:
                 # the job did its work: should this AppMaster go silent later (its cluster
                 # restarted faster than we could call it lost), start one again at once
                 self._next_submit.pop((target, service), None)
                 continue
             cluster = clusters.get(target)
             key = (target, service)
-            if cluster is None or self._monotonic() < self._next_submit.get(key, 0.0):
+            if cluster is None or self.clock.monotonic() < self._next_submit.get(key, 0.0):
                 continue
             self.leadership.require()
             try:
                 job = self.submitter.submit(cluster, service)
             except Exception as exc:  # a cluster still starting or down: try again soon
-                self._next_submit[key] = self._monotonic() + self.submit_retry_s
+                self._next_submit[key] = self.clock.monotonic() + self.settings.submit_retry_s
                 self.log.warning("cannot start %s on %s: %s", service, target, exc)
                 continue
             # the job's AppMaster needs time to start and link: do not submit it twice
-            self._next_submit[key] = self._monotonic() + self.resubmit_s
+            self._next_submit[key] = self.clock.monotonic() + self.settings.resubmit_s
             self.log.info("submitted serving job %s for %s on %s", job, service, target)
 
     def _targets(self) -> list[tuple[str, str]]:
@@ -262,7 +253,7 @@ class Reconciler:
         service's newest operation that got anywhere."""
         latest: dict[str, OperationRecord] = {}
         for op in self.store.list_operations():
-            if op.status != "superseded":
+            if op.status != OperationStatus.SUPERSEDED:
                 latest[op.service] = op
         return [(t["name"], s) for s, op in latest.items() for t in op.plan["clusters"]]
 

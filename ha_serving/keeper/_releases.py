@@ -12,14 +12,18 @@ the same row and simply decides again.
 =========  ====================================================  =================
 status     when                                                  next
 =========  ====================================================  =================
-pending    created by any Keeper replica, durable before ack     running
+pending    created by any Keeper replica, durable before ack     running,
+                                                                 superseded
 running    instructing / waiting for cluster ``plan[step]``      running, succeeded,
-                                                                 failed
+                                                                 failed, superseded
 succeeded  every cluster converged
 failed     a cluster rolled the revision back, or rejected an
            instruction it cannot carry out (error says which, why)
 superseded a newer operation of the same service took over
 =========  ====================================================  =================
+
+(The whole table of operation statuses, with a release's, is
+``ha_serving._status.OPERATION_TRANSITIONS``; the store refuses any other move.)
 
 Canary and blue-green operations (kinds in ``_weighted.WEIGHTED``) move traffic by
 weight instead of cluster by cluster; ``_weighted.decide_weighted`` decides them.
@@ -32,9 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ha_serving._spec import ServiceSpec
+from ha_serving._status import ACTIVE, OperationStatus, RolloutStatus
 from ha_serving.store import Instruction, OperationRecord
-
-ACTIVE = ("pending", "running")
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Advance:
 
 @dataclass(frozen=True)
 class Finish:
-    status: str
+    status: OperationStatus
     error: str | None = None
 
 
@@ -126,7 +129,7 @@ def decide(  # noqa: PLR0911 - one return per row of the table above
         return []  # finished operations are history: nothing more to decide
     targets = op.plan["clusters"]
     if op.step >= len(targets):
-        return [Finish("succeeded")]
+        return [Finish(OperationStatus.SUCCEEDED)]
     target = targets[op.step]
     cluster = target["name"]
     body = cluster_body(op.plan, target)
@@ -141,9 +144,9 @@ def decide(  # noqa: PLR0911 - one return per row of the table above
         return []
     why = rejection(state, op_id)
     if why is not None:
-        return [Finish("failed", f"cluster {cluster} rejected {op_id}: {why}")]
+        return [Finish(OperationStatus.FAILED, f"cluster {cluster} rejected {op_id}: {why}")]
     if rolled_back(state, op_id):
-        return [Finish("failed", f"cluster {cluster} rolled the release back")]
+        return [Finish(OperationStatus.FAILED, f"cluster {cluster} rolled the release back")]
     if converged(state, body):
         return _next(op)
     return []
@@ -153,7 +156,7 @@ def _next(op: OperationRecord) -> list[Decision]:
     nxt = op.step + 1
     done: list[Decision] = [Advance(nxt)]
     if nxt >= len(op.plan["clusters"]):
-        done.append(Finish("succeeded"))
+        done.append(Finish(OperationStatus.SUCCEEDED))
     return done
 
 
@@ -171,7 +174,11 @@ def _drained_step(  # noqa: PLR0911 - one return per sub-step
     if at not in (drain, update, restore):
         return [Instruct(cluster, drain, {"kind": "traffic", "weight": 0})]
     if at != update and rejection(state, at) is not None:
-        return [Finish("failed", f"cluster {cluster} rejected {at}: {rejection(state, at)}")]
+        return [
+            Finish(
+                OperationStatus.FAILED, f"cluster {cluster} rejected {at}: {rejection(state, at)}"
+            )
+        ]
     if at == drain:
         return [Instruct(cluster, update, body)] if state.get("cluster_weight") == 0 else []
     if at == update:
@@ -182,9 +189,9 @@ def _drained_step(  # noqa: PLR0911 - one return per sub-step
         return []
     why = rejection(state, update)
     if why is not None:
-        return [Finish("failed", f"cluster {cluster} rejected {update}: {why}")]
+        return [Finish(OperationStatus.FAILED, f"cluster {cluster} rejected {update}: {why}")]
     if rolled_back(state, update):
-        return [Finish("failed", f"cluster {cluster} rolled the release back")]
+        return [Finish(OperationStatus.FAILED, f"cluster {cluster} rolled the release back")]
     return _next(op)
 
 
@@ -215,6 +222,6 @@ def rejection(state: Mapping[str, Any], op_id: str) -> str | None:
 def rolled_back(state: Mapping[str, Any], op_id: str) -> bool:
     """The AppMaster rolled back the rollout that instruction ``op_id`` started."""
     return any(
-        r.get("op_id") == op_id and r.get("status") == "rolled_back"
+        r.get("op_id") == op_id and r.get("status") == RolloutStatus.ROLLED_BACK
         for r in state.get("history") or ()
     )

@@ -26,7 +26,7 @@ from ha_serving.keeper._leadership import LEASE_NAME, Leadership, keeper_of
 from ha_serving.keeper._paging import operations_page
 from ha_serving.keeper._reconciler import JobSubmitter, Reconciler
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
-from ha_serving.store import OperationRecord, Store
+from ha_serving.store import Lease, OperationRecord, Store
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
@@ -81,12 +81,11 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         self.address = address
         self.settings = settings
         self.log = bound("ha_serving.keeper", keeper=keeper_id)
-        self.leadership = Leadership(
-            store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock or SystemClock()
-        )
+        clock = clock or SystemClock()
+        self.leadership = Leadership(store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock)
         self._server: grpc.aio.Server | None = None
         self.reconciler = (
-            Reconciler(store, self.leadership, submitter, retention=settings)
+            Reconciler(store, self.leadership, submitter, settings=settings, clock=clock)
             if submitter is not None
             else None
         )
@@ -273,10 +272,13 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             raise
         return keeper_pb2.HeartbeatReply()
 
-    def _lease_or_none(self) -> Any:
+    def _lease_or_none(self) -> Lease | None:
+        """The leadership lease, or None while the store is down: ``Status`` still
+        answers then (this replica's own view). Any other error is a bug and raised."""
         try:
             return self.store.get_lease(LEASE_NAME)
-        except Exception:
+        except StoreUnavailable as exc:
+            self.log.info("status without the leadership lease: %s", exc)
             return None
 
     async def start(self) -> None:

@@ -37,9 +37,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ha_serving._status import ACTIVE, RELEASE_MODES, OperationStatus
 from ha_serving.keeper._analysis import AnalysisPolicy
 from ha_serving.keeper._releases import (
-    ACTIVE,
     Advance,
     Decision,
     Finish,
@@ -50,7 +50,8 @@ from ha_serving.keeper._releases import (
 )
 from ha_serving.store import Instruction, OperationRecord
 
-WEIGHTED = ("canary", "blue_green")
+WEIGHTED = RELEASE_MODES
+"""Operation kinds that are releases (``ha_serving._status.ReleaseMode``)."""
 COMMANDS = ("promote", "pause", "resume", "abort")
 MAX_CHECKS = 20
 """Analysis checks kept in an operation's progress (newest last)."""
@@ -137,7 +138,7 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
         if op.step == 0 and not progress and absent:  # nothing sent yet: nothing to undo
             return [
                 Finish(
-                    "failed",
+                    OperationStatus.FAILED,
                     f"{op.service} does not run on cluster {absent[0]} yet: "
                     f"deploy it there before a {op.kind}",
                 )
@@ -186,20 +187,29 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
         refused = rejection(state, step_op_id(op, ending, c)) if state is not None else None
         if refused is not None:
             return [
-                Finish("failed", f"cluster {c} rejected {step_op_id(op, ending, c)}: {refused}")
+                Finish(
+                    OperationStatus.FAILED,
+                    f"cluster {c} rejected {step_op_id(op, ending, c)}: {refused}",
+                )
             ]
     if ending == "promote":
         for c in targets:
             state = states.get(c)
             if state is not None and rolled_back(state, step_op_id(op, "promote", c)):
-                return [Finish("failed", f"cluster {c} rolled the promotion back")]
+                return [Finish(OperationStatus.FAILED, f"cluster {c} rolled the promotion back")]
     candidate = op.plan if ending == "promote" else None
     if not all(_settled(states.get(c), op.op_id, candidate) for c in targets):
         return []
     if ending == "promote":
-        return [Finish("succeeded")]
-    status = "aborted" if progress.get("reason") == OPERATOR_ABORT else "rolled_back"
-    return [Finish("failed" if progress.get("failed") else status, progress.get("reason"))]
+        return [Finish(OperationStatus.SUCCEEDED)]
+    status = (
+        OperationStatus.ABORTED
+        if progress.get("reason") == OPERATOR_ABORT
+        else OperationStatus.ROLLED_BACK
+    )
+    if progress.get("failed"):
+        status = OperationStatus.FAILED
+    return [Finish(status, progress.get("reason"))]
 
 
 OPERATOR_ABORT = "aborted by the operator"

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ha_serving._errors import UserError
+from ha_serving._status import OperationStatus
 
 JSON = Mapping[str, Any]
 
@@ -55,7 +56,8 @@ class OperationRecord:
     kind: str
     plan: JSON
     step: int = 0
-    status: str = "pending"
+    status: OperationStatus = OperationStatus.PENDING
+    """Moves by ``ha_serving._status.OPERATION_TRANSITIONS`` (``Store.advance_operation``)."""
     epoch: int = 0
     version: int = 0  # 0: not stored yet
     error: str | None = None
@@ -77,7 +79,12 @@ class OperationRecord:
 
     def to_record(self) -> dict[str, Any]:
         progress = None if self.progress is None else dict(self.progress)
-        return {**asdict(self), "plan": dict(self.plan), "progress": progress}
+        return {
+            **asdict(self),
+            "plan": dict(self.plan),
+            "progress": progress,
+            "status": str(self.status),  # the plain value: a driver needs no enum
+        }
 
     @classmethod
     def from_record(cls, row: Mapping[Any, Any]) -> OperationRecord:
@@ -87,7 +94,7 @@ class OperationRecord:
             kind=row["kind"],
             plan=row["plan"],
             step=int(row["step"]),
-            status=row["status"],
+            status=OperationStatus(row["status"]),
             epoch=int(row["epoch"]),
             version=int(row["version"]),
             error=row["error"],

@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.store._schema import (
     appmaster_state,
     events,
@@ -31,7 +32,8 @@ from ha_serving.store._schema import (
     services,
 )
 
-ACTIVE = ("pending", "running")
+_ACTIVE = sorted(str(s) for s in ACTIVE)
+"""``ACTIVE`` as plain values, for SQL."""
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 Cutoff = sa.ColumnElement[float]
@@ -46,7 +48,7 @@ def prune_operations(conn: Connection, cutoff: Cutoff, batch: int) -> int:
     for service in conn.execute(sa.select(c.service).distinct()).scalars():
         latest = conn.execute(
             sa.select(c.op_id)
-            .where(c.service == service, c.status != "superseded")
+            .where(c.service == service, c.status != OperationStatus.SUPERSEDED.value)
             .order_by(c.created_at.desc(), c.op_id.desc())
             .limit(1)
         ).scalar_one_or_none()
@@ -54,7 +56,7 @@ def prune_operations(conn: Connection, cutoff: Cutoff, batch: int) -> int:
             keep.add(latest)
     query = (
         sa.select(c.op_id)
-        .where(c.status.not_in(ACTIVE), c.updated_at < cutoff)
+        .where(c.status.not_in(_ACTIVE), c.updated_at < cutoff)
         .order_by(c.updated_at, c.op_id)
         .limit(batch)
     )
@@ -65,7 +67,7 @@ def prune_operations(conn: Connection, cutoff: Cutoff, batch: int) -> int:
         return 0
     deleted = conn.execute(
         sa.delete(operations).where(
-            c.op_id.in_(doomed), c.status.not_in(ACTIVE), c.updated_at < cutoff
+            c.op_id.in_(doomed), c.status.not_in(_ACTIVE), c.updated_at < cutoff
         )
     )
     return int(deleted.rowcount)

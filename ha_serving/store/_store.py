@@ -24,6 +24,7 @@ from ha_serving._errors import (
     StoreUnavailable,
     UnknownService,
 )
+from ha_serving._status import ACTIVE, OPERATION_TRANSITIONS, OperationStatus, check_move
 from ha_serving.store import _catalog, _control, _lease, _retention
 from ha_serving.store._catalog import Endpoint
 from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
@@ -309,7 +310,7 @@ class Store:
         if service is not None:
             query = query.where(c.service == service)
         if status is not None:
-            query = query.where(c.status == status)
+            query = query.where(c.status == str(status))
         if op_id is not None:
             query = query.where(c.op_id == op_id)
         if after is not None:
@@ -326,7 +327,7 @@ class Store:
         *,
         expected_version: int,
         step: int | None = None,
-        status: str | None = None,
+        status: OperationStatus | None = None,
         error: str | None = None,
         epoch: int | None = None,
         progress: Mapping[str, Any] | None = None,
@@ -335,15 +336,15 @@ class Store:
         """Record progress if the row is still at ``expected_version``, else
         ``ConflictError``. Fields left None keep their value (so a recorded error survives
         later status changes); ``epoch`` records the leader that made the progress, and
-        with ``fence`` (a lease name) the write needs that lease still at ``epoch``."""
+        with ``fence`` (a lease name) the write needs that lease still at ``epoch``.
+        A ``status`` its table (``ha_serving._status``) does not allow from the stored
+        one raises ``IllegalTransition`` and writes nothing."""
         changes: dict[str, Any] = {
             "version": operations.c.version + 1,
             "updated_at": self._now_sql(),
         }
         if step is not None:
             changes["step"] = step
-        if status is not None:
-            changes["status"] = status
         if error is not None:
             changes["error"] = error
         if epoch is not None:
@@ -355,6 +356,14 @@ class Store:
                 if epoch is None:
                     raise ValueError("a fenced write needs the writer's epoch")
                 self._fence(conn, fence, epoch)
+            current = self._operation(conn, op_id)  # UnknownOperation if gone
+            if current.version != expected_version:
+                raise ConflictError("operations", op_id, expected_version, current.version)
+            if status is not None:
+                moved = check_move(
+                    f"operation {op_id}", OPERATION_TRANSITIONS, current.status, status
+                )
+                changes["status"] = str(moved)
             updated = conn.execute(
                 sa.update(operations)
                 .where(operations.c.op_id == op_id, operations.c.version == expected_version)
@@ -375,7 +384,7 @@ class Store:
                 sa.update(operations)
                 .where(
                     operations.c.op_id == op_id,
-                    operations.c.status.in_(("pending", "running")),
+                    operations.c.status.in_(sorted(str(s) for s in ACTIVE)),
                 )
                 .values(command=command)
             )

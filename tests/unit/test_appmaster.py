@@ -613,6 +613,96 @@ def test_release_instructions_are_fenced_and_idempotent(h: Harness) -> None:
     run(scenario())
 
 
+def test_ending_a_release_that_is_not_running_is_rejected_with_the_reason(h: Harness) -> None:
+    """A promote or abort aimed at a release that does not run here changes nothing and is
+    rejected with a one-line reason (the leader fails the operation with it), never
+    recorded as applied: a promote of one never started, of one other than the running
+    one, or of one aborted already."""
+
+    async def scenario() -> None:
+        take = h.core.take_instruction
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        before = h.core.state
+        promote9 = {"kind": "promote", "op": "canary-9"}
+        assert await take(1, promote9, op_id="canary-9#promote@a", epoch=1) == "rejected"
+        assert h.core.state is not None
+        consumed = {"rejected": {}, "last_instruction": 0, "highest_epoch": 0}
+        assert h.core.state.model_copy(update=consumed) == before  # nothing else changed
+        body = _release(h, "echo_v2", "canary-1", "canary", 2, 10)
+        assert await take(2, body, op_id="canary-1#0@a", epoch=1) == "applied"
+        await h.converge()
+        promote2 = {"kind": "promote", "op": "canary-2"}
+        assert await take(3, promote2, op_id="canary-2#promote@a", epoch=1) == "rejected"
+        abort1 = {"kind": "abort", "op": "canary-1"}
+        assert await take(4, abort1, op_id="canary-1#abort@a", epoch=1) == "applied"
+        promote1 = {"kind": "promote", "op": "canary-1"}
+        assert await take(5, promote1, op_id="canary-1#promote@a", epoch=1) == "rejected"
+        await h.converge()
+        state = h.core.state
+        assert state is not None
+        assert state.rejected == {
+            "canary-9#promote@a": "invalid instruction: cannot promote release canary-9: it never "
+            "ran here, no release runs",
+            "canary-2#promote@a": "invalid instruction: cannot promote release canary-2: it never "
+            "ran here, release canary-1 runs",
+            "canary-1#promote@a": "invalid instruction: cannot promote release canary-1: it was "
+            "aborted here, no release runs",
+        }
+        assert not set(state.rejected) & set(state.applied_ops)
+        assert state.desired.version == "v1"
+        assert _groups(h) == {"stable": {"v1"}}
+
+    run(scenario())
+
+
+def test_an_abort_of_a_release_it_aborted_itself_is_in_effect_not_rejected(
+    h: Harness,
+) -> None:
+    """A failing canary is aborted by the AppMaster itself; the leader's abort that
+    follows finds it in effect (said so in the audit trail), so the operation ends as
+    rolled back, not as failed by a rejection."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        body = _release(h, "sick", "canary-1", "canary", 2, 20)
+        body["spec"] = spec(version="sick").model_dump(mode="json")
+        await h.core.take_instruction(1, body, op_id="canary-1#0@a", epoch=1)
+        await h.converge()
+        abort = {"kind": "abort", "op": "canary-1"}
+        outcome = await h.core.take_instruction(2, abort, op_id="canary-1#abort@a", epoch=1)
+        assert outcome == "duplicate"
+        state = h.core.state
+        assert state is not None
+        assert state.rejected == {}
+        assert state.history[-1].status == "rolled_back"
+        assert state.ended_releases == {"canary-1": "aborted"}
+        events = [e for e in h.store.list_events(service="echo") if e.kind == "abort"]
+        assert [e.detail for e in events] == [
+            {"kind": "abort", "op": "canary-1", "in_effect": True}
+        ]
+
+    run(scenario())
+
+
+def test_an_action_the_bookkeeper_does_not_know_raises_instead_of_being_dropped(
+    h: Harness,
+) -> None:
+    """``_book`` handles each state-only action; anything else reaching it is a bug and
+    raises (the round crashes loudly) rather than falling through unchanged."""
+    from ha_serving.appmaster._planner import StartProxy
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        before = h.core.state
+        with pytest.raises(AssertionError):
+            await h.core._book(StartProxy("echo-p9"))  # type: ignore[arg-type]
+        assert h.core.state == before
+
+    run(scenario())
+
+
 def _body(h: Harness, kind: str, **spec_changes: Any) -> dict[str, Any]:
     """An instruction body as the leader builds it (``cluster_body``)."""
     return {

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from ha_serving._settings import AppMasterSettings
 from ha_serving._spec import Revision
 from ha_serving.appmaster import AppMasterCore, IllegalTransition, JobState, plan
-from ha_serving.appmaster._actions import WITHDRAW_S
 from ha_serving.appmaster._actor import worker_spec
 from ha_serving.appmaster._planner import (
     Observed,
@@ -34,6 +34,9 @@ from ha_serving.store import Store
 from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.clock import FakeClock
 from tests.unit.test_appmaster import Harness, spec
+
+WITHDRAW_S = AppMasterSettings().withdraw_s
+"""The harness's cores run with the default AppMaster settings."""
 
 NOW = 1_000_000.0
 P0, P1 = "echo-p0", "echo-p1"

@@ -59,6 +59,7 @@ from ha_serving.runtime import ActorSpec
 from ha_serving.store import ClusterRecord, Store
 from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.clock import FakeClock
+from tests.store_contract import finish_operation
 from tests.unit.fixtures.dataplane import Stack, running_stack
 from tests.unit.test_appmaster import grant_epochs
 
@@ -304,8 +305,7 @@ def _fenced_run(tmp_path: Path) -> tuple[list[ControlEvent], FinalState]:
         return json.dumps({"name": "drill", "version": "1", "code": code, "config": {"seq": seq}})
 
     def finish(op_id: str, status: str) -> None:
-        op = store.get_operation(op_id)
-        store.advance_operation(op_id, expected_version=op.version, status=status)
+        finish_operation(store, op_id, status)
 
     def instruct(n: int, op_id: str, epoch: int) -> str:
         plan = store.get_operation(op_id).plan

@@ -16,7 +16,8 @@ import pytest
 from ha_serving._settings import ClientSettings
 from ha_serving._wire import RETRY_SAFE_KEY
 from ha_serving.client import AsyncClient, CallError, Client, RetryBudget
-from ha_serving.client._client import _retry_safe
+from ha_serving.client._client import _Core, _Pause, _retry_safe, _Try, _Wait
+from ha_serving.proto.serving_pb2 import CallReply
 from tests.unit.fixtures.dataplane import Stack, running_stack, seeded
 
 DEAD = "127.0.77.254:1"  # nothing listens on port 1: connection refused, never sent
@@ -288,3 +289,100 @@ def test_async_client_retries_safe_failures_like_the_blocking_one(
 
     assert asyncio.run(scenario()) == ["v1"] * 11
     assert len(serving.caller.calls) == 12
+
+
+# --- the call loop, decided without I/O -----------------------------------------------
+
+
+class Failed:
+    """A failed try as gRPC reports it: a code, its details, the proxy's trailers."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, safe: str | None = None) -> None:
+        self._code, self._details = code, details
+        self._trailers = () if safe is None else ((RETRY_SAFE_KEY, safe),)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailers
+
+
+def _core(addresses: list[str]) -> _Core[None]:
+    return _Core(
+        addresses,
+        settings=FAST,
+        timeout_s=None,
+        retry_budget=None,
+        rng=seeded(1),
+        open_channel=lambda _address: (None, None),
+    )
+
+
+def test_the_call_loop_tries_another_endpoint_after_a_safe_failure_without_any_io() -> None:
+    """The loop both clients drive: a retry-safe failure pauses, then tries an endpoint
+    not tried yet; the reply ends the loop as its value and marks the endpoint up."""
+    core = _core(["a:1", "b:1"])
+    loop = core.attempts(core.deadline(5.0))
+    first = next(loop)
+    assert isinstance(first, _Try)
+    assert 4.0 < first.timeout <= 5.0
+    core.end(first.endpoint)
+    refused = Failed(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+    pause = loop.send(refused)
+    assert isinstance(pause, _Pause)
+    assert core.endpoints[first.endpoint.address].down_until > core.clock()
+    second = loop.send(None)
+    assert isinstance(second, _Try)
+    assert second.endpoint.address != first.endpoint.address
+    reply = CallReply(payload=b'"ok"', instance_id="i1")
+    with pytest.raises(StopIteration) as done:
+        loop.send(reply)
+    assert done.value.value is reply
+
+
+def test_the_call_loop_hands_an_unsafe_failure_to_the_caller_at_once() -> None:
+    """A failure that may have reached user code is the caller's CallError, never a
+    pause and another try."""
+    core = _core(["a:1", "b:1"])
+    loop = core.attempts(core.deadline(5.0))
+    step = next(loop)
+    assert isinstance(step, _Try)
+    with pytest.raises(CallError) as caught:
+        loop.send(Failed(grpc.StatusCode.UNKNOWN, "boom in user code", safe="0"))
+    assert caught.value.code == "UNKNOWN"
+
+
+def test_the_call_loop_waits_for_a_first_endpoint_within_its_deadline() -> None:
+    core = _core([])
+    loop = core.attempts(core.deadline(2.0))
+    wait = next(loop)
+    assert isinstance(wait, _Wait)
+    assert 1.5 < wait.seconds <= 2.0
+    core.replace(["a:1"])
+    step = loop.send(None)
+    assert isinstance(step, _Try)
+    assert step.endpoint.address == "a:1"
+
+
+def test_an_event_loop_waiting_for_endpoints_is_woken_from_another_thread() -> None:
+    """AsyncClient waits for discovery's first answer on its own loop: the answer, set
+    from discovery's thread, wakes it through that loop; no answer times it out."""
+    core = _core([])
+
+    async def scenario() -> tuple[bool, float, bool]:
+        threading.Timer(0.2, core.replace, args=(["a:1"],)).start()
+        started = time.monotonic()
+        woken = await core.has_endpoints.wait_async(5.0)
+        took = time.monotonic() - started
+        core.replace([])
+        timed_out = await core.has_endpoints.wait_async(0.05)
+        return woken, took, timed_out
+
+    woken, took, timed_out = asyncio.run(scenario())
+    assert woken
+    assert 0.15 < took < 1.0
+    assert not timed_out

@@ -17,7 +17,7 @@ from ha_serving._errors import HAServingError, UserError
 from ha_serving.cli import app, main
 from ha_serving.cli._clusters import Registration, parse_registration, usage_of
 from ha_serving.store import ClusterRecord, OperationRecord, Store
-from tests.store_contract import Backend
+from tests.store_contract import Backend, finish_operation
 
 GOOD = ["--gcs", "127.0.0.1:1", "--dashboard", "http://127.0.0.1:2", "--tier", "t1"]
 
@@ -257,9 +257,9 @@ def _place(store: Store, service: str, clusters: list[str], op_id: str, status: 
         kind="deploy",
         plan={"clusters": [{"name": c, "instances": 1, "weight": 100} for c in clusters]},
     )
-    stored = store.create_operation(op)
+    store.create_operation(op)
     if status != "pending":
-        store.advance_operation(op_id, expected_version=stored.version, status=status)
+        finish_operation(store, op_id, status)
 
 
 def test_remove_an_unused_cluster(db: str) -> None:

@@ -187,3 +187,35 @@ def test_status_names_the_keeper_not_its_instance() -> None:
     assert keeper_of("k1#0123456789ab") == "k1"
     assert keeper_of("k1") == "k1"
     assert keeper_of(None) == ""
+
+
+def test_status_answers_without_the_lease_only_while_the_store_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Status`` reports this replica's own view when the lease cannot be read because
+    the store is down; any other failure to read it is a bug and is raised, not hidden
+    behind a "no leader" answer."""
+    import asyncio
+
+    from ha_serving._settings import KeeperSettings
+    from ha_serving.keeper._server import KeeperServer
+    from ha_serving.proto import keeper_pb2
+
+    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
+    server = KeeperServer(store, "k1", "127.0.0.1:1", KeeperSettings())
+    request = keeper_pb2.StatusRequest()
+
+    def down(_name: str) -> None:
+        raise StoreUnavailable("state store: connection refused")
+
+    monkeypatch.setattr(store, "get_lease", down)
+    status = asyncio.run(server.Status(request, None))  # type: ignore[arg-type]
+    assert (status.keeper_id, status.leader, status.epoch, status.leader_id) == ("k1", False, 0, "")
+
+    def bug(_name: str) -> None:
+        raise KeyError("holder")
+
+    monkeypatch.setattr(store, "get_lease", bug)
+    with pytest.raises(KeyError, match="holder"):
+        asyncio.run(server.Status(request, None))  # type: ignore[arg-type]
+    store.close()

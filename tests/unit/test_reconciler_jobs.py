@@ -7,10 +7,11 @@ import itertools
 import json
 from pathlib import Path
 
+from ha_serving._settings import KeeperSettings
 from ha_serving.backend import make_package
 from ha_serving.keeper import Leadership
 from ha_serving.keeper._control_api import deploy
-from ha_serving.keeper._reconciler import HEARTBEAT_STALE_S, Reconciler
+from ha_serving.keeper._reconciler import Reconciler
 from ha_serving.store import ClusterRecord, Store
 from ha_serving.util.clock import FakeClock
 from tests.unit.test_appmaster import FIXTURES, spec
@@ -43,14 +44,8 @@ def test_a_refused_submission_is_retried_after_submit_retry_s_and_an_accepted_on
     leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
     leadership.tick()
     jobs = FlakyJobs(refusals=3, clock=clock)
-    reconciler = Reconciler(
-        store,
-        leadership,
-        jobs,
-        resubmit_s=30.0,
-        submit_retry_s=1.0,
-        monotonic=clock.monotonic,
-    )
+    settings = KeeperSettings(resubmit_s=30.0, submit_retry_s=1.0)
+    reconciler = Reconciler(store, leadership, jobs, settings=settings, clock=clock)
     body = spec(instances=1).model_dump(mode="json")
     body["placement"] = {"clusters": [{"name": "a"}]}
     deploy(store, json.dumps(body), make_package(FIXTURES / "echo_v1").data, kind="deploy")
@@ -77,7 +72,8 @@ def test_an_appmaster_that_linked_and_then_went_silent_gets_a_job_at_once(
     leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
     leadership.tick()
     jobs = FlakyJobs(refusals=0, clock=clock)
-    reconciler = Reconciler(store, leadership, jobs, resubmit_s=30.0, monotonic=clock.monotonic)
+    settings = KeeperSettings(resubmit_s=30.0)
+    reconciler = Reconciler(store, leadership, jobs, settings=settings, clock=clock)
     body = spec(instances=1).model_dump(mode="json")
     body["placement"] = {"clusters": [{"name": "a"}]}
     deploy(store, json.dumps(body), make_package(FIXTURES / "echo_v1").data, kind="deploy")
@@ -92,4 +88,4 @@ def test_an_appmaster_that_linked_and_then_went_silent_gets_a_job_at_once(
         clock.advance(0.5)
         reconciler._ensure_appmasters()
         assert clock.monotonic() - killed < 30, "resubmitted only after resubmit_s"
-    assert jobs.accepted[1] - killed <= HEARTBEAT_STALE_S + 0.5
+    assert jobs.accepted[1] - killed <= settings.heartbeat_stale_s + 0.5

@@ -26,9 +26,7 @@ def test_the_leader_prunes_a_bounded_batch_every_prune_period(tmp_path: Path) ->
         leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
         leadership.tick()
         retention = KeeperSettings(retention_s=3600, prune_period_s=60, prune_batch=2)
-        reconciler = Reconciler(
-            store, leadership, NoJobs(), monotonic=clock.monotonic, retention=retention
-        )
+        reconciler = Reconciler(store, leadership, NoJobs(), clock=clock, settings=retention)
         for n in range(5):
             store.append_event("drill", detail={"n": n})
         clock.advance(3000)

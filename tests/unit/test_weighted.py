@@ -53,9 +53,7 @@ class ControlPlane:
             store.register_cluster(ClusterRecord(name, f"127.0.{n}.250:1", None, f"z{n}"))
         self.leadership = Leadership(store, "k1", ttl_s=1e6, clock=self.clock)
         self.leadership.tick()
-        self.reconciler = Reconciler(
-            store, self.leadership, NoJobs(), scraper=scraper, monotonic=clock.monotonic
-        )
+        self.reconciler = Reconciler(store, self.leadership, NoJobs(), scraper=scraper, clock=clock)
         self.runtimes = {c: FakeRuntime() for c in CLUSTERS}
         self.cores = {c: self._core(c) for c in CLUSTERS}
         self.weights: list[dict[str, int]] = []
