@@ -235,6 +235,17 @@ class KeeperSettings(_Group):
     even when a backlog of history waits."""
 
 
+class AutoscaleSettings(_Group):
+    reading_period_s: float = Field(default=1.0, gt=0, le=60)
+    """Seconds between two readings of a service's proxies (in-flight calls, answered
+    calls, latency) by its AppMaster, each followed by a decision. Knative's autoscaler
+    reads every 2 s; 1 s lets a 6 s panic window hold 6 readings."""
+
+    metrics_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """A proxy whose figures take longer is left out of that reading (a reading needs
+    at least one proxy's, or no decision is taken)."""
+
+
 class Settings(_Group):
     stack: StackSettings = StackSettings()
     """The local stack `up` starts: run directory, Ray clusters and nodes, their port
@@ -250,6 +261,9 @@ class Settings(_Group):
     client: ClientSettings = ClientSettings()
     """The client SDK: overall deadline, attempts, the retry budget and back-off, how long
     a failing endpoint is skipped, and the largest reply."""
+    autoscale: AutoscaleSettings = AutoscaleSettings()
+    """The AppMasters' autoscalers: how often they read their proxies' figures. The
+    policies themselves are each service's (its spec's ``autoscaling`` section)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,10 @@ class AutoscalingPolicy(_Spec):
     predictive: PredictivePolicy | None = None
     """Also scale out ahead of a forecast of the request rate (None: reactive only)."""
 
+    def clamp(self, count: int) -> int:
+        """``count`` within ``min_instances..max_instances``."""
+        return min(max(count, self.min_instances), self.max_instances)
+
     @model_validator(mode="after")
     def _consistent(self) -> AutoscalingPolicy:
         if self.min_instances > self.max_instances:
@@ -222,6 +227,13 @@ class ServiceSpec(_Spec):
     """Instances follow the load (None: ``instances`` is fixed). ``instances`` is then
     the starting count; an update that changes only this section changes no instance."""
 
+    def scaled(self, autoscaled: int | None) -> int:
+        """Instances to run: ``instances``, or with autoscaling the autoscaler's count
+        (``autoscaled``; None before its first decision) within its bounds."""
+        if self.autoscaling is None:
+            return self.instances
+        return self.autoscaling.clamp(self.instances if autoscaled is None else autoscaled)
+
     @model_validator(mode="after")
     def _autoscaling_fits(self) -> ServiceSpec:
         a = self.autoscaling
@@ -269,6 +281,17 @@ class Revision(_Spec):
             other.import_path,
             other.version,
         )
+
+
+def scaled_instances(spec: Mapping[str, Any], autoscaled: object) -> int:
+    """``ServiceSpec.scaled`` for a spec read as JSON (the Keeper reads AppMaster states
+    and instructions as documents): the one rule for how many instances a job runs."""
+    found = spec.get("autoscaling")
+    count = spec.get("instances", 1)
+    if not isinstance(found, Mapping) or not isinstance(count, int):
+        return int(count)
+    policy = AutoscalingPolicy.model_validate(found)
+    return policy.clamp(autoscaled if isinstance(autoscaled, int) else count)
 
 
 def parse_spec(data: object, *, source: str = "spec") -> ServiceSpec:

@@ -12,7 +12,7 @@ one, which can scale out at once but scales in only after a full window again.
 - **Stable mode.** The in-flight figure averaged over ``stable_window_s`` (60 s)
   divided by ``target_inflight`` is the count wanted.
 - **Panic mode.** When the average over ``panic_window_s`` (6 s) asks for
-  ``panic_threshold`` (2x) the current count or more, the service panics for a stable
+  ``panic_threshold`` (2x) the instances serving or more, the service panics for a stable
   window: the count follows the *highest* in-flight reading of the panic window, and
   never goes down. Using the peak, not the mean, is this module's change to KPA: the
   mean of a 6 s window reaches a step's height only 6 s after it, the peak at once.
@@ -30,7 +30,8 @@ one, which can scale out at once but scales in only after a full window again.
 - Every result is clamped to ``min_instances..max_instances``.
 
 Modes (``Decision.mode``): ``stable``, ``panic``, ``latency``, ``forecast`` (the
-forecast raised the count), ``bounds`` (the clamp changed it), ``hold``.
+forecast raised the count), ``bounds`` (the policy asked for no change, but the count
+was outside ``min_instances..max_instances``, after an update moved them), ``hold``.
 
 The module does no I/O and reads no clock; ``now`` is the caller's monotonic seconds.
 """
@@ -98,14 +99,18 @@ def decide(
     reading: Reading,
     current: int,
     *,
+    ready: int | None = None,
     forecast: int | None = None,
 ) -> tuple[ScalerMemory, Decision]:
     """The count of instances wanted after ``reading``, given ``current`` (the count
-    decided last), and what to remember for the next reading."""
+    decided last) and ``ready`` (instances serving; default ``current``), and what to
+    remember for the next reading."""
     now = reading.at
     readings = _within((*memory.readings, reading), now - policy.stable_window_s)
     memory = replace(memory, readings=readings, since=now if memory.since is None else memory.since)
-    memory, want, mode, why = _reactive(policy, memory, current)
+    memory, want, mode, why = _reactive(
+        policy, memory, current, current if ready is None else ready
+    )
     memory, want, mode, why = _latency(policy, memory, current, (want, mode, why))
     if forecast is not None and forecast > want:
         mode, want = "forecast", forecast
@@ -114,9 +119,9 @@ def decide(
         memory, asked=(*_recent(memory.asked, now - policy.scale_down_delay_s), (now, want))
     )
     desired, why = _scale_in(policy, memory, current, want, why)
-    clamped = min(max(desired, policy.min_instances), policy.max_instances)
+    clamped = policy.clamp(desired)
     if clamped != desired:
-        mode = "bounds" if clamped != current else mode
+        mode = "bounds" if desired == current else mode  # moved by the bounds alone
         why = f"{why}; within {policy.min_instances}..{policy.max_instances}"
     if clamped == current and mode != "panic":
         mode = "hold"
@@ -125,9 +130,11 @@ def decide(
 
 
 def _reactive(
-    policy: AutoscalingPolicy, memory: ScalerMemory, current: int
+    policy: AutoscalingPolicy, memory: ScalerMemory, current: int, ready: int
 ) -> tuple[ScalerMemory, int, Mode, str]:
-    """Stable and panic modes: the count the in-flight figures ask for."""
+    """Stable and panic modes: the count the in-flight figures ask for. Panic is judged
+    against the instances serving, as KPA's is against ready pods: a count raised by
+    stable mode whose instances are still starting does not make a burst look smaller."""
     now = memory.readings[-1].at
     target = policy.target_inflight
     stable_avg = sum(r.inflight for r in memory.readings) / len(memory.readings)
@@ -142,7 +149,7 @@ def _reactive(
         want = min(current, _count(stable_avg / (target * (1 - policy.scale_down_tolerance))))
 
     panic_until = memory.panic_until
-    if panic_avg / target >= policy.panic_threshold * max(current, 1):
+    if panic_avg / target >= policy.panic_threshold * max(ready, 1):
         panic_until = now + policy.stable_window_s
     if now < panic_until:
         panicked = max(want, current, _count(peak / target))

@@ -50,7 +50,9 @@ class Sim:
         for k in range(seconds):
             t = t0 + k
             seen = min(load(t), self.serving(t) * self.max_concurrency)
-            self.memory, d = decide(self.policy, self.memory, Reading(t, seen), self.current)
+            self.memory, d = decide(
+                self.policy, self.memory, Reading(t, seen), self.current, ready=self.serving(t)
+            )
             self.decisions.append(d)
             if d.desired != self.current:
                 self.current = d.desired
