@@ -495,11 +495,16 @@ class Store:
                 raise RuntimeError("the DB did not report the new event's id")
             return int(key[0])
 
-    def list_events(self, *, service: str | None = None, limit: int = 100) -> list[EventRecord]:
-        """The latest ``limit`` events, optionally of one service, newest last."""
+    def list_events(
+        self, *, service: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        """The latest ``limit`` events, optionally of one service and one kind, newest
+        last."""
         query = sa.select(events).order_by(events.c.id.desc()).limit(limit)
         if service is not None:
             query = query.where(events.c.service == service)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
         with self._tx() as conn:
             rows = conn.execute(query).all()
         return [EventRecord.from_record(row._mapping) for row in reversed(rows)]
