@@ -336,6 +336,17 @@ class AppMasterSettings(_Group):
     """Seconds on top of a drain grace period that a stop call may take to answer."""
 
 
+class AutoscaleSettings(_Group):
+    reading_period_s: float = Field(default=1.0, gt=0, le=60)
+    """Seconds between two readings of a service's proxies (in-flight calls, answered
+    calls, latency) by its AppMaster, each followed by a decision. Knative's autoscaler
+    reads every 2 s; 1 s lets a 6 s panic window hold 6 readings."""
+
+    metrics_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """A proxy whose figures take longer is left out of that reading (a reading needs
+    at least one proxy's, or no decision is taken)."""
+
+
 class Settings(_Group):
     stack: StackSettings = StackSettings()
     """The local stack `up` starts: run directory, Ray clusters and nodes, their port
@@ -356,6 +367,9 @@ class Settings(_Group):
     timeouts, the retry of failed instances and the withdrawal of surplus proxies. An
     AppMaster actor runs with the defaults (it is started with no settings of its own),
     as its link runs with the default ``keeper`` ones."""
+    autoscale: AutoscaleSettings = AutoscaleSettings()
+    """The AppMasters' autoscalers: how often they read their proxies' figures. The
+    policies themselves are each service's (its spec's ``autoscaling`` section)."""
 
     @model_validator(mode="after")
     def _groups_agree(self) -> Self:

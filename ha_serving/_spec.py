@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,95 @@ class RolloutPolicy(_Spec):
 
     failure_threshold: int = Field(default=3, ge=1)
     """Failed instance updates in one rollout before it rolls back automatically."""
+
+
+class PredictivePolicy(_Spec):
+    """Scale out ahead of a forecast: a Holt-Winters model of the service's own request
+    rate (its history in the store), one step per ``step_s``, one season per
+    ``season_s``. It only ever raises the reactive count, never lowers it."""
+
+    step_s: float = Field(default=60.0, ge=10, le=3600)
+    """Seconds per rate sample kept in the store and per step of the model."""
+
+    season_s: float = Field(default=86_400.0, ge=60, le=7 * 86_400)
+    """Length of the load's cycle (a day by default), a whole number of steps."""
+
+    min_seasons: int = Field(default=2, ge=2, le=10)
+    """Whole seasons of history needed before the forecast is used (Holt-Winters needs
+    two to tell the season from the trend)."""
+
+    @model_validator(mode="after")
+    def _whole_season(self) -> PredictivePolicy:
+        steps = self.season_s / self.step_s
+        if abs(steps - round(steps)) > 1e-9 or round(steps) < 2:
+            raise ValueError(
+                f"season_s {self.season_s:g} must be 2 or more whole steps of {self.step_s:g} s"
+            )
+        if round(steps) * self.min_seasons > 20_000:
+            raise ValueError("season_s / step_s * min_seasons must be at most 20000 samples")
+        return self
+
+
+class AutoscalingPolicy(_Spec):
+    """Instances follow the load, within ``min_instances..max_instances`` (see
+    docs/autoscaling.md). Defaults are Knative's KPA's where it has one."""
+
+    min_instances: int = Field(default=1, ge=1, le=5000)
+    """Fewest instances, whatever the load (no scale to zero: nothing holds calls while
+    a first instance starts)."""
+
+    max_instances: int = Field(default=10, ge=1, le=5000)
+    """Most instances, whatever the load."""
+
+    target_inflight: float = Field(default=8.0, gt=0, le=10_000)
+    """In-flight calls per instance the autoscaler aims for; below ``max_concurrency``,
+    so proxies are not shedding load while instances start."""
+
+    target_p99_ms: float | None = Field(default=None, gt=0, le=600_000)
+    """If set, a p99 latency above it (over the panic window) also scales out."""
+
+    stable_window_s: float = Field(default=60.0, ge=6, le=3600)
+    """Seconds of in-flight figures averaged for ordinary decisions (KPA: 60 s)."""
+
+    panic_window_s: float = Field(default=6.0, ge=1, le=600)
+    """Seconds averaged to notice a burst (KPA: 6 s, a tenth of the stable window)."""
+
+    panic_threshold: float = Field(default=2.0, gt=1, le=100)
+    """Panic when the panic window asks for this many times the current instances
+    (KPA: 200 %); in panic the autoscaler only scales out."""
+
+    scale_down_delay_s: float = Field(default=300.0, ge=0, le=3600)
+    """A scale-in takes the highest count asked for over this many seconds, so a dip
+    shorter than it changes nothing."""
+
+    scale_down_tolerance: float = Field(default=0.1, ge=0, lt=0.5)
+    """Hysteresis: scaling in aims at ``target_inflight * (1 - tolerance)`` per instance,
+    so a load just under a boundary does not flip the count back and forth."""
+
+    instance_start_s: float = Field(default=10.0, gt=0, le=3600)
+    """Expected seconds from a decision to a serving instance: the forecast looks this
+    far ahead, and a latency-driven step waits this long (plus the panic window) to see
+    the effect of the previous one."""
+
+    predictive: PredictivePolicy | None = None
+    """Also scale out ahead of a forecast of the request rate (None: reactive only)."""
+
+    def clamp(self, count: int) -> int:
+        """``count`` within ``min_instances..max_instances``."""
+        return min(max(count, self.min_instances), self.max_instances)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoscalingPolicy:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances {self.min_instances} > max_instances {self.max_instances}"
+            )
+        if self.panic_window_s >= self.stable_window_s:
+            raise ValueError(
+                f"panic_window_s {self.panic_window_s:g} must be shorter than "
+                f"stable_window_s {self.stable_window_s:g}"
+            )
+        return self
 
 
 class Resources(_Spec):
@@ -133,6 +223,34 @@ class ServiceSpec(_Spec):
     placement: Placement = Placement()
     """Multi-cluster placement, used when deploying through the Keepers (default: any 1)."""
 
+    autoscaling: AutoscalingPolicy | None = None
+    """Instances follow the load (None: ``instances`` is fixed). ``instances`` is then
+    the starting count; an update that changes only this section changes no instance."""
+
+    def scaled(self, autoscaled: int | None) -> int:
+        """Instances to run: ``instances``, or with autoscaling the autoscaler's count
+        (``autoscaled``; None before its first decision) within its bounds."""
+        if self.autoscaling is None:
+            return self.instances
+        return self.autoscaling.clamp(self.instances if autoscaled is None else autoscaled)
+
+    @model_validator(mode="after")
+    def _autoscaling_fits(self) -> ServiceSpec:
+        a = self.autoscaling
+        if a is None:
+            return self
+        if not a.min_instances <= self.instances <= a.max_instances:
+            raise ValueError(
+                f"instances {self.instances} outside autoscaling's "
+                f"{a.min_instances}..{a.max_instances}"
+            )
+        if a.target_inflight > self.max_concurrency:
+            raise ValueError(
+                f"autoscaling.target_inflight {a.target_inflight:g} > "
+                f"max_concurrency {self.max_concurrency}: proxies would shed before scaling"
+            )
+        return self
+
     @model_validator(mode="after")
     def _config_is_json(self) -> ServiceSpec:
         try:
@@ -163,6 +281,17 @@ class Revision(_Spec):
             other.import_path,
             other.version,
         )
+
+
+def scaled_instances(spec: Mapping[str, Any], autoscaled: object) -> int:
+    """``ServiceSpec.scaled`` for a spec read as JSON (the Keeper reads AppMaster states
+    and instructions as documents): the one rule for how many instances a job runs."""
+    found = spec.get("autoscaling")
+    count = spec.get("instances", 1)
+    if not isinstance(found, Mapping) or not isinstance(count, int):
+        return int(count)
+    policy = AutoscalingPolicy.model_validate(found)
+    return policy.clamp(autoscaled if isinstance(autoscaled, int) else count)
 
 
 def parse_spec(data: object, *, source: str = "spec") -> ServiceSpec:

@@ -12,6 +12,7 @@ import inspect
 from typing import Any
 
 from ha_serving._wire import RoutingTable
+from ha_serving.proxy import ProxyMetrics
 from ha_serving.runtime import ActorSpec, ActorUnavailable, Runtime
 
 
@@ -84,6 +85,12 @@ class FakeProxy:
         self.stopped = False
         self.stopped_with: float | None = None
         """The grace period ``stop`` was called with."""
+        self.load: dict[str, int] = {}
+        """Calls in flight per instance this fake reports (a test sets it)."""
+        self.metrics = ProxyMetrics(
+            service, inflight=lambda: self.load, routed=lambda: len(self.table.entries)
+        )
+        """A real proxy's metrics: a test records answered calls with ``observe``."""
 
     async def start(self) -> Any:
         from ha_serving.proxy import ProxyEndpoint
@@ -100,7 +107,10 @@ class FakeProxy:
         return self.table.version
 
     async def inflight(self) -> dict[str, int]:
-        return {}
+        return dict(self.load)
+
+    async def metrics_text(self) -> str:
+        return self.metrics.metrics_text()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Like ``ProxyActor.stop``: from now on the proxy takes no call."""

@@ -995,7 +995,13 @@ def pruning_deletes_old_history_but_nothing_still_needed(b: Backend) -> None:
     store.append_event("recent")
 
     first = store.prune(50, batch=1)
-    assert first == {"operations": 1, "instructions": 1, "events": 1, "packages": 1}
+    assert first == {
+        "operations": 1,
+        "instructions": 1,
+        "events": 1,
+        "rate_samples": 0,
+        "packages": 1,
+    }
     while any(store.prune(50, batch=1).values()):
         pass
 
@@ -1009,10 +1015,61 @@ def pruning_deletes_old_history_but_nothing_still_needed(b: Backend) -> None:
     for gone in (only_pruned_op, unnamed):
         with pytest.raises(UnknownPackage):
             store.get_package(gone)
-    assert store.prune(50) == {"operations": 0, "instructions": 0, "events": 0, "packages": 0}
+    assert store.prune(50) == {
+        "operations": 0,
+        "instructions": 0,
+        "events": 0,
+        "rate_samples": 0,
+        "packages": 0,
+    }
 
 
 STORE_CHECKS += [
     operations_page_in_creation_order,
     pruning_deletes_old_history_but_nothing_still_needed,
+]
+
+
+def rate_samples_round_trip_per_step_and_are_pruned(b: Backend) -> None:
+    """A service's rate history is per cluster, oldest first, from ``since``; a step
+    written again is replaced, not duplicated; old steps are pruned in batches."""
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    now = clock.now()
+    for k, rate in enumerate([1.0, 2.0, 3.0]):
+        store.record_rate_sample("echo", "a", now - 300 + 60 * k, rate)
+    store.record_rate_sample("echo", "a", now - 180, 9.5)  # the last step, again
+    store.record_rate_sample("echo", "b", now - 300, 7.0)
+    assert store.list_rate_samples("echo", "a") == [
+        (now - 300, 1.0),
+        (now - 240, 2.0),
+        (now - 180, 9.5),
+    ]
+    assert store.list_rate_samples("echo", "a", since=now - 240) == [
+        (now - 240, 2.0),
+        (now - 180, 9.5),
+    ]
+    assert store.list_rate_samples("echo", "b") == [(now - 300, 7.0)]
+    assert store.prune(200, batch=1)["rate_samples"] == 1
+    assert store.prune(200)["rate_samples"] == 2  # the others older than 200 s
+    assert store.list_rate_samples("echo", "a") == [(now - 180, 9.5)]
+    assert store.list_rate_samples("echo", "b") == []
+
+
+def a_version_5_db_gains_the_rate_samples(b: Backend) -> None:
+    """Migration 6 creates the rate history in a DB an earlier release made."""
+    store = b.connect()
+    store.register_cluster(ClusterRecord("a", "127.0.1.1:12000", None, "z1"))
+    b.execute("DROP TABLE rate_samples")
+    b.execute("UPDATE schema_version SET version = 5")
+    again = b.connect()
+    assert again.schema_version() == SCHEMA_VERSION
+    assert [c.name for c in again.list_clusters()] == ["a"]
+    again.record_rate_sample("echo", "a", 60.0, 1.5)
+    assert again.list_rate_samples("echo", "a") == [(60.0, 1.5)]
+
+
+STORE_CHECKS += [
+    rate_samples_round_trip_per_step_and_are_pruned,
+    a_version_5_db_gains_the_rate_samples,
 ]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ha_serving._errors import ConflictError, HAServingError, InvalidSpec, TransientError
-from ha_serving._settings import AppMasterSettings
+from ha_serving._settings import AppMasterSettings, AutoscaleSettings
 from ha_serving._spec import Revision, ServiceSpec
 from ha_serving._status import RELEASE_MODES, RolloutStatus
 from ha_serving.appmaster._actions import ActionsMixin, ActorFactory
@@ -45,6 +46,7 @@ from ha_serving.appmaster._planner import (
     plan,
     proxy_names,
 )
+from ha_serving.appmaster._scaler import Autoscaler
 from ha_serving.appmaster._state import (
     MAX_APPLIED_OPS,
     JobState,
@@ -215,6 +217,7 @@ class AppMasterCore(ActionsMixin):
         worker_actor: ActorFactory,
         clock: Clock | None = None,
         settings: AppMasterSettings | None = None,
+        autoscale: AutoscaleSettings | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -236,6 +239,15 @@ class AppMasterCore(ActionsMixin):
         """Highest epoch the store's leadership lease was seen at (it only grows)."""
         self.rounds = 0
         self.log = bound("ha_serving.appmaster", cluster=cluster, service=service)
+        self.autoscaler = Autoscaler(
+            store=store,
+            runtime=runtime,
+            cluster=cluster,
+            service=service,
+            clock=self.clock,
+            settings=autoscale or AutoscaleSettings(),
+            log=self.log,
+        )
 
     # --- durable state ----------------------------------------------------------------
 
@@ -337,8 +349,11 @@ class AppMasterCore(ActionsMixin):
                 )
             # the proxies' share of max_concurrency is in the routing table
             resend = spec.max_concurrency != state.spec.max_concurrency
+            # an operator's new count overrides the autoscaler's (it starts from there)
+            rescaled = spec.instances != state.spec.instances
             return state.model_copy(
                 update={
+                    "autoscaled": None if rescaled else state.autoscaled,
                     "spec": spec,
                     "desired": desired,
                     "rollout": rollout,
@@ -531,8 +546,9 @@ class AppMasterCore(ActionsMixin):
         """One observe-plan-act round; True if it did something."""
         if self.state is None and await self.load() is None:
             return False
+        observed = await self.observe(self._state())
+        await self.autoscaler.tick(self._state(), self._mutate)  # saved before acted on
         state = self._state()
-        observed = await self.observe(state)
         actions = plan(state, observed, self.clock.now())
         self.rounds += 1
         await self.execute(actions, observed)
@@ -674,8 +690,19 @@ class AppMasterCore(ActionsMixin):
                 else None
             ),
             "cluster_weight": state.cluster_weight,
+            "autoscale": self._describe_autoscale(state),
             "history": [r.model_dump(mode="json") for r in state.history[-5:]],
             "rounds": self.rounds,
+        }
+
+    def _describe_autoscale(self, state: JobState) -> dict[str, Any] | None:
+        if state.spec.autoscaling is None:
+            return None
+        last = self.autoscaler.last
+        return {
+            "instances": state.spec.scaled(state.autoscaled),
+            "last_change": state.autoscale.model_dump() if state.autoscale else None,
+            "last_decision": dataclasses.asdict(last) if last is not None else None,
         }
 
     async def describe_live(self) -> dict[str, Any]:

@@ -216,6 +216,19 @@ class Release(_Frozen):
     """Percent of this cluster's traffic sent to the candidate group (0..100)."""
 
 
+class AutoscaleChange(_Frozen):
+    """One decision of the autoscaler that changed the count (also an ``autoscale``
+    event in the store)."""
+
+    at: float
+    """Epoch seconds."""
+    current: int
+    desired: int
+    mode: str
+    """stable, panic, latency, forecast or bounds (see ``_autoscale.py``)."""
+    reason: str
+
+
 class JobState(_Frozen):
     """Everything the AppMaster of one service on one cluster knows, persisted."""
 
@@ -259,6 +272,12 @@ class JobState(_Frozen):
     cluster_weight: int | None = None
     """The Keeper's override of this cluster's traffic weight (None: the placement's),
     e.g. 0 while the cluster is drained before it is rolled."""
+    autoscaled: int | None = None
+    """The count the autoscaler decided last (None: the spec's ``instances``); read
+    within the spec's current bounds (``ServiceSpec.scaled``), and reset when an
+    operator's scale changes ``instances``."""
+    autoscale: AutoscaleChange | None = None
+    """The autoscaler's last change of the count, with its reason."""
 
     @property
     def placement_key(self) -> str:
@@ -302,10 +321,11 @@ class JobState(_Frozen):
         return self.desired
 
     def wanted(self) -> int:
-        """Instances this job should have: the spec's, plus blue-green's extra ones."""
+        """Instances this job should have: the spec's (or the autoscaler's), plus
+        blue-green's extra ones."""
         r = self.release
         extra = r.instances if r is not None and r.mode == ReleaseMode.BLUE_GREEN else 0
-        return self.spec.instances + extra
+        return self.spec.scaled(self.autoscaled) + extra
 
     def in_group(self, group: Group) -> list[Instance]:
         return [i for i in self.instances.values() if i.group == group and i.purpose != "remove"]

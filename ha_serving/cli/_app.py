@@ -32,6 +32,7 @@ from ha_serving._errors import (
 from ha_serving._settings import Settings
 from ha_serving._spec import load_yaml
 from ha_serving.backend import make_package
+from ha_serving.cli._autoscale import autoscale_app
 from ha_serving.cli._clusters import add_registry_commands
 from ha_serving.cli._common import (
     RunDir,
@@ -66,6 +67,7 @@ app.add_typer(keeper_app, name="keeper")
 appmaster_app = typer.Typer(no_args_is_help=True, help="The serving job's entrypoint.")
 app.add_typer(appmaster_app, name="appmaster")
 app.add_typer(release_app, name="release")
+app.add_typer(autoscale_app, name="autoscale")
 app.command()(canary)
 app.command()(bluegreen)
 db_app = typer.Typer(no_args_is_help=True, help="Kill or restart the private DB (drills).")

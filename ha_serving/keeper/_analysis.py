@@ -26,6 +26,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
+from ha_serving.util.histogram import quantile_bound
+
 FAILURE_CODES = frozenset(
     {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED"}
 )
@@ -179,16 +181,8 @@ def _delta(before: Sample, after: Sample, group: str) -> GroupSample:
 
 def p99_ms(sample: GroupSample) -> float | None:
     """Upper bound of the bucket holding the 99th percentile, in ms; None if no calls."""
-    bounds = sorted(sample.buckets)
-    if not bounds:
-        return None
-    total = sample.buckets[bounds[-1]]
-    if total <= 0:
-        return None
-    for le in bounds:
-        if sample.buckets[le] >= 0.99 * total:
-            return math.inf if math.isinf(le) else le * 1000.0
-    return math.inf
+    le = quantile_bound(sample.buckets, 0.99)
+    return None if le is None else le * 1000.0  # inf stays inf
 
 
 def analyze(before: Sample, after: Sample, policy: AnalysisPolicy) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ha_serving._spec import ServiceSpec
+from ha_serving._spec import ServiceSpec, scaled_instances
 from ha_serving._status import ACTIVE, OperationStatus, RolloutStatus
 from ha_serving.store import Instruction, OperationRecord
 
@@ -205,7 +205,7 @@ def converged(state: dict[str, Any], body: dict[str, Any]) -> bool:
         and desired.get("version") == spec["version"]
         and desired.get("package") == body["package"]
         and desired.get("config") == spec.get("config", {})
-        and len(instances) == spec["instances"]
+        and len(instances) == scaled_instances(spec, state.get("autoscaled"))
         and all(
             i.get("phase") == "serving" and i.get("running") == desired for i in instances.values()
         )

@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ha_serving._spec import scaled_instances
 from ha_serving._status import ACTIVE, RELEASE_MODES, OperationStatus
 from ha_serving.keeper._analysis import AnalysisPolicy
 from ha_serving.keeper._releases import (
@@ -305,7 +306,7 @@ def _settled(
     spec = state.get("spec") or {}
     return (
         state.get("rollout") is None
-        and len(instances) == spec.get("instances")
+        and len(instances) == scaled_instances(spec, state.get("autoscaled"))
         and all(
             i.get("phase") == "serving"
             and i.get("running") == desired

@@ -11,7 +11,12 @@ from ha_serving.proxy._actor import (
     RayBackendCaller,
     proxy_actor_options,
 )
-from ha_serving.proxy._metrics import LATENCY_BUCKETS, ProxyMetrics
+from ha_serving.proxy._metrics import (
+    LATENCY_BUCKETS,
+    ProxyFigures,
+    ProxyMetrics,
+    read_figures,
+)
 from ha_serving.proxy._router import Router
 from ha_serving.proxy._server import BackendCaller, ProxyServer
 
@@ -20,9 +25,11 @@ __all__ = [
     "BackendCaller",
     "ProxyActor",
     "ProxyEndpoint",
+    "ProxyFigures",
     "ProxyMetrics",
     "ProxyServer",
     "RayBackendCaller",
     "Router",
     "proxy_actor_options",
+    "read_figures",
 ]

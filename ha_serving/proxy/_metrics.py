@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
@@ -142,3 +144,36 @@ class ProxyMetrics:
             if self._http_thread is not None:
                 self._http_thread.join(timeout=5)
             self._http = self._http_thread = None
+
+
+@dataclass(frozen=True)
+class ProxyFigures:
+    """What one proxy's ``/metrics`` says about one service, for the autoscaler."""
+
+    inflight: dict[str, float] = field(default_factory=dict)
+    """Calls in flight per instance."""
+    answered: float = 0.0
+    """Calls answered since the proxy started, any status (a counter)."""
+    buckets: dict[float, float] = field(default_factory=dict)
+    """Latency histogram since the proxy started, summed over methods and version
+    groups: cumulative count per upper bound in seconds (``+Inf`` included)."""
+
+
+def read_figures(text: str, service: str) -> ProxyFigures:
+    """``service``'s in-flight calls, answered calls and latency histogram in a proxy's
+    metrics text (``ProxyMetrics.metrics_text``); ValueError if it does not parse."""
+    inflight: dict[str, float] = {}
+    answered = 0.0
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("service") != service:
+                continue
+            if s.name == "ha_serving_proxy_inflight":
+                inflight[s.labels["instance"]] = s.value
+            elif s.name == "ha_serving_proxy_requests_total":
+                answered += s.value
+            elif s.name == "ha_serving_proxy_request_duration_seconds_bucket":
+                le = float(s.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + s.value
+    return ProxyFigures(inflight, answered, buckets)

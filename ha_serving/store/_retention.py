@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ha_serving._status import ACTIVE, OperationStatus
+from ha_serving.store._rates import prune_rates
 from ha_serving.store._schema import (
     appmaster_state,
     events,
@@ -142,6 +143,7 @@ PRUNERS: tuple[tuple[str, Pruner], ...] = (
     ("operations", prune_operations),
     ("instructions", prune_instructions),
     ("events", prune_events),
+    ("rate_samples", prune_rates),
     ("packages", prune_packages),  # last: what the others dropped names nothing now
 )
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import PlatformError, StoreUnavailable
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The schema version this code reads and writes."""
 
 _MIGRATE_LOCK = "ha_serving_migrate"
@@ -193,8 +193,23 @@ instructions = sa.Table(
 """The leader's instructions to AppMasters, in order; streamed to them by any Keeper.
 Added in schema version 3."""
 
+rate_samples = sa.Table(
+    "rate_samples",
+    metadata,
+    sa.Column("service", NAME, primary_key=True),
+    sa.Column("cluster", CLUSTER, primary_key=True),
+    sa.Column("at", TIME, primary_key=True),  # the start of the sample's step
+    sa.Column("rate", TIME, nullable=False),  # calls answered per second over the step
+    sa.Index("ix_rate_samples_at", "at"),
+    **_MYSQL_TABLE,
+)
+"""Each service's request rate per cluster, one row per step (``autoscaling.predictive.
+step_s``): the history the autoscaler's forecast is fitted to. Added in schema version 6."""
+
 _V1_TABLES = [
-    t for t in metadata.sorted_tables if t.name not in {"packages", "clusters", "instructions"}
+    t
+    for t in metadata.sorted_tables
+    if t.name not in {"packages", "clusters", "instructions", "rate_samples"}
 ]  # what version 1 created, for migration 1
 
 
@@ -254,12 +269,17 @@ def _v5_cluster_tier(conn: Connection) -> None:
         conn.execute(sa.text(add))
 
 
+def _v6_rate_samples(conn: Connection) -> None:
+    rate_samples.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _v1_initial),
     Migration(2, "content-addressed code packages", _v2_packages),
     Migration(3, "cluster registry and Keeper instructions", _v3_keeper),
     Migration(4, "release progress and operator commands on operations", _v4_release_progress),
     Migration(5, "a tier for each registered cluster", _v5_cluster_tier),
+    Migration(6, "request-rate history for the autoscaler's forecast", _v6_rate_samples),
 )
 
 

@@ -25,7 +25,7 @@ from ha_serving._errors import (
     UnknownService,
 )
 from ha_serving._status import ACTIVE, OPERATION_TRANSITIONS, OperationStatus, check_move
-from ha_serving.store import _catalog, _control, _lease, _retention
+from ha_serving.store import _catalog, _control, _lease, _rates, _retention
 from ha_serving.store._catalog import Endpoint
 from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
 from ha_serving.store._engine import (
@@ -504,11 +504,16 @@ class Store:
                 raise RuntimeError("the DB did not report the new event's id")
             return int(key[0])
 
-    def list_events(self, *, service: str | None = None, limit: int = 100) -> list[EventRecord]:
-        """The latest ``limit`` events, optionally of one service, newest last."""
+    def list_events(
+        self, *, service: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        """The latest ``limit`` events, optionally of one service and one kind, newest
+        last."""
         query = sa.select(events).order_by(events.c.id.desc()).limit(limit)
         if service is not None:
             query = query.where(events.c.service == service)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
         with self._tx() as conn:
             rows = conn.execute(query).all()
         return [EventRecord.from_record(row._mapping) for row in reversed(rows)]
@@ -633,6 +638,21 @@ class Store:
         with self._tx() as conn:
             return _control.last_instruction(conn, cluster, service)
 
+    # --- request-rate history (in _rates.py) ------------------------------------------
+
+    def record_rate_sample(self, service: str, cluster: str, at: float, rate: float) -> None:
+        """Record ``service``'s rate on ``cluster`` (calls/s) over the step starting at
+        ``at`` (epoch seconds); a step recorded again is replaced."""
+        with self._tx() as conn:
+            _rates.record_rate(conn, service, cluster, at, rate)
+
+    def list_rate_samples(
+        self, service: str, cluster: str, *, since: float = 0.0
+    ) -> list[tuple[float, float]]:
+        """(step start, rate) of ``service`` on ``cluster`` from ``since`` on, oldest first."""
+        with self._tx() as conn:
+            return _rates.list_rates(conn, service, cluster, since)
+
     # --- retention (in _retention.py) -------------------------------------------------
 
     def prune(self, older_than_s: float, *, batch: int = 500) -> dict[str, int]:
@@ -643,7 +663,8 @@ class Store:
         latest that got anywhere (the leader keeps its AppMasters by it); instructions
         their AppMaster has consumed, but the latest per target (the leader decides by
         it); events; code packages that no service, operation, AppMaster state or
-        instruction left names (a package put again counts as new)."""
+        instruction left names (a package put again counts as new); request-rate samples
+        (the forecast's history: ``retention_s`` must cover its seasons)."""
         if older_than_s < 0 or batch < 1:
             raise ValueError("prune needs older_than_s >= 0 and batch >= 1")
         cutoff = self._now_sql() - older_than_s

@@ -1,0 +1,83 @@
+"""``ha-serving autoscale status SERVICE`` shows each cluster's count and policy and the
+decisions with their reasons, from the store alone (no Keeper or AppMaster needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ha_serving.cli._app import main
+from ha_serving.store import Store
+from ha_serving.testing import FakeRuntime
+from ha_serving.util.clock import FakeClock
+from tests.unit.test_appmaster import Harness, grant_epochs, run, spec
+from tests.unit.test_appmaster_autoscale import AUTO, load, rounds
+
+
+def _autoscaled_store(url: str) -> None:
+    """A service that burst from 2 to 8 instances on cluster a, as the AppMaster left it."""
+    store = Store.connect(url)
+    grant_epochs(store, 6)
+    h = Harness(store, FakeRuntime(), FakeClock())
+
+    async def scenario() -> None:
+        await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-1")
+        await h.converge()
+        load(h, {"echo-0": 40, "echo-1": 40})
+        await rounds(h, 2)
+
+    run(scenario())
+    store.close()
+
+
+def _run(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    monkeypatch.setattr("sys.argv", ["ha-serving", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exited:
+        code = exited.code if isinstance(exited.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    monkeypatch.setenv("HA_SERVING_DB_URL", url)
+    monkeypatch.setenv("COLUMNS", "200")
+    _autoscaled_store(url)
+    return url
+
+
+def test_status_shows_the_count_policy_and_each_decision_with_its_reason(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, text, _ = _run(["autoscale", "status", "echo", "--json"], monkeypatch, capsys)
+    assert code == 0
+    view = json.loads(text)
+    (cluster,) = view["clusters"]
+    assert (cluster["cluster"], cluster["instances"], cluster["spec_instances"]) == ("a", 8, 2)
+    assert cluster["policy"]["max_instances"] == 8
+    assert cluster["last_change"]["mode"] == "panic"
+    (decision,) = view["decisions"]
+    assert (decision["cluster"], decision["current"], decision["desired"]) == ("a", 2, 8)
+    assert decision["reason"].startswith("2 -> 8: panic: in-flight peak 80.0")
+
+    code, table, _ = _run(["autoscale", "status", "echo"], monkeypatch, capsys)
+    assert code == 0
+    assert "1..8" in table
+    assert "panic" in table
+    assert "in-flight peak 80.0" in table
+
+
+def test_an_unknown_service_is_one_error_line_and_exit_2(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(["autoscale", "status", "nope"], monkeypatch, capsys)
+    assert code == 2
+    assert err.strip().splitlines() == ["error: unknown service 'nope'"]
