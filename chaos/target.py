@@ -57,7 +57,7 @@ def keeper_client(topo: infra.Topology, timeout_s: float = 5.0) -> KeeperClient:
 
 
 def store(topo: infra.Topology) -> Store:
-    return Store.connect(topo.db.url, connect_timeout_s=2.0, query_timeout_s=5.0)
+    return Store.connect(topo.db.ref(), connect_timeout_s=2.0, query_timeout_s=5.0)
 
 
 # --- Keepers -------------------------------------------------------------------------

@@ -6,19 +6,21 @@ their own without touching the process environment.
 
 Environment variables (all optional):
 
-=============================  ===============================================
-``HA_SERVING_DB_URL``          external state store (``mysql+pymysql://…`` or ``sqlite:///…``)
-``HA_SERVING_RUN_DIR``         where the local stack keeps data, logs, topology
-``HA_SERVING_CLUSTERS``        how many local Ray clusters ``up`` starts
-``HA_SERVING_MARIADBD``        path of the ``mariadbd``/``mysqld`` binary to use
-``HA_SERVING_REDIS_SERVER``    path of the ``redis-server`` binary to use
-``HA_SERVING_PORT_BASE``       first port of the clusters' port blocks (a second stack)
-``HA_SERVING_DB_PORT``         port of the private DB server
-``HA_SERVING_REDIS_PORT``      port of the private Redis
-``HA_SERVING_KEEPER_TOKEN``    the Keepers' control-API secret (set by `up`)
-``HA_SERVING_KEEPER_TTL``      the Keepers' leader lease in seconds (set by `up`)
-``HA_SERVING_KEEPER_PORT``     the Keepers' control-API port (a second stack)
-=============================  ===============================================
+=================================  ===============================================
+``HA_SERVING_DB_URL``              external state store (``mysql+pymysql://…`` or ``sqlite:///…``)
+``HA_SERVING_DB_PASSWORD_FILE``    file holding the store's password (set by `up`)
+``HA_SERVING_RUN_DIR``             where the local stack keeps data, logs, topology
+``HA_SERVING_CLUSTERS``            how many local Ray clusters ``up`` starts
+``HA_SERVING_MARIADBD``            path of the ``mariadbd``/``mysqld`` binary to use
+``HA_SERVING_REDIS_SERVER``        path of the ``redis-server`` binary to use
+``HA_SERVING_PORT_BASE``           first port of the clusters' port blocks (a second stack)
+``HA_SERVING_DB_PORT``             port of the private DB server
+``HA_SERVING_REDIS_PORT``          port of the private Redis
+``HA_SERVING_KEEPER_TOKEN``        the Keepers' control-API secret, inline (tests, Kubernetes)
+``HA_SERVING_KEEPER_TOKEN_FILE``   file holding that secret (set by `up`)
+``HA_SERVING_KEEPER_TTL``          the Keepers' leader lease in seconds (set by `up`)
+``HA_SERVING_KEEPER_PORT``         the Keepers' control-API port (a second stack)
+=================================  ===============================================
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class _Group(BaseModel):
 class StoreSettings(_Group):
     url: str | None = None
     """SQLAlchemy URL of the state store; None lets ``up`` choose (private mariadbd first)."""
+
+    password_file: Path | None = None
+    """File holding the store's password, read when connecting, so that ``url`` (which
+    then carries none) can travel in an environment or a Ray job; `up` sets it to
+    <run_dir>/secrets/db.password. None: ``url`` is complete as it is."""
 
     connect_timeout_s: float = Field(default=3.0, gt=0)
     """Seconds to wait for a DB connection; short, so a dead DB is reported, not waited on."""
@@ -117,6 +124,12 @@ class StackSettings(_Group):
 
     redis_bin: str | None = Field(default_factory=lambda: shutil.which("redis-server"))
     """Redis binary for GCS fault tolerance; None starts clusters without GCS FT."""
+
+    redis_auth: bool = True
+    """The private Redis requires a password `up` generates (``requirepass``, from a
+    0600 config file). Ray's heads must then be given it on their command line
+    (``ray start --redis-password``), which Ray also passes to its own processes: Ray's
+    exception to "no secret in argv". False: a Redis without a password."""
 
 
 class ProxySettings(_Group):
@@ -206,8 +219,13 @@ class KeeperSettings(_Group):
     decision and the AppMaster acting on it."""
 
     token: str | None = None
-    """Shared secret for the control API (``authorization: Bearer <token>``); `up`
-    generates one into <run_dir>/keeper.token. None: no authentication (tests only)."""
+    """Shared secret for the control API (``authorization: Bearer <token>``), given
+    inline (tests; a Kubernetes Secret in the environment). Prefer ``token_file``."""
+
+    token_file: Path | None = None
+    """File holding the control API's secret; `up` generates one into
+    <run_dir>/secrets/operator.token and passes its path, never the value. None with no
+    ``token``: no authentication (tests only)."""
 
     max_message_bytes: int = Field(default=MAX_PACKAGE_BYTES + 16 * MiB, ge=4 * MiB)
     """Largest message a Keeper, and each client of it (CLI, AppMaster link), sends or
@@ -274,9 +292,13 @@ class Settings(_Group):
                 stack[field] = v
         if v := env.get("HA_SERVING_DB_URL"):
             store["url"] = v
+        if v := env.get("HA_SERVING_DB_PASSWORD_FILE"):
+            store["password_file"] = Path(v)
         keeper: dict[str, object] = {}
         if v := env.get("HA_SERVING_KEEPER_TOKEN"):
             keeper["token"] = v
+        if v := env.get("HA_SERVING_KEEPER_TOKEN_FILE"):
+            keeper["token_file"] = Path(v)
         if v := env.get("HA_SERVING_KEEPER_TTL"):
             keeper["lease_ttl_s"] = v
         if v := env.get("HA_SERVING_KEEPER_PORT"):

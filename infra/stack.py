@@ -4,6 +4,10 @@
 workers, saving the topology after each step so that even if ``up`` itself dies,
 ``down`` finds what was started. If any step fails, everything started so far is
 stopped again before the error propagates: a failed ``up`` leaves nothing running.
+
+Secrets: ``up`` generates every secret of the stack into ``<run_dir>/secrets/`` (mode
+0700, files 0600): the DB's passwords, Redis's password and the Keepers' credentials.
+Processes get the files' paths (in their environment); ``down`` removes the directory.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import secrets
 import shutil
 import time
 import uuid
@@ -27,6 +30,7 @@ from ha_serving._errors import StackError
 from ha_serving._settings import Settings
 from ha_serving.keeper import keeper_status
 from ha_serving.store import ClusterRecord, Store
+from ha_serving.util.secrets import masked_url, new_secret, secret_dir, write_secret
 from infra import procs, services, topology
 from infra.ports import claim_slot, cluster_name, ensure_free, node_address, node_ports
 from infra.ray_nodes import alive_since, node_argv, node_env
@@ -115,10 +119,21 @@ def _ensure_ports_free(settings: Settings) -> None:
             ensure_free(address, worker_range, what=f"Ray workers of {address}")
 
 
+SECRETS_DIR = "secrets"
+OPERATOR_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name
+
+
 def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
     s = settings.stack
+    # secrets of an earlier run (a crash before its `down`) are never reused
+    shutil.rmtree(run_dir / SECRETS_DIR, ignore_errors=True)
+    secrets = secret_dir(run_dir / SECRETS_DIR)
     report("starting the state store")
-    db = services.start_database(settings, run_dir)
+    try:
+        db = services.start_database(settings, run_dir, secrets)
+    except BaseException:
+        shutil.rmtree(secrets, ignore_errors=True)  # no topology yet for `down` to find
+        raise
     # Saved at once, so a failure from here on finds the DB in the topology and stops it.
     topo = Topology(
         run_dir=run_dir,
@@ -127,13 +142,18 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
         clusters=[],
         db=db,
         redis=None,
+        secrets_dir=secrets,
     )
     topo.save()
-    report(f"state store: {db.kind} at {db.address or db.url}")
+    report(f"state store: {db.kind} at {db.address or masked_url(db.public_url)}")
     if s.redis_bin:
         report("starting Redis for GCS fault tolerance")
         topo.redis = services.start_redis(
-            s.redis_bin, run_dir / "redis", address=s.redis_address, port=s.redis_port
+            s.redis_bin,
+            run_dir / "redis",
+            address=s.redis_address,
+            port=s.redis_port,
+            secrets=secrets if s.redis_auth else None,
         )
         topo.save()
     else:
@@ -161,7 +181,7 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
 
 def _register_clusters(topo: Topology) -> None:
     """Tell the Keepers (through the DB) which clusters exist and how to reach them."""
-    with Store.connect(topo.db.url) as store:
+    with Store.connect(topo.db.ref()) as store:
         for c in topo.clusters:
             head = c.head
             url = f"http://{head.address}:{head.ports.dashboard}" if head.ports.dashboard else None
@@ -170,9 +190,8 @@ def _register_clusters(topo: Topology) -> None:
 
 def _start_keepers(settings: Settings, topo: Topology) -> None:
     k = settings.keeper
-    token_file = topo.run_dir / "keeper.token"
-    token_file.touch(mode=0o600)
-    token_file.write_text(secrets.token_urlsafe(32))
+    secrets = secret_dir(topo.secrets_dir or topo.run_dir / SECRETS_DIR)
+    token_file = write_secret(secrets / OPERATOR_TOKEN_FILE, new_secret())
     topo.keeper_token_file = token_file
     ha_serving_bin = str(Path(settings.stack.ray_bin).with_name("ha-serving"))
     addresses = [f"{k.address_prefix}.{i}:{k.port}" for i in range(1, k.replicas + 1)]
@@ -188,21 +207,30 @@ def _start_keepers(settings: Settings, topo: Topology) -> None:
             keeper_id,
             "--address",
             address,
-            "--db-url",
-            topo.db.url,
             "--peers",
             ",".join(addresses),
         ]
-        # the token travels in the environment, never on a command line that `ps` shows
-        env = {
-            "HA_SERVING_KEEPER_TOKEN": token_file.read_text(),
-            "HA_SERVING_KEEPER_TTL": str(k.lease_ttl_s),
-        }
+        env = keeper_env(topo, token_file, lease_ttl_s=k.lease_ttl_s)
         proc = procs.spawn(argv, env=env, log=topo.run_dir / "logs" / f"keeper-{keeper_id}.log")
         topo.keepers.append(Keeper(id=keeper_id, address=address, proc=proc))
         topo.save()
     for keeper in topo.keepers:
         wait_keeper(topo, keeper)
+
+
+def keeper_env(topo: Topology, token_file: Path, *, lease_ttl_s: float) -> dict[str, str]:
+    """A Keeper's environment: where the store is and the paths of the files holding its
+    password and the Keepers' credentials, never a secret itself (the topology file
+    records it; /proc/<pid>/environ shows it to the same user)."""
+    db = topo.db
+    env = {
+        "HA_SERVING_DB_URL": db.public_url,
+        "HA_SERVING_KEEPER_TOKEN_FILE": str(token_file),
+        "HA_SERVING_KEEPER_TTL": str(lease_ttl_s),
+    }
+    if db.password_file is not None:
+        env["HA_SERVING_DB_PASSWORD_FILE"] = str(db.password_file)
+    return env
 
 
 def wait_keeper(topo: Topology, keeper: Keeper, timeout_s: float = 30.0) -> None:
@@ -243,7 +271,15 @@ def _start_node_set(
         )
         redis = topo.redis.address if topo.redis else None
         env = node_env(s, role=role, redis=redis, namespace=namespace)
-        proc = procs.spawn(argv, env=env, log=topo.run_dir / "logs" / f"{node_name}.log")
+        # Ray's exception to "no secret on a command line": its head takes the Redis
+        # password only there (and hands it on to its GCS server, raylet and workers)
+        secret = topo.redis.password_file if topo.redis and role == "head" else None
+        proc = procs.spawn(
+            argv,
+            env=env,
+            log=topo.run_dir / "logs" / f"{node_name}.log",
+            secret_args={"--redis-password": secret} if secret else None,
+        )
         nodes.append(
             Node(
                 name=node_name,
@@ -279,7 +315,7 @@ def spawn_node(node: Node) -> None:
     if node.role == "head":
         # a head restarted in its old temp dir would otherwise refuse to start
         (node.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
-    node.proc = procs.spawn(node.proc.argv, env=node.proc.env, log=node.proc.log)
+    node.proc = procs.respawn(node.proc)
 
 
 def node_evidence(node: Node, lines: int = 8) -> str:
@@ -425,7 +461,11 @@ def status(run_dir: Path) -> dict[str, object] | None:
             "keepers": keepers,
             "run_dir": str(topo.run_dir),
             "clusters": clusters,
-            "db": {"kind": topo.db.kind, "url": topo.db.url, "alive": db_alive.result()},
+            "db": {
+                "kind": topo.db.kind,
+                "url": masked_url(topo.db.public_url),
+                "alive": db_alive.result(),
+            },
             "redis": {
                 "address": topo.redis.address if topo.redis else None,
                 "alive": redis_alive.result() if redis_alive else False,
@@ -520,4 +560,6 @@ def _stop(topo: Topology, *, report: Report) -> int:
         stopped += 1
         services.stop_database(topo.db)
     shutil.rmtree(ray_temp_root(topo.run_dir), ignore_errors=True)
+    if topo.secrets_dir is not None:  # last: restarting anything above needed them
+        shutil.rmtree(topo.secrets_dir, ignore_errors=True)
     return stopped

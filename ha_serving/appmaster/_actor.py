@@ -18,7 +18,7 @@ from ha_serving.backend import BackendWorker
 from ha_serving.proxy import ProxyActor
 from ha_serving.runtime import ActorSpec
 from ha_serving.runtime._ray import RayRuntime
-from ha_serving.store import Store
+from ha_serving.store import Store, StoreRef
 from ha_serving.util.aiotasks import guard
 
 NAMESPACE = "ha_serving"
@@ -69,15 +69,17 @@ class AppMaster:
         self,
         cluster: str,
         service: str,
-        db_url: str,
+        db: StoreRef,
         namespace: str = NAMESPACE,
         *,
         keepers: Sequence[str] = (),
-        token: str | None = None,
+        token_file: str | None = None,
     ) -> None:
+        # Ray shows an actor's arguments (state API, dashboard): ``db`` and ``token_file``
+        # name the files holding the secrets, read here, on the node
         logging.basicConfig(level=logging.INFO)
         self._core = AppMasterCore(
-            store=Store.connect(db_url),
+            store=Store.connect(db),
             runtime=RayRuntime(namespace),
             cluster=cluster,
             service=service,
@@ -93,7 +95,7 @@ class AppMaster:
             loop=asyncio.get_event_loop(),
         )
         if keepers:
-            link = KeeperLink(self._core, list(keepers), token)
+            link = KeeperLink(self._core, list(keepers), token_file)
             guard(
                 link.run(),
                 name=f"keeper-link-{service}",

@@ -19,6 +19,7 @@ import grpc
 from ha_serving._settings import KeeperSettings
 from ha_serving.appmaster._core import AppMasterCore
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+from ha_serving.util.secrets import read_secret
 
 RETRY_S = 0.5
 BEAT_S = 0.2
@@ -30,10 +31,13 @@ a paused or partitioned Keeper keeps its TCP connection open, so only silence sh
 
 
 class KeeperLink:
-    def __init__(self, core: AppMasterCore, keepers: list[str], token: str | None) -> None:
+    def __init__(self, core: AppMasterCore, keepers: list[str], token_file: str | None) -> None:
         self.core = core
         self.keepers = keepers
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.token_file = token_file
+        """File holding this AppMaster's Keeper credential; read again for each stream, so
+        a credential renewed in it is used from the next connection on."""
+        self.metadata: tuple[tuple[str, str], ...] = ()
         self.consumed = 0
         self._beat_at = 0.0
         self._beat_failed = False
@@ -54,7 +58,14 @@ class KeeperLink:
             index += 1
             await asyncio.sleep(RETRY_S)
 
+    def _credentials(self) -> tuple[tuple[str, str], ...]:
+        if self.token_file is None:
+            return ()
+        token = read_secret(self.token_file, what="Keeper credential file")
+        return (("authorization", f"Bearer {token}"),)
+
     async def _stream(self, keeper: str) -> None:
+        self.metadata = self._credentials()
         state = self.core.state
         request = keeper_pb2.InstructionsRequest(
             cluster=self.core.cluster,

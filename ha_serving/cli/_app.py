@@ -50,7 +50,7 @@ from ha_serving.cli._releases import bluegreen, canary, release_app
 from ha_serving.cli._services import ServiceOps, load_spec_file, start_appmaster
 from ha_serving.client import Client
 from ha_serving.keeper import KeeperServer, RayJobSubmitter
-from ha_serving.store import Store
+from ha_serving.store import Store, StoreRef
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 node_app = typer.Typer(no_args_is_help=True, help="Kill or restart one Ray node.")
@@ -223,7 +223,9 @@ def keeper_run(
     db_url: Annotated[
         str,
         typer.Option(
-            envvar="HA_SERVING_DB_URL", help="State store URL (keep it off argv: use the env)."
+            envvar="HA_SERVING_DB_URL",
+            help="State store URL (keep it off argv: use the env), its password in the "
+            "file HA_SERVING_DB_PASSWORD_FILE names.",
         ),
     ],
     peers: Annotated[str, typer.Option(help="Every replica's address, comma-separated.")] = "",
@@ -231,13 +233,19 @@ def keeper_run(
     """Run one Keeper replica in the foreground (`up` starts three)."""
     settings = Settings.from_env()
     logging.getLogger().setLevel(logging.INFO)
-    store = Store.connect(db_url, connect_timeout_s=settings.store.connect_timeout_s)
+    ref = StoreRef.of(db_url, settings.store.password_file)
+    store = Store.connect(ref, connect_timeout_s=settings.store.connect_timeout_s)
     submitter = RayJobSubmitter(
         ha_serving_bin=str(Path(sys.executable).with_name("ha-serving")),
-        db_url=db_url,
+        store=ref,
         keepers=peers.split(",") if peers else [address],
-        token=settings.keeper.token,
+        token_file=settings.keeper.token_file,
     )
+    if settings.keeper.token and settings.keeper.token_file is None:
+        logging.getLogger("ha_serving.keeper").warning(
+            "the control API's token is given inline: serving jobs cannot be handed it "
+            "(only a file's path travels with them); set HA_SERVING_KEEPER_TOKEN_FILE"
+        )
     server = KeeperServer(store, keeper_id, address, settings.keeper, submitter=submitter)
     try:
         asyncio.run(server.serve_forever())
@@ -273,9 +281,9 @@ def appmaster_start(
     started = start_appmaster(
         cluster,
         service,
-        settings.store.url,
+        StoreRef.of(settings.store.url, settings.store.password_file),
         keepers=[k for k in keepers.split(",") if k],
-        token=settings.keeper.token,
+        token_file=settings.keeper.token_file,
     )
     out.print(f"AppMaster of {service} on {cluster}: {started}")
 
@@ -321,8 +329,8 @@ def _ops(cluster: str, run_dir: Path | None) -> Iterator[ServiceOps]:
         c = topo.cluster(cluster)
     except KeyError as exc:
         raise StackError(str(exc.args[0])) from None
-    store = Store.connect(topo.db.url)
-    ops = ServiceOps(store, topo.db.url, c.name, c.gcs_address, c.head.address)
+    store = Store.connect(topo.db.ref())
+    ops = ServiceOps(store, topo.db.ref(), c.name, c.gcs_address, c.head.address)
     try:
         yield ops
     finally:
@@ -453,7 +461,7 @@ def call(
     topo = infra.load(path.resolve())
     if topo is None:
         raise StackError(f"no stack is up in {path} (run `make up`)")
-    with Store.connect(topo.db.url) as store:
+    with Store.connect(topo.db.ref()) as store:
         addresses = [e.address for e in store.list_endpoints(service)]
     if not addresses:
         raise UnknownService(service)

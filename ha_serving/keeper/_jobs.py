@@ -2,52 +2,81 @@
 
 The job's entrypoint (``ha-serving appmaster start``) runs on the cluster's head as a
 Ray driver, creates the detached AppMaster (or finds it) and exits; the AppMaster then
-links back to the Keepers. Secrets (DB URL, Keeper token) travel in the job's
-environment, not on its command line.
+links back to the Keepers. No secret travels with the job: Ray's Job API shows a job's
+entrypoint and environment to anyone who can reach the dashboard, so the job gets the
+store's URL without its password and the *paths* of the files holding the password and
+the Keeper credential (on the same machine here; elsewhere, files mounted at the same
+paths on the cluster's nodes).
 """
 
 from __future__ import annotations
 
+import logging
 import shlex
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
-from ha_serving.store import ClusterRecord
+from ha_serving.store import ClusterRecord, StoreRef
+from ha_serving.util.secrets import split_password
+
+log = logging.getLogger(__name__)
 
 
 class RayJobSubmitter:
     def __init__(
-        self, *, ha_serving_bin: str, db_url: str, keepers: Sequence[str], token: str | None
+        self,
+        *,
+        ha_serving_bin: str,
+        store: StoreRef,
+        keepers: Sequence[str],
+        token_file: Path | None,
     ) -> None:
         self.ha_serving_bin = ha_serving_bin
-        self.db_url = db_url
+        self.store = store
         self.keepers = list(keepers)
-        self.token = token
+        self.token_file = token_file
+        if store.has_inline_password:
+            log.warning(
+                "the store URL carries its password: serving jobs get it without, so set "
+                "HA_SERVING_DB_PASSWORD_FILE to a file the clusters' nodes can read"
+            )
+
+    def job_env(self) -> dict[str, str]:
+        """The serving job's environment: where things are, never a secret."""
+        bare, _ = split_password(self.store.url)
+        env = {"HA_SERVING_DB_URL": bare}
+        if self.store.password_file:
+            env["HA_SERVING_DB_PASSWORD_FILE"] = self.store.password_file
+        if self.token_file is not None:
+            env["HA_SERVING_KEEPER_TOKEN_FILE"] = str(self.token_file)
+        return env
+
+    def entrypoint(self, cluster: str, service: str) -> str:
+        return shlex.join(
+            [
+                self.ha_serving_bin,
+                "appmaster",
+                "start",
+                "--cluster",
+                cluster,
+                "--service",
+                service,
+                "--keepers",
+                ",".join(self.keepers),
+            ]
+        )
 
     def submit(self, cluster: ClusterRecord, service: str) -> str:
         from ray.job_submission import JobSubmissionClient
 
         if not cluster.dashboard_url:
             raise RuntimeError(f"cluster {cluster.name} has no Job Submission API address")
-        argv = [
-            self.ha_serving_bin,
-            "appmaster",
-            "start",
-            "--cluster",
-            cluster.name,
-            "--service",
-            service,
-            "--keepers",
-            ",".join(self.keepers),
-        ]
-        env = {"HA_SERVING_DB_URL": self.db_url}
-        if self.token:
-            env["HA_SERVING_KEEPER_TOKEN"] = self.token
         client = JobSubmissionClient(cluster.dashboard_url)
         return str(
             client.submit_job(
-                entrypoint=shlex.join(argv),
-                runtime_env={"env_vars": env},
+                entrypoint=self.entrypoint(cluster.name, service),
+                runtime_env={"env_vars": self.job_env()},
                 submission_id=f"hasrv-{service}-{cluster.name}-{uuid.uuid4().hex[:8]}",
             )
         )

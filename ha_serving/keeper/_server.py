@@ -30,6 +30,7 @@ from ha_serving.store import OperationRecord, Store
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
+from ha_serving.util.secrets import read_secret
 
 _OPEN = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
@@ -59,6 +60,14 @@ class _TokenAuth(grpc.aio.ServerInterceptor):
             return await continuation(details)
         self._log.warning("refused %s: %s token", details.method, "wrong" if sent else "no")
         return self._deny
+
+
+def control_token(settings: KeeperSettings) -> str | None:
+    """The control API's secret: read from ``token_file`` (what `up` gives), else the
+    inline ``token``; None: no authentication."""
+    if settings.token_file is not None:
+        return read_secret(settings.token_file, what="Keeper token file")
+    return settings.token
 
 
 def _status(exc: HAServingError) -> grpc.StatusCode:
@@ -281,8 +290,9 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
 
     async def start(self) -> None:
         interceptors = []
-        if self.settings.token:
-            interceptors.append(_TokenAuth(self.settings.token, self.log))
+        token = control_token(self.settings)
+        if token:
+            interceptors.append(_TokenAuth(token, self.log))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=channel_options(self.settings),

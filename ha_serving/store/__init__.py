@@ -16,6 +16,7 @@ from ha_serving.store._records import (
     ServiceRecord,
     UnknownOperation,
 )
+from ha_serving.store._ref import StoreRef
 from ha_serving.store._schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from ha_serving.store._store import Store
 
@@ -33,6 +34,7 @@ __all__ = [
     "SchemaTooNew",
     "ServiceRecord",
     "Store",
+    "StoreRef",
     "TimeSource",
     "UnknownOperation",
     "UnknownPackage",

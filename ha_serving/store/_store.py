@@ -42,6 +42,7 @@ from ha_serving.store._records import (
     ServiceRecord,
     UnknownOperation,
 )
+from ha_serving.store._ref import StoreRef
 from ha_serving.store._schema import (
     appmaster_state,
     events,
@@ -66,7 +67,7 @@ class Store:
     @classmethod
     def connect(
         cls,
-        url: str,
+        url: str | StoreRef,
         *,
         connect_timeout_s: float = 3.0,
         query_timeout_s: float = 30.0,
@@ -81,6 +82,8 @@ class Store:
         Raises ``StoreUnavailable`` if the DB does not answer within
         ``connect_timeout_s``, ``SchemaTooNew`` for a newer DB.
         """
+        if isinstance(url, StoreRef):
+            url = url.connect_url()  # the password is read now, from its file
         engine = make_engine(
             url, connect_timeout_s=connect_timeout_s, query_timeout_s=query_timeout_s
         )

@@ -39,7 +39,7 @@ def stack_settings(run_dir: Path, **stack: object) -> Settings:
             **stack,
         },
         store={},
-        keeper={"port": SLOT.keeper_port, "token": None},
+        keeper={"port": SLOT.keeper_port, "token": None, "token_file": None},
     )
 
 
@@ -78,8 +78,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]:
 def ops(stack: infra.Topology) -> Iterator[ServiceOps]:
     """Service operations on cluster a of this module's test stack, as the CLI does them."""
     a = stack.cluster("a")
-    store = Store.connect(stack.db.url)
-    o = ServiceOps(store, stack.db.url, "a", a.gcs_address, a.head.address)
+    store = Store.connect(stack.db.ref())
+    o = ServiceOps(store, stack.db.ref(), "a", a.gcs_address, a.head.address)
     try:
         yield o
     finally:

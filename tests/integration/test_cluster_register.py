@@ -150,7 +150,7 @@ def test_a_registered_outside_cluster_serves_through_the_keepers(
     op = _wait_op(keeper, op_id)
     assert op["status"] == "succeeded", op
 
-    with Store.connect(stack.db.url) as store:
+    with Store.connect(stack.db.ref()) as store:
         deadline = time.monotonic() + 30
         endpoints = []
         while time.monotonic() < deadline and not endpoints:

@@ -25,8 +25,8 @@ TOKEN = "test-token"  # noqa: S105 - a test fixture's secret
 class KeeperThread:
     """A KeeperServer on its own event loop in a background thread."""
 
-    def __init__(self, store: Store, address: str) -> None:
-        settings = KeeperSettings(token=TOKEN, watch_period_s=0.05, lease_ttl_s=3.0)
+    def __init__(self, store: Store, address: str, settings: KeeperSettings | None = None) -> None:
+        settings = settings or KeeperSettings(token=TOKEN, watch_period_s=0.05, lease_ttl_s=3.0)
         self.server = KeeperServer(store, "k-test", address, settings)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
