@@ -171,7 +171,7 @@ def endpoints(
     discovery = Discovery(
         service_name,
         [k.address for k in topo.keepers],
-        token=topo.keeper_token(),
+        token=topo.discovery_token(),
         on_change=lambda _: None,
     ).start()
     try:

@@ -6,21 +6,23 @@ their own without touching the process environment.
 
 Environment variables (all optional):
 
-=================================  ===============================================
-``HA_SERVING_DB_URL``              external state store (``mysql+pymysql://…`` or ``sqlite:///…``)
-``HA_SERVING_DB_PASSWORD_FILE``    file holding the store's password (set by `up`)
-``HA_SERVING_RUN_DIR``             where the local stack keeps data, logs, topology
-``HA_SERVING_CLUSTERS``            how many local Ray clusters ``up`` starts
-``HA_SERVING_MARIADBD``            path of the ``mariadbd``/``mysqld`` binary to use
-``HA_SERVING_REDIS_SERVER``        path of the ``redis-server`` binary to use
-``HA_SERVING_PORT_BASE``           first port of the clusters' port blocks (a second stack)
-``HA_SERVING_DB_PORT``             port of the private DB server
-``HA_SERVING_REDIS_PORT``          port of the private Redis
-``HA_SERVING_KEEPER_TOKEN``        the Keepers' control-API secret, inline (tests, Kubernetes)
-``HA_SERVING_KEEPER_TOKEN_FILE``   file holding that secret (set by `up`)
-``HA_SERVING_KEEPER_TTL``          the Keepers' leader lease in seconds (set by `up`)
-``HA_SERVING_KEEPER_PORT``         the Keepers' control-API port (a second stack)
-=================================  ===============================================
+==========================================  ======================================
+``HA_SERVING_DB_URL``                       external state store (``mysql+pymysql://…`` or ``sqlite:///…``)
+``HA_SERVING_DB_PASSWORD_FILE``             file holding the store's password (set by `up`)
+``HA_SERVING_RUN_DIR``                      where the local stack keeps data, logs, topology
+``HA_SERVING_CLUSTERS``                     how many local Ray clusters ``up`` starts
+``HA_SERVING_MARIADBD``                     path of the ``mariadbd``/``mysqld`` binary to use
+``HA_SERVING_REDIS_SERVER``                 path of the ``redis-server`` binary to use
+``HA_SERVING_PORT_BASE``                    first port of the clusters' port blocks (a second stack)
+``HA_SERVING_DB_PORT``                      port of the private DB server
+``HA_SERVING_REDIS_PORT``                   port of the private Redis
+``HA_SERVING_KEEPER_TOKEN``                 the operator credential, inline (Kubernetes)
+``HA_SERVING_KEEPER_TOKEN_FILE``            file holding the operator credential (set by `up`)
+``HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE``  file holding the clients' discovery credential
+``HA_SERVING_KEEPER_CREDENTIALS_DIR``       where the leader writes AppMasters' credentials
+``HA_SERVING_KEEPER_TTL``                   the Keepers' leader lease in seconds (set by `up`)
+``HA_SERVING_KEEPER_PORT``                  the Keepers' control-API port (a second stack)
+==========================================  ======================================
 """
 
 from __future__ import annotations
@@ -223,9 +225,21 @@ class KeeperSettings(_Group):
     inline (tests; a Kubernetes Secret in the environment). Prefer ``token_file``."""
 
     token_file: Path | None = None
-    """File holding the control API's secret; `up` generates one into
-    <run_dir>/secrets/operator.token and passes its path, never the value. None with no
-    ``token``: no authentication (tests only)."""
+    """File holding the operator credential (every RPC); `up` generates one into
+    <run_dir>/secrets/operator.token and passes its path, never the value."""
+
+    discovery_token_file: Path | None = None
+    """File holding the discovery credential (Status, Resolve, Watch only): what clients
+    get; `up` generates <run_dir>/secrets/discovery.token."""
+
+    credentials_dir: Path | None = None
+    """Directory (0700) where the leader writes each AppMaster's credential (minted per
+    serving job, kept hashed in the store); the job gets the file's path. `up` sets
+    <run_dir>/secrets/appmasters. None: AppMasters get the ``token_file`` instead."""
+
+    insecure: bool = False
+    """Serve without credentials when none is configured (``keeper run --insecure``; a
+    loud warning is logged). False: a Keeper without credentials refuses to start."""
 
     max_message_bytes: int = Field(default=MAX_PACKAGE_BYTES + 16 * MiB, ge=4 * MiB)
     """Largest message a Keeper, and each client of it (CLI, AppMaster link), sends or
@@ -273,37 +287,11 @@ class Settings(_Group):
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default: ``os.environ``); the only reader of it."""
         env = os.environ if env is None else env
-        stack: dict[str, object] = {}
-        store: dict[str, object] = {}
-        if v := env.get("HA_SERVING_RUN_DIR"):
-            stack["run_dir"] = Path(v)
-        if v := env.get("HA_SERVING_CLUSTERS"):
-            stack["clusters"] = v
-        if v := env.get("HA_SERVING_MARIADBD"):
-            stack["mariadbd_bin"] = v
-        if v := env.get("HA_SERVING_REDIS_SERVER"):
-            stack["redis_bin"] = v
-        for var, field in (
-            ("HA_SERVING_PORT_BASE", "port_base"),
-            ("HA_SERVING_DB_PORT", "db_port"),
-            ("HA_SERVING_REDIS_PORT", "redis_port"),
-        ):
-            if v := env.get(var):
-                stack[field] = v
-        if v := env.get("HA_SERVING_DB_URL"):
-            store["url"] = v
-        if v := env.get("HA_SERVING_DB_PASSWORD_FILE"):
-            store["password_file"] = Path(v)
-        keeper: dict[str, object] = {}
-        if v := env.get("HA_SERVING_KEEPER_TOKEN"):
-            keeper["token"] = v
-        if v := env.get("HA_SERVING_KEEPER_TOKEN_FILE"):
-            keeper["token_file"] = Path(v)
-        if v := env.get("HA_SERVING_KEEPER_TTL"):
-            keeper["lease_ttl_s"] = v
-        if v := env.get("HA_SERVING_KEEPER_PORT"):
-            keeper["port"] = v
-        return cls.build(stack=stack, store=store, keeper=keeper)
+        groups: dict[str, dict[str, object]] = {"stack": {}, "store": {}, "keeper": {}}
+        for var, group, field in _ENV:
+            if v := env.get(var):  # set and not empty: "" means "not set"
+                groups[group][field] = v
+        return cls.build(**groups)
 
     @classmethod
     def build(cls, **groups: Mapping[str, object]) -> Settings:
@@ -318,6 +306,26 @@ class Settings(_Group):
         groups = {name: getattr(self, name).model_dump() for name in type(self).model_fields}
         groups["stack"] = {**groups["stack"], **changes}
         return Settings.build(**groups)
+
+
+_ENV: tuple[tuple[str, str, str], ...] = (
+    ("HA_SERVING_RUN_DIR", "stack", "run_dir"),
+    ("HA_SERVING_CLUSTERS", "stack", "clusters"),
+    ("HA_SERVING_MARIADBD", "stack", "mariadbd_bin"),
+    ("HA_SERVING_REDIS_SERVER", "stack", "redis_bin"),
+    ("HA_SERVING_PORT_BASE", "stack", "port_base"),
+    ("HA_SERVING_DB_PORT", "stack", "db_port"),
+    ("HA_SERVING_REDIS_PORT", "stack", "redis_port"),
+    ("HA_SERVING_DB_URL", "store", "url"),
+    ("HA_SERVING_DB_PASSWORD_FILE", "store", "password_file"),
+    ("HA_SERVING_KEEPER_TOKEN", "keeper", "token"),
+    ("HA_SERVING_KEEPER_TOKEN_FILE", "keeper", "token_file"),
+    ("HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE", "keeper", "discovery_token_file"),
+    ("HA_SERVING_KEEPER_CREDENTIALS_DIR", "keeper", "credentials_dir"),
+    ("HA_SERVING_KEEPER_TTL", "keeper", "lease_ttl_s"),
+    ("HA_SERVING_KEEPER_PORT", "keeper", "port"),
+)
+"""Each environment variable ``Settings.from_env`` reads: (variable, group, field)."""
 
 
 def _problems(exc: ValidationError) -> list[str]:

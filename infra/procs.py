@@ -28,6 +28,8 @@ NOT_INHERITED = frozenset(
         "HA_SERVING_DB_PASSWORD_FILE",
         "HA_SERVING_KEEPER_TOKEN",
         "HA_SERVING_KEEPER_TOKEN_FILE",
+        "HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE",
+        "HA_SERVING_KEEPER_CREDENTIALS_DIR",
     }
 )
 """Variables of the caller's environment a started process does not inherit: a store

@@ -121,6 +121,8 @@ def _ensure_ports_free(settings: Settings) -> None:
 
 SECRETS_DIR = "secrets"
 OPERATOR_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name
+DISCOVERY_TOKEN_FILE = "discovery.token"  # noqa: S105 - a file name
+APPMASTER_CREDENTIALS_DIR = "appmasters"
 
 
 def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
@@ -193,6 +195,7 @@ def _start_keepers(settings: Settings, topo: Topology) -> None:
     secrets = secret_dir(topo.secrets_dir or topo.run_dir / SECRETS_DIR)
     token_file = write_secret(secrets / OPERATOR_TOKEN_FILE, new_secret())
     topo.keeper_token_file = token_file
+    topo.discovery_token_file = write_secret(secrets / DISCOVERY_TOKEN_FILE, new_secret())
     ha_serving_bin = str(Path(settings.stack.ray_bin).with_name("ha-serving"))
     addresses = [f"{k.address_prefix}.{i}:{k.port}" for i in range(1, k.replicas + 1)]
     for i, address in enumerate(addresses, start=1):
@@ -226,8 +229,11 @@ def keeper_env(topo: Topology, token_file: Path, *, lease_ttl_s: float) -> dict[
     env = {
         "HA_SERVING_DB_URL": db.public_url,
         "HA_SERVING_KEEPER_TOKEN_FILE": str(token_file),
+        "HA_SERVING_KEEPER_CREDENTIALS_DIR": str(token_file.parent / APPMASTER_CREDENTIALS_DIR),
         "HA_SERVING_KEEPER_TTL": str(lease_ttl_s),
     }
+    if topo.discovery_token_file is not None:
+        env["HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE"] = str(topo.discovery_token_file)
     if db.password_file is not None:
         env["HA_SERVING_DB_PASSWORD_FILE"] = str(db.password_file)
     return env

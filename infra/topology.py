@@ -140,6 +140,8 @@ class Topology(_Model):
     """``<run_dir>/secrets`` (mode 0700): every secret `up` generated, one file each."""
     keeper_token_file: Path | None = None
     """Where the Keepers' operator credential is (mode 0600); the token is never in here."""
+    discovery_token_file: Path | None = None
+    """Where the clients' discovery credential is (Status, Resolve, Watch only)."""
 
     def keeper(self, keeper_id: str) -> Keeper:
         for k in self.keepers:
@@ -152,6 +154,12 @@ class Topology(_Model):
         if self.keeper_token_file is None:
             return None
         return read_secret(self.keeper_token_file, what="Keeper token file")
+
+    def discovery_token(self) -> str | None:
+        """What a client resolving services presents: the discovery credential."""
+        if self.discovery_token_file is None:
+            return self.keeper_token()  # a stack from before scoped credentials
+        return read_secret(self.discovery_token_file, what="discovery token file")
 
     def cluster(self, name: str) -> Cluster:
         for c in self.clusters:

@@ -214,7 +214,7 @@ def _start_locust(
         **os.environ,
         "HA_LOADTEST_SERVICE": SERVICE,
         "HA_LOADTEST_KEEPERS": ",".join(keeper.addresses),
-        "HA_SERVING_KEEPER_TOKEN": topo.keeper_token() or "",
+        "HA_SERVING_KEEPER_TOKEN": topo.discovery_token() or "",  # ours: env is fine
         "HA_LOADTEST_DEADLINE_S": str(sc.deadline_s),
         "HA_LOADTEST_RAW": str(raw),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -32,7 +33,7 @@ from ha_serving._errors import (
 from ha_serving._settings import Settings
 from ha_serving._spec import load_yaml
 from ha_serving.backend import make_package
-from ha_serving.cli._clusters import add_registry_commands
+from ha_serving.cli._clusters import add_registry_commands, open_store
 from ha_serving.cli._common import (
     RunDir,
     Timeout,
@@ -49,7 +50,7 @@ from ha_serving.cli._common import (
 from ha_serving.cli._releases import bluegreen, canary, release_app
 from ha_serving.cli._services import ServiceOps, load_spec_file, start_appmaster
 from ha_serving.client import Client
-from ha_serving.keeper import KeeperServer, RayJobSubmitter
+from ha_serving.keeper import AppMasterCredentials, KeeperServer, RayJobSubmitter
 from ha_serving.store import Store, StoreRef
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -229,24 +230,35 @@ def keeper_run(
         ),
     ],
     peers: Annotated[str, typer.Option(help="Every replica's address, comma-separated.")] = "",
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve without credentials if none is configured (a loud warning); "
+            "without it, a Keeper with no credentials refuses to start.",
+        ),
+    ] = False,
 ) -> None:
     """Run one Keeper replica in the foreground (`up` starts three)."""
     settings = Settings.from_env()
     logging.getLogger().setLevel(logging.INFO)
+    keeper_settings = settings.keeper.model_copy(update={"insecure": insecure})
     ref = StoreRef.of(db_url, settings.store.password_file)
     store = Store.connect(ref, connect_timeout_s=settings.store.connect_timeout_s)
+    credentials_dir = settings.keeper.credentials_dir
     submitter = RayJobSubmitter(
         ha_serving_bin=str(Path(sys.executable).with_name("ha-serving")),
         store=ref,
         keepers=peers.split(",") if peers else [address],
         token_file=settings.keeper.token_file,
+        credentials=AppMasterCredentials(store, credentials_dir) if credentials_dir else None,
     )
     if settings.keeper.token and settings.keeper.token_file is None:
         logging.getLogger("ha_serving.keeper").warning(
             "the control API's token is given inline: serving jobs cannot be handed it "
             "(only a file's path travels with them); set HA_SERVING_KEEPER_TOKEN_FILE"
         )
-    server = KeeperServer(store, keeper_id, address, settings.keeper, submitter=submitter)
+    server = KeeperServer(store, keeper_id, address, keeper_settings, submitter=submitter)
     try:
         asyncio.run(server.serve_forever())
     finally:
@@ -286,6 +298,44 @@ def appmaster_start(
         token_file=settings.keeper.token_file,
     )
     out.print(f"AppMaster of {service} on {cluster}: {started}")
+
+
+@keeper_app.command("revoke")
+def keeper_revoke(
+    cluster: Annotated[str, typer.Option(help="The AppMaster's cluster.")],
+    service: Annotated[str, typer.Option(help="The AppMaster's service.")],
+    run_dir: RunDir = None,
+) -> None:
+    """Revoke the Keeper credential of one AppMaster (in the Keepers' store: HA_SERVING_DB_URL,
+    else the local stack's). Its calls are refused within seconds and its link is cut;
+    the leader mints it a new credential when it restarts the serving job."""
+    with open_store(run_dir) as store:
+        n = store.revoke_credentials(cluster, service)
+    if n == 0:
+        raise InvalidSpec("keeper revoke", [f"no live credential for {service} on {cluster}"])
+    out.print(f"revoked {n} credential(s) of the AppMaster of {service} on {cluster}")
+
+
+@keeper_app.command("credentials")
+def keeper_credentials(
+    include_revoked: Annotated[bool, typer.Option("--all", help="Revoked ones too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    run_dir: RunDir = None,
+) -> None:
+    """List the credentials the Keepers minted (ids and targets; the secrets are kept
+    only as hashes, so none can be shown)."""
+    with open_store(run_dir) as store:
+        found = store.list_credentials(include_revoked=include_revoked)
+    if as_json:
+        sys.stdout.write(json.dumps([dataclasses.asdict(c) for c in found], indent=2) + "\n")
+        return
+    table = Table(title="Keeper credentials")
+    for col in ("id", "scope", "cluster", "service", "state"):
+        table.add_column(col)
+    for c in found:
+        state = "[red]revoked[/]" if c.revoked else "live"
+        table.add_row(c.id, c.scope, c.cluster, c.service, state)
+    out.print(table)
 
 
 @keeper_app.command("kill")

@@ -5,8 +5,9 @@ Ray driver, creates the detached AppMaster (or finds it) and exits; the AppMaste
 links back to the Keepers. No secret travels with the job: Ray's Job API shows a job's
 entrypoint and environment to anyone who can reach the dashboard, so the job gets the
 store's URL without its password and the *paths* of the files holding the password and
-the Keeper credential (on the same machine here; elsewhere, files mounted at the same
-paths on the cluster's nodes).
+the AppMaster's own Keeper credential, minted for it by the leader at this submission
+(``AppMasterCredentials``; on the same machine here; elsewhere, files mounted at the
+same paths on the cluster's nodes).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from ha_serving.keeper._auth import AppMasterCredentials
 from ha_serving.store import ClusterRecord, StoreRef
 from ha_serving.util.secrets import split_password
 
@@ -31,26 +33,35 @@ class RayJobSubmitter:
         store: StoreRef,
         keepers: Sequence[str],
         token_file: Path | None,
+        credentials: AppMasterCredentials | None = None,
     ) -> None:
         self.ha_serving_bin = ha_serving_bin
         self.store = store
         self.keepers = list(keepers)
         self.token_file = token_file
+        """The credential file jobs get when no ``credentials`` mint their own."""
+        self.credentials = credentials
         if store.has_inline_password:
             log.warning(
                 "the store URL carries its password: serving jobs get it without, so set "
                 "HA_SERVING_DB_PASSWORD_FILE to a file the clusters' nodes can read"
             )
 
-    def job_env(self) -> dict[str, str]:
+    def job_env(self, token_file: Path | None) -> dict[str, str]:
         """The serving job's environment: where things are, never a secret."""
         bare, _ = split_password(self.store.url)
         env = {"HA_SERVING_DB_URL": bare}
         if self.store.password_file:
             env["HA_SERVING_DB_PASSWORD_FILE"] = self.store.password_file
-        if self.token_file is not None:
-            env["HA_SERVING_KEEPER_TOKEN_FILE"] = str(self.token_file)
+        if token_file is not None:
+            env["HA_SERVING_KEEPER_TOKEN_FILE"] = str(token_file)
         return env
+
+    def credential_file(self, cluster: str, service: str) -> Path | None:
+        """The file the AppMaster of ``service`` on ``cluster`` reads its credential from."""
+        if self.credentials is not None:
+            return self.credentials.ensure(cluster, service)
+        return self.token_file
 
     def entrypoint(self, cluster: str, service: str) -> str:
         return shlex.join(
@@ -72,11 +83,12 @@ class RayJobSubmitter:
 
         if not cluster.dashboard_url:
             raise RuntimeError(f"cluster {cluster.name} has no Job Submission API address")
+        env = self.job_env(self.credential_file(cluster.name, service))
         client = JobSubmissionClient(cluster.dashboard_url)
         return str(
             client.submit_job(
                 entrypoint=self.entrypoint(cluster.name, service),
-                runtime_env={"env_vars": self.job_env()},
+                runtime_env={"env_vars": env},
                 submission_id=f"hasrv-{service}-{cluster.name}-{uuid.uuid4().hex[:8]}",
             )
         )

@@ -1,25 +1,26 @@
 """A Keeper replica: the gRPC control API plus the leadership loop.
 
 Every replica serves the API; the leadership loop decides which one acts. The control
-API requires ``authorization: Bearer <token>`` when a token is configured; a missing or
-wrong token gets UNAUTHENTICATED and a log line that names the caller, never the secret.
+API requires ``authorization: Bearer <token>`` with a credential whose scope allows the
+RPC (``_auth``): a missing or wrong token gets UNAUTHENTICATED, a scope too narrow
+PERMISSION_DENIED, and a log line that names the method, never the secret. A Keeper
+without credentials refuses to start unless told ``insecure``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ha_serving._errors import HAServingError, StoreUnavailable
+from ha_serving._errors import HAServingError, InvalidSpec, StoreUnavailable
 from ha_serving._settings import KeeperSettings
+from ha_serving.keeper._auth import Authenticator, ScopeAuth, check_target
 from ha_serving.keeper._client import channel_options
 from ha_serving.keeper._control_api import command, deploy
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, keeper_of
@@ -30,44 +31,6 @@ from ha_serving.store import OperationRecord, Store
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
-from ha_serving.util.secrets import read_secret
-
-_OPEN = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
-
-
-class _TokenAuth(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str, log: logging.LoggerAdapter[logging.Logger]) -> None:
-        self._expected = f"Bearer {token}".encode()
-        self._log = log
-
-        async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
-
-        self._deny: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        if details.method in _OPEN:
-            return await continuation(details)
-        sent = dict(details.invocation_metadata or ()).get("authorization", "")
-        sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)
-        if hmac.compare_digest(sent_bytes, self._expected):
-            return await continuation(details)
-        self._log.warning("refused %s: %s token", details.method, "wrong" if sent else "no")
-        return self._deny
-
-
-def control_token(settings: KeeperSettings) -> str | None:
-    """The control API's secret: read from ``token_file`` (what `up` gives), else the
-    inline ``token``; None: no authentication."""
-    if settings.token_file is not None:
-        return read_secret(settings.token_file, what="Keeper token file")
-    return settings.token
 
 
 def _status(exc: HAServingError) -> grpc.StatusCode:
@@ -90,6 +53,7 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         self.address = address
         self.settings = settings
         self.log = bound("ha_serving.keeper", keeper=keeper_id)
+        self.auth = Authenticator.from_settings(settings, store)
         self.leadership = Leadership(
             store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock or SystemClock()
         )
@@ -231,13 +195,15 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
     async def Instructions(  # noqa: N802 - the gRPC method's name
         self,
         request: keeper_pb2.InstructionsRequest,
-        context: grpc.aio.ServicerContext[Any, Any],  # noqa: ARG002 - nothing to set
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[keeper_pb2.InstructionMsg]:
         """An AppMaster's link: register it (its request is a heartbeat) and stream the
         instructions after ``after``, or an empty message (id 0) each period with none,
         so a Keeper that stops answering (paused, partitioned) is noticed by its silence,
         not by TCP. The loop itself heartbeats nothing: an open stream is no proof that
-        the AppMaster lives (a paused one keeps it open); its ``Heartbeat`` calls are."""
+        the AppMaster lives (a paused one keeps it open); its ``Heartbeat`` calls are.
+        Its credential is checked again each period: a revoked one ends the stream."""
+        await check_target(self.auth, context, request.cluster, request.service)
         with contextlib.suppress(StoreUnavailable):
             await asyncio.to_thread(
                 self.store.heartbeat_appmaster,
@@ -262,6 +228,7 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             if not found:  # a beat: the AppMaster knows this Keeper still answers
                 yield keeper_pb2.InstructionMsg(id=0)
             await asyncio.sleep(self.settings.link_period_s)
+            await check_target(self.auth, context, request.cluster, request.service)
 
     async def Heartbeat(  # noqa: N802 - the gRPC method's name
         self, request: keeper_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -269,6 +236,7 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         """An AppMaster's link says it lives: the only refresh of its heartbeat."""
         if not (request.cluster and request.service):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cluster and service required")
+        await check_target(self.auth, context, request.cluster, request.service)
         try:
             await asyncio.to_thread(
                 self.store.heartbeat_appmaster,
@@ -289,10 +257,23 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             return None
 
     async def start(self) -> None:
-        interceptors = []
-        token = control_token(self.settings)
-        if token:
-            interceptors.append(_TokenAuth(token, self.log))
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.auth.enabled:
+            interceptors.append(ScopeAuth(self.auth, self.log))
+        elif not self.settings.insecure:
+            raise InvalidSpec(
+                "keeper",
+                [
+                    "no credentials: set HA_SERVING_KEEPER_TOKEN_FILE (and "
+                    "HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE), or run it --insecure"
+                ],
+            )
+        else:
+            self.log.warning(
+                "INSECURE: %s serves its control API WITHOUT authentication: anyone who "
+                "reaches it can deploy code and read every service",
+                self.address,
+            )
         server = grpc.aio.server(
             interceptors=interceptors,
             options=channel_options(self.settings),

@@ -7,6 +7,7 @@ versioned and migrated by ``Store.connect``.
 
 from ha_serving.store._catalog import Endpoint, UnknownPackage
 from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
+from ha_serving.store._credentials import CredentialRecord
 from ha_serving.store._engine import TimeSource, db_now, safe_url, store_retry
 from ha_serving.store._lease import KEEPER_LEADER, Lease
 from ha_serving.store._records import (
@@ -26,6 +27,7 @@ __all__ = [
     "AlreadyExists",
     "AppMasterRecord",
     "ClusterRecord",
+    "CredentialRecord",
     "Endpoint",
     "EventRecord",
     "Instruction",

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import PlatformError, StoreUnavailable
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The schema version this code reads and writes."""
 
 _MIGRATE_LOCK = "ha_serving_migrate"
@@ -193,8 +193,26 @@ instructions = sa.Table(
 """The leader's instructions to AppMasters, in order; streamed to them by any Keeper.
 Added in schema version 3."""
 
+credentials = sa.Table(
+    "credentials",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the token's public part (hex)
+    sa.Column("scope", sa.String(32), nullable=False),
+    sa.Column("cluster", CLUSTER, nullable=False),
+    sa.Column("service", NAME, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),  # sha256 hex of the secret part
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Column("revoked_at", TIME, nullable=True),
+    sa.Index("ix_credentials_target", "cluster", "service"),
+    **_MYSQL_TABLE,
+)
+"""Credentials the Keepers mint (one per AppMaster): the secret's hash, never the secret.
+Added in schema version 6."""
+
 _V1_TABLES = [
-    t for t in metadata.sorted_tables if t.name not in {"packages", "clusters", "instructions"}
+    t
+    for t in metadata.sorted_tables
+    if t.name not in {"packages", "clusters", "instructions", "credentials"}
 ]  # what version 1 created, for migration 1
 
 
@@ -254,12 +272,17 @@ def _v5_cluster_tier(conn: Connection) -> None:
         conn.execute(sa.text(add))
 
 
+def _v6_credentials(conn: Connection) -> None:
+    credentials.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _v1_initial),
     Migration(2, "content-addressed code packages", _v2_packages),
     Migration(3, "cluster registry and Keeper instructions", _v3_keeper),
     Migration(4, "release progress and operator commands on operations", _v4_release_progress),
     Migration(5, "a tier for each registered cluster", _v5_cluster_tier),
+    Migration(6, "credentials the Keepers mint for AppMasters", _v6_credentials),
 )
 
 

@@ -24,9 +24,10 @@ from ha_serving._errors import (
     StoreUnavailable,
     UnknownService,
 )
-from ha_serving.store import _catalog, _control, _lease, _retention
+from ha_serving.store import _catalog, _control, _credentials, _lease, _retention
 from ha_serving.store._catalog import Endpoint
 from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
+from ha_serving.store._credentials import CredentialRecord
 from ha_serving.store._engine import (
     TimeSource,
     db_now,
@@ -626,6 +627,33 @@ class Store:
     def last_instruction(self, cluster: str, service: str) -> Instruction | None:
         with self._tx() as conn:
             return _control.last_instruction(conn, cluster, service)
+
+    # --- credentials (in _credentials.py) ----------------------------------------------
+
+    def mint_credential(self, scope: str, cluster: str, service: str) -> str:
+        """A new credential of ``scope`` for (cluster, service); every other live one of
+        that target is revoked in the same transaction. Returns the token: the only time
+        its secret exists outside the caller's file (the store keeps its hash)."""
+        token, token_id, digest = _credentials.new_token()
+        now = self._now_sql()
+        with self._tx() as conn:
+            _credentials.add(conn, now, token_id, digest, scope, cluster, service)
+            _credentials.revoke(conn, now, cluster=cluster, service=service, keep=token_id)
+        return token
+
+    def verify_credential(self, token: str) -> CredentialRecord | None:
+        """The credential ``token`` proves (check ``revoked``), None if it proves none."""
+        with self._tx() as conn:
+            return _credentials.verify(conn, token)
+
+    def revoke_credentials(self, cluster: str, service: str) -> int:
+        """Revoke every live credential of (cluster, service); returns how many."""
+        with self._tx() as conn:
+            return _credentials.revoke(conn, self._now_sql(), cluster=cluster, service=service)
+
+    def list_credentials(self, *, include_revoked: bool = False) -> list[CredentialRecord]:
+        with self._tx() as conn:
+            return _credentials.listed(conn, include_revoked=include_revoked)
 
     # --- retention (in _retention.py) -------------------------------------------------
 

@@ -59,7 +59,7 @@ def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
 
 
 def _keeper(store: Store, **settings: Any) -> KeeperThread:
-    return KeeperThread(store, KeeperSettings(lease_ttl_s=3.0, **settings))
+    return KeeperThread(store, KeeperSettings(lease_ttl_s=3.0, insecure=True, **settings))
 
 
 def test_the_message_limit_is_sized_from_the_package_limit() -> None:

@@ -130,7 +130,7 @@ def test_a_serving_jobs_environment_holds_paths_never_a_secret(tmp_path: Path) -
             keepers=["127.0.200.1:9400"],
             token_file=token_file,
         )
-        env = submitter.job_env()
+        env = submitter.job_env(submitter.credential_file("a", "echo"))
         shown = " ".join([*env.values(), submitter.entrypoint("a", "echo")])
         assert PASSWORD not in shown
         assert TOKEN not in shown
