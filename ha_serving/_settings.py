@@ -127,6 +127,12 @@ class StackSettings(_Group):
     redis_bin: str | None = Field(default_factory=lambda: shutil.which("redis-server"))
     """Redis binary for GCS fault tolerance; None starts clusters without GCS FT."""
 
+    tls: bool = False
+    """`up` makes a private CA and certificates, and the Keepers' API, their link to the
+    AppMasters (mutual TLS) and the proxies serve TLS only. Off by default until a
+    stack run proves every caller of this repository speaks it; `up --tls` / `--no-tls`
+    choose per run (off prints a warning)."""
+
     redis_auth: bool = True
     """The private Redis requires a password `up` generates (``requirepass``, from a
     0600 config file). Ray's heads must then be given it on their command line
@@ -267,6 +273,32 @@ class KeeperSettings(_Group):
     even when a backlog of history waits."""
 
 
+class TlsSettings(_Group):
+    ca_file: Path | None = None
+    """The stack's CA certificate (PEM): clients verify the Keepers' and the proxies'
+    certificates against it, and the Keepers verify the AppMasters' link certificates.
+    None: plaintext everywhere (`up --no-tls`)."""
+
+    keeper_cert_file: Path | None = None
+    """The Keepers' server certificate (its SANs: every Keeper address)."""
+
+    keeper_key_file: Path | None = None
+    """Its private key (0600)."""
+
+    proxy_cert_file: Path | None = None
+    """The proxies' server certificate (its SANs: every node address of the stack)."""
+
+    proxy_key_file: Path | None = None
+    """Its private key (0600)."""
+
+    appmaster_cert_file: Path | None = None
+    """The AppMasters' client certificate, shown on their link to the Keepers (mutual
+    TLS on the Keepers' link port, ``keeper.port`` + 1)."""
+
+    appmaster_key_file: Path | None = None
+    """Its private key (0600)."""
+
+
 class Settings(_Group):
     stack: StackSettings = StackSettings()
     """The local stack `up` starts: run directory, Ray clusters and nodes, their port
@@ -282,13 +314,16 @@ class Settings(_Group):
     client: ClientSettings = ClientSettings()
     """The client SDK: overall deadline, attempts, the retry budget and back-off, how long
     a failing endpoint is skipped, and the largest reply."""
+    tls: TlsSettings = TlsSettings()
+    """TLS of the Keepers' API and link and of the proxies: the stack's CA and the
+    certificates `up` issues from it (files under <run_dir>/secrets/tls/)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default: ``os.environ``); the only reader of it."""
         env = os.environ if env is None else env
-        groups: dict[str, dict[str, object]] = {"stack": {}, "store": {}, "keeper": {}}
-        for var, group, field in _ENV:
+        groups: dict[str, dict[str, object]] = {"stack": {}, "store": {}, "keeper": {}, "tls": {}}
+        for var, group, field in SETTINGS_ENV:
             if v := env.get(var):  # set and not empty: "" means "not set"
                 groups[group][field] = v
         return cls.build(**groups)
@@ -308,7 +343,7 @@ class Settings(_Group):
         return Settings.build(**groups)
 
 
-_ENV: tuple[tuple[str, str, str], ...] = (
+SETTINGS_ENV: tuple[tuple[str, str, str], ...] = (
     ("HA_SERVING_RUN_DIR", "stack", "run_dir"),
     ("HA_SERVING_CLUSTERS", "stack", "clusters"),
     ("HA_SERVING_MARIADBD", "stack", "mariadbd_bin"),
@@ -324,6 +359,13 @@ _ENV: tuple[tuple[str, str, str], ...] = (
     ("HA_SERVING_KEEPER_CREDENTIALS_DIR", "keeper", "credentials_dir"),
     ("HA_SERVING_KEEPER_TTL", "keeper", "lease_ttl_s"),
     ("HA_SERVING_KEEPER_PORT", "keeper", "port"),
+    ("HA_SERVING_TLS_CA", "tls", "ca_file"),
+    ("HA_SERVING_TLS_KEEPER_CERT", "tls", "keeper_cert_file"),
+    ("HA_SERVING_TLS_KEEPER_KEY", "tls", "keeper_key_file"),
+    ("HA_SERVING_TLS_PROXY_CERT", "tls", "proxy_cert_file"),
+    ("HA_SERVING_TLS_PROXY_KEY", "tls", "proxy_key_file"),
+    ("HA_SERVING_TLS_APPMASTER_CERT", "tls", "appmaster_cert_file"),
+    ("HA_SERVING_TLS_APPMASTER_KEY", "tls", "appmaster_key_file"),
 )
 """Each environment variable ``Settings.from_env`` reads: (variable, group, field)."""
 

@@ -30,6 +30,13 @@ NOT_INHERITED = frozenset(
         "HA_SERVING_KEEPER_TOKEN_FILE",
         "HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE",
         "HA_SERVING_KEEPER_CREDENTIALS_DIR",
+        "HA_SERVING_TLS_CA",
+        "HA_SERVING_TLS_KEEPER_CERT",
+        "HA_SERVING_TLS_KEEPER_KEY",
+        "HA_SERVING_TLS_PROXY_CERT",
+        "HA_SERVING_TLS_PROXY_KEY",
+        "HA_SERVING_TLS_APPMASTER_CERT",
+        "HA_SERVING_TLS_APPMASTER_KEY",
     }
 )
 """Variables of the caller's environment a started process does not inherit: a store

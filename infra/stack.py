@@ -30,11 +30,13 @@ from ha_serving._errors import StackError
 from ha_serving._settings import Settings
 from ha_serving.keeper import keeper_status
 from ha_serving.store import ClusterRecord, Store
+from ha_serving.util import tls
 from ha_serving.util.secrets import masked_url, new_secret, secret_dir, write_secret
+from ha_serving.util.tls import TlsFiles
 from infra import procs, services, topology
 from infra.ports import claim_slot, cluster_name, ensure_free, node_address, node_ports
 from infra.ray_nodes import alive_since, node_argv, node_env
-from infra.topology import Cluster, Keeper, Node, Role, Topology
+from infra.topology import Cluster, Keeper, Node, Role, TlsPaths, Topology
 
 Report = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ SECRETS_DIR = "secrets"
 OPERATOR_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name
 DISCOVERY_TOKEN_FILE = "discovery.token"  # noqa: S105 - a file name
 APPMASTER_CREDENTIALS_DIR = "appmasters"
+TLS_DIR = "tls"
 
 
 def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
@@ -160,6 +163,10 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
         topo.save()
     else:
         report("no redis-server found: clusters start WITHOUT GCS fault tolerance")
+    if s.tls:
+        report("making the stack's CA and certificates")
+        topo.tls = make_certificates(settings, secrets / TLS_DIR)
+        topo.save()
     temp_root = ray_temp_root(run_dir)
     for i in range(1, s.clusters + 1):
         topo.clusters.append(_start_node_set(settings, topo, i, temp_root, heads=True))
@@ -179,6 +186,35 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
     report(f"starting {settings.keeper.replicas} Keeper replicas")
     _start_keepers(settings, topo)
     return topo
+
+
+def make_certificates(settings: Settings, directory: Path) -> TlsPaths:
+    """A new CA and, from it: the Keepers' server certificate (every Keeper address), the
+    proxies' (every node address: a proxy binds its node's), the AppMasters' client one."""
+    s, k = settings.stack, settings.keeper
+    secret_dir(directory)
+    ca = tls.make_ca(directory)
+    keepers = [f"{k.address_prefix}.{i}" for i in range(1, k.replicas + 1)]
+    nodes = [
+        node_address(i, n)
+        for i in range(1, s.clusters + 1)
+        for n in range(s.workers_per_cluster + 1)
+    ]
+    keeper = tls.issue(ca, directory, "keeper", hosts=keepers, server=True, client=False)
+    proxy = tls.issue(ca, directory, "proxy", hosts=nodes, server=True, client=False)
+    appmaster = tls.issue(
+        ca, directory, "appmaster", hosts=["appmaster"], server=False, client=True
+    )
+    return TlsPaths(
+        ca=Path(ca.ca),
+        ca_key=ca.paths()[1],
+        keeper_cert=keeper.paths()[0],
+        keeper_key=keeper.paths()[1],
+        proxy_cert=proxy.paths()[0],
+        proxy_key=proxy.paths()[1],
+        appmaster_cert=appmaster.paths()[0],
+        appmaster_key=appmaster.paths()[1],
+    )
 
 
 def _register_clusters(topo: Topology) -> None:
@@ -201,7 +237,8 @@ def _start_keepers(settings: Settings, topo: Topology) -> None:
     for i, address in enumerate(addresses, start=1):
         keeper_id = f"k{i}"
         host, _, port = address.rpartition(":")
-        ensure_free(host, [int(port)], what=f"Keeper {keeper_id}")
+        ports = [int(port)] + ([int(port) + tls.LINK_PORT_OFFSET] if topo.tls else [])
+        ensure_free(host, ports, what=f"Keeper {keeper_id}")
         argv = [
             ha_serving_bin,
             "keeper",
@@ -234,6 +271,8 @@ def keeper_env(topo: Topology, token_file: Path, *, lease_ttl_s: float) -> dict[
     }
     if topo.discovery_token_file is not None:
         env["HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE"] = str(topo.discovery_token_file)
+    if topo.tls is not None:
+        env.update(topo.tls.env())
     if db.password_file is not None:
         env["HA_SERVING_DB_PASSWORD_FILE"] = str(db.password_file)
     return env
@@ -248,7 +287,7 @@ def wait_keeper(topo: Topology, keeper: Keeper, timeout_s: float = 30.0) -> None
             raise StackError(
                 f"Keeper {keeper.id} exited at start: {procs.log_tail(keeper.proc.log)}"
             )
-        return bool(keeper_status(keeper.address, token=token)["alive"])
+        return bool(keeper_status(keeper.address, token=token, tls=topo.client_tls())["alive"])
 
     try:
         procs.wait_for(f"Keeper {keeper.id}", ready, timeout_s=timeout_s)
@@ -462,7 +501,8 @@ def status(run_dir: Path) -> dict[str, object] | None:
         redis_alive = pool.submit(services.redis_alive, topo.redis) if topo.redis else None
         clusters = [_cluster_status(c, seen[c.name]) for c in topo.clusters]
         token = topo.keeper_token()
-        keepers = list(pool.map(lambda k: _keeper_status(k, token), topo.keepers))
+        client_tls = topo.client_tls()
+        keepers = list(pool.map(lambda k: _keeper_status(k, token, client_tls), topo.keepers))
         return {
             "keepers": keepers,
             "run_dir": str(topo.run_dir),
@@ -477,10 +517,11 @@ def status(run_dir: Path) -> dict[str, object] | None:
                 "alive": redis_alive.result() if redis_alive else False,
                 "gcs_fault_tolerance": topo.redis is not None,
             },
+            "tls": topo.tls is not None,
         }
 
 
-def _keeper_status(k: Keeper, token: str | None) -> dict[str, object]:
+def _keeper_status(k: Keeper, token: str | None, client_tls: TlsFiles | None) -> dict[str, object]:
     if not procs.alive(k.proc):
         return {
             "id": k.id,
@@ -491,7 +532,7 @@ def _keeper_status(k: Keeper, token: str | None) -> dict[str, object]:
             "pid": k.proc.pid,
             "pgid": k.proc.pgid,
         }
-    found = keeper_status(k.address, token=token)
+    found = keeper_status(k.address, token=token, tls=client_tls)
     return {"id": k.id, **found, "pid": k.proc.pid, "pgid": k.proc.pgid}
 
 

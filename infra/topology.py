@@ -18,6 +18,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from ha_serving.store import StoreRef
 from ha_serving.util.secrets import read_secret
+from ha_serving.util.tls import TlsFiles
 
 TOPOLOGY_FILE = "topology.json"
 
@@ -120,6 +121,32 @@ class Redis(_Model):
         return read_secret(self.password_file, what="Redis password file")
 
 
+class TlsPaths(_Model):
+    """The stack's CA and the certificates `up` issued from it (``util.tls``)."""
+
+    ca: Path
+    ca_key: Path
+    keeper_cert: Path
+    keeper_key: Path
+    proxy_cert: Path
+    proxy_key: Path
+    appmaster_cert: Path
+    appmaster_key: Path
+
+    def env(self) -> dict[str, str]:
+        """The settings' variables naming these files (what a Keeper is started with; it
+        hands the AppMasters' and proxies' on to its serving jobs)."""
+        return {
+            "HA_SERVING_TLS_CA": str(self.ca),
+            "HA_SERVING_TLS_KEEPER_CERT": str(self.keeper_cert),
+            "HA_SERVING_TLS_KEEPER_KEY": str(self.keeper_key),
+            "HA_SERVING_TLS_PROXY_CERT": str(self.proxy_cert),
+            "HA_SERVING_TLS_PROXY_KEY": str(self.proxy_key),
+            "HA_SERVING_TLS_APPMASTER_CERT": str(self.appmaster_cert),
+            "HA_SERVING_TLS_APPMASTER_KEY": str(self.appmaster_key),
+        }
+
+
 class Keeper(_Model):
     id: str
     address: str
@@ -142,6 +169,8 @@ class Topology(_Model):
     """Where the Keepers' operator credential is (mode 0600); the token is never in here."""
     discovery_token_file: Path | None = None
     """Where the clients' discovery credential is (Status, Resolve, Watch only)."""
+    tls: TlsPaths | None = None
+    """The stack's CA and certificates; None: the stack speaks plaintext (`up --no-tls`)."""
 
     def keeper(self, keeper_id: str) -> Keeper:
         for k in self.keepers:
@@ -154,6 +183,11 @@ class Topology(_Model):
         if self.keeper_token_file is None:
             return None
         return read_secret(self.keeper_token_file, what="Keeper token file")
+
+    def client_tls(self) -> TlsFiles | None:
+        """What a client of this stack verifies the Keepers and the proxies with: the
+        stack's CA; None when the stack speaks plaintext."""
+        return TlsFiles(str(self.tls.ca)) if self.tls is not None else None
 
     def discovery_token(self) -> str | None:
         """What a client resolving services presents: the discovery credential."""

@@ -20,6 +20,7 @@ from ha_serving._settings import KeeperSettings
 from ha_serving.appmaster._core import AppMasterCore
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.util.secrets import read_secret
+from ha_serving.util.tls import TlsFiles, aio_channel
 
 RETRY_S = 0.5
 BEAT_S = 0.2
@@ -31,8 +32,18 @@ a paused or partitioned Keeper keeps its TCP connection open, so only silence sh
 
 
 class KeeperLink:
-    def __init__(self, core: AppMasterCore, keepers: list[str], token_file: str | None) -> None:
+    def __init__(
+        self,
+        core: AppMasterCore,
+        keepers: list[str],
+        token_file: str | None,
+        *,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.core = core
+        self.tls = tls
+        """The CA the Keepers' certificate must be signed by and this AppMaster's client
+        certificate (mutual TLS on the Keepers' link port); None: plaintext."""
         self.keepers = keepers
         self.token_file = token_file
         """File holding this AppMaster's Keeper credential; read again for each stream, so
@@ -74,7 +85,7 @@ class KeeperLink:
             actor_name=f"{self.core.service}-appmaster",
             epoch_seen=state.highest_epoch if state else 0,
         )
-        async with grpc.aio.insecure_channel(keeper, options=_channel_options()) as channel:
+        async with aio_channel(keeper, self.tls, _channel_options()) as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Instructions(request, metadata=self.metadata)
             try:

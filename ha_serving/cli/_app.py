@@ -52,6 +52,7 @@ from ha_serving.cli._services import ServiceOps, load_spec_file, start_appmaster
 from ha_serving.client import Client
 from ha_serving.keeper import AppMasterCredentials, KeeperServer, RayJobSubmitter
 from ha_serving.store import Store, StoreRef
+from ha_serving.util.tls import files
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 node_app = typer.Typer(no_args_is_help=True, help="Kill or restart one Ray node.")
@@ -89,11 +90,25 @@ ViaCluster = Annotated[
 def up(
     clusters: Annotated[str | None, typer.Option(help="Number of Ray clusters (1-9).")] = None,
     workers: Annotated[str | None, typer.Option(help="Worker nodes per cluster.")] = None,
+    use_tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls/--no-tls",
+            help="TLS for the Keepers' API and link and the proxies (default: stack.tls).",
+        ),
+    ] = None,
     run_dir: RunDir = None,
 ) -> None:
     """Start the DB, Redis and the local Ray clusters, and wait until all are alive."""
     # taken as text so a bad value gets the same one-line error as HA_SERVING_CLUSTERS
-    settings = settings_for(run_dir, clusters=clusters or None, workers_per_cluster=workers or None)
+    settings = settings_for(
+        run_dir, clusters=clusters or None, workers_per_cluster=workers or None, tls=use_tls
+    )
+    if not settings.stack.tls:
+        err.print(
+            "[yellow]warning:[/] TLS is off: the Keepers' API, their link to the AppMasters "
+            "and the proxies speak plaintext (`ha-serving up --tls` turns it on)"
+        )
     with err.status("starting the stack") as spinner:
         result = infra.up(settings, report=spinner.update)
     topo = result.topology
@@ -176,6 +191,7 @@ def _print_status(report: dict[str, object] | None) -> None:
     db = report["db"]
     redis = report["redis"]
     out.print(f"DB     {db['kind']:<8} {db['url']:<50} {_yes(db['alive'])}")  # type: ignore[index]
+    out.print(f"TLS    {'on' if report.get('tls') else 'off (plaintext)'}")
     if redis["gcs_fault_tolerance"]:  # type: ignore[index]
         out.print(f"Redis  {redis['address']:<59} {_yes(redis['alive'])}")  # type: ignore[index]
     else:
@@ -252,13 +268,22 @@ def keeper_run(
         keepers=peers.split(",") if peers else [address],
         token_file=settings.keeper.token_file,
         credentials=AppMasterCredentials(store, credentials_dir) if credentials_dir else None,
+        tls=settings.tls,
     )
     if settings.keeper.token and settings.keeper.token_file is None:
         logging.getLogger("ha_serving.keeper").warning(
             "the control API's token is given inline: serving jobs cannot be handed it "
             "(only a file's path travels with them); set HA_SERVING_KEEPER_TOKEN_FILE"
         )
-    server = KeeperServer(store, keeper_id, address, keeper_settings, submitter=submitter)
+    t = settings.tls
+    server = KeeperServer(
+        store,
+        keeper_id,
+        address,
+        keeper_settings,
+        submitter=submitter,
+        tls=files(t.ca_file, t.keeper_cert_file, t.keeper_key_file),
+    )
     try:
         asyncio.run(server.serve_forever())
     finally:
@@ -290,12 +315,15 @@ def appmaster_start(
     settings = Settings.from_env()
     if not settings.store.url:
         raise InvalidSpec("appmaster start", ["HA_SERVING_DB_URL must be set"])
+    t = settings.tls
     started = start_appmaster(
         cluster,
         service,
         StoreRef.of(settings.store.url, settings.store.password_file),
         keepers=[k for k in keepers.split(",") if k],
         token_file=settings.keeper.token_file,
+        link_tls=files(t.ca_file, t.appmaster_cert_file, t.appmaster_key_file),
+        proxy_tls=files(t.ca_file, t.proxy_cert_file, t.proxy_key_file),
     )
     out.print(f"AppMaster of {service} on {cluster}: {started}")
 

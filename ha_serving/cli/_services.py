@@ -21,6 +21,7 @@ from ha_serving.backend import make_package
 from ha_serving.runtime import ActorSpec
 from ha_serving.runtime._ray import RayRuntime, connect, disconnect
 from ha_serving.store import AlreadyExists, ServiceRecord, Store, StoreRef
+from ha_serving.util.tls import TlsFiles
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -174,7 +175,14 @@ def load_spec_file(path: Path) -> tuple[ServiceSpec, Path]:
 
 
 def start_appmaster(
-    cluster: str, service: str, db: StoreRef, *, keepers: list[str], token_file: Path | None
+    cluster: str,
+    service: str,
+    db: StoreRef,
+    *,
+    keepers: list[str],
+    token_file: Path | None,
+    link_tls: TlsFiles | None = None,
+    proxy_tls: TlsFiles | None = None,
 ) -> str:
     """Inside a Ray job on ``cluster``: create (or find) the detached AppMaster linked to
     the Keepers, wait until it answers, and leave it running. The actor's arguments are
@@ -194,6 +202,8 @@ def start_appmaster(
                 kwargs={
                     "keepers": keepers,
                     "token_file": str(token_file) if token_file is not None else None,
+                    "link_tls": link_tls,
+                    "proxy_tls": proxy_tls,
                 },
                 num_cpus=CONTROL_CPUS,
                 max_concurrency=100,

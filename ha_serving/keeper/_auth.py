@@ -58,6 +58,12 @@ ALLOWED: dict[str, frozenset[Scope]] = {
 }
 """Each RPC and the scopes that may call it; an RPC not listed is refused to all."""
 
+LINK_METHODS = frozenset({f"{_RPC}Status", f"{_RPC}Instructions", f"{_RPC}Heartbeat"})
+"""What a Keeper serves on its link port (mutual TLS): the AppMasters' RPCs."""
+CLIENT_SCOPES: frozenset[Scope] = frozenset({"discovery", "operator"})
+"""Who a Keeper serving TLS takes on its API port: an AppMaster must use the link port,
+where its certificate is checked too."""
+
 OPEN = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 """Needs no credential: a load balancer's health check has none."""
 
@@ -150,9 +156,20 @@ class ScopeAuth(grpc.aio.ServerInterceptor):
     the RPC does not allow (PERMISSION_DENIED). Logs the caller's method and scope, never
     the token."""
 
-    def __init__(self, auth: Authenticator, log: Bound) -> None:
+    def __init__(
+        self,
+        auth: Authenticator,
+        log: Bound,
+        *,
+        methods: frozenset[str] | None = None,
+        scopes: frozenset[Scope] | None = None,
+    ) -> None:
         self._auth = auth
         self._log = log
+        self._methods = methods
+        """The RPCs served on this port (None: all); another gets PERMISSION_DENIED."""
+        self._scopes = scopes
+        """The scopes taken on this port (None: all); another gets PERMISSION_DENIED."""
 
     async def intercept_service(
         self,
@@ -161,24 +178,37 @@ class ScopeAuth(grpc.aio.ServerInterceptor):
         ],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = details.method
-        if method in OPEN:
+        if details.method in OPEN:
             return await continuation(details)
+        refusal = await self._refusal(details)
+        if refusal is not None:
+            return _deny(*refusal)
+        return await continuation(details)
+
+    async def _refusal(
+        self, details: grpc.HandlerCallDetails
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """Why this call is refused (status and message), None if it may go on."""
+        method = details.method
+        if self._methods is not None and method not in self._methods:
+            return grpc.StatusCode.PERMISSION_DENIED, "not served on this port"
         token = bearer(details.invocation_metadata)
         try:
             caller = await self._auth.identify(token) if token else None
         except StoreUnavailable:
-            return _deny(grpc.StatusCode.UNAVAILABLE, "cannot check the credential now")
+            return grpc.StatusCode.UNAVAILABLE, "cannot check the credential now"
         if caller is None:
             self._log.warning("refused %s: %s token", method, "wrong" if token else "no")
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+            return grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token"
+        if self._scopes is not None and caller.scope not in self._scopes:
+            self._log.warning("refused %s: a %s credential on this port", method, caller.scope)
+            why = f"a {caller.scope} credential is taken on the link port only (mutual TLS)"
+            return grpc.StatusCode.PERMISSION_DENIED, why
         if caller.scope not in ALLOWED.get(method, frozenset()):
             self._log.warning("refused %s to a %s credential", method, caller.scope)
-            return _deny(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"a {caller.scope} credential may not call {method.rsplit('/', 1)[-1]}",
-            )
-        return await continuation(details)
+            why = f"a {caller.scope} credential may not call {method.rsplit('/', 1)[-1]}"
+            return grpc.StatusCode.PERMISSION_DENIED, why
+        return None
 
 
 def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:

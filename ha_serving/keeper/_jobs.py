@@ -18,9 +18,11 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from ha_serving._settings import TlsSettings
 from ha_serving.keeper._auth import AppMasterCredentials
 from ha_serving.store import ClusterRecord, StoreRef
 from ha_serving.util.secrets import split_password
+from ha_serving.util.tls import link_address
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class RayJobSubmitter:
         keepers: Sequence[str],
         token_file: Path | None,
         credentials: AppMasterCredentials | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.ha_serving_bin = ha_serving_bin
         self.store = store
@@ -41,6 +44,11 @@ class RayJobSubmitter:
         self.token_file = token_file
         """The credential file jobs get when no ``credentials`` mint their own."""
         self.credentials = credentials
+        self.tls = tls if tls is not None and tls.ca_file is not None else None
+        """The files the job's AppMaster and its proxies serve and verify TLS with (their
+        paths go with the job); None: plaintext."""
+        if self.tls is not None:  # the AppMasters link to the Keepers' mutual-TLS port
+            self.keepers = [link_address(k) for k in self.keepers]
         if store.has_inline_password:
             log.warning(
                 "the store URL carries its password: serving jobs get it without, so set "
@@ -55,6 +63,17 @@ class RayJobSubmitter:
             env["HA_SERVING_DB_PASSWORD_FILE"] = self.store.password_file
         if token_file is not None:
             env["HA_SERVING_KEEPER_TOKEN_FILE"] = str(token_file)
+        if self.tls is not None:  # paths of what the AppMaster and its proxies need
+            t = self.tls
+            for var, path in (
+                ("HA_SERVING_TLS_CA", t.ca_file),
+                ("HA_SERVING_TLS_APPMASTER_CERT", t.appmaster_cert_file),
+                ("HA_SERVING_TLS_APPMASTER_KEY", t.appmaster_key_file),
+                ("HA_SERVING_TLS_PROXY_CERT", t.proxy_cert_file),
+                ("HA_SERVING_TLS_PROXY_KEY", t.proxy_key_file),
+            ):
+                if path is not None:
+                    env[var] = str(path)
         return env
 
     def credential_file(self, cluster: str, service: str) -> Path | None:

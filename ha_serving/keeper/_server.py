@@ -20,7 +20,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ha_serving._errors import HAServingError, InvalidSpec, StoreUnavailable
 from ha_serving._settings import KeeperSettings
-from ha_serving.keeper._auth import Authenticator, ScopeAuth, check_target
+from ha_serving.keeper._auth import (
+    CLIENT_SCOPES,
+    LINK_METHODS,
+    Authenticator,
+    ScopeAuth,
+    check_target,
+)
 from ha_serving.keeper._client import channel_options
 from ha_serving.keeper._control_api import command, deploy
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, keeper_of
@@ -31,6 +37,7 @@ from ha_serving.store import OperationRecord, Store
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
+from ha_serving.util.tls import TlsFiles, link_address
 
 
 def _status(exc: HAServingError) -> grpc.StatusCode:
@@ -47,7 +54,10 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         *,
         clock: Clock | None = None,
         submitter: JobSubmitter | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """``tls``: the Keeper's certificate and the CA its AppMasters' certificates are
+        signed by; None: plaintext."""
         self.store = store
         self.keeper_id = keeper_id
         self.address = address
@@ -58,6 +68,8 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock or SystemClock()
         )
         self._server: grpc.aio.Server | None = None
+        self._servers: list[grpc.aio.Server] = []
+        self.tls = tls
         self.reconciler = (
             Reconciler(store, self.leadership, submitter, retention=settings)
             if submitter is not None
@@ -256,26 +268,14 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         except Exception:
             return None
 
-    async def start(self) -> None:
-        interceptors: list[grpc.aio.ServerInterceptor] = []
-        if self.auth.enabled:
-            interceptors.append(ScopeAuth(self.auth, self.log))
-        elif not self.settings.insecure:
-            raise InvalidSpec(
-                "keeper",
-                [
-                    "no credentials: set HA_SERVING_KEEPER_TOKEN_FILE (and "
-                    "HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE), or run it --insecure"
-                ],
-            )
-        else:
-            self.log.warning(
-                "INSECURE: %s serves its control API WITHOUT authentication: anyone who "
-                "reaches it can deploy code and read every service",
-                self.address,
-            )
+    def _interceptors(self, **limits: Any) -> list[grpc.aio.ServerInterceptor]:
+        return [ScopeAuth(self.auth, self.log, **limits)] if self.auth.enabled else []
+
+    def _server_on(
+        self, address: str, credentials: grpc.ServerCredentials | None, **limits: Any
+    ) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=self._interceptors(**limits),
             options=channel_options(self.settings),
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
@@ -283,14 +283,57 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         health_servicer = health.HealthServicer()
         health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        if server.add_insecure_port(self.address) == 0:
-            raise OSError(f"cannot bind {self.address}")
-        await server.start()
-        self._server = server
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+        if bound == 0:
+            raise OSError(f"cannot bind {address}")
+        return server
+
+    async def start(self) -> None:
+        """Serve the API on ``address``; with TLS, only TLS there, and the AppMasters'
+        link (Status, Instructions, Heartbeat) on ``link_address(address)`` under mutual
+        TLS, the only place an AppMaster's credential is taken."""
+        if not self.auth.enabled:
+            if not self.settings.insecure:
+                raise InvalidSpec(
+                    "keeper",
+                    [
+                        "no credentials: set HA_SERVING_KEEPER_TOKEN_FILE (and "
+                        "HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE), or run it --insecure"
+                    ],
+                )
+            self.log.warning(
+                "INSECURE: %s serves its control API WITHOUT authentication: anyone who "
+                "reaches it can deploy code and read every service",
+                self.address,
+            )
+        if self.tls is None:
+            servers = [self._server_on(self.address, None)]
+        else:
+            if self.tls.cert is None:
+                raise InvalidSpec("tls", ["a Keeper serving TLS needs its certificate and key"])
+            servers = [
+                self._server_on(self.address, self.tls.server_credentials(), scopes=CLIENT_SCOPES),
+                self._server_on(
+                    link_address(self.address),
+                    self.tls.server_credentials(require_client_cert=True),
+                    methods=LINK_METHODS,
+                ),
+            ]
+        for server in servers:
+            await server.start()
+        self._server, self._servers = servers[0], servers
         guard(self.leadership.run(), name=f"leadership-{self.keeper_id}", logger=self.log)
         if self.reconciler is not None:
             guard(self.reconciler.run(), name=f"reconciler-{self.keeper_id}", logger=self.log)
-        self.log.info("keeper listening on %s", self.address)
+        tls = f"TLS, link (mutual TLS) on {link_address(self.address)}" if self.tls else "PLAINTEXT"
+        self.log.info("keeper listening on %s (%s)", self.address, tls)
+
+    async def stop(self, grace_s: float | None = 0) -> None:
+        for server in self._servers:
+            await server.stop(grace_s)
 
     async def serve_forever(self) -> None:
         await self.start()

@@ -37,9 +37,7 @@ class KeeperThread:
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
 
     def stop(self) -> None:
-        grpc_server = self.server._server
-        assert grpc_server is not None
-        asyncio.run_coroutine_threadsafe(grpc_server.stop(0), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
