@@ -189,6 +189,12 @@ class Topology(_Model):
         stack's CA; None when the stack speaks plaintext."""
         return TlsFiles(str(self.tls.ca)) if self.tls is not None else None
 
+    def proxy_tls(self) -> TlsFiles | None:
+        """The proxies' certificate and the CA (what an AppMaster gives its proxies)."""
+        if self.tls is None:
+            return None
+        return TlsFiles(str(self.tls.ca), str(self.tls.proxy_cert), str(self.tls.proxy_key))
+
     def discovery_token(self) -> str | None:
         """What a client resolving services presents: the discovery credential."""
         if self.discovery_token_file is None:

@@ -80,7 +80,10 @@ class Load:
         route = self.route
         if route is None:
             self.client, self.discovery = discovered_client(
-                self.service, keepers, token=self.topo.discovery_token()
+                self.service,
+                keepers,
+                token=self.topo.discovery_token(),
+                tls=self.topo.client_tls(),
             )
         else:
             client = self.client = Client([])

@@ -2,8 +2,9 @@
 
 Run by ``loadtest/run.py`` (headless); configured through the environment:
 ``HA_LOADTEST_SERVICE``, ``HA_LOADTEST_METHOD``, ``HA_LOADTEST_KEEPERS`` (comma-separated),
-``HA_SERVING_KEEPER_TOKEN``, ``HA_LOADTEST_DEADLINE_S``, ``HA_LOADTEST_RAW`` (where raw
-records go, one JSON line per request, flushed every second).
+``HA_SERVING_KEEPER_TOKEN``, ``HA_SERVING_TLS_CA`` (the stack's CA, when it speaks TLS),
+``HA_LOADTEST_DEADLINE_S``, ``HA_LOADTEST_RAW`` (where raw records go, one JSON line per
+request, flushed every second).
 
 gevent is patched by Locust before this module runs; ``init_gevent()`` makes gRPC
 cooperate with it and must run before any gRPC object exists. Each user has its own
@@ -28,6 +29,7 @@ from locust import User, constant, events, task  # noqa: E402
 
 from ha_serving._errors import CallError  # noqa: E402
 from ha_serving.client import Client, Discovery, EndpointInfo  # noqa: E402
+from ha_serving.util.tls import TlsFiles  # noqa: E402
 
 SERVICE = os.environ.get("HA_LOADTEST_SERVICE", "loadtest-echo")
 METHOD = os.environ.get("HA_LOADTEST_METHOD", "echo")
@@ -43,6 +45,8 @@ class _Shared:
     discovery: Discovery | None = None
     pending: ClassVar[list[str]] = []
     raw: Path | None = None
+    tls: TlsFiles | None = None
+    """The stack's CA when it speaks TLS (HA_SERVING_TLS_CA)."""
 
 
 def _adopt(endpoints: list[EndpointInfo]) -> None:
@@ -54,7 +58,11 @@ def _adopt(endpoints: list[EndpointInfo]) -> None:
 def _start(**_: Any) -> None:
     keepers = [k for k in os.environ.get("HA_LOADTEST_KEEPERS", "").split(",") if k]
     token = os.environ.get("HA_SERVING_KEEPER_TOKEN")
-    _Shared.discovery = Discovery(SERVICE, keepers, token=token, on_change=_adopt).start()
+    ca = os.environ.get("HA_SERVING_TLS_CA")
+    _Shared.tls = TlsFiles(ca) if ca else None
+    _Shared.discovery = Discovery(
+        SERVICE, keepers, token=token, on_change=_adopt, tls=_Shared.tls
+    ).start()
     raw = os.environ.get("HA_LOADTEST_RAW")
     if raw:
         _Shared.raw = Path(raw)
@@ -89,7 +97,7 @@ class ServingUser(User):
     def on_start(self) -> None:
         while not _Shared.addresses:
             gevent.sleep(0.05)
-        self.client = Client(_Shared.addresses, timeout_s=DEADLINE_S)
+        self.client = Client(_Shared.addresses, timeout_s=DEADLINE_S, tls=_Shared.tls)
         self._generation = _Shared.generation
 
     def on_stop(self) -> None:

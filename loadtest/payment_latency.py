@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     counter = itertools.count(args.warmup)  # request indexes below it are the warm-up's
     total = args.warmup + args.requests
 
-    with Client(addresses, timeout_s=args.timeout) as client:
+    with Client(addresses, timeout_s=args.timeout, tls=topo.client_tls()) as client:
 
         def worker() -> None:
             while (i := next(counter)) < total:

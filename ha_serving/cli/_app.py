@@ -408,7 +408,9 @@ def _ops(cluster: str, run_dir: Path | None) -> Iterator[ServiceOps]:
     except KeyError as exc:
         raise StackError(str(exc.args[0])) from None
     store = Store.connect(topo.db.ref())
-    ops = ServiceOps(store, topo.db.ref(), c.name, c.gcs_address, c.head.address)
+    ops = ServiceOps(
+        store, topo.db.ref(), c.name, c.gcs_address, c.head.address, proxy_tls=topo.proxy_tls()
+    )
     try:
         yield ops
     finally:
@@ -543,7 +545,7 @@ def call(
         addresses = [e.address for e in store.list_endpoints(service)]
     if not addresses:
         raise UnknownService(service)
-    with Client(addresses) as client:
+    with Client(addresses, tls=topo.client_tls()) as client:
         reply = client.call(service, method, value, timeout=timeout)
     sys.stdout.write(json.dumps(reply) + "\n")
 

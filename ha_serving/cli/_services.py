@@ -29,10 +29,23 @@ Progress = Callable[[dict[str, Any]], None]
 class ServiceOps:
     """Deploy and drive services on one cluster (``gcs_address``) of a stack."""
 
-    def __init__(self, store: Store, db: StoreRef, cluster: str, gcs: str, node_ip: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        db: StoreRef,
+        cluster: str,
+        gcs: str,
+        node_ip: str,
+        *,
+        proxy_tls: TlsFiles | None = None,
+    ) -> None:
         self.store = store
         self.db = db
         """Passed on to the AppMaster: the store's URL and its password file's path."""
+        self.proxy_tls = proxy_tls
+        """The proxies' certificate (they serve TLS with it); None: plaintext."""
+        self.client_tls = TlsFiles(proxy_tls.ca) if proxy_tls is not None else None
+        """What a client of these proxies verifies them with."""
         self.cluster = cluster
         self._gcs = gcs
         self._node_ip = node_ip
@@ -103,6 +116,7 @@ class ServiceOps:
                     name=name,
                     cls=AppMaster,
                     args=(self.cluster, spec.name, self.db),
+                    kwargs={"proxy_tls": self.proxy_tls},
                     num_cpus=CONTROL_CPUS,
                     max_concurrency=100,
                 )

@@ -79,7 +79,9 @@ def ops(stack: infra.Topology) -> Iterator[ServiceOps]:
     """Service operations on cluster a of this module's test stack, as the CLI does them."""
     a = stack.cluster("a")
     store = Store.connect(stack.db.ref())
-    o = ServiceOps(store, stack.db.ref(), "a", a.gcs_address, a.head.address)
+    o = ServiceOps(
+        store, stack.db.ref(), "a", a.gcs_address, a.head.address, proxy_tls=stack.proxy_tls()
+    )
     try:
         yield o
     finally:

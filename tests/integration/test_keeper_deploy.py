@@ -41,7 +41,9 @@ def mstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]
 
 @pytest.fixture(scope="module")
 def keeper(mstack: infra.Topology) -> KeeperClient:
-    return KeeperClient([k.address for k in mstack.keepers], token=mstack.keeper_token())
+    return KeeperClient(
+        [k.address for k in mstack.keepers], token=mstack.keeper_token(), tls=mstack.client_tls()
+    )
 
 
 def _spec_json(**changes: Any) -> str:
@@ -69,7 +71,9 @@ def _leader(topo: infra.Topology) -> tuple[str, int]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for k in topo.keepers:
-            view = keeper_status(k.address, token=topo.keeper_token(), timeout_s=0.5)
+            view = keeper_status(
+                k.address, token=topo.keeper_token(), timeout_s=0.5, tls=topo.client_tls()
+            )
             if view["alive"] and view["leader"]:
                 return k.id, int(view["epoch"])
         time.sleep(0.05)
@@ -87,7 +91,7 @@ def test_deploy_through_keepers_runs_on_both_clusters(
     assert op["status"] == "succeeded", op
     addresses = [k.address for k in mstack.keepers]
     client, discovery = discovered_client(
-        "multi", addresses, token=mstack.keeper_token(), cluster="b"
+        "multi", addresses, token=mstack.keeper_token(), cluster="b", tls=mstack.client_tls()
     )
     try:
         deadline = time.monotonic() + 30
@@ -200,7 +204,10 @@ class ClusterLoad:
 
     def __init__(self, topo: infra.Topology, threads: int = 4) -> None:
         self.client, self.discovery = discovered_client(
-            "multi", [k.address for k in topo.keepers], token=topo.keeper_token()
+            "multi",
+            [k.address for k in topo.keepers],
+            token=topo.keeper_token(),
+            tls=topo.client_tls(),
         )
         self.stop = threading.Event()
         self.results: list[tuple[float, str]] = []  # (time, cluster or error code)
@@ -253,7 +260,7 @@ def _wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> float:
 
 def _status_of(topo: infra.Topology, keeper_id: str) -> dict[str, Any]:
     address = next(k.address for k in topo.keepers if k.id == keeper_id)
-    return keeper_status(address, token=topo.keeper_token(), timeout_s=1.0)
+    return keeper_status(address, token=topo.keeper_token(), timeout_s=1.0, tls=topo.client_tls())
 
 
 def test_a_paused_leader_is_fenced_after_it_resumes(

@@ -51,7 +51,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]:
     settings = stack_settings(tmp_path_factory.mktemp("secstack"))
     topo = infra.up(settings).topology
     try:
-        keeper = KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
+        keeper = KeeperClient(
+            [k.address for k in topo.keepers], token=topo.keeper_token(), tls=topo.client_tls()
+        )
         spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
         spec.update(name=SERVICE, instances=1, placement={"clusters": [{"name": "a"}]})
         op_id = keeper.deploy(json.dumps(spec), make_package(ECHO / "code").data, kind="deploy")
