@@ -1,11 +1,15 @@
 """Integration fixtures: a real local stack (private MariaDB, Redis, Ray clusters).
 
+``HA_SERVING_TEST_TLS=1`` brings every test stack up with TLS (``stack.tls``): the same
+tests, over TLS and the Keepers' mutual-TLS link.
+
 Its addresses and ports differ from `make up`'s defaults, so the tests can run while a
 developer's own stack is up.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +40,7 @@ def stack_settings(run_dir: Path, **stack: object) -> Settings:
             "redis_address": "127.0.101.3",
             "redis_port": SLOT.redis_port,
             "gcs_reconnect_timeout_s": 60,
+            "tls": os.environ.get("HA_SERVING_TEST_TLS") == "1",
             **stack,
         },
         store={},
