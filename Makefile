@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: venv up down status demo test test-unit test-integration lint fmt clean loadtest
+.PHONY: venv up down status demo test test-unit test-integration test-security lint fmt clean loadtest
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ test-unit: venv
 
 test-integration: venv
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+## test-security: on a stack of its own with a service deployed through the Keepers, no
+## secret of <run_dir>/secrets/ in the run dir, Ray's logs, any command line (but Ray's
+## Redis password on its heads), the stack's environments, Ray's Job/state APIs, the store
+## or `status`; each credential's scope on the real Keepers (tests/security)
+test-security: venv
+	$(BIN)/python -m pytest tests/security $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -84,8 +84,8 @@ def deploy_ours(topo: Any, cluster_name: str, replicas: int, proxies: int, log: 
     cluster = topo.cluster(cluster_name)
     spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
     spec.update(name=SERVICE, instances=replicas, instances_per_worker=1, proxies=proxies)
-    store = Store.connect(topo.db.url)
-    ops = ServiceOps(store, topo.db.url, cluster.name, cluster.gcs_address, cluster.head.address)
+    store = Store.connect(topo.db.ref())
+    ops = ServiceOps(store, topo.db.ref(), cluster.name, cluster.gcs_address, cluster.head.address)
     try:
         started = time.monotonic()
         ops.deploy(parse_spec(spec, source="bench"), ECHO / "code")
@@ -124,8 +124,8 @@ def remove_ours(topo: Any, cluster_name: str, log: Any) -> None:
     from ha_serving.store import Store
 
     cluster = topo.cluster(cluster_name)
-    store = Store.connect(topo.db.url)
-    ops = ServiceOps(store, topo.db.url, cluster.name, cluster.gcs_address, cluster.head.address)
+    store = Store.connect(topo.db.ref())
+    ops = ServiceOps(store, topo.db.ref(), cluster.name, cluster.gcs_address, cluster.head.address)
     try:
         spec = store.get_service(SERVICE).spec["spec"]
         with contextlib.suppress(Exception):  # best effort: the kills below still happen

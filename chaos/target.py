@@ -52,12 +52,15 @@ def topology(configuration: Mapping[str, Any]) -> infra.Topology:
 
 def keeper_client(topo: infra.Topology, timeout_s: float = 5.0) -> KeeperClient:
     return KeeperClient(
-        [k.address for k in topo.keepers], token=topo.keeper_token(), timeout_s=timeout_s
+        [k.address for k in topo.keepers],
+        token=topo.keeper_token(),
+        timeout_s=timeout_s,
+        tls=topo.client_tls(),
     )
 
 
 def store(topo: infra.Topology) -> Store:
-    return Store.connect(topo.db.url, connect_timeout_s=2.0, query_timeout_s=5.0)
+    return Store.connect(topo.db.ref(), connect_timeout_s=2.0, query_timeout_s=5.0)
 
 
 # --- Keepers -------------------------------------------------------------------------
@@ -78,11 +81,12 @@ def keepers(
     """Every Keeper's view of itself, asked at once (a paused one costs its timeout,
     not more); ``skip`` is reported dead without asking (a Keeper a drill paused)."""
     token = topo.keeper_token()
+    tls = topo.client_tls()
 
     def view(k: Keeper) -> KeeperView:
         if k.id == skip or not procs.alive(k.proc):
             return KeeperView(k.id, alive=False)
-        s = keeper_status(k.address, token=token, timeout_s=timeout_s)
+        s = keeper_status(k.address, token=token, timeout_s=timeout_s, tls=tls)
         return KeeperView(k.id, alive=bool(s["alive"]), leader=bool(s["leader"]), epoch=s["epoch"])
 
     with ThreadPoolExecutor(max_workers=len(topo.keepers) or 1) as pool:
@@ -171,8 +175,9 @@ def endpoints(
     discovery = Discovery(
         service_name,
         [k.address for k in topo.keepers],
-        token=topo.keeper_token(),
+        token=topo.discovery_token(),
         on_change=lambda _: None,
+        tls=topo.client_tls(),
     ).start()
     try:
         deadline = time.monotonic() + timeout_s

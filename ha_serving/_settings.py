@@ -6,19 +6,23 @@ their own without touching the process environment.
 
 Environment variables (all optional):
 
-=============================  ===============================================
-``HA_SERVING_DB_URL``          external state store (``mysql+pymysql://…`` or ``sqlite:///…``)
-``HA_SERVING_RUN_DIR``         where the local stack keeps data, logs, topology
-``HA_SERVING_CLUSTERS``        how many local Ray clusters ``up`` starts
-``HA_SERVING_MARIADBD``        path of the ``mariadbd``/``mysqld`` binary to use
-``HA_SERVING_REDIS_SERVER``    path of the ``redis-server`` binary to use
-``HA_SERVING_PORT_BASE``       first port of the clusters' port blocks (a second stack)
-``HA_SERVING_DB_PORT``         port of the private DB server
-``HA_SERVING_REDIS_PORT``      port of the private Redis
-``HA_SERVING_KEEPER_TOKEN``    the Keepers' control-API secret (set by `up`)
-``HA_SERVING_KEEPER_TTL``      the Keepers' leader lease in seconds (set by `up`)
-``HA_SERVING_KEEPER_PORT``     the Keepers' control-API port (a second stack)
-=============================  ===============================================
+==========================================  ======================================
+``HA_SERVING_DB_URL``                       external state store (``mysql+pymysql://…`` or ``sqlite:///…``)
+``HA_SERVING_DB_PASSWORD_FILE``             file holding the store's password (set by `up`)
+``HA_SERVING_RUN_DIR``                      where the local stack keeps data, logs, topology
+``HA_SERVING_CLUSTERS``                     how many local Ray clusters ``up`` starts
+``HA_SERVING_MARIADBD``                     path of the ``mariadbd``/``mysqld`` binary to use
+``HA_SERVING_REDIS_SERVER``                 path of the ``redis-server`` binary to use
+``HA_SERVING_PORT_BASE``                    first port of the clusters' port blocks (a second stack)
+``HA_SERVING_DB_PORT``                      port of the private DB server
+``HA_SERVING_REDIS_PORT``                   port of the private Redis
+``HA_SERVING_KEEPER_TOKEN``                 the operator credential, inline (Kubernetes)
+``HA_SERVING_KEEPER_TOKEN_FILE``            file holding the operator credential (set by `up`)
+``HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE``  file holding the clients' discovery credential
+``HA_SERVING_KEEPER_CREDENTIALS_DIR``       where the leader writes AppMasters' credentials
+``HA_SERVING_KEEPER_TTL``                   the Keepers' leader lease in seconds (set by `up`)
+``HA_SERVING_KEEPER_PORT``                  the Keepers' control-API port (a second stack)
+==========================================  ======================================
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ def _require(holds: bool, problem: str) -> None:
 class StoreSettings(_Group):
     url: str | None = None
     """SQLAlchemy URL of the state store; None lets ``up`` choose (private mariadbd first)."""
+
+    password_file: Path | None = None
+    """File holding the store's password, read when connecting, so that ``url`` (which
+    then carries none) can travel in an environment or a Ray job; `up` sets it to
+    <run_dir>/secrets/db.password. None: ``url`` is complete as it is."""
 
     connect_timeout_s: float = Field(default=3.0, gt=0)
     """Seconds to wait for a DB connection; short, so a dead DB is reported, not waited on."""
@@ -124,6 +133,18 @@ class StackSettings(_Group):
 
     redis_bin: str | None = Field(default_factory=lambda: shutil.which("redis-server"))
     """Redis binary for GCS fault tolerance; None starts clusters without GCS FT."""
+
+    tls: bool = False
+    """`up` makes a private CA and certificates, and the Keepers' API, their link to the
+    AppMasters (mutual TLS) and the proxies serve TLS only. Off by default until a
+    stack run proves every caller of this repository speaks it; `up --tls` / `--no-tls`
+    choose per run (off prints a warning)."""
+
+    redis_auth: bool = True
+    """The private Redis requires a password `up` generates (``requirepass``, from a
+    0600 config file). Ray's heads must then be given it on their command line
+    (``ray start --redis-password``), which Ray also passes to its own processes: Ray's
+    exception to "no secret in argv". False: a Redis without a password."""
 
 
 class ProxySettings(_Group):
@@ -251,8 +272,25 @@ class KeeperSettings(_Group):
     before its Job API does) is tried again; at most ``resubmit_s``."""
 
     token: str | None = None
-    """Shared secret for the control API (``authorization: Bearer <token>``); `up`
-    generates one into <run_dir>/keeper.token. None: no authentication (tests only)."""
+    """Shared secret for the control API (``authorization: Bearer <token>``), given
+    inline (tests; a Kubernetes Secret in the environment). Prefer ``token_file``."""
+
+    token_file: Path | None = None
+    """File holding the operator credential (every RPC); `up` generates one into
+    <run_dir>/secrets/operator.token and passes its path, never the value."""
+
+    discovery_token_file: Path | None = None
+    """File holding the discovery credential (Status, Resolve, Watch only): what clients
+    get; `up` generates <run_dir>/secrets/discovery.token."""
+
+    credentials_dir: Path | None = None
+    """Directory (0700) where the leader writes each AppMaster's credential (minted per
+    serving job, kept hashed in the store); the job gets the file's path. `up` sets
+    <run_dir>/secrets/appmasters. None: AppMasters get the ``token_file`` instead."""
+
+    insecure: bool = False
+    """Serve without credentials when none is configured (``keeper run --insecure``; a
+    loud warning is logged). False: a Keeper without credentials refuses to start."""
 
     max_message_bytes: int = Field(default=MAX_PACKAGE_BYTES + 16 * MiB, ge=4 * MiB)
     """Largest message a Keeper, and each client of it (CLI, AppMaster link), sends or
@@ -347,6 +385,32 @@ class AutoscaleSettings(_Group):
     at least one proxy's, or no decision is taken)."""
 
 
+class TlsSettings(_Group):
+    ca_file: Path | None = None
+    """The stack's CA certificate (PEM): clients verify the Keepers' and the proxies'
+    certificates against it, and the Keepers verify the AppMasters' link certificates.
+    None: plaintext everywhere (`up --no-tls`)."""
+
+    keeper_cert_file: Path | None = None
+    """The Keepers' server certificate (its SANs: every Keeper address)."""
+
+    keeper_key_file: Path | None = None
+    """Its private key (0600)."""
+
+    proxy_cert_file: Path | None = None
+    """The proxies' server certificate (its SANs: every node address of the stack)."""
+
+    proxy_key_file: Path | None = None
+    """Its private key (0600)."""
+
+    appmaster_cert_file: Path | None = None
+    """The AppMasters' client certificate, shown on their link to the Keepers (mutual
+    TLS on the Keepers' link port, ``keeper.port`` + 1)."""
+
+    appmaster_key_file: Path | None = None
+    """Its private key (0600)."""
+
+
 class Settings(_Group):
     stack: StackSettings = StackSettings()
     """The local stack `up` starts: run directory, Ray clusters and nodes, their port
@@ -362,6 +426,9 @@ class Settings(_Group):
     client: ClientSettings = ClientSettings()
     """The client SDK: overall deadline, attempts, the retry budget and back-off, how long
     a failing endpoint is skipped, and the largest reply."""
+    tls: TlsSettings = TlsSettings()
+    """TLS of the Keepers' API and link and of the proxies: the stack's CA and the
+    certificates `up` issues from it (files under <run_dir>/secrets/tls/)."""
     appmaster: AppMasterSettings = AppMasterSettings()
     """Each AppMaster's control loop: discovery leases of its proxies, actor call
     timeouts, the retry of failed instances and the withdrawal of surplus proxies. An
@@ -386,33 +453,11 @@ class Settings(_Group):
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default: ``os.environ``); the only reader of it."""
         env = os.environ if env is None else env
-        stack: dict[str, object] = {}
-        store: dict[str, object] = {}
-        if v := env.get("HA_SERVING_RUN_DIR"):
-            stack["run_dir"] = Path(v)
-        if v := env.get("HA_SERVING_CLUSTERS"):
-            stack["clusters"] = v
-        if v := env.get("HA_SERVING_MARIADBD"):
-            stack["mariadbd_bin"] = v
-        if v := env.get("HA_SERVING_REDIS_SERVER"):
-            stack["redis_bin"] = v
-        for var, field in (
-            ("HA_SERVING_PORT_BASE", "port_base"),
-            ("HA_SERVING_DB_PORT", "db_port"),
-            ("HA_SERVING_REDIS_PORT", "redis_port"),
-        ):
-            if v := env.get(var):
-                stack[field] = v
-        if v := env.get("HA_SERVING_DB_URL"):
-            store["url"] = v
-        keeper: dict[str, object] = {}
-        if v := env.get("HA_SERVING_KEEPER_TOKEN"):
-            keeper["token"] = v
-        if v := env.get("HA_SERVING_KEEPER_TTL"):
-            keeper["lease_ttl_s"] = v
-        if v := env.get("HA_SERVING_KEEPER_PORT"):
-            keeper["port"] = v
-        return cls.build(stack=stack, store=store, keeper=keeper)
+        groups: dict[str, dict[str, object]] = {"stack": {}, "store": {}, "keeper": {}, "tls": {}}
+        for var, group, field in SETTINGS_ENV:
+            if v := env.get(var):  # set and not empty: "" means "not set"
+                groups[group][field] = v
+        return cls.build(**groups)
 
     @classmethod
     def build(cls, **groups: Mapping[str, object]) -> Settings:
@@ -427,6 +472,33 @@ class Settings(_Group):
         groups = {name: getattr(self, name).model_dump() for name in type(self).model_fields}
         groups["stack"] = {**groups["stack"], **changes}
         return Settings.build(**groups)
+
+
+SETTINGS_ENV: tuple[tuple[str, str, str], ...] = (
+    ("HA_SERVING_RUN_DIR", "stack", "run_dir"),
+    ("HA_SERVING_CLUSTERS", "stack", "clusters"),
+    ("HA_SERVING_MARIADBD", "stack", "mariadbd_bin"),
+    ("HA_SERVING_REDIS_SERVER", "stack", "redis_bin"),
+    ("HA_SERVING_PORT_BASE", "stack", "port_base"),
+    ("HA_SERVING_DB_PORT", "stack", "db_port"),
+    ("HA_SERVING_REDIS_PORT", "stack", "redis_port"),
+    ("HA_SERVING_DB_URL", "store", "url"),
+    ("HA_SERVING_DB_PASSWORD_FILE", "store", "password_file"),
+    ("HA_SERVING_KEEPER_TOKEN", "keeper", "token"),
+    ("HA_SERVING_KEEPER_TOKEN_FILE", "keeper", "token_file"),
+    ("HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE", "keeper", "discovery_token_file"),
+    ("HA_SERVING_KEEPER_CREDENTIALS_DIR", "keeper", "credentials_dir"),
+    ("HA_SERVING_KEEPER_TTL", "keeper", "lease_ttl_s"),
+    ("HA_SERVING_KEEPER_PORT", "keeper", "port"),
+    ("HA_SERVING_TLS_CA", "tls", "ca_file"),
+    ("HA_SERVING_TLS_KEEPER_CERT", "tls", "keeper_cert_file"),
+    ("HA_SERVING_TLS_KEEPER_KEY", "tls", "keeper_key_file"),
+    ("HA_SERVING_TLS_PROXY_CERT", "tls", "proxy_cert_file"),
+    ("HA_SERVING_TLS_PROXY_KEY", "tls", "proxy_key_file"),
+    ("HA_SERVING_TLS_APPMASTER_CERT", "tls", "appmaster_cert_file"),
+    ("HA_SERVING_TLS_APPMASTER_KEY", "tls", "appmaster_key_file"),
+)
+"""Each environment variable ``Settings.from_env`` reads: (variable, group, field)."""
 
 
 def _problems(exc: ValidationError) -> list[str]:

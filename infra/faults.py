@@ -21,7 +21,7 @@ from ha_serving._errors import StackError
 from ha_serving._settings import StackSettings
 from infra import procs, topology
 from infra.ports import tcp_answers
-from infra.services import redis_ping
+from infra.services import redis_alive
 from infra.stack import Report, _quiet, await_nodes, locked, spawn_node, wait_keeper
 from infra.topology import Cluster, Node, Topology
 
@@ -151,11 +151,7 @@ def restart_keeper(
             raise StackError(str(exc.args[0])) from None
         if procs.alive(keeper.proc):
             raise StackError(f"keeper {keeper_id} is running; kill it first")
-        keeper.proc = procs.spawn(
-            keeper.proc.argv if argv is None else argv,
-            env=keeper.proc.env if env is None else dict(env),
-            log=keeper.proc.log,
-        )
+        keeper.proc = procs.respawn(keeper.proc, argv=argv, env=env)
         topo.save()
         wait_keeper(topo, keeper)
 
@@ -180,7 +176,7 @@ def restart_db(run_dir: Path, *, timeout_s: float = 60.0) -> None:
         if procs.alive(db.proc):
             raise StackError("the DB is running; kill it first")
         host, _, port = db.address.rpartition(":")
-        db.proc = procs.spawn(db.proc.argv, env=db.proc.env, log=db.proc.log)
+        db.proc = procs.respawn(db.proc)
         topo.save()
         try:
             procs.wait_for("private DB", lambda: tcp_answers(host, int(port)), timeout_s=timeout_s)
@@ -208,11 +204,10 @@ def restart_redis(run_dir: Path, *, timeout_s: float = 15.0) -> None:
         if procs.alive(topo.redis.proc):
             raise StackError("Redis is running; kill it first")
         redis = topo.redis
-        redis.proc = procs.spawn(redis.proc.argv, env=redis.proc.env, log=redis.proc.log)
+        redis.proc = procs.respawn(redis.proc)
         topo.save()
-        host, _, port = redis.address.rpartition(":")
         try:
-            procs.wait_for("Redis", lambda: redis_ping(host, int(port)), timeout_s=timeout_s)
+            procs.wait_for("Redis", lambda: redis_alive(redis), timeout_s=timeout_s)
         except TimeoutError as exc:
             raise StackError(str(exc)) from None
 

@@ -19,23 +19,73 @@ from pathlib import Path
 
 import psutil
 
+from ha_serving.util.secrets import read_secret
 from infra.topology import Proc
 
+NOT_INHERITED = frozenset(
+    {
+        "HA_SERVING_DB_URL",
+        "HA_SERVING_DB_PASSWORD_FILE",
+        "HA_SERVING_KEEPER_TOKEN",
+        "HA_SERVING_KEEPER_TOKEN_FILE",
+        "HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE",
+        "HA_SERVING_KEEPER_CREDENTIALS_DIR",
+        "HA_SERVING_TLS_CA",
+        "HA_SERVING_TLS_KEEPER_CERT",
+        "HA_SERVING_TLS_KEEPER_KEY",
+        "HA_SERVING_TLS_PROXY_CERT",
+        "HA_SERVING_TLS_PROXY_KEY",
+        "HA_SERVING_TLS_APPMASTER_CERT",
+        "HA_SERVING_TLS_APPMASTER_KEY",
+    }
+)
+"""Variables of the caller's environment a started process does not inherit: a store
+URL given to `up` may carry a password, and a token is one; a process that needs
+either gets it (a path to it, rather) in ``env`` explicitly."""
 
-def spawn(argv: list[str], *, log: Path, env: Mapping[str, str] | None = None) -> Proc:
-    """Start ``argv`` in a new session, output appended to ``log``; returns its Proc."""
+
+def spawn(
+    argv: list[str],
+    *,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    secret_args: Mapping[str, Path] | None = None,
+) -> Proc:
+    """Start ``argv`` in a new session, output appended to ``log``; returns its Proc.
+
+    ``secret_args`` (option -> file) are appended as ``--option=<value>``, each value
+    read from its file now; the Proc records the files, never the values. Only for a
+    program that takes a secret nowhere else (Ray's ``--redis-password``)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     extra = dict(env or {})
+    secrets = dict(secret_args or {})
+    full = argv + [
+        f"{option}={read_secret(path, what=f'secret of {option}')}"
+        for option, path in secrets.items()
+    ]
     with log.open("ab") as out:
         popen = subprocess.Popen(
-            argv,
+            full,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **extra},
+            env={**{k: v for k, v in os.environ.items() if k not in NOT_INHERITED}, **extra},
             start_new_session=True,
         )
-    return Proc(pid=popen.pid, pgid=popen.pid, argv=argv, env=extra, log=log)
+    return Proc(pid=popen.pid, pgid=popen.pid, argv=argv, env=extra, log=log, secret_args=secrets)
+
+
+def respawn(
+    proc: Proc, *, argv: list[str] | None = None, env: Mapping[str, str] | None = None
+) -> Proc:
+    """Start ``proc``'s program again as it was started (command line, environment,
+    secret options, log), or with ``argv`` / ``env`` instead."""
+    return spawn(
+        proc.argv if argv is None else argv,
+        env=proc.env if env is None else env,
+        log=proc.log,
+        secret_args=proc.secret_args,
+    )
 
 
 def _live(p: psutil.Process) -> bool:

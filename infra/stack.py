@@ -4,6 +4,10 @@
 workers, saving the topology after each step so that even if ``up`` itself dies,
 ``down`` finds what was started. If any step fails, everything started so far is
 stopped again before the error propagates: a failed ``up`` leaves nothing running.
+
+Secrets: ``up`` generates every secret of the stack into ``<run_dir>/secrets/`` (mode
+0700, files 0600): the DB's passwords, Redis's password and the Keepers' credentials.
+Processes get the files' paths (in their environment); ``down`` removes the directory.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import secrets
 import shutil
 import time
 import uuid
@@ -27,10 +30,13 @@ from ha_serving._errors import StackError
 from ha_serving._settings import Settings
 from ha_serving.keeper import keeper_status
 from ha_serving.store import ClusterRecord, Store
+from ha_serving.util import tls
+from ha_serving.util.secrets import masked_url, new_secret, secret_dir, write_secret
+from ha_serving.util.tls import TlsFiles
 from infra import procs, services, topology
 from infra.ports import claim_slot, cluster_name, ensure_free, node_address, node_ports
 from infra.ray_nodes import alive_since, node_argv, node_env
-from infra.topology import Cluster, Keeper, Node, Role, Topology
+from infra.topology import Cluster, Keeper, Node, Role, TlsPaths, Topology
 
 Report = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -115,10 +121,24 @@ def _ensure_ports_free(settings: Settings) -> None:
             ensure_free(address, worker_range, what=f"Ray workers of {address}")
 
 
+SECRETS_DIR = "secrets"
+OPERATOR_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name
+DISCOVERY_TOKEN_FILE = "discovery.token"  # noqa: S105 - a file name
+APPMASTER_CREDENTIALS_DIR = "appmasters"
+TLS_DIR = "tls"
+
+
 def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
     s = settings.stack
+    # secrets of an earlier run (a crash before its `down`) are never reused
+    shutil.rmtree(run_dir / SECRETS_DIR, ignore_errors=True)
+    secrets = secret_dir(run_dir / SECRETS_DIR)
     report("starting the state store")
-    db = services.start_database(settings, run_dir)
+    try:
+        db = services.start_database(settings, run_dir, secrets)
+    except BaseException:
+        shutil.rmtree(secrets, ignore_errors=True)  # no topology yet for `down` to find
+        raise
     # Saved at once, so a failure from here on finds the DB in the topology and stops it.
     topo = Topology(
         run_dir=run_dir,
@@ -127,17 +147,26 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
         clusters=[],
         db=db,
         redis=None,
+        secrets_dir=secrets,
     )
     topo.save()
-    report(f"state store: {db.kind} at {db.address or db.url}")
+    report(f"state store: {db.kind} at {db.address or masked_url(db.public_url)}")
     if s.redis_bin:
         report("starting Redis for GCS fault tolerance")
         topo.redis = services.start_redis(
-            s.redis_bin, run_dir / "redis", address=s.redis_address, port=s.redis_port
+            s.redis_bin,
+            run_dir / "redis",
+            address=s.redis_address,
+            port=s.redis_port,
+            secrets=secrets if s.redis_auth else None,
         )
         topo.save()
     else:
         report("no redis-server found: clusters start WITHOUT GCS fault tolerance")
+    if s.tls:
+        report("making the stack's CA and certificates")
+        topo.tls = make_certificates(settings, secrets / TLS_DIR)
+        topo.save()
     temp_root = ray_temp_root(run_dir)
     for i in range(1, s.clusters + 1):
         topo.clusters.append(_start_node_set(settings, topo, i, temp_root, heads=True))
@@ -159,9 +188,38 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
     return topo
 
 
+def make_certificates(settings: Settings, directory: Path) -> TlsPaths:
+    """A new CA and, from it: the Keepers' server certificate (every Keeper address), the
+    proxies' (every node address: a proxy binds its node's), the AppMasters' client one."""
+    s, k = settings.stack, settings.keeper
+    secret_dir(directory)
+    ca = tls.make_ca(directory)
+    keepers = [f"{k.address_prefix}.{i}" for i in range(1, k.replicas + 1)]
+    nodes = [
+        node_address(i, n)
+        for i in range(1, s.clusters + 1)
+        for n in range(s.workers_per_cluster + 1)
+    ]
+    keeper = tls.issue(ca, directory, "keeper", hosts=keepers, server=True, client=False)
+    proxy = tls.issue(ca, directory, "proxy", hosts=nodes, server=True, client=False)
+    appmaster = tls.issue(
+        ca, directory, "appmaster", hosts=["appmaster"], server=False, client=True
+    )
+    return TlsPaths(
+        ca=Path(ca.ca),
+        ca_key=ca.paths()[1],
+        keeper_cert=keeper.paths()[0],
+        keeper_key=keeper.paths()[1],
+        proxy_cert=proxy.paths()[0],
+        proxy_key=proxy.paths()[1],
+        appmaster_cert=appmaster.paths()[0],
+        appmaster_key=appmaster.paths()[1],
+    )
+
+
 def _register_clusters(topo: Topology) -> None:
     """Tell the Keepers (through the DB) which clusters exist and how to reach them."""
-    with Store.connect(topo.db.url) as store:
+    with Store.connect(topo.db.ref()) as store:
         for c in topo.clusters:
             head = c.head
             url = f"http://{head.address}:{head.ports.dashboard}" if head.ports.dashboard else None
@@ -170,16 +228,17 @@ def _register_clusters(topo: Topology) -> None:
 
 def _start_keepers(settings: Settings, topo: Topology) -> None:
     k = settings.keeper
-    token_file = topo.run_dir / "keeper.token"
-    token_file.touch(mode=0o600)
-    token_file.write_text(secrets.token_urlsafe(32))
+    secrets = secret_dir(topo.secrets_dir or topo.run_dir / SECRETS_DIR)
+    token_file = write_secret(secrets / OPERATOR_TOKEN_FILE, new_secret())
     topo.keeper_token_file = token_file
+    topo.discovery_token_file = write_secret(secrets / DISCOVERY_TOKEN_FILE, new_secret())
     ha_serving_bin = str(Path(settings.stack.ray_bin).with_name("ha-serving"))
     addresses = [f"{k.address_prefix}.{i}:{k.port}" for i in range(1, k.replicas + 1)]
     for i, address in enumerate(addresses, start=1):
         keeper_id = f"k{i}"
         host, _, port = address.rpartition(":")
-        ensure_free(host, [int(port)], what=f"Keeper {keeper_id}")
+        ports = [int(port)] + ([int(port) + tls.LINK_PORT_OFFSET] if topo.tls else [])
+        ensure_free(host, ports, what=f"Keeper {keeper_id}")
         argv = [
             ha_serving_bin,
             "keeper",
@@ -188,21 +247,35 @@ def _start_keepers(settings: Settings, topo: Topology) -> None:
             keeper_id,
             "--address",
             address,
-            "--db-url",
-            topo.db.url,
             "--peers",
             ",".join(addresses),
         ]
-        # the token travels in the environment, never on a command line that `ps` shows
-        env = {
-            "HA_SERVING_KEEPER_TOKEN": token_file.read_text(),
-            "HA_SERVING_KEEPER_TTL": str(k.lease_ttl_s),
-        }
+        env = keeper_env(topo, token_file, lease_ttl_s=k.lease_ttl_s)
         proc = procs.spawn(argv, env=env, log=topo.run_dir / "logs" / f"keeper-{keeper_id}.log")
         topo.keepers.append(Keeper(id=keeper_id, address=address, proc=proc))
         topo.save()
     for keeper in topo.keepers:
         wait_keeper(topo, keeper)
+
+
+def keeper_env(topo: Topology, token_file: Path, *, lease_ttl_s: float) -> dict[str, str]:
+    """A Keeper's environment: where the store is and the paths of the files holding its
+    password and the Keepers' credentials, never a secret itself (the topology file
+    records it; /proc/<pid>/environ shows it to the same user)."""
+    db = topo.db
+    env = {
+        "HA_SERVING_DB_URL": db.public_url,
+        "HA_SERVING_KEEPER_TOKEN_FILE": str(token_file),
+        "HA_SERVING_KEEPER_CREDENTIALS_DIR": str(token_file.parent / APPMASTER_CREDENTIALS_DIR),
+        "HA_SERVING_KEEPER_TTL": str(lease_ttl_s),
+    }
+    if topo.discovery_token_file is not None:
+        env["HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE"] = str(topo.discovery_token_file)
+    if topo.tls is not None:
+        env.update(topo.tls.env())
+    if db.password_file is not None:
+        env["HA_SERVING_DB_PASSWORD_FILE"] = str(db.password_file)
+    return env
 
 
 def wait_keeper(topo: Topology, keeper: Keeper, timeout_s: float = 30.0) -> None:
@@ -214,7 +287,7 @@ def wait_keeper(topo: Topology, keeper: Keeper, timeout_s: float = 30.0) -> None
             raise StackError(
                 f"Keeper {keeper.id} exited at start: {procs.log_tail(keeper.proc.log)}"
             )
-        return bool(keeper_status(keeper.address, token=token)["alive"])
+        return bool(keeper_status(keeper.address, token=token, tls=topo.client_tls())["alive"])
 
     try:
         procs.wait_for(f"Keeper {keeper.id}", ready, timeout_s=timeout_s)
@@ -243,7 +316,15 @@ def _start_node_set(
         )
         redis = topo.redis.address if topo.redis else None
         env = node_env(s, role=role, redis=redis, namespace=namespace)
-        proc = procs.spawn(argv, env=env, log=topo.run_dir / "logs" / f"{node_name}.log")
+        # Ray's exception to "no secret on a command line": its head takes the Redis
+        # password only there (and hands it on to its GCS server, raylet and workers)
+        secret = topo.redis.password_file if topo.redis and role == "head" else None
+        proc = procs.spawn(
+            argv,
+            env=env,
+            log=topo.run_dir / "logs" / f"{node_name}.log",
+            secret_args={"--redis-password": secret} if secret else None,
+        )
         nodes.append(
             Node(
                 name=node_name,
@@ -279,7 +360,7 @@ def spawn_node(node: Node) -> None:
     if node.role == "head":
         # a head restarted in its old temp dir would otherwise refuse to start
         (node.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
-    node.proc = procs.spawn(node.proc.argv, env=node.proc.env, log=node.proc.log)
+    node.proc = procs.respawn(node.proc)
 
 
 def node_evidence(node: Node, lines: int = 8) -> str:
@@ -420,21 +501,27 @@ def status(run_dir: Path) -> dict[str, object] | None:
         redis_alive = pool.submit(services.redis_alive, topo.redis) if topo.redis else None
         clusters = [_cluster_status(c, seen[c.name]) for c in topo.clusters]
         token = topo.keeper_token()
-        keepers = list(pool.map(lambda k: _keeper_status(k, token), topo.keepers))
+        client_tls = topo.client_tls()
+        keepers = list(pool.map(lambda k: _keeper_status(k, token, client_tls), topo.keepers))
         return {
             "keepers": keepers,
             "run_dir": str(topo.run_dir),
             "clusters": clusters,
-            "db": {"kind": topo.db.kind, "url": topo.db.url, "alive": db_alive.result()},
+            "db": {
+                "kind": topo.db.kind,
+                "url": masked_url(topo.db.public_url),
+                "alive": db_alive.result(),
+            },
             "redis": {
                 "address": topo.redis.address if topo.redis else None,
                 "alive": redis_alive.result() if redis_alive else False,
                 "gcs_fault_tolerance": topo.redis is not None,
             },
+            "tls": topo.tls is not None,
         }
 
 
-def _keeper_status(k: Keeper, token: str | None) -> dict[str, object]:
+def _keeper_status(k: Keeper, token: str | None, client_tls: TlsFiles | None) -> dict[str, object]:
     if not procs.alive(k.proc):
         return {
             "id": k.id,
@@ -445,7 +532,7 @@ def _keeper_status(k: Keeper, token: str | None) -> dict[str, object]:
             "pid": k.proc.pid,
             "pgid": k.proc.pgid,
         }
-    found = keeper_status(k.address, token=token)
+    found = keeper_status(k.address, token=token, tls=client_tls)
     return {"id": k.id, **found, "pid": k.proc.pid, "pgid": k.proc.pgid}
 
 
@@ -520,4 +607,6 @@ def _stop(topo: Topology, *, report: Report) -> int:
         stopped += 1
         services.stop_database(topo.db)
     shutil.rmtree(ray_temp_root(topo.run_dir), ignore_errors=True)
+    if topo.secrets_dir is not None:  # last: restarting anything above needed them
+        shutil.rmtree(topo.secrets_dir, ignore_errors=True)
     return stopped

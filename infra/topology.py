@@ -3,6 +3,10 @@
 ``up`` writes it, ``down``/``status`` and the fault primitives read it. It is the only
 record of what the stack started, so ``down`` can stop exactly that, by process group.
 Writes are atomic (temp file + rename) so a crash never leaves half a file.
+
+It holds no secret: where a secret is needed (the DB's and Redis's passwords, the
+Keepers' credentials) it records the path of the file holding it, in
+``<run_dir>/secrets/`` (``ha_serving.util.secrets``). The file itself is mode 0600.
 """
 
 from __future__ import annotations
@@ -10,7 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from ha_serving.store import StoreRef
+from ha_serving.util.secrets import read_secret
+from ha_serving.util.tls import TlsFiles
 
 TOPOLOGY_FILE = "topology.json"
 
@@ -29,8 +37,13 @@ class Proc(_Model):
     pgid: int
     argv: list[str]
     env: dict[str, str] = {}
-    """Variables added to the inherited environment, kept so a restart is identical."""
+    """Variables added to the inherited environment, kept so a restart is identical
+    (never a secret: a secret's file path at most)."""
     log: Path
+    secret_args: dict[str, Path] = {}
+    """Options that take a secret (``--redis-password`` -> the file holding it): each is
+    appended to ``argv`` as ``--option=<value>`` when the process is spawned, the value
+    read from its file then, so a restart gets it too and this file never holds it."""
 
 
 class NodePorts(_Model):
@@ -82,16 +95,56 @@ class Cluster(_Model):
 
 class Database(_Model):
     kind: DBKind
-    url: str
-    """SQLAlchemy URL; the private server's has no password."""
+    public_url: str = Field(validation_alias=AliasChoices("public_url", "url"))
+    """SQLAlchemy URL without the password (``password_file`` holds it)."""
+    password_file: Path | None = None
+    """File (0600) holding the password; None for a store that has none (SQLite)."""
     address: str | None = None
     proc: Proc | None = None
     container_id: str | None = None
+
+    def ref(self) -> StoreRef:
+        """How to reach the store: what ``Store.connect`` takes, and what may be passed
+        on to other processes (the password stays in its file)."""
+        return StoreRef.of(self.public_url, self.password_file)
 
 
 class Redis(_Model):
     address: str
     proc: Proc
+    password_file: Path | None = None
+    """File (0600) holding Redis's ``requirepass``; None: Redis has no password."""
+
+    def password(self) -> str | None:
+        if self.password_file is None:
+            return None
+        return read_secret(self.password_file, what="Redis password file")
+
+
+class TlsPaths(_Model):
+    """The stack's CA and the certificates `up` issued from it (``util.tls``)."""
+
+    ca: Path
+    ca_key: Path
+    keeper_cert: Path
+    keeper_key: Path
+    proxy_cert: Path
+    proxy_key: Path
+    appmaster_cert: Path
+    appmaster_key: Path
+
+    def env(self) -> dict[str, str]:
+        """The settings' variables naming these files (what a Keeper is started with; it
+        hands the AppMasters' and proxies' on to its serving jobs)."""
+        return {
+            "HA_SERVING_TLS_CA": str(self.ca),
+            "HA_SERVING_TLS_KEEPER_CERT": str(self.keeper_cert),
+            "HA_SERVING_TLS_KEEPER_KEY": str(self.keeper_key),
+            "HA_SERVING_TLS_PROXY_CERT": str(self.proxy_cert),
+            "HA_SERVING_TLS_PROXY_KEY": str(self.proxy_key),
+            "HA_SERVING_TLS_APPMASTER_CERT": str(self.appmaster_cert),
+            "HA_SERVING_TLS_APPMASTER_KEY": str(self.appmaster_key),
+        }
 
 
 class Keeper(_Model):
@@ -110,8 +163,14 @@ class Topology(_Model):
     redis: Redis | None
     """None when no redis-server was found: clusters then run without GCS FT."""
     keepers: list[Keeper] = []
+    secrets_dir: Path | None = None
+    """``<run_dir>/secrets`` (mode 0700): every secret `up` generated, one file each."""
     keeper_token_file: Path | None = None
-    """Where the Keepers' shared secret is (mode 0600); the token is never in here."""
+    """Where the Keepers' operator credential is (mode 0600); the token is never in here."""
+    discovery_token_file: Path | None = None
+    """Where the clients' discovery credential is (Status, Resolve, Watch only)."""
+    tls: TlsPaths | None = None
+    """The stack's CA and certificates; None: the stack speaks plaintext (`up --no-tls`)."""
 
     def keeper(self, keeper_id: str) -> Keeper:
         for k in self.keepers:
@@ -123,7 +182,24 @@ class Topology(_Model):
     def keeper_token(self) -> str | None:
         if self.keeper_token_file is None:
             return None
-        return self.keeper_token_file.read_text().strip()
+        return read_secret(self.keeper_token_file, what="Keeper token file")
+
+    def client_tls(self) -> TlsFiles | None:
+        """What a client of this stack verifies the Keepers and the proxies with: the
+        stack's CA; None when the stack speaks plaintext."""
+        return TlsFiles(str(self.tls.ca)) if self.tls is not None else None
+
+    def proxy_tls(self) -> TlsFiles | None:
+        """The proxies' certificate and the CA (what an AppMaster gives its proxies)."""
+        if self.tls is None:
+            return None
+        return TlsFiles(str(self.tls.ca), str(self.tls.proxy_cert), str(self.tls.proxy_key))
+
+    def discovery_token(self) -> str | None:
+        """What a client resolving services presents: the discovery credential."""
+        if self.discovery_token_file is None:
+            return self.keeper_token()  # a stack from before scoped credentials
+        return read_secret(self.discovery_token_file, what="discovery token file")
 
     def cluster(self, name: str) -> Cluster:
         for c in self.clusters:

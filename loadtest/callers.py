@@ -80,7 +80,10 @@ class Load:
         route = self.route
         if route is None:
             self.client, self.discovery = discovered_client(
-                self.service, keepers, token=self.topo.keeper_token()
+                self.service,
+                keepers,
+                token=self.topo.discovery_token(),
+                tls=self.topo.client_tls(),
             )
         else:
             client = self.client = Client([])
@@ -91,7 +94,7 @@ class Load:
                 client.set_addresses(dialed, weights=weights)
 
             self.discovery = Discovery(
-                self.service, keepers, token=self.topo.keeper_token(), on_change=adopt
+                self.service, keepers, token=self.topo.discovery_token(), on_change=adopt
             ).start()
         self._nonce = uuid.uuid4().hex[:8]
         self._workers = [

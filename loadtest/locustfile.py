@@ -3,8 +3,9 @@
 Run by ``loadtest/run.py`` (headless); configured through the environment:
 ``HA_LOADTEST_SERVICE``, ``HA_LOADTEST_METHOD``, ``HA_LOADTEST_KEEPERS`` (comma-separated),
 ``HA_LOADTEST_DEADLINE_S``, ``HA_LOADTEST_RAW`` (where raw records go, one JSON line per
-request, flushed every second); the Keepers' token comes from the settings tree
-(``Settings.from_env``, ``HA_SERVING_KEEPER_TOKEN``), the one reader of the stack's
+request, flushed every second). The Keepers' token (the stack's discovery credential) and
+the stack's CA, when it speaks TLS, come from the settings tree (``Settings.from_env``:
+``HA_SERVING_KEEPER_TOKEN``, ``HA_SERVING_TLS_CA``), the one reader of the stack's
 variables.
 
 gevent is patched by Locust before this module runs; ``init_gevent()`` makes gRPC
@@ -31,6 +32,7 @@ from locust import User, constant, events, task  # noqa: E402
 from ha_serving._errors import CallError  # noqa: E402
 from ha_serving._settings import Settings  # noqa: E402
 from ha_serving.client import Client, Discovery, EndpointInfo  # noqa: E402
+from ha_serving.util.tls import TlsFiles, files  # noqa: E402
 
 SERVICE = os.environ.get("HA_LOADTEST_SERVICE", "loadtest-echo")
 METHOD = os.environ.get("HA_LOADTEST_METHOD", "echo")
@@ -46,6 +48,8 @@ class _Shared:
     discovery: Discovery | None = None
     pending: ClassVar[list[str]] = []
     raw: Path | None = None
+    tls: TlsFiles | None = None
+    """The stack's CA when it speaks TLS (HA_SERVING_TLS_CA)."""
 
 
 def _adopt(endpoints: list[EndpointInfo]) -> None:
@@ -56,8 +60,11 @@ def _adopt(endpoints: list[EndpointInfo]) -> None:
 @events.test_start.add_listener
 def _start(**_: Any) -> None:
     keepers = [k for k in os.environ.get("HA_LOADTEST_KEEPERS", "").split(",") if k]
-    token = Settings.from_env().keeper.token
-    _Shared.discovery = Discovery(SERVICE, keepers, token=token, on_change=_adopt).start()
+    settings = Settings.from_env()
+    _Shared.tls = files(settings.tls.ca_file)
+    _Shared.discovery = Discovery(
+        SERVICE, keepers, token=settings.keeper.token, on_change=_adopt, tls=_Shared.tls
+    ).start()
     raw = os.environ.get("HA_LOADTEST_RAW")
     if raw:
         _Shared.raw = Path(raw)
@@ -92,7 +99,7 @@ class ServingUser(User):
     def on_start(self) -> None:
         while not _Shared.addresses:
             gevent.sleep(0.05)
-        self.client = Client(_Shared.addresses, timeout_s=DEADLINE_S)
+        self.client = Client(_Shared.addresses, timeout_s=DEADLINE_S, tls=_Shared.tls)
         self._generation = _Shared.generation
 
     def on_stop(self) -> None:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     topo = infra.load(run_dir)
     if topo is None:
         raise SystemExit(f"error: no stack is up in {run_dir}")
-    with Store.connect(topo.db.url) as store:
+    with Store.connect(topo.db.ref()) as store:
         addresses = [e.address for e in store.list_endpoints(args.service)]
     if not addresses:
         raise SystemExit(f"error: {args.service} has no endpoint in {run_dir}: deploy it first")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     counter = itertools.count(args.warmup)  # request indexes below it are the warm-up's
     total = args.warmup + args.requests
 
-    with Client(addresses, timeout_s=args.timeout) as client:
+    with Client(addresses, timeout_s=args.timeout, tls=topo.client_tls()) as client:
 
         def worker() -> None:
             while (i := next(counter)) < total:

@@ -120,7 +120,9 @@ def _say(text: str) -> None:
 
 
 def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: float) -> Any:
-    keeper = KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
+    keeper = KeeperClient(
+        [k.address for k in topo.keepers], token=topo.keeper_token(), tls=topo.client_tls()
+    )
     clusters = [c.name for c in topo.clusters]
     spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
     per_cluster = sc.instances // len(clusters)
@@ -215,7 +217,8 @@ def _start_locust(
         **os.environ,
         "HA_LOADTEST_SERVICE": SERVICE,
         "HA_LOADTEST_KEEPERS": ",".join(keeper.addresses),
-        "HA_SERVING_KEEPER_TOKEN": topo.keeper_token() or "",
+        "HA_SERVING_KEEPER_TOKEN": topo.discovery_token() or "",  # ours: env is fine
+        "HA_SERVING_TLS_CA": str(topo.tls.ca) if topo.tls else "",
         "HA_LOADTEST_DEADLINE_S": str(sc.deadline_s),
         "HA_LOADTEST_RAW": str(raw),
     }

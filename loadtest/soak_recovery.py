@@ -86,7 +86,9 @@ def _answered_from(load: Load, cluster: str, after: float) -> Callable[[], bool]
 
 
 def soak(topo: infra.Topology, rounds: int, cluster: str, bound_s: float, rate: float) -> bool:
-    keeper = KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
+    keeper = KeeperClient(
+        [k.address for k in topo.keepers], token=topo.keeper_token(), tls=topo.client_tls()
+    )
     _deploy(topo, keeper, timeout_s=240)
     load = Load(topo, SERVICE, rate=rate)
     totals: list[float] = []

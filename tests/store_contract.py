@@ -1056,20 +1056,62 @@ def rate_samples_round_trip_per_step_and_are_pruned(b: Backend) -> None:
     assert store.list_rate_samples("echo", "b") == []
 
 
-def a_version_5_db_gains_the_rate_samples(b: Backend) -> None:
-    """Migration 6 creates the rate history in a DB an earlier release made."""
+def a_version_5_db_gains_the_rate_samples_and_the_credentials(b: Backend) -> None:
+    """Migrations 6 and 7 create the rate history and the credentials in a DB an
+    earlier release made, keeping its rows."""
     store = b.connect()
     store.register_cluster(ClusterRecord("a", "127.0.1.1:12000", None, "z1"))
     b.execute("DROP TABLE rate_samples")
+    b.execute("DROP TABLE credentials")
     b.execute("UPDATE schema_version SET version = 5")
     again = b.connect()
-    assert again.schema_version() == SCHEMA_VERSION
+    assert again.schema_version() == SCHEMA_VERSION == 7
     assert [c.name for c in again.list_clusters()] == ["a"]
+    again.record_rate_sample("echo", "a", 60.0, 1.5)
+    assert again.list_rate_samples("echo", "a") == [(60.0, 1.5)]
+    token = again.mint_credential("appmaster", "a", "echo")
+    assert again.verify_credential(token) is not None
+
+
+def a_version_6_db_gains_the_credentials(b: Backend) -> None:
+    """Migration 7 creates the credentials table in a DB at version 6 (the rate
+    history), keeping its rate samples."""
+    store = b.connect()
+    store.record_rate_sample("echo", "a", 60.0, 1.5)
+    b.execute("DROP TABLE credentials")
+    b.execute("UPDATE schema_version SET version = 6")
+    again = b.connect()
+    assert again.schema_version() == SCHEMA_VERSION == 7
+    assert again.list_rate_samples("echo", "a") == [(60.0, 1.5)]
+    token = again.mint_credential("appmaster", "a", "echo")
+    found = again.verify_credential(token)
+    assert found is not None
+    assert (found.scope, found.cluster, found.service, found.revoked) == (
+        "appmaster",
+        "a",
+        "echo",
+        False,
+    )
+
+
+def a_version_6_db_with_credentials_but_no_rate_samples_gains_them(b: Backend) -> None:
+    """The security branch was developed with credentials as its version 6: a DB it
+    migrated says 6 without the rate history, and migration 7 adds it, keeping the
+    credentials already minted."""
+    store = b.connect()
+    token = store.mint_credential("appmaster", "a", "echo")
+    b.execute("DROP TABLE rate_samples")
+    b.execute("UPDATE schema_version SET version = 6")
+    again = b.connect()
+    assert again.schema_version() == SCHEMA_VERSION
+    assert again.verify_credential(token) is not None
     again.record_rate_sample("echo", "a", 60.0, 1.5)
     assert again.list_rate_samples("echo", "a") == [(60.0, 1.5)]
 
 
 STORE_CHECKS += [
     rate_samples_round_trip_per_step_and_are_pruned,
-    a_version_5_db_gains_the_rate_samples,
+    a_version_5_db_gains_the_rate_samples_and_the_credentials,
+    a_version_6_db_gains_the_credentials,
+    a_version_6_db_with_credentials_but_no_rate_samples_gains_them,
 ]

@@ -18,8 +18,9 @@ from ha_serving.backend import BackendWorker
 from ha_serving.proxy import ProxyActor
 from ha_serving.runtime import ActorSpec
 from ha_serving.runtime._ray import RayRuntime
-from ha_serving.store import Store
+from ha_serving.store import Store, StoreRef
 from ha_serving.util.aiotasks import guard
+from ha_serving.util.tls import TlsFiles
 
 NAMESPACE = "ha_serving"
 """Ray namespace of every actor the platform creates."""
@@ -32,13 +33,18 @@ def appmaster_name(service: str) -> str:
     return f"{service}-appmaster"
 
 
-def proxy_spec(namespace: str, cluster: str) -> Any:
+def proxy_spec(namespace: str, cluster: str, tls: TlsFiles | None = None) -> Any:
     def build(name: str, state: JobState) -> ActorSpec:
         return ActorSpec(
             name=name,
             cls=ProxyActor,
             args=(state.service,),
-            kwargs={"namespace": namespace, "cluster": cluster, "settings": ProxySettings()},
+            kwargs={
+                "namespace": namespace,
+                "cluster": cluster,
+                "settings": ProxySettings(),
+                "tls": tls,
+            },
             # a sliver of CPU keeps proxies off heads (--num-cpus=0): a head crash must not
             # take a proxy with it; a proxy is I/O-bound and takes no backend's slot
             num_cpus=CONTROL_CPUS,
@@ -69,19 +75,23 @@ class AppMaster:
         self,
         cluster: str,
         service: str,
-        db_url: str,
+        db: StoreRef,
         namespace: str = NAMESPACE,
         *,
         keepers: Sequence[str] = (),
-        token: str | None = None,
+        token_file: str | None = None,
+        link_tls: TlsFiles | None = None,
+        proxy_tls: TlsFiles | None = None,
     ) -> None:
+        # Ray shows an actor's arguments (state API, dashboard): ``db`` and ``token_file``
+        # name the files holding the secrets, read here, on the node
         logging.basicConfig(level=logging.INFO)
         self._core = AppMasterCore(
-            store=Store.connect(db_url),
+            store=Store.connect(db),
             runtime=RayRuntime(namespace),
             cluster=cluster,
             service=service,
-            proxy_actor=proxy_spec(namespace, cluster),
+            proxy_actor=proxy_spec(namespace, cluster, proxy_tls),
             worker_actor=worker_spec(),
         )
         # Ray runs an async actor's methods on this loop; the loop starts with the actor,
@@ -93,7 +103,7 @@ class AppMaster:
             loop=asyncio.get_event_loop(),
         )
         if keepers:
-            link = KeeperLink(self._core, list(keepers), token)
+            link = KeeperLink(self._core, list(keepers), token_file, tls=link_tls)
             guard(
                 link.run(),
                 name=f"keeper-link-{service}",

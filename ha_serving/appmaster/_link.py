@@ -20,6 +20,8 @@ import grpc
 from ha_serving._settings import KeeperSettings
 from ha_serving.appmaster._core import AppMasterCore
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+from ha_serving.util.secrets import read_secret
+from ha_serving.util.tls import TlsFiles, aio_channel
 
 
 class KeeperLink:
@@ -27,13 +29,21 @@ class KeeperLink:
         self,
         core: AppMasterCore,
         keepers: list[str],
-        token: str | None,
+        token_file: str | None,
+        *,
         settings: KeeperSettings | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.core = core
+        self.tls = tls
+        """The CA the Keepers' certificate must be signed by and this AppMaster's client
+        certificate (mutual TLS on the Keepers' link port); None: plaintext."""
         self.keepers = keepers
         self.settings = settings or KeeperSettings()
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.token_file = token_file
+        """File holding this AppMaster's Keeper credential; read again for each stream, so
+        a credential renewed in it is used from the next connection on."""
+        self.metadata: tuple[tuple[str, str], ...] = ()
         self.consumed = 0
         self._beat_at = 0.0
         self._beat_failed = False
@@ -54,7 +64,14 @@ class KeeperLink:
             index += 1
             await asyncio.sleep(self.settings.link_retry_s)
 
+    def _credentials(self) -> tuple[tuple[str, str], ...]:
+        if self.token_file is None:
+            return ()
+        token = read_secret(self.token_file, what="Keeper credential file")
+        return (("authorization", f"Bearer {token}"),)
+
     async def _stream(self, keeper: str) -> None:
+        self.metadata = self._credentials()
         state = self.core.state
         request = keeper_pb2.InstructionsRequest(
             cluster=self.core.cluster,
@@ -65,7 +82,7 @@ class KeeperLink:
         )
         options = _channel_options(self.settings)
         silence = self.settings.link_silence_s
-        async with grpc.aio.insecure_channel(keeper, options=options) as channel:
+        async with aio_channel(keeper, self.tls, options) as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Instructions(request, metadata=self.metadata)
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -33,7 +34,7 @@ from ha_serving._settings import Settings
 from ha_serving._spec import load_yaml
 from ha_serving.backend import make_package
 from ha_serving.cli._autoscale import autoscale_app
-from ha_serving.cli._clusters import add_registry_commands
+from ha_serving.cli._clusters import add_registry_commands, open_store
 from ha_serving.cli._common import (
     RunDir,
     Timeout,
@@ -50,8 +51,9 @@ from ha_serving.cli._common import (
 from ha_serving.cli._releases import bluegreen, canary, release_app
 from ha_serving.cli._services import ServiceOps, load_spec_file, start_appmaster
 from ha_serving.client import Client
-from ha_serving.keeper import KeeperServer, RayJobSubmitter
-from ha_serving.store import Store
+from ha_serving.keeper import AppMasterCredentials, KeeperServer, RayJobSubmitter
+from ha_serving.store import Store, StoreRef
+from ha_serving.util.tls import files
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 node_app = typer.Typer(no_args_is_help=True, help="Kill or restart one Ray node.")
@@ -90,11 +92,25 @@ ViaCluster = Annotated[
 def up(
     clusters: Annotated[str | None, typer.Option(help="Number of Ray clusters (1-9).")] = None,
     workers: Annotated[str | None, typer.Option(help="Worker nodes per cluster.")] = None,
+    use_tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls/--no-tls",
+            help="TLS for the Keepers' API and link and the proxies (default: stack.tls).",
+        ),
+    ] = None,
     run_dir: RunDir = None,
 ) -> None:
     """Start the DB, Redis and the local Ray clusters, and wait until all are alive."""
     # taken as text so a bad value gets the same one-line error as HA_SERVING_CLUSTERS
-    settings = settings_for(run_dir, clusters=clusters or None, workers_per_cluster=workers or None)
+    settings = settings_for(
+        run_dir, clusters=clusters or None, workers_per_cluster=workers or None, tls=use_tls
+    )
+    if not settings.stack.tls:
+        err.print(
+            "[yellow]warning:[/] TLS is off: the Keepers' API, their link to the AppMasters "
+            "and the proxies speak plaintext (`ha-serving up --tls` turns it on)"
+        )
     with err.status("starting the stack") as spinner:
         result = infra.up(settings, report=spinner.update)
     topo = result.topology
@@ -177,6 +193,7 @@ def _print_status(report: dict[str, object] | None) -> None:
     db = report["db"]
     redis = report["redis"]
     out.print(f"DB     {db['kind']:<8} {db['url']:<50} {_yes(db['alive'])}")  # type: ignore[index]
+    out.print(f"TLS    {'on' if report.get('tls') else 'off (plaintext)'}")
     if redis["gcs_fault_tolerance"]:  # type: ignore[index]
         out.print(f"Redis  {redis['address']:<59} {_yes(redis['alive'])}")  # type: ignore[index]
     else:
@@ -225,22 +242,50 @@ def keeper_run(
     db_url: Annotated[
         str,
         typer.Option(
-            envvar="HA_SERVING_DB_URL", help="State store URL (keep it off argv: use the env)."
+            envvar="HA_SERVING_DB_URL",
+            help="State store URL (keep it off argv: use the env), its password in the "
+            "file HA_SERVING_DB_PASSWORD_FILE names.",
         ),
     ],
     peers: Annotated[str, typer.Option(help="Every replica's address, comma-separated.")] = "",
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve without credentials if none is configured (a loud warning); "
+            "without it, a Keeper with no credentials refuses to start.",
+        ),
+    ] = False,
 ) -> None:
     """Run one Keeper replica in the foreground (`up` starts three)."""
     settings = Settings.from_env()
     logging.getLogger().setLevel(logging.INFO)
-    store = Store.connect(db_url, connect_timeout_s=settings.store.connect_timeout_s)
+    keeper_settings = settings.keeper.model_copy(update={"insecure": insecure})
+    ref = StoreRef.of(db_url, settings.store.password_file)
+    store = Store.connect(ref, connect_timeout_s=settings.store.connect_timeout_s)
+    credentials_dir = settings.keeper.credentials_dir
     submitter = RayJobSubmitter(
         ha_serving_bin=str(Path(sys.executable).with_name("ha-serving")),
-        db_url=db_url,
+        store=ref,
         keepers=peers.split(",") if peers else [address],
-        token=settings.keeper.token,
+        token_file=settings.keeper.token_file,
+        credentials=AppMasterCredentials(store, credentials_dir) if credentials_dir else None,
+        tls=settings.tls,
     )
-    server = KeeperServer(store, keeper_id, address, settings.keeper, submitter=submitter)
+    if settings.keeper.token and settings.keeper.token_file is None:
+        logging.getLogger("ha_serving.keeper").warning(
+            "the control API's token is given inline: serving jobs cannot be handed it "
+            "(only a file's path travels with them); set HA_SERVING_KEEPER_TOKEN_FILE"
+        )
+    t = settings.tls
+    server = KeeperServer(
+        store,
+        keeper_id,
+        address,
+        keeper_settings,
+        submitter=submitter,
+        tls=files(t.ca_file, t.keeper_cert_file, t.keeper_key_file),
+    )
     try:
         asyncio.run(server.serve_forever())
     finally:
@@ -272,14 +317,55 @@ def appmaster_start(
     settings = Settings.from_env()
     if not settings.store.url:
         raise InvalidSpec("appmaster start", ["HA_SERVING_DB_URL must be set"])
+    t = settings.tls
     started = start_appmaster(
         cluster,
         service,
-        settings.store.url,
+        StoreRef.of(settings.store.url, settings.store.password_file),
         keepers=[k for k in keepers.split(",") if k],
-        token=settings.keeper.token,
+        token_file=settings.keeper.token_file,
+        link_tls=files(t.ca_file, t.appmaster_cert_file, t.appmaster_key_file),
+        proxy_tls=files(t.ca_file, t.proxy_cert_file, t.proxy_key_file),
     )
     out.print(f"AppMaster of {service} on {cluster}: {started}")
+
+
+@keeper_app.command("revoke")
+def keeper_revoke(
+    cluster: Annotated[str, typer.Option(help="The AppMaster's cluster.")],
+    service: Annotated[str, typer.Option(help="The AppMaster's service.")],
+    run_dir: RunDir = None,
+) -> None:
+    """Revoke the Keeper credential of one AppMaster (in the Keepers' store: HA_SERVING_DB_URL,
+    else the local stack's). Its calls are refused within seconds and its link is cut;
+    the leader mints it a new credential when it restarts the serving job."""
+    with open_store(run_dir) as store:
+        n = store.revoke_credentials(cluster, service)
+    if n == 0:
+        raise InvalidSpec("keeper revoke", [f"no live credential for {service} on {cluster}"])
+    out.print(f"revoked {n} credential(s) of the AppMaster of {service} on {cluster}")
+
+
+@keeper_app.command("credentials")
+def keeper_credentials(
+    include_revoked: Annotated[bool, typer.Option("--all", help="Revoked ones too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    run_dir: RunDir = None,
+) -> None:
+    """List the credentials the Keepers minted (ids and targets; the secrets are kept
+    only as hashes, so none can be shown)."""
+    with open_store(run_dir) as store:
+        found = store.list_credentials(include_revoked=include_revoked)
+    if as_json:
+        sys.stdout.write(json.dumps([dataclasses.asdict(c) for c in found], indent=2) + "\n")
+        return
+    table = Table(title="Keeper credentials")
+    for col in ("id", "scope", "cluster", "service", "state"):
+        table.add_column(col)
+    for c in found:
+        state = "[red]revoked[/]" if c.revoked else "live"
+        table.add_row(c.id, c.scope, c.cluster, c.service, state)
+    out.print(table)
 
 
 @keeper_app.command("kill")
@@ -323,8 +409,10 @@ def _ops(cluster: str, run_dir: Path | None) -> Iterator[ServiceOps]:
         c = topo.cluster(cluster)
     except KeyError as exc:
         raise StackError(str(exc.args[0])) from None
-    store = Store.connect(topo.db.url)
-    ops = ServiceOps(store, topo.db.url, c.name, c.gcs_address, c.head.address)
+    store = Store.connect(topo.db.ref())
+    ops = ServiceOps(
+        store, topo.db.ref(), c.name, c.gcs_address, c.head.address, proxy_tls=topo.proxy_tls()
+    )
     try:
         yield ops
     finally:
@@ -455,11 +543,11 @@ def call(
     topo = infra.load(path.resolve())
     if topo is None:
         raise StackError(f"no stack is up in {path} (run `make up`)")
-    with Store.connect(topo.db.url) as store:
+    with Store.connect(topo.db.ref()) as store:
         addresses = [e.address for e in store.list_endpoints(service)]
     if not addresses:
         raise UnknownService(service)
-    with Client(addresses) as client:
+    with Client(addresses, tls=topo.client_tls()) as client:
         reply = client.call(service, method, value, timeout=timeout)
     sys.stdout.write(json.dumps(reply) + "\n")
 

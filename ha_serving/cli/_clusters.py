@@ -29,7 +29,7 @@ import infra
 from ha_serving._errors import InvalidSpec, StackError, UserError
 from ha_serving._status import OperationStatus
 from ha_serving.cli._common import RunDir, out, run_dir_of, settings_for
-from ha_serving.store import ClusterRecord, OperationRecord, Store
+from ha_serving.store import ClusterRecord, OperationRecord, Store, StoreRef
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 """As a service's ``placement`` names clusters (``ClusterPlacement.name``); also a valid
@@ -212,7 +212,9 @@ def open_store(run_dir: RunDir) -> Store:
     """The Keepers' state store: HA_SERVING_DB_URL, else the local stack's DB."""
     settings = settings_for(run_dir)
     url = settings.store.url
-    if not url:
+    if url:
+        ref = StoreRef.of(url, settings.store.password_file)
+    else:
         path = run_dir_of(run_dir)
         topo = infra.load(path.resolve())
         if topo is None:
@@ -220,8 +222,8 @@ def open_store(run_dir: RunDir) -> Store:
                 "no state store: set HA_SERVING_DB_URL to the Keepers' DB, or bring the "
                 f"local stack up (`make up`; none is up in {path})"
             )
-        url = topo.db.url
-    return Store.connect(url, connect_timeout_s=settings.store.connect_timeout_s)
+        ref = topo.db.ref()
+    return Store.connect(ref, connect_timeout_s=settings.store.connect_timeout_s)
 
 
 def answers(host: str, port: int, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:

@@ -52,7 +52,9 @@ def keepers(run_dir: Path | None) -> KeeperClient:
         raise StackError(f"no stack is up in {path} (run `make up`)")
     if not topo.keepers:
         raise StackError("this stack runs no Keepers; use --cluster")
-    return KeeperClient([k.address for k in topo.keepers], token=topo.keeper_token())
+    return KeeperClient(
+        [k.address for k in topo.keepers], token=topo.keeper_token(), tls=topo.client_tls()
+    )
 
 
 SUBMIT_RETRY_S = 30.0

@@ -20,7 +20,8 @@ from ha_serving.appmaster import CONTROL_CPUS, NAMESPACE, AppMaster, appmaster_n
 from ha_serving.backend import make_package
 from ha_serving.runtime import ActorSpec
 from ha_serving.runtime._ray import RayRuntime, connect, disconnect
-from ha_serving.store import AlreadyExists, ServiceRecord, Store
+from ha_serving.store import AlreadyExists, ServiceRecord, Store, StoreRef
+from ha_serving.util.tls import TlsFiles
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -28,9 +29,23 @@ Progress = Callable[[dict[str, Any]], None]
 class ServiceOps:
     """Deploy and drive services on one cluster (``gcs_address``) of a stack."""
 
-    def __init__(self, store: Store, db_url: str, cluster: str, gcs: str, node_ip: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        db: StoreRef,
+        cluster: str,
+        gcs: str,
+        node_ip: str,
+        *,
+        proxy_tls: TlsFiles | None = None,
+    ) -> None:
         self.store = store
-        self.db_url = db_url
+        self.db = db
+        """Passed on to the AppMaster: the store's URL and its password file's path."""
+        self.proxy_tls = proxy_tls
+        """The proxies' certificate (they serve TLS with it); None: plaintext."""
+        self.client_tls = TlsFiles(proxy_tls.ca) if proxy_tls is not None else None
+        """What a client of these proxies verifies them with."""
         self.cluster = cluster
         self._gcs = gcs
         self._node_ip = node_ip
@@ -100,7 +115,8 @@ class ServiceOps:
                 ActorSpec(
                     name=name,
                     cls=AppMaster,
-                    args=(self.cluster, spec.name, self.db_url),
+                    args=(self.cluster, spec.name, self.db),
+                    kwargs={"proxy_tls": self.proxy_tls},
                     num_cpus=CONTROL_CPUS,
                     max_concurrency=100,
                 )
@@ -173,10 +189,18 @@ def load_spec_file(path: Path) -> tuple[ServiceSpec, Path]:
 
 
 def start_appmaster(
-    cluster: str, service: str, db_url: str, *, keepers: list[str], token: str | None
+    cluster: str,
+    service: str,
+    db: StoreRef,
+    *,
+    keepers: list[str],
+    token_file: Path | None,
+    link_tls: TlsFiles | None = None,
+    proxy_tls: TlsFiles | None = None,
 ) -> str:
     """Inside a Ray job on ``cluster``: create (or find) the detached AppMaster linked to
-    the Keepers, wait until it answers, and leave it running."""
+    the Keepers, wait until it answers, and leave it running. The actor's arguments are
+    shown by Ray's state API, so they carry the secrets' file paths, not the secrets."""
     import ray
 
     ray.init(namespace=NAMESPACE, log_to_driver=False)
@@ -188,8 +212,13 @@ def start_appmaster(
             ActorSpec(
                 name=name,
                 cls=AppMaster,
-                args=(cluster, service, db_url, NAMESPACE),
-                kwargs={"keepers": keepers, "token": token},
+                args=(cluster, service, db, NAMESPACE),
+                kwargs={
+                    "keepers": keepers,
+                    "token_file": str(token_file) if token_file is not None else None,
+                    "link_tls": link_tls,
+                    "proxy_tls": proxy_tls,
+                },
                 num_cpus=CONTROL_CPUS,
                 max_concurrency=100,
             )

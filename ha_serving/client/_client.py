@@ -46,6 +46,8 @@ from ha_serving._settings import ClientSettings
 from ha_serving._wire import CALL_METHOD, RETRY_SAFE_KEY
 from ha_serving.client._discovery import Discovery, EndpointInfo, rank
 from ha_serving.proto.serving_pb2 import CallReply, CallRequest
+from ha_serving.util.tls import TlsFiles, aio_channel
+from ha_serving.util.tls import channel as tls_channel
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
@@ -377,11 +379,13 @@ class Client:
         retry_budget: RetryBudget | None = None,
         settings: ClientSettings | None = None,
         rng: random.Random | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """``tls``: the CA the proxies' certificate must be signed by; None: plaintext."""
         s = settings or ClientSettings()
 
         def open_channel(address: str) -> tuple[grpc.Channel, Any]:
-            channel = grpc.insecure_channel(address, options=_options(s))
+            channel = tls_channel(address, tls, _options(s))
             stub = channel.unary_unary(
                 CALL_METHOD,
                 request_serializer=CallRequest.SerializeToString,
@@ -480,11 +484,12 @@ class AsyncClient:
         retry_budget: RetryBudget | None = None,
         settings: ClientSettings | None = None,
         rng: random.Random | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         s = settings or ClientSettings()
 
         def open_channel(address: str) -> tuple[grpc.aio.Channel, Any]:
-            channel = grpc.aio.insecure_channel(address, options=_options(s))
+            channel = aio_channel(address, tls, _options(s))
             stub = channel.unary_unary(
                 CALL_METHOD,
                 request_serializer=CallRequest.SerializeToString,
@@ -578,15 +583,19 @@ def discovered_client(
     cluster: str | None = None,
     zone: str | None = None,
     settings: ClientSettings | None = None,
+    tls: TlsFiles | None = None,
 ) -> tuple[Client, Discovery]:
     """A Client whose endpoints follow the Keepers' discovery for ``service``, nearest
-    (``cluster``, then ``zone``) first. Stop the Discovery and close the Client after use."""
-    client = Client([], settings=settings)
+    (``cluster``, then ``zone``) first. Stop the Discovery and close the Client after use.
+    ``tls``: the stack's CA, which signs the Keepers' and the proxies' certificates."""
+    client = Client([], settings=settings, tls=tls)
 
     def adopt(endpoints: list[EndpointInfo]) -> None:
         tiers = rank(endpoints, cluster=cluster, zone=zone)
         weights = {e.address: e.weight for e in endpoints}
         client.set_addresses([e.address for e in endpoints], tiers=tiers, weights=weights)
 
-    discovery = Discovery(service, keepers, token=token, on_change=adopt, cache_dir=cache_dir)
+    discovery = Discovery(
+        service, keepers, token=token, on_change=adopt, cache_dir=cache_dir, tls=tls
+    )
     return client, discovery.start()

@@ -24,6 +24,8 @@ from typing import Any
 import grpc
 
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+from ha_serving.util.tls import TlsFiles
+from ha_serving.util.tls import channel as tls_channel
 
 log = logging.getLogger("ha_serving.client.discovery")
 
@@ -63,12 +65,15 @@ class Discovery:
         cache_dir: Path | None = None,
         retry_s: float = 0.5,
         silence_s: float = 6.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         if not keepers:
             raise ValueError("discovery needs at least one Keeper address")
         self.service = service
         self.keepers = list(keepers)
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._tls = tls
+        """The CA the Keepers' certificate must be signed by; None: plaintext."""
         self._on_change = on_change
         self._cache = cache_dir / f"{service}.endpoints.json" if cache_dir else None
         self._retry_s = retry_s
@@ -116,7 +121,7 @@ class Discovery:
             self._stop.wait(self._retry_s)
 
     def _watch(self, keeper: str) -> None:
-        with grpc.insecure_channel(keeper) as channel:
+        with tls_channel(keeper, self._tls) as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Watch(
                 keeper_pb2.ResolveRequest(service=self.service), metadata=self._metadata

@@ -11,6 +11,7 @@ import grpc
 from ha_serving._errors import PlatformError, UserError
 from ha_serving._settings import KeeperSettings
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+from ha_serving.util.tls import TlsFiles, channel
 
 
 def channel_options(settings: KeeperSettings | None = None) -> list[tuple[str, int]]:
@@ -20,12 +21,15 @@ def channel_options(settings: KeeperSettings | None = None) -> list[tuple[str, i
     return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
 
 
-def keeper_status(address: str, *, token: str | None, timeout_s: float = 1.0) -> dict[str, Any]:
+def keeper_status(
+    address: str, *, token: str | None, timeout_s: float = 1.0, tls: TlsFiles | None = None
+) -> dict[str, Any]:
     """The replica's own view: id, leader flag, epoch, leader id. ``alive`` is False (and
-    ``error`` says why) when it does not answer within ``timeout_s``."""
+    ``error`` says why) when it does not answer within ``timeout_s``. With ``tls``, over
+    TLS, the Keeper's certificate verified against ``tls.ca``."""
     metadata = [("authorization", f"Bearer {token}")] if token else []
-    with grpc.insecure_channel(address, options=channel_options()) as channel:
-        stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+    with channel(address, tls, channel_options()) as ch:
+        stub = keeper_pb2_grpc.KeeperStub(ch)  # type: ignore[no-untyped-call]
         try:
             reply = stub.Status(keeper_pb2.StatusRequest(), timeout=timeout_s, metadata=metadata)
         except grpc.RpcError as exc:
@@ -52,6 +56,7 @@ class KeeperClient:
         token: str | None,
         timeout_s: float = 30.0,
         settings: KeeperSettings | None = None,
+        tls: TlsFiles | None = None,
     ):
         if not addresses:
             raise ValueError("no Keeper addresses")
@@ -59,12 +64,14 @@ class KeeperClient:
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.timeout_s = timeout_s
         self.options = channel_options(settings)
+        self.tls = tls
+        """The CA the Keepers' certificate must be signed by; None: plaintext."""
 
     def _call(self, method: str, request: Any) -> Any:
         last: grpc.RpcError | None = None
         for address in self.addresses:
-            with grpc.insecure_channel(address, options=self.options) as channel:
-                stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+            with channel(address, self.tls, self.options) as ch:
+                stub = keeper_pb2_grpc.KeeperStub(ch)  # type: ignore[no-untyped-call]
                 try:
                     return getattr(stub, method)(
                         request, timeout=self.timeout_s, metadata=self.metadata

@@ -1,25 +1,32 @@
 """A Keeper replica: the gRPC control API plus the leadership loop.
 
 Every replica serves the API; the leadership loop decides which one acts. The control
-API requires ``authorization: Bearer <token>`` when a token is configured; a missing or
-wrong token gets UNAUTHENTICATED and a log line that names the caller, never the secret.
+API requires ``authorization: Bearer <token>`` with a credential whose scope allows the
+RPC (``_auth``): a missing or wrong token gets UNAUTHENTICATED, a scope too narrow
+PERMISSION_DENIED, and a log line that names the method, never the secret. A Keeper
+without credentials refuses to start unless told ``insecure``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ha_serving._errors import HAServingError, StoreUnavailable
+from ha_serving._errors import HAServingError, InvalidSpec, StoreUnavailable
 from ha_serving._settings import KeeperSettings
+from ha_serving.keeper._auth import (
+    CLIENT_SCOPES,
+    LINK_METHODS,
+    Authenticator,
+    ScopeAuth,
+    check_target,
+)
 from ha_serving.keeper._client import channel_options
 from ha_serving.keeper._control_api import command, deploy
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, keeper_of
@@ -30,35 +37,7 @@ from ha_serving.store import Lease, OperationRecord, Store
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
-
-_OPEN = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
-
-
-class _TokenAuth(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str, log: logging.LoggerAdapter[logging.Logger]) -> None:
-        self._expected = f"Bearer {token}".encode()
-        self._log = log
-
-        async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
-
-        self._deny: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        if details.method in _OPEN:
-            return await continuation(details)
-        sent = dict(details.invocation_metadata or ()).get("authorization", "")
-        sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)
-        if hmac.compare_digest(sent_bytes, self._expected):
-            return await continuation(details)
-        self._log.warning("refused %s: %s token", details.method, "wrong" if sent else "no")
-        return self._deny
+from ha_serving.util.tls import TlsFiles, link_address
 
 
 def _status(exc: HAServingError) -> grpc.StatusCode:
@@ -75,15 +54,21 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         *,
         clock: Clock | None = None,
         submitter: JobSubmitter | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """``tls``: the Keeper's certificate and the CA its AppMasters' certificates are
+        signed by; None: plaintext."""
         self.store = store
         self.keeper_id = keeper_id
         self.address = address
         self.settings = settings
         self.log = bound("ha_serving.keeper", keeper=keeper_id)
+        self.auth = Authenticator.from_settings(settings, store)
         clock = clock or SystemClock()
         self.leadership = Leadership(store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock)
         self._server: grpc.aio.Server | None = None
+        self._servers: list[grpc.aio.Server] = []
+        self.tls = tls
         self.reconciler = (
             Reconciler(store, self.leadership, submitter, settings=settings, clock=clock)
             if submitter is not None
@@ -221,13 +206,15 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
     async def Instructions(  # noqa: N802 - the gRPC method's name
         self,
         request: keeper_pb2.InstructionsRequest,
-        context: grpc.aio.ServicerContext[Any, Any],  # noqa: ARG002 - nothing to set
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[keeper_pb2.InstructionMsg]:
         """An AppMaster's link: register it (its request is a heartbeat) and stream the
         instructions after ``after``, or an empty message (id 0) each period with none,
         so a Keeper that stops answering (paused, partitioned) is noticed by its silence,
         not by TCP. The loop itself heartbeats nothing: an open stream is no proof that
-        the AppMaster lives (a paused one keeps it open); its ``Heartbeat`` calls are."""
+        the AppMaster lives (a paused one keeps it open); its ``Heartbeat`` calls are.
+        Its credential is checked again each period: a revoked one ends the stream."""
+        await check_target(self.auth, context, request.cluster, request.service)
         with contextlib.suppress(StoreUnavailable):
             await asyncio.to_thread(
                 self.store.heartbeat_appmaster,
@@ -252,6 +239,7 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             if not found:  # a beat: the AppMaster knows this Keeper still answers
                 yield keeper_pb2.InstructionMsg(id=0)
             await asyncio.sleep(self.settings.link_period_s)
+            await check_target(self.auth, context, request.cluster, request.service)
 
     async def Heartbeat(  # noqa: N802 - the gRPC method's name
         self, request: keeper_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -259,6 +247,7 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         """An AppMaster's link says it lives: the only refresh of its heartbeat."""
         if not (request.cluster and request.service):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cluster and service required")
+        await check_target(self.auth, context, request.cluster, request.service)
         try:
             await asyncio.to_thread(
                 self.store.heartbeat_appmaster,
@@ -281,12 +270,14 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             self.log.info("status without the leadership lease: %s", exc)
             return None
 
-    async def start(self) -> None:
-        interceptors = []
-        if self.settings.token:
-            interceptors.append(_TokenAuth(self.settings.token, self.log))
+    def _interceptors(self, **limits: Any) -> list[grpc.aio.ServerInterceptor]:
+        return [ScopeAuth(self.auth, self.log, **limits)] if self.auth.enabled else []
+
+    def _server_on(
+        self, address: str, credentials: grpc.ServerCredentials | None, **limits: Any
+    ) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=self._interceptors(**limits),
             options=channel_options(self.settings),
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
@@ -294,14 +285,57 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         health_servicer = health.HealthServicer()
         health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        if server.add_insecure_port(self.address) == 0:
-            raise OSError(f"cannot bind {self.address}")
-        await server.start()
-        self._server = server
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+        if bound == 0:
+            raise OSError(f"cannot bind {address}")
+        return server
+
+    async def start(self) -> None:
+        """Serve the API on ``address``; with TLS, only TLS there, and the AppMasters'
+        link (Status, Instructions, Heartbeat) on ``link_address(address)`` under mutual
+        TLS, the only place an AppMaster's credential is taken."""
+        if not self.auth.enabled:
+            if not self.settings.insecure:
+                raise InvalidSpec(
+                    "keeper",
+                    [
+                        "no credentials: set HA_SERVING_KEEPER_TOKEN_FILE (and "
+                        "HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE), or run it --insecure"
+                    ],
+                )
+            self.log.warning(
+                "INSECURE: %s serves its control API WITHOUT authentication: anyone who "
+                "reaches it can deploy code and read every service",
+                self.address,
+            )
+        if self.tls is None:
+            servers = [self._server_on(self.address, None)]
+        else:
+            if self.tls.cert is None:
+                raise InvalidSpec("tls", ["a Keeper serving TLS needs its certificate and key"])
+            servers = [
+                self._server_on(self.address, self.tls.server_credentials(), scopes=CLIENT_SCOPES),
+                self._server_on(
+                    link_address(self.address),
+                    self.tls.server_credentials(require_client_cert=True),
+                    methods=LINK_METHODS,
+                ),
+            ]
+        for server in servers:
+            await server.start()
+        self._server, self._servers = servers[0], servers
         guard(self.leadership.run(), name=f"leadership-{self.keeper_id}", logger=self.log)
         if self.reconciler is not None:
             guard(self.reconciler.run(), name=f"reconciler-{self.keeper_id}", logger=self.log)
-        self.log.info("keeper listening on %s", self.address)
+        tls = f"TLS, link (mutual TLS) on {link_address(self.address)}" if self.tls else "PLAINTEXT"
+        self.log.info("keeper listening on %s (%s)", self.address, tls)
+
+    async def stop(self, grace_s: float | None = 0) -> None:
+        for server in self._servers:
+            await server.stop(grace_s)
 
     async def serve_forever(self) -> None:
         await self.start()

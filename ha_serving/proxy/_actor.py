@@ -19,6 +19,7 @@ from ha_serving._errors import BackendUnavailable
 from ha_serving._settings import ProxySettings
 from ha_serving._wire import CallResult, RoutingTable
 from ha_serving.proxy._server import ProxyServer
+from ha_serving.util.tls import TlsFiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +140,10 @@ class ProxyActor:
         namespace: str,
         cluster: str = "",
         settings: ProxySettings | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._server = ProxyServer(
-            service, RayBackendCaller(namespace), settings=settings, cluster=cluster
+            service, RayBackendCaller(namespace), settings=settings, cluster=cluster, tls=tls
         )
         self._endpoint: ProxyEndpoint | None = None
 

@@ -54,6 +54,7 @@ from ha_serving.proto.serving_pb2 import CallReply, CallRequest
 from ha_serving.proxy._metrics import ProxyMetrics
 from ha_serving.proxy._router import Router
 from ha_serving.util.aiotasks import guard
+from ha_serving.util.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 _Context = grpc.aio.ServicerContext[CallRequest, CallReply]
@@ -87,8 +88,11 @@ class ProxyServer:
         cluster: str = "",
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.service = service
+        self.tls = tls
+        """The proxy's certificate: it serves TLS only; None: plaintext."""
         self.settings = settings or ProxySettings()
         self.router = Router(service, rng=rng)
         self.metrics = ProxyMetrics(
@@ -129,7 +133,10 @@ class ProxyServer:
             (grpc.method_handlers_generic_handler(SERVING_SERVICE, {"Call": handler}),)
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if self.tls is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            bound = server.add_secure_port(f"{host}:{port}", self.tls.server_credentials())
         if bound == 0:  # older gRPC reports a failed bind this way instead of raising
             raise OSError(f"cannot bind the proxy to {host}:{port}")
         await self._publish_health()

@@ -7,6 +7,7 @@ versioned and migrated by ``Store.connect``.
 
 from ha_serving.store._catalog import Endpoint, UnknownPackage
 from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
+from ha_serving.store._credentials import CredentialRecord
 from ha_serving.store._engine import TimeSource, db_now, safe_url, store_retry
 from ha_serving.store._lease import KEEPER_LEADER, Lease
 from ha_serving.store._records import (
@@ -16,6 +17,7 @@ from ha_serving.store._records import (
     ServiceRecord,
     UnknownOperation,
 )
+from ha_serving.store._ref import StoreRef
 from ha_serving.store._schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from ha_serving.store._store import Store
 
@@ -25,6 +27,7 @@ __all__ = [
     "AlreadyExists",
     "AppMasterRecord",
     "ClusterRecord",
+    "CredentialRecord",
     "Endpoint",
     "EventRecord",
     "Instruction",
@@ -33,6 +36,7 @@ __all__ = [
     "SchemaTooNew",
     "ServiceRecord",
     "Store",
+    "StoreRef",
     "TimeSource",
     "UnknownOperation",
     "UnknownPackage",

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import PlatformError, StoreUnavailable
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The schema version this code reads and writes."""
 
 _MIGRATE_LOCK = "ha_serving_migrate"
@@ -206,10 +206,26 @@ rate_samples = sa.Table(
 """Each service's request rate per cluster, one row per step (``autoscaling.predictive.
 step_s``): the history the autoscaler's forecast is fitted to. Added in schema version 6."""
 
+credentials = sa.Table(
+    "credentials",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the token's public part (hex)
+    sa.Column("scope", sa.String(32), nullable=False),
+    sa.Column("cluster", CLUSTER, nullable=False),
+    sa.Column("service", NAME, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),  # sha256 hex of the secret part
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Column("revoked_at", TIME, nullable=True),
+    sa.Index("ix_credentials_target", "cluster", "service"),
+    **_MYSQL_TABLE,
+)
+"""Credentials the Keepers mint (one per AppMaster): the secret's hash, never the secret.
+Added in schema version 7."""
+
 _V1_TABLES = [
     t
     for t in metadata.sorted_tables
-    if t.name not in {"packages", "clusters", "instructions", "rate_samples"}
+    if t.name not in {"packages", "clusters", "instructions", "rate_samples", "credentials"}
 ]  # what version 1 created, for migration 1
 
 
@@ -273,6 +289,14 @@ def _v6_rate_samples(conn: Connection) -> None:
     rate_samples.create(conn, checkfirst=True)
 
 
+def _v7_credentials(conn: Connection) -> None:
+    """Create the credentials table. Also rate_samples if missing: the security branch
+    was developed with credentials as its version 6, so a DB it migrated says 6 without
+    having run this code's migration 6."""
+    rate_samples.create(conn, checkfirst=True)
+    credentials.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _v1_initial),
     Migration(2, "content-addressed code packages", _v2_packages),
@@ -280,6 +304,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "release progress and operator commands on operations", _v4_release_progress),
     Migration(5, "a tier for each registered cluster", _v5_cluster_tier),
     Migration(6, "request-rate history for the autoscaler's forecast", _v6_rate_samples),
+    Migration(7, "credentials the Keepers mint for AppMasters", _v7_credentials),
 )
 
 

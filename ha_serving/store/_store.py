@@ -25,9 +25,10 @@ from ha_serving._errors import (
     UnknownService,
 )
 from ha_serving._status import ACTIVE, OPERATION_TRANSITIONS, OperationStatus, check_move
-from ha_serving.store import _catalog, _control, _lease, _rates, _retention
+from ha_serving.store import _catalog, _control, _credentials, _lease, _rates, _retention
 from ha_serving.store._catalog import Endpoint
 from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
+from ha_serving.store._credentials import CredentialRecord
 from ha_serving.store._engine import (
     TimeSource,
     db_now,
@@ -43,6 +44,7 @@ from ha_serving.store._records import (
     ServiceRecord,
     UnknownOperation,
 )
+from ha_serving.store._ref import StoreRef
 from ha_serving.store._schema import (
     appmaster_state,
     events,
@@ -67,7 +69,7 @@ class Store:
     @classmethod
     def connect(
         cls,
-        url: str,
+        url: str | StoreRef,
         *,
         connect_timeout_s: float = 3.0,
         query_timeout_s: float = 30.0,
@@ -82,6 +84,8 @@ class Store:
         Raises ``StoreUnavailable`` if the DB does not answer within
         ``connect_timeout_s``, ``SchemaTooNew`` for a newer DB.
         """
+        if isinstance(url, StoreRef):
+            url = url.connect_url()  # the password is read now, from its file
         engine = make_engine(
             url, connect_timeout_s=connect_timeout_s, query_timeout_s=query_timeout_s
         )
@@ -652,6 +656,33 @@ class Store:
         """(step start, rate) of ``service`` on ``cluster`` from ``since`` on, oldest first."""
         with self._tx() as conn:
             return _rates.list_rates(conn, service, cluster, since)
+
+    # --- credentials (in _credentials.py) ----------------------------------------------
+
+    def mint_credential(self, scope: str, cluster: str, service: str) -> str:
+        """A new credential of ``scope`` for (cluster, service); every other live one of
+        that target is revoked in the same transaction. Returns the token: the only time
+        its secret exists outside the caller's file (the store keeps its hash)."""
+        token, token_id, digest = _credentials.new_token()
+        now = self._now_sql()
+        with self._tx() as conn:
+            _credentials.add(conn, now, token_id, digest, scope, cluster, service)
+            _credentials.revoke(conn, now, cluster=cluster, service=service, keep=token_id)
+        return token
+
+    def verify_credential(self, token: str) -> CredentialRecord | None:
+        """The credential ``token`` proves (check ``revoked``), None if it proves none."""
+        with self._tx() as conn:
+            return _credentials.verify(conn, token)
+
+    def revoke_credentials(self, cluster: str, service: str) -> int:
+        """Revoke every live credential of (cluster, service); returns how many."""
+        with self._tx() as conn:
+            return _credentials.revoke(conn, self._now_sql(), cluster=cluster, service=service)
+
+    def list_credentials(self, *, include_revoked: bool = False) -> list[CredentialRecord]:
+        with self._tx() as conn:
+            return _credentials.listed(conn, include_revoked=include_revoked)
 
     # --- retention (in _retention.py) -------------------------------------------------
 

@@ -1,11 +1,15 @@
 """Integration fixtures: a real local stack (private MariaDB, Redis, Ray clusters).
 
+``HA_SERVING_TEST_TLS=1`` brings every test stack up with TLS (``stack.tls``): the same
+tests, over TLS and the Keepers' mutual-TLS link.
+
 Its addresses and ports differ from `make up`'s defaults, so the tests can run while a
 developer's own stack is up.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,10 +40,11 @@ def stack_settings(run_dir: Path, **stack: object) -> Settings:
             "redis_address": "127.0.101.3",
             "redis_port": SLOT.redis_port,
             "gcs_reconnect_timeout_s": 60,
+            "tls": os.environ.get("HA_SERVING_TEST_TLS") == "1",
             **stack,
         },
         store={},
-        keeper={"port": SLOT.keeper_port, "token": None},
+        keeper={"port": SLOT.keeper_port, "token": None, "token_file": None},
     )
 
 
@@ -78,8 +83,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]:
 def ops(stack: infra.Topology) -> Iterator[ServiceOps]:
     """Service operations on cluster a of this module's test stack, as the CLI does them."""
     a = stack.cluster("a")
-    store = Store.connect(stack.db.url)
-    o = ServiceOps(store, stack.db.url, "a", a.gcs_address, a.head.address)
+    store = Store.connect(stack.db.ref())
+    o = ServiceOps(
+        store, stack.db.ref(), "a", a.gcs_address, a.head.address, proxy_tls=stack.proxy_tls()
+    )
     try:
         yield o
     finally:

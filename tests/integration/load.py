@@ -17,6 +17,7 @@ from typing import Any
 from ha_serving._errors import CallError
 from ha_serving.client import Client
 from ha_serving.store import Store
+from ha_serving.util.tls import TlsFiles
 
 
 @dataclass
@@ -46,13 +47,14 @@ class Load:
         threads: int = 4,
         timeout_s: float = 5.0,
         keep_replies: int = 50,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.store, self.service, self.method, self.payload = store, service, method, payload
         self.timeout_s = timeout_s
         self.keep_replies = keep_replies
         self.out = Outcomes()
         self._stop = threading.Event()
-        self._client = Client(self._addresses(), timeout_s=timeout_s)
+        self._client = Client(self._addresses(), timeout_s=timeout_s, tls=tls)
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         self._refresher = threading.Thread(target=self._refresh, daemon=True)
 

@@ -143,14 +143,16 @@ def test_a_registered_outside_cluster_serves_through_the_keepers(
         "zone": "zone-outside",
     }
 
-    keeper = KeeperClient([k.address for k in stack.keepers], token=stack.keeper_token())
+    keeper = KeeperClient(
+        [k.address for k in stack.keepers], token=stack.keeper_token(), tls=stack.client_tls()
+    )
     spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
     spec.update(name=SERVICE, instances=2, placement={"clusters": [{"name": NAME}]})
     op_id = keeper.deploy(json.dumps(spec), make_package(ECHO / "code").data, kind="deploy")
     op = _wait_op(keeper, op_id)
     assert op["status"] == "succeeded", op
 
-    with Store.connect(stack.db.url) as store:
+    with Store.connect(stack.db.ref()) as store:
         deadline = time.monotonic() + 30
         endpoints = []
         while time.monotonic() < deadline and not endpoints:
@@ -161,7 +163,7 @@ def test_a_registered_outside_cluster_serves_through_the_keepers(
         node_address(INDEX, 0),
         node_address(INDEX, 1),
     }
-    with Client([e.address for e in endpoints]) as client:
+    with Client([e.address for e in endpoints], tls=stack.client_tls()) as client:
         assert client.call(SERVICE, "echo", "hi") == {"echo": "hi", "prefix": ">", "version": "1"}
 
     # still serving: removal is refused and says what is there; --force takes it out

@@ -38,7 +38,8 @@ def _deploy(ops: ServiceOps, example: str, spec_file: str) -> dict[str, Any]:
 
 
 def _client(ops: ServiceOps, service: str) -> Client:
-    return Client([e.address for e in ops.store.list_endpoints(service)], timeout_s=10)
+    addresses = [e.address for e in ops.store.list_endpoints(service)]
+    return Client(addresses, timeout_s=10, tls=ops.client_tls)
 
 
 # --- payment_strategy ------------------------------------------------------------------
@@ -166,7 +167,12 @@ def test_model_serving_weights_swap_under_load_zero_failures(ops: ServiceOps) ->
     v1 = load_spec(EXAMPLES / "model_serving" / "model_serving.yaml").config
     expected = {"v1": _expected_score(v1), "v2": _expected_score(V2)}
     with Load(
-        ops.store, MODEL, method="predict", payload={"features": FEATURES}, keep_replies=10**6
+        ops.store,
+        MODEL,
+        method="predict",
+        payload={"features": FEATURES},
+        keep_replies=10**6,
+        tls=ops.client_tls,
     ) as load:
         load.wait_for(100)
         # load_delay_s makes each instance's swap last a while: v1 and v2 serve side by side

@@ -30,7 +30,10 @@ def kstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]
 
 def _views(topo: infra.Topology) -> dict[str, dict[str, object]]:
     token = topo.keeper_token()
-    return {k.id: keeper_status(k.address, token=token, timeout_s=0.5) for k in topo.keepers}
+    tls = topo.client_tls()
+    return {
+        k.id: keeper_status(k.address, token=token, timeout_s=0.5, tls=tls) for k in topo.keepers
+    }
 
 
 def _leader(topo: infra.Topology, *, exclude: str = "") -> tuple[str, int] | None:
@@ -65,10 +68,11 @@ def test_status_lists_three_keepers_one_leader(kstack: infra.Topology) -> None:
 def test_control_api_refuses_a_missing_or_wrong_token(kstack: infra.Topology) -> None:
     """No token or a wrong one: UNAUTHENTICATED, and the secret is not logged."""
     keeper = kstack.keepers[0]
-    assert keeper_status(keeper.address, token=None)["error"] == "UNAUTHENTICATED"
+    tls = kstack.client_tls()
+    assert keeper_status(keeper.address, token=None, tls=tls)["error"] == "UNAUTHENTICATED"
     wrong = "not-the-token"
-    assert keeper_status(keeper.address, token=wrong)["error"] == "UNAUTHENTICATED"
-    assert keeper_status(keeper.address, token=kstack.keeper_token())["alive"]
+    assert keeper_status(keeper.address, token=wrong, tls=tls)["error"] == "UNAUTHENTICATED"
+    assert keeper_status(keeper.address, token=kstack.keeper_token(), tls=tls)["alive"]
     token = kstack.keeper_token()
     assert token
     assert token not in keeper.proc.log.read_text()

@@ -41,7 +41,9 @@ def mstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Topology]
 
 @pytest.fixture(scope="module")
 def keeper(mstack: infra.Topology) -> KeeperClient:
-    return KeeperClient([k.address for k in mstack.keepers], token=mstack.keeper_token())
+    return KeeperClient(
+        [k.address for k in mstack.keepers], token=mstack.keeper_token(), tls=mstack.client_tls()
+    )
 
 
 def _spec_json(**changes: Any) -> str:
@@ -69,7 +71,9 @@ def _leader(topo: infra.Topology) -> tuple[str, int]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for k in topo.keepers:
-            view = keeper_status(k.address, token=topo.keeper_token(), timeout_s=0.5)
+            view = keeper_status(
+                k.address, token=topo.keeper_token(), timeout_s=0.5, tls=topo.client_tls()
+            )
             if view["alive"] and view["leader"]:
                 return k.id, int(view["epoch"])
         time.sleep(0.05)
@@ -87,7 +91,7 @@ def test_deploy_through_keepers_runs_on_both_clusters(
     assert op["status"] == "succeeded", op
     addresses = [k.address for k in mstack.keepers]
     client, discovery = discovered_client(
-        "multi", addresses, token=mstack.keeper_token(), cluster="b"
+        "multi", addresses, token=mstack.keeper_token(), cluster="b", tls=mstack.client_tls()
     )
     try:
         deadline = time.monotonic() + 30
@@ -124,7 +128,7 @@ def test_rolling_update_across_clusters_survives_the_leaders_death(
     assert op["epoch"] == new_epoch  # the successor made the last progress
     acknowledged = list(keeper.operations("multi"))
     assert [o["status"] for o in acknowledged] == ["succeeded"] * len(acknowledged)
-    with Store.connect(mstack.db.url) as store:
+    with Store.connect(mstack.db.ref()) as store:
         for cluster in ("a", "b"):
             found = store.load_appmaster_state(cluster, "multi")
             assert found is not None
@@ -137,7 +141,7 @@ def test_a_stale_leaders_instruction_is_refused_by_the_appmaster(
 ) -> None:
     """An instruction stamped with an epoch below the highest the AppMaster has seen
     (what a leader paused past its lease would send) is refused, and the state stays."""
-    with Store.connect(mstack.db.url) as store:
+    with Store.connect(mstack.db.ref()) as store:
         found = store.load_appmaster_state("a", "multi")
         assert found is not None
         before, _ = found
@@ -176,7 +180,7 @@ def test_an_instruction_the_appmaster_cannot_carry_out_fails_its_operation(
     with pytest.raises(KeeperRefused) as too_long:
         keeper.deploy(_spec_json(), b"", kind="config", op_id="x" * 65)
     assert too_long.value.code == "INVALID_ARGUMENT"
-    with Store.connect(mstack.db.url) as store:
+    with Store.connect(mstack.db.ref()) as store:
         current = store.get_service("multi")
         spec = parse_spec(json.loads(_spec_json()))
         plan = make_plan(spec, current.spec["package"], 0, "release", ["a", "b"])
@@ -200,7 +204,10 @@ class ClusterLoad:
 
     def __init__(self, topo: infra.Topology, threads: int = 4) -> None:
         self.client, self.discovery = discovered_client(
-            "multi", [k.address for k in topo.keepers], token=topo.keeper_token()
+            "multi",
+            [k.address for k in topo.keepers],
+            token=topo.keeper_token(),
+            tls=topo.client_tls(),
         )
         self.stop = threading.Event()
         self.results: list[tuple[float, str]] = []  # (time, cluster or error code)
@@ -235,7 +242,7 @@ class ClusterLoad:
 
 def _ensure_deployed(topo: infra.Topology, keeper: KeeperClient) -> None:
     """Deploy `multi` unless an earlier test of the module did (so the test runs alone)."""
-    with Store.connect(topo.db.url) as store:
+    with Store.connect(topo.db.ref()) as store:
         if all(store.load_appmaster_state(c, "multi") is not None for c in ("a", "b")):
             return
     op_id = keeper.deploy(_spec_json(), make_package(ECHO / "code").data, kind="deploy")
@@ -253,7 +260,7 @@ def _wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> float:
 
 def _status_of(topo: infra.Topology, keeper_id: str) -> dict[str, Any]:
     address = next(k.address for k in topo.keepers if k.id == keeper_id)
-    return keeper_status(address, token=topo.keeper_token(), timeout_s=1.0)
+    return keeper_status(address, token=topo.keeper_token(), timeout_s=1.0, tls=topo.client_tls())
 
 
 def test_a_paused_leader_is_fenced_after_it_resumes(
@@ -271,7 +278,7 @@ def test_a_paused_leader_is_fenced_after_it_resumes(
     old_leader, old_epoch = _leader(mstack)
     others = [k.id for k in mstack.keepers if k.id != old_leader]
     config = {"prefix": "fenced", "reconfigure_delay_s": 1.0}  # ~2 s per cluster
-    with Store.connect(mstack.db.url) as store, ClusterLoad(mstack) as load:
+    with Store.connect(mstack.db.ref()) as store, ClusterLoad(mstack) as load:
         _wait_for("load", lambda: len(load.results) >= 100, 30)
         op_id = keeper.deploy(_spec_json(config=config), b"", kind="config")
         _wait_for("rollout start", lambda: store.get_operation(op_id).status == "running", 60)
@@ -388,7 +395,7 @@ def test_cluster_loss_moves_traffic_and_the_service_returns_with_the_cluster(
     """Kill cluster b under load: availability stays >= 99.9 %, b's endpoints are
     withdrawn, answers come only from a; after b restarts, its AppMaster serves again.
     Prints the availability, the withdrawal time and the last answer from b."""
-    with Store.connect(mstack.db.url) as store, ClusterLoad(mstack) as load:
+    with Store.connect(mstack.db.ref()) as store, ClusterLoad(mstack) as load:
         deadline = time.monotonic() + 30
         while not any(r[1] == "b" for r in load.results) and time.monotonic() < deadline:
             time.sleep(0.05)

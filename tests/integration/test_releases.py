@@ -33,7 +33,9 @@ FAST_ANALYSIS = {"interval_s": 1.0, "min_requests": 5, "max_failed_checks": 2}
 
 @pytest.fixture(scope="module")
 def keeper(stack: infra.Topology) -> KeeperClient:
-    k = KeeperClient([k.address for k in stack.keepers], token=stack.keeper_token())
+    k = KeeperClient(
+        [k.address for k in stack.keepers], token=stack.keeper_token(), tls=stack.client_tls()
+    )
     spec = _spec(prefix="blue")
     op_id = k.deploy(json.dumps(spec), make_package(ECHO / "code").data, kind="deploy")
     assert _wait_op(k, op_id)["status"] == "succeeded"
@@ -80,7 +82,10 @@ class Load:
 
     def __init__(self, topo: infra.Topology, threads: int = 4) -> None:
         self.client, self.discovery = discovered_client(
-            SERVICE, [k.address for k in topo.keepers], token=topo.keeper_token()
+            SERVICE,
+            [k.address for k in topo.keepers],
+            token=topo.keeper_token(),
+            tls=topo.client_tls(),
         )
         self.stop = threading.Event()
         self.results: list[tuple[float, str]] = []

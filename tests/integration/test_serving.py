@@ -56,7 +56,7 @@ def test_deploy_then_call_through_both_proxies(ops: ServiceOps) -> None:
     assert len({i["worker"] for i in view["instances"]}) == 2
     endpoints = ops.store.list_endpoints("echo")
     assert len(endpoints) == 2
-    with Load(ops.store, "echo", threads=2) as load:
+    with Load(ops.store, "echo", threads=2, tls=ops.client_tls) as load:
         load.wait_for(200)
     _assert_no_failures(load)
     assert load.out.replies[-1]["prefix"] == ">"
@@ -66,7 +66,7 @@ def test_config_update_under_load_is_in_place_with_zero_failures(ops: ServiceOps
     """reconfigure() rolls over every instance, one at a time, without a failed request
     and without a new worker process."""
     pids = {w: _pid(w) for w in ("echo-w0", "echo-w1")}
-    with Load(ops.store, "echo") as load:
+    with Load(ops.store, "echo", tls=ops.client_tls) as load:
         load.wait_for(100)
         ops.change("echo", kind="config", config={"prefix": "cfg2"})
         _settle(ops)
@@ -85,7 +85,7 @@ def test_code_update_under_load_loads_new_version_in_same_actors(
     source = code / "echo.py"
     source.write_text(source.read_text().replace('VERSION = "1"', 'VERSION = "2"'))
     pids = {w: _pid(w) for w in ("echo-w0", "echo-w1")}
-    with Load(ops.store, "echo") as load:
+    with Load(ops.store, "echo", tls=ops.client_tls) as load:
         load.wait_for(100)
         ops.change("echo", kind="code", code=code, version="2")
         view = _settle(ops)
@@ -102,7 +102,7 @@ def test_appmaster_sigkill_mid_rollout_resumes_with_zero_failures(ops: ServiceOp
     the proxies keep serving meanwhile."""
     name = appmaster_name("echo")
     old_pid = _pid(name)
-    with Load(ops.store, "echo") as load:
+    with Load(ops.store, "echo", tls=ops.client_tls) as load:
         load.wait_for(100)
         # 4 instances x 1 s of reconfigure, one at a time: the rollout lasts ~4 s
         ops.change(
@@ -140,7 +140,7 @@ def _wait_rollout_progress(ops: ServiceOps, *, at_least: int, timeout_s: float =
 def test_backend_worker_killed_its_instances_are_replaced_nothing_lost(ops: ServiceOps) -> None:
     """SIGKILL of a backend worker: every request still ends in a reply or an explicit
     error, and the worker's instances serve again (same config and version)."""
-    with Load(ops.store, "echo") as load:
+    with Load(ops.store, "echo", tls=ops.client_tls) as load:
         load.wait_for(100)
         os.kill(_pid("echo-w1"), signal.SIGKILL)
         time.sleep(1.0)  # let the loss be observed while load runs
@@ -171,7 +171,9 @@ def test_a_killed_worker_fails_only_the_calls_in_flight_on_it(ops: ServiceOps) -
     at its first failure, so no call that arrives later is sent to the dead process.
     Prints, per kill, failures / calls in flight at the kill."""
     ratios = []
-    with Load(ops.store, "echo", method="work", payload=0.2, threads=8, timeout_s=2.0) as load:
+    with Load(
+        ops.store, "echo", method="work", payload=0.2, threads=8, timeout_s=2.0, tls=ops.client_tls
+    ) as load:
         load.wait_for(40)
         for k in range(3):
             view = _settle(ops)
@@ -208,7 +210,7 @@ def test_resource_change_replaces_worker_actors_with_zero_failures(ops: ServiceO
     """Resources cannot change in place: each worker is drained, replaced by a new process
     with the new resources, one at a time, while every request succeeds."""
     pids = {w: _pid(w) for w in ("echo-w0", "echo-w1")}
-    with Load(ops.store, "echo") as load:
+    with Load(ops.store, "echo", tls=ops.client_tls) as load:
         load.wait_for(100)
         ops.change("echo", kind="deploy", resources={"num_cpus": 0.25})
         view = _settle(ops)
@@ -234,7 +236,7 @@ def test_job_gone_is_rebuilt_from_persisted_spec_and_version(ops: ServiceOps) ->
                 break
         except Exception:
             time.sleep(0.5)
-    with Load(ops.store, "echo", threads=2) as load:
+    with Load(ops.store, "echo", threads=2, tls=ops.client_tls) as load:
         load.wait_for(100)
     _assert_no_failures(load)
     assert {i["version"] for i in view["instances"]} == {"2"}
@@ -253,7 +255,7 @@ def test_rolling_update_of_50_packed_instances_under_load(ops: ServiceOps) -> No
         rollout={**spec["rollout"], "max_unavailable": 5},
     )
     _settle(ops, timeout_s=300)
-    with Load(ops.store, "echo") as load:
+    with Load(ops.store, "echo", tls=ops.client_tls) as load:
         load.wait_for(100)
         started = time.monotonic()
         ops.change("echo", kind="config", config={"prefix": "fifty"})
@@ -283,7 +285,7 @@ def test_scaling_proxies_down_stops_the_extra_one_with_zero_failures(ops: Servic
     Then 1 -> 2 brings a second proxy back."""
     before = [e.address for e in ops.store.list_endpoints("echo")]
     assert len(before) == 2
-    with Load(ops.store, "echo") as load:
+    with Load(ops.store, "echo", tls=ops.client_tls) as load:
         load.wait_for(100)
         ops.change("echo", kind="deploy", proxies=1)
         view = _settle(ops)

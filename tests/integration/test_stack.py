@@ -141,4 +141,5 @@ def test_down_stops_every_process_it_started(stack: Topology) -> None:
     assert not [p for p in started if procs.alive_pid(p)]
     assert infra.load(stack.run_dir) is None
     assert infra.status(stack.run_dir) is None
+    assert not (stack.run_dir / "secrets").exists()  # every secret of the stack went too
     assert not infra.down(stack.run_dir).was_up

@@ -18,6 +18,7 @@ from ha_serving.client._discovery import rank
 from ha_serving.keeper import KeeperServer
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import Store
+from ha_serving.util.tls import TlsFiles
 
 TOKEN = "test-token"  # noqa: S105 - a test fixture's secret
 
@@ -25,18 +26,23 @@ TOKEN = "test-token"  # noqa: S105 - a test fixture's secret
 class KeeperThread:
     """A KeeperServer on its own event loop in a background thread."""
 
-    def __init__(self, store: Store, address: str) -> None:
-        settings = KeeperSettings(token=TOKEN, watch_period_s=0.05, lease_ttl_s=3.0)
-        self.server = KeeperServer(store, "k-test", address, settings)
+    def __init__(
+        self,
+        store: Store,
+        address: str,
+        settings: KeeperSettings | None = None,
+        *,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        settings = settings or KeeperSettings(token=TOKEN, watch_period_s=0.05, lease_ttl_s=3.0)
+        self.server = KeeperServer(store, "k-test", address, settings, tls=tls)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
 
     def stop(self) -> None:
-        grpc_server = self.server._server
-        assert grpc_server is not None
-        asyncio.run_coroutine_threadsafe(grpc_server.stop(0), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 

@@ -34,9 +34,10 @@ from ha_serving.keeper._control_api import (
 )
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.runtime import ActorSpec
-from ha_serving.store import ClusterRecord, Store, UnknownPackage
+from ha_serving.store import ClusterRecord, Store, StoreRef, UnknownPackage
 from ha_serving.store._schema import CLUSTER, OP_ID
 from ha_serving.testing import FakeProxy, FakeRuntime
+from ha_serving.util.secrets import write_secret
 from tests.unit.test_appmaster import FIXTURES, spec
 from tests.unit.test_discovery import TOKEN, KeeperThread
 
@@ -271,7 +272,9 @@ def test_an_open_stream_alone_does_not_keep_an_appmaster_fresh(store: Store, kee
         stream.cancel()
 
 
-def test_a_live_appmasters_link_keeps_its_heartbeat_fresh(store: Store, keeper: str) -> None:
+def test_a_live_appmasters_link_keeps_its_heartbeat_fresh(
+    store: Store, keeper: str, tmp_path: Path
+) -> None:
     """The link answers the Keeper's beats (every 0.3 s) with Heartbeats: the record
     stays well within the leader's staleness bounds (1.5 s for cluster loss, 5 s for a
     resubmission) while it runs, and goes stale once it stops."""
@@ -287,7 +290,7 @@ def test_a_live_appmasters_link_keeps_its_heartbeat_fresh(store: Store, keeper: 
         proxy_actor=proxy,
         worker_actor=worker_spec(),
     )
-    link = KeeperLink(core, [keeper], TOKEN)
+    link = KeeperLink(core, [keeper], str(write_secret(tmp_path / "am.token", TOKEN)))
 
     async def scenario() -> list[float]:
         task = asyncio.create_task(link.run())
@@ -320,7 +323,7 @@ def test_a_direct_deploy_of_a_keeper_managed_service_is_refused_before_any_write
     written, so the Keepers keep their record; a directly deployed service still works."""
     deploy(store, _spec_json(), PACKAGE, op_id="d-1")
     before = store.get_service("echo")
-    ops = ServiceOps(store, "sqlite:///unused", "a", "127.0.0.1:1", "127.0.0.1")
+    ops = ServiceOps(store, StoreRef("sqlite:///unused"), "a", "127.0.0.1:1", "127.0.0.1")
     applied: list[str] = []
 
     def apply(_spec: Any, _digest: str, kind: str) -> dict[str, Any]:

@@ -37,9 +37,7 @@ class KeeperThread:
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
 
     def stop(self) -> None:
-        grpc_server = self.server._server
-        assert grpc_server is not None
-        asyncio.run_coroutine_threadsafe(grpc_server.stop(0), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -59,7 +57,7 @@ def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
 
 
 def _keeper(store: Store, **settings: Any) -> KeeperThread:
-    return KeeperThread(store, KeeperSettings(lease_ttl_s=3.0, **settings))
+    return KeeperThread(store, KeeperSettings(lease_ttl_s=3.0, insecure=True, **settings))
 
 
 def test_the_message_limit_is_sized_from_the_package_limit() -> None:

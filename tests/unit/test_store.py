@@ -12,7 +12,8 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import CompileError
 
 from ha_serving._errors import ConflictError, InvalidSpec, StoreUnavailable
-from ha_serving.store import Store, db_now, safe_url, store_retry
+from ha_serving.store import SCHEMA_VERSION, Store, db_now, safe_url, store_retry
+from ha_serving.store._schema import MIGRATIONS
 from tests.store_contract import STORE_CHECKS, Backend
 
 
@@ -22,6 +23,16 @@ def test_store_contract_on_sqlite(
 ) -> None:
     """Each check's name states its claim; see tests/store_contract.py."""
     check(sqlite_backend)
+
+
+def test_migrations_are_one_linear_history() -> None:
+    """Each version is reached by exactly one migration, in order, up to SCHEMA_VERSION:
+    6 is the autoscaler's rate history, 7 the Keepers' credentials (two branches that
+    each called theirs 6, merged into one line)."""
+    assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+    assert SCHEMA_VERSION == 7
+    assert "request-rate" in MIGRATIONS[5].description
+    assert "credentials" in MIGRATIONS[6].description
 
 
 def test_connect_to_a_closed_port_fails_fast_without_leaking_the_password() -> None:

@@ -137,7 +137,7 @@ def test_outputs_read_back_status_and_registry(applied: dict[str, Any]) -> None:
     assert out["status"]["db"]["url"] == "mysql+pymysql://hasrv:***@db.example:3306/ha_serving"
     assert json.loads(out["status_json"]) == out["status"]
     assert out["run_dir"] == applied["run_dir"]
-    assert out["keeper_token_file"] == f"{applied['run_dir']}/keeper.token"
+    assert out["keeper_token_file"] == f"{applied['run_dir']}/secrets/operator.token"
 
 
 def test_status_files_are_private_and_removed_on_destroy(applied: dict[str, Any]) -> None:

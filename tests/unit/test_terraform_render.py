@@ -346,6 +346,7 @@ def test_the_keeper_command_is_one_the_cli_takes(
     from typer.testing import CliRunner
 
     from ha_serving.cli import _app
+    from ha_serving.store import StoreRef
 
     deployment = next(o for o in _objects(rendered["in-cluster"]) if o["kind"] == "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
@@ -355,8 +356,9 @@ def test_the_keeper_command_is_one_the_cli_takes(
     class Connected(Exception):
         pass
 
-    def connect(url: str, **_: object) -> None:
-        connected.append(url)
+    def connect(ref: StoreRef, **_: object) -> None:
+        assert ref.password_file is None  # the pod's URL is given whole
+        connected.append(ref.url)
         raise Connected  # the options parsed; stop before a Keeper would start
 
     monkeypatch.setattr(_app.Store, "connect", connect)

@@ -5,7 +5,7 @@ output "keeper_addresses" {
 
 output "keeper_token_file" {
   description = "File holding the Keepers' control-API token (mode 0600); the token itself is not an output."
-  value       = "${local.run_dir}/keeper.token"
+  value       = "${local.run_dir}/secrets/operator.token"
 }
 
 output "clusters" {

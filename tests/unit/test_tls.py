@@ -1,0 +1,252 @@
+"""TLS (issue 11, item 3), on real in-process gRPC servers with certificates from the
+stack's own CA module: the Keepers' API refuses plaintext and unknown CAs, their link
+port wants the AppMasters' client certificate (mutual TLS), scopes still hold over TLS,
+and a proxy serves the SDK's calls over TLS only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+
+from ha_serving._errors import CallError
+from ha_serving._settings import KeeperSettings, Settings, TlsSettings
+from ha_serving.appmaster import AppMasterCore
+from ha_serving.appmaster._actor import worker_spec
+from ha_serving.appmaster._link import KeeperLink
+from ha_serving.client import Client
+from ha_serving.keeper import AppMasterCredentials, RayJobSubmitter, keeper_status
+from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+from ha_serving.runtime import ActorSpec
+from ha_serving.store import Store, StoreRef
+from ha_serving.testing import FakeProxy, FakeRuntime
+from ha_serving.util.secrets import write_secret
+from ha_serving.util.tls import TlsFiles, issue, link_address, make_ca
+from infra.stack import make_certificates
+from tests.unit.fixtures.dataplane import running_stack
+from tests.unit.test_discovery import KeeperThread
+
+HOST = "127.0.104.6"
+ADDRESS = f"{HOST}:9474"
+LINK = link_address(ADDRESS)
+OPERATOR = "op-" + "o" * 30
+DISCOVERY = "disc-" + "d" * 30
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, TlsFiles]:
+    d = tmp_path / "tls"
+    d.mkdir(mode=0o700)
+    ca = make_ca(d)
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    rogue_ca = make_ca(other)
+    return {
+        "ca": ca,
+        "keeper": issue(ca, d, "keeper", hosts=[HOST], server=True, client=False),
+        "appmaster": issue(ca, d, "appmaster", hosts=["appmaster"], server=False, client=True),
+        "rogue": issue(rogue_ca, other, "rogue", hosts=["appmaster"], server=False, client=True),
+        "rogue_ca": rogue_ca,
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def keeper(store: Store, pki: dict[str, TlsFiles], tmp_path: Path) -> Iterator[KeeperThread]:
+    settings = KeeperSettings(
+        token_file=write_secret(tmp_path / "operator.token", OPERATOR),
+        discovery_token_file=write_secret(tmp_path / "discovery.token", DISCOVERY),
+        link_period_s=0.05,
+        link_beat_s=0.02,  # below the link period, as KeeperSettings requires
+    )
+    thread = KeeperThread(store, ADDRESS, settings, tls=pki["keeper"])
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+def _code(
+    address: str, creds: grpc.ChannelCredentials | None, method: str, request: Any, token: str
+) -> grpc.StatusCode:
+    channel = (
+        grpc.insecure_channel(address) if creds is None else grpc.secure_channel(address, creds)
+    )
+    with channel:
+        stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            getattr(stub, method)(
+                request, metadata=[("authorization", f"Bearer {token}")], timeout=5
+            )
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_the_ca_issues_certificates_for_the_names_dialled_with_keys_only_the_owner_reads(
+    pki: dict[str, TlsFiles],
+) -> None:
+    keeper = pki["keeper"]
+    cert = x509.load_pem_x509_certificate(Path(keeper.paths()[0]).read_bytes())
+    ca = x509.load_pem_x509_certificate(Path(keeper.ca).read_bytes())
+    assert cert.issuer == ca.subject
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [HOST]
+    for path in (keeper.paths()[1], pki["ca"].paths()[1]):
+        assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_keepers_api_speaks_tls_only_and_clients_verify_it(
+    keeper: KeeperThread, pki: dict[str, TlsFiles]
+) -> None:
+    ca_only = TlsFiles(pki["ca"].ca)
+    assert keeper_status(ADDRESS, token=OPERATOR, tls=ca_only, timeout_s=5)["alive"]
+    plaintext = keeper_status(ADDRESS, token=OPERATOR, timeout_s=5)
+    assert plaintext["error"] == "UNAVAILABLE"  # no TLS handshake, no answer
+    wrong_ca = keeper_status(ADDRESS, token=OPERATOR, tls=TlsFiles(pki["rogue_ca"].ca), timeout_s=5)
+    assert wrong_ca["error"] == "UNAVAILABLE"  # a server the client cannot verify
+
+
+def test_scopes_hold_over_tls_and_an_appmaster_is_taken_on_the_link_port_only(
+    keeper: KeeperThread, pki: dict[str, TlsFiles], store: Store, tmp_path: Path
+) -> None:
+    server_only = TlsFiles(pki["ca"].ca).channel_credentials()
+    deploy = keeper_pb2.DeployRequest(spec_json="{", kind="deploy")
+    assert (
+        _code(ADDRESS, server_only, "Deploy", deploy, DISCOVERY)
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        _code(ADDRESS, server_only, "Deploy", deploy, OPERATOR) == grpc.StatusCode.INVALID_ARGUMENT
+    )
+
+    token = AppMasterCredentials(store, tmp_path / "am").ensure("a", "echo").read_text()
+    beat = keeper_pb2.HeartbeatRequest(cluster="a", service="echo", actor_name="echo-appmaster")
+    # the API port does not take an AppMaster's credential: it must show its certificate
+    assert (
+        _code(ADDRESS, server_only, "Heartbeat", beat, token) == grpc.StatusCode.PERMISSION_DENIED
+    )
+    mutual = pki["appmaster"].channel_credentials()
+    assert _code(LINK, mutual, "Heartbeat", beat, token) == grpc.StatusCode.OK
+    assert _code(LINK, mutual, "Deploy", deploy, OPERATOR) == grpc.StatusCode.PERMISSION_DENIED
+    # no client certificate, or one another CA signed: no TLS session on the link port
+    assert _code(LINK, server_only, "Heartbeat", beat, token) == grpc.StatusCode.UNAVAILABLE
+    rogue = grpc.ssl_channel_credentials(  # trusts the Keeper, shows a foreign certificate
+        root_certificates=Path(pki["ca"].ca).read_bytes(),
+        private_key=Path(pki["rogue"].paths()[1]).read_bytes(),
+        certificate_chain=Path(pki["rogue"].paths()[0]).read_bytes(),
+    )
+    assert _code(LINK, rogue, "Heartbeat", beat, token) == grpc.StatusCode.UNAVAILABLE
+    assert _code(LINK, None, "Heartbeat", beat, token) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_appmasters_link_over_mutual_tls_keeps_its_heartbeat_fresh(
+    keeper: KeeperThread, pki: dict[str, TlsFiles], store: Store, tmp_path: Path
+) -> None:
+    token_file = AppMasterCredentials(store, tmp_path / "am").ensure("a", "echo")
+
+    def proxy(name: str, state: Any) -> ActorSpec:
+        return ActorSpec(name=name, cls=FakeProxy, args=(state.service,))
+
+    core = AppMasterCore(
+        store=store,
+        runtime=FakeRuntime(),
+        cluster="a",
+        service="echo",
+        proxy_actor=proxy,
+        worker_actor=worker_spec(),
+    )
+    link = KeeperLink(core, [LINK], str(token_file), tls=pki["appmaster"])
+
+    async def scenario() -> list[Any]:
+        task = asyncio.create_task(link.run())
+        try:
+            deadline = time.monotonic() + 10
+            while not (found := await asyncio.to_thread(store.list_appmasters, "echo")):
+                assert time.monotonic() < deadline, "the link never registered"
+                await asyncio.sleep(0.1)
+            return found
+        finally:
+            task.cancel()
+
+    [registered] = asyncio.run(scenario())
+    assert (registered.cluster, registered.service) == ("a", "echo")
+
+
+def test_a_proxy_serves_tls_only_and_the_sdk_verifies_it(tmp_path: Path) -> None:
+    d = tmp_path / "tls"
+    d.mkdir(mode=0o700)
+    ca = make_ca(d)
+    host = "127.0.77.251"
+    cert = issue(ca, d, "proxy", hosts=[host], server=True, client=False)
+    with running_stack(tls=cert, bind=host) as stack:
+        stack.add("i1")
+        with Client([stack.address], tls=TlsFiles(ca.ca), timeout_s=5) as client:
+            assert client.call("echo", "echo", {"a": 1})["echo"] == {"a": 1}
+        with Client([stack.address], timeout_s=2) as plain, pytest.raises(CallError):
+            plain.call("echo", "echo", {"a": 1})
+
+
+def test_up_certifies_every_keeper_and_node_address(tmp_path: Path) -> None:
+    settings = Settings.build(
+        stack={"clusters": 2, "workers_per_cluster": 2}, keeper={"replicas": 3}
+    )
+    paths = make_certificates(settings, tmp_path / "tls")
+
+    def sans(path: Path) -> set[str]:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return {str(ip) for ip in ext.get_values_for_type(x509.IPAddress)}
+
+    assert sans(paths.keeper_cert) == {"127.0.200.1", "127.0.200.2", "127.0.200.3"}
+    assert sans(paths.proxy_cert) == {f"127.0.{i}.{n}" for i in (1, 2) for n in (1, 2, 3)}
+    assert (tmp_path / "tls").stat().st_mode & 0o777 == 0o700
+    for key in (paths.ca_key, paths.keeper_key, paths.proxy_key, paths.appmaster_key):
+        assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_serving_job_gets_the_link_port_and_the_tls_files_paths(tmp_path: Path) -> None:
+    paths = make_certificates(Settings(), tmp_path / "tls")
+    tls = TlsSettings.model_validate(_tls_fields(paths))
+    submitter = RayJobSubmitter(
+        ha_serving_bin="ha-serving",
+        store=StoreRef("sqlite:////x.db"),
+        keepers=["127.0.200.1:9400"],
+        token_file=None,
+        tls=tls,
+    )
+    assert submitter.keepers == ["127.0.200.1:9401"]
+    env = submitter.job_env(None)
+    assert env["HA_SERVING_TLS_APPMASTER_KEY"] == str(paths.appmaster_key)
+    assert "HA_SERVING_TLS_KEEPER_KEY" not in env  # the Keeper's own key stays with it
+    for value in env.values():
+        assert "PRIVATE KEY" not in value
+    assert json.dumps(env)  # strings only
+
+
+def _tls_fields(paths: Any) -> dict[str, Path]:
+    return {
+        "ca_file": paths.ca,
+        "keeper_cert_file": paths.keeper_cert,
+        "keeper_key_file": paths.keeper_key,
+        "proxy_cert_file": paths.proxy_cert,
+        "proxy_key_file": paths.proxy_key,
+        "appmaster_cert_file": paths.appmaster_cert,
+        "appmaster_key_file": paths.appmaster_key,
+    }
