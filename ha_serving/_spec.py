@@ -12,6 +12,7 @@ desired one.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from collections.abc import Mapping
@@ -374,6 +375,22 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)  # type: ignore[arg-type]
         finally:
             self._depth -= 1
+
+    def construct_yaml_timestamp(self, node: yaml.Node) -> datetime.date:
+        """An explicit ``!!timestamp`` on text that is no timestamp: PyYAML's own
+        constructor fails there with an AttributeError, not a YAMLError."""
+        value = self.construct_scalar(node)  # type: ignore[arg-type]
+        if self.timestamp_regexp.match(value) is None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"not a timestamp: {value!r}", node.start_mark
+            )
+        return super().construct_yaml_timestamp(node)  # type: ignore[arg-type]
+
+
+# the constructors are a table of functions: the override must be put in it
+_BoundedLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", _BoundedLoader.construct_yaml_timestamp
+)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

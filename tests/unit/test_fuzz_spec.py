@@ -44,6 +44,7 @@ def test_valid_specs_round_trip_through_yaml(data: dict[str, object]) -> None:
 @example("[" * 10_000)
 @example("x: " + "1" * 5000)
 @example("code: {dir: code, import_path: 'a:B'}\nname: echo\nversion: v1\nconfig: {a: .nan}\n")
+@example("!!timestamp name: a\nversion: '0'\n")  # PyYAML's own constructor crashed on it
 def test_mutated_specs_parse_or_are_refused_clearly(text: str) -> None:
     _parsed_or_refused(text)
 
