@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -259,11 +260,18 @@ async def _die_during(h: Harness, method: str, change: Any, phase: Phase) -> Non
             await h.core.round()
             h.clock.advance(1.0)
 
+    loop = asyncio.get_running_loop()
+    threads = ThreadPoolExecutor()  # the dying AppMaster's: drained before the new one
+    loop.set_default_executor(threads)
     task = asyncio.create_task(rounds())
     await asyncio.wait_for(hung.wait(), 10)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    # A killed process writes nothing more; here the round's other actions may still be
+    # saving in threads (cancelling a task does not stop its thread): let them end first.
+    threads.shutdown(wait=True)
+    loop.set_default_executor(ThreadPoolExecutor())
     saved = h.store.load_appmaster_state("a", "echo")
     assert saved is not None
     assert any(i["phase"] == phase.value for i in saved[0]["instances"].values())
