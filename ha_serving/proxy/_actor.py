@@ -171,6 +171,10 @@ class ProxyActor:
         """Calls this proxy has in flight per instance (drained ones until they finish)."""
         return self._server.inflight()
 
+    async def routed(self) -> dict[str, int]:
+        """Calls this proxy ever sent per instance (a counter)."""
+        return self._server.routed()
+
     async def metrics_text(self) -> str:
         return self._server.metrics.metrics_text()
 

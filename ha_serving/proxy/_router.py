@@ -41,6 +41,7 @@ class Router:
         self._groups: dict[str, list[RouteEntry]] = {}
         """Entries by group, when the table has more than the stable group."""
         self._inflight: dict[str, int] = {}
+        self._routed: dict[str, int] = {}
         self._ejected: set[str] = set()
         """Workers that just failed; their instances are skipped until readmitted."""
 
@@ -88,6 +89,7 @@ class Router:
         entry = self._choose(exclude)
         if entry is not None:
             self._inflight[entry.instance_id] = self._inflight.get(entry.instance_id, 0) + 1
+            self._routed[entry.instance_id] = self._routed.get(entry.instance_id, 0) + 1
         return entry
 
     def release(self, instance_id: str) -> None:
@@ -105,6 +107,11 @@ class Router:
         counts = {e.instance_id: 0 for e in self._entries}
         counts.update(self._inflight)
         return counts
+
+    def routed(self) -> dict[str, int]:
+        """Calls ever sent per instance (a counter: what went to an instance between two
+        readings is their difference)."""
+        return dict(self._routed)
 
     def at_capacity(self) -> bool:
         """True if the table has instances but each is at its cap."""

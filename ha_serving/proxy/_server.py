@@ -154,6 +154,9 @@ class ProxyServer:
     def inflight(self) -> dict[str, int]:
         return self.router.inflight()
 
+    def routed(self) -> dict[str, int]:
+        return self.router.routed()
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking calls and let in-flight ones finish within ``grace_s``.
 

@@ -109,6 +109,20 @@ def test_no_choice_when_every_instance_is_at_its_cap() -> None:
     assert chosen.instance_id == "i1"
 
 
+def test_routed_counts_every_call_sent_and_never_goes_down() -> None:
+    """``routed`` counts calls sent per instance; releases do not lower it (the
+    killed-worker test bounds the calls in flight at a kill by its difference)."""
+    router = Router("svc", rng=seeded(3))
+    router.update(table(1, 5, 5))
+    sent = [router.acquire() for _ in range(6)]
+    assert sum(router.routed().values()) == 6
+    for entry in sent:
+        assert entry is not None
+        router.release(entry.instance_id)
+    assert router.routed() == dict(Counter(e.instance_id for e in sent if e is not None))
+    assert router.inflight() == {"i0": 0, "i1": 0}
+
+
 def test_empty_table_gives_no_choice_and_is_not_at_capacity() -> None:
     router = Router("svc")
     assert router.acquire() is None
