@@ -38,6 +38,7 @@ from sim._scenarios import (
     ScenarioResult,
     Sim,
     SimConfig,
+    config_json,
     mariadbd,
     scaled,
 )
@@ -95,6 +96,10 @@ def _run_all(
             sim = Sim(cfg, url, db_pid, Path(tmp), show, profile=profile)
             try:
                 results.append(asyncio.run(sim.run(scenario)))
+            except (TimeoutError, RuntimeError) as exc:  # reported; the next one runs
+                logging.getLogger("sim").exception("%s failed", scenario)
+                failed = ScenarioResult(scenario, config_json(cfg), figures={"error": str(exc)})
+                results.append(failed)
             finally:  # the Keepers' logs outlive the run's temporary directory
                 for k in sim.keepers:
                     if sim.log_path(k).exists():

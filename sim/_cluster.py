@@ -81,11 +81,15 @@ class SimCluster:
         self.runtime.actors.clear()
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
+        # Cancelled again until done: Python 3.11's asyncio.wait_for (in the AppMaster's
+        # loop and link) can swallow a cancellation that meets its inner future's end.
+        while pending := [t for t in self._tasks if not t.done()]:
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=0.5)
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+                t.result()
         self._tasks.clear()
         if self._server is not None:
             self._server.close()

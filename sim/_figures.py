@@ -99,20 +99,29 @@ class Propagation:
     ``change`` records what discovery should show next for one address (the newest
     change per address replaces an unseen older one: only the final state is awaited);
     ``seen`` takes a watcher's whole list and returns the delays of the changes it now
-    reflects. Changes never seen stay ``pending`` (reported, not hidden)."""
+    reflects. Changes never seen stay ``pending`` (reported, not hidden).
+
+    A change is stamped before its write and may be recorded after a watcher already
+    showed it (watchers report only when their list changes): so each service's last
+    list is kept, and a change it already satisfies counts at once."""
 
     def __init__(self) -> None:
         self._pending: dict[tuple[str, str], EndpointChange] = {}
+        self._last: dict[str, tuple[float, dict[str, int]]] = {}
         self._lock = threading.Lock()  # store threads record, watcher threads see
         self.delays: list[float] = []
 
     def change(self, change: EndpointChange) -> None:
         with self._lock:
             self._pending[(change.service, change.address)] = change
+            last = self._last.get(change.service)
+            if last is not None:
+                self._seen(change.service, last[1], last[0])
 
     def seen(self, service: str, endpoints: Iterable[tuple[str, int]], at: float) -> list[float]:
         shown = dict(endpoints)
         with self._lock:
+            self._last[service] = (at, shown)
             return self._seen(service, shown, at)
 
     def _seen(self, service: str, shown: dict[str, int], at: float) -> list[float]:

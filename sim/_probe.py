@@ -78,26 +78,29 @@ class ProbedStore(Store):
     def upsert_endpoint(
         self, service: str, cluster: str, address: str, labels: dict[str, Any], ttl_s: float
     ) -> None:
+        at = time.time()  # before the write: a watcher may show it before we return
         super().upsert_endpoint(service, cluster, address, labels, ttl_s)
         weight = int(labels.get("weight", 100))
         with self._shown_lock:
             changed = self._shown.get((service, cluster, address)) != weight
             self._shown[(service, cluster, address)] = weight
         if changed:
-            self._record(service, address, weight)
+            self._record(service, address, weight, at)
 
     def remove_endpoint(self, service: str, cluster: str, address: str) -> bool:
+        at = time.time()
         removed = super().remove_endpoint(service, cluster, address)
-        self._forget(service, cluster, {address})
+        self._forget(service, cluster, {address}, at)
         return removed
 
     def remove_endpoints(self, service: str, cluster: str, *, keep: set[str] | None = None) -> int:
+        at = time.time()
         removed = super().remove_endpoints(service, cluster, keep=keep)
         with self._shown_lock:
             gone = {a for (s, c, a) in self._shown if s == service and c == cluster} - (
                 keep or set()
             )
-        self._forget(service, cluster, gone)
+        self._forget(service, cluster, gone, at)
         return removed
 
     def forget_cluster(self, cluster: str) -> list[tuple[str, str]]:
@@ -108,13 +111,13 @@ class ProbedStore(Store):
                 del self._shown[k]
         return [(s, a) for s, _, a in keys]
 
-    def _forget(self, service: str, cluster: str, addresses: set[str]) -> None:
+    def _forget(self, service: str, cluster: str, addresses: set[str], at: float) -> None:
         for address in addresses:
             with self._shown_lock:
                 known = self._shown.pop((service, cluster, address), None) is not None
             if known:
-                self._record(service, address, None)
+                self._record(service, address, None, at)
 
-    def _record(self, service: str, address: str, weight: int | None) -> None:
+    def _record(self, service: str, address: str, weight: int | None, at: float) -> None:
         if self.probe is not None:
-            self.probe.change(EndpointChange(service, address, weight, time.time()))
+            self.probe.change(EndpointChange(service, address, weight, at))

@@ -31,6 +31,10 @@ def scenario_rows(results: Sequence[ScenarioResult]) -> list[str]:
     ]
     for r in results:
         f, c = r.figures, r.config
+        if "error" in f:
+            size = f"{c['services']}x{c['clusters']}x{c['instances']}"
+            lines.append(f"| {r.scenario} | {size} | failed: {f['error']} |" + " |" * 9)
+            continue
         ops = f.get("action", {}).get("ack_to_end_s") or f.get("deploy", {}).get("ack_to_end_s")
         prop = f.get("propagation_s") if (f.get("propagation_s") or {}).get("count") else None
         prop = prop or f.get("deploy", {}).get("propagation_s")
@@ -122,6 +126,7 @@ def write_growth(out: Path, results: Sequence[ScenarioResult]) -> Path:
     figure's log-log slope per axis, and the log-log plot."""
     out.mkdir(parents=True, exist_ok=True)
     payload = [{"config": r.config, "figures": r.figures} for r in results]
+    results = [r for r in results if "error" not in r.figures]  # in report.json only
     (out / "report.json").write_text(json.dumps(payload, indent=2))
     names = [m[0] for m in GROWTH_METRICS]
     lines = [

@@ -348,7 +348,7 @@ class Sim:
         loop = asyncio.get_running_loop()
         # the AppMasters' DB calls run in threads: as many as their engine pools (5 + 10)
         loop.set_default_executor(ThreadPoolExecutor(max_workers=15))
-        result = ScenarioResult(scenario, _config_json(self.cfg))
+        result = ScenarioResult(scenario, config_json(self.cfg))
         log.info("%s: %s", scenario, result.config)
         sampler: asyncio.Task[None] | None = None
         try:
@@ -439,8 +439,7 @@ class Sim:
         return {"lost": lost.name, "all_watchers_updated_after_s": round(waited, 2)}
 
     async def _down(self) -> None:
-        for w in self.watchers:
-            await asyncio.to_thread(w.stop)
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.watchers))
         for c in self.clusters:
             await c.stop()
         for proc in self.keepers.values():
@@ -455,7 +454,7 @@ class Sim:
         admin.dispose()
 
 
-def _config_json(cfg: SimConfig) -> dict[str, Any]:
+def config_json(cfg: SimConfig) -> dict[str, Any]:
     out = {k: v for k, v in vars(cfg).items() if k != "timings"}
     out["timings"] = vars(cfg.timings)
     out["max_unavailable"] = cfg.step

@@ -176,6 +176,13 @@ def test_propagation_awaits_only_the_newest_state_of_each_address() -> None:
     assert p.seen("s", [("a:1", 0)], at=13.0) == [2.5]
     assert p.delays == [1.5, 2.5]
     assert p.pending == 0
+    # a change stamped before a watcher's report, recorded after it: counted at once
+    p.change(EndpointChange("s", "c:1", 100, at=12.9))
+    assert p.pending == 1  # the last list (at 13.0) does not show c:1
+    p.seen("s", [("a:1", 0), ("c:1", 100)], at=13.2)
+    p.change(EndpointChange("s", "d:1", None, at=13.1))
+    assert p.pending == 0
+    assert p.delays == [1.5, 2.5, pytest.approx(0.3), pytest.approx(0.1)]
 
 
 # --- instruments ----------------------------------------------------------------------
