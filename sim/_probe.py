@@ -74,6 +74,9 @@ class ProbedStore(Store):
         super().__init__(*args, **kwargs)
         self._shown: dict[tuple[str, str, str], int] = {}
         self._shown_lock = threading.Lock()
+        self._lost: set[str] = set()
+        """Clusters lost: a write their dying AppMasters still had in flight is not a
+        change to await (the leader withdraws it again every round)."""
 
     def upsert_endpoint(
         self, service: str, cluster: str, address: str, labels: dict[str, Any], ttl_s: float
@@ -82,6 +85,8 @@ class ProbedStore(Store):
         super().upsert_endpoint(service, cluster, address, labels, ttl_s)
         weight = int(labels.get("weight", 100))
         with self._shown_lock:
+            if cluster in self._lost:
+                return
             changed = self._shown.get((service, cluster, address)) != weight
             self._shown[(service, cluster, address)] = weight
         if changed:
@@ -106,6 +111,7 @@ class ProbedStore(Store):
     def forget_cluster(self, cluster: str) -> list[tuple[str, str]]:
         """Forget a lost cluster's endpoints (its AppMasters are gone); returns them."""
         with self._shown_lock:
+            self._lost.add(cluster)
             keys = [k for k in self._shown if k[1] == cluster]
             for k in keys:
                 del self._shown[k]

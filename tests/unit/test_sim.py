@@ -203,6 +203,8 @@ def test_query_counter_and_probed_store_see_what_discovery_will_show(tmp_path: P
         assert len(probe.seen("s", [("b:1", 100)], at=1e12)) == 2  # a:1 went, b:1 came
         assert probe.pending == 0
         assert store.forget_cluster("c0") == [("s", "b:1")]
+        store.upsert_endpoint("s", "c0", "b:1", {"weight": 100}, 10)  # a dying AppMaster's
+        assert probe.pending == 0
     finally:
         store.close()
 
