@@ -258,6 +258,29 @@ def list_operations_filters_by_service_and_status(b: Backend) -> None:
     assert [o.op_id for o in store.list_operations(service="echo")] == ["a", "b"]
     assert [o.op_id for o in store.list_operations(status="pending")] == ["a", "c"]
     assert [o.op_id for o in store.list_operations("echo", "done")] == ["b"]
+    assert [o.op_id for o in store.list_operations(statuses=("pending", "done"))] == [
+        "a",
+        "b",
+        "c",
+    ]
+    assert store.list_operations(statuses=()) == []
+
+
+def latest_operations_gives_each_services_newest_passing_over_a_status(b: Backend) -> None:
+    """The leader's AppMaster targets: one row per service, the newest by creation (op_id
+    breaks a tie), whatever the history's length; superseded ones passed over."""
+    clock = FakeClock()
+    store = b.connect(clock)
+    for op_id in ("a1", "a2", "a3"):
+        store.create_operation(_op(op_id, "echo"))
+        clock.advance(1)
+    store.create_operation(_op("b2", "other"))
+    store.create_operation(_op("b1", "other"))  # same created_at: b2 wins by op_id
+    store.advance_operation("a3", expected_version=1, status="superseded")
+    latest = store.latest_operations(exclude_status="superseded")
+    assert [(o.service, o.op_id) for o in latest] == [("echo", "a2"), ("other", "b2")]
+    assert latest[0].plan == {"steps": [1, 2]}  # whole records, JSON decoded
+    assert [o.op_id for o in store.latest_operations()] == ["a3", "b2"]
 
 
 # --- appmaster state ---------------------------------------------------------------------
@@ -974,6 +997,7 @@ def pruning_deletes_old_history_but_nothing_still_needed(b: Backend) -> None:
 
 
 STORE_CHECKS += [
+    latest_operations_gives_each_services_newest_passing_over_a_status,
     operations_page_in_creation_order,
     pruning_deletes_old_history_but_nothing_still_needed,
 ]

@@ -8,6 +8,12 @@ heartbeats through any Keeper); one that is silent gets its serving job (re)subm
 through the cluster's Ray Job Submission API, at most every ``resubmit_s``; a submission
 that fails (a restarted cluster whose GCS answers before its Job API does) is tried again
 after ``submit_retry_s``, not after ``resubmit_s``, which cost a restarted cluster ~30 s.
+
+A round reads each thing once and only what it needs: the active operations (filtered by
+the DB), each service's latest operation (one row per service, however long the
+history), the clusters, the heartbeats and the DB's clock. It used to read every
+operation ever recorded (within retention: 7 days) twice per round, and the clusters,
+heartbeats and clock twice; the scale simulation (docs/scale.md) showed it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ha_serving._errors import HAServingError, StoreUnavailable
@@ -39,7 +46,7 @@ from ha_serving.keeper._releases import (
     decide,
 )
 from ha_serving.keeper._weighted import WEIGHTED, add_check, decide_weighted
-from ha_serving.store import ClusterRecord, OperationRecord, Store
+from ha_serving.store import AppMasterRecord, ClusterRecord, OperationRecord, Store
 from ha_serving.util.logs import bound
 
 HEARTBEAT_STALE_S = 5.0
@@ -48,6 +55,16 @@ LOSS_SILENCE_S = 1.5
 """A cluster is lost once its GCS refuses connections and none of its AppMasters has
 heartbeated for this long (links beat every ~0.3 s). Both must hold, so a slow DB or a
 busy Keeper alone never makes a live cluster look lost."""
+
+
+@dataclass(frozen=True)
+class _View:
+    """What a round reads once for both the loss check and the AppMaster check."""
+
+    clusters: list[ClusterRecord]
+    beats: list[AppMasterRecord]
+    now: float
+    """The DB's clock, read with the heartbeats it is compared with."""
 
 
 class JobSubmitter(Protocol):
@@ -104,7 +121,7 @@ class Reconciler:
             await asyncio.sleep(self.period_s)
 
     def round(self, term: Term) -> None:
-        active = [o for o in self.store.list_operations() if o.status in ACTIVE]
+        active = self.store.list_operations(statuses=ACTIVE)
         newest: dict[str, OperationRecord] = {}
         for op in active:  # oldest first: the last one per service wins
             previous = newest.get(op.service)
@@ -113,9 +130,13 @@ class Reconciler:
             newest[op.service] = op
         for op in newest.values():
             self._advance(op, term)
-        self._watch_clusters()
-        self._ensure_appmasters()
+        view = self._view()
+        self._watch_clusters(view)
+        self._ensure_appmasters(view)
         self._prune()
+
+    def _view(self) -> _View:
+        return _View(self.store.list_clusters(), self.store.list_appmasters(), self.store.now())
 
     def _prune(self) -> None:
         """Every prune period, one bounded batch per table of history older than the
@@ -202,14 +223,14 @@ class Reconciler:
             op.op_id, expected_version=op.version, epoch=term.epoch, fence=LEASE_NAME, **changes
         )
 
-    def _watch_clusters(self) -> None:
+    def _watch_clusters(self, view: _View | None = None) -> None:
         """A cluster whose GCS does not answer and whose AppMasters all went silent is
         lost: its endpoints are withdrawn at once (and again every round while it stays
         lost), so clients move to the other clusters. When its GCS answers again, its
         AppMasters are restarted without waiting for the resubmit interval."""
-        beats = self.store.list_appmasters()
-        now = self.store.now()
-        for cluster in self.store.list_clusters():
+        view = view or self._view()
+        beats, now = view.beats, view.now
+        for cluster in view.clusters:
             fresh = any(
                 b.cluster == cluster.name and now - b.heartbeat_at < LOSS_SILENCE_S for b in beats
             )
@@ -231,10 +252,11 @@ class Reconciler:
                 self.log.warning("cluster %s is back", cluster.name)
                 self.store.append_event("cluster_back", cluster=cluster.name)
 
-    def _ensure_appmasters(self) -> None:
-        clusters = {c.name: c for c in self.store.list_clusters()}
-        beats = {(a.cluster, a.service): a.heartbeat_at for a in self.store.list_appmasters()}
-        now = self.store.now()
+    def _ensure_appmasters(self, view: _View | None = None) -> None:
+        view = view or self._view()
+        clusters = {c.name: c for c in view.clusters}
+        beats = {(a.cluster, a.service): a.heartbeat_at for a in view.beats}
+        now = view.now
         for target, service in self._targets():
             beat = beats.get((target, service))
             if beat is not None and now - beat < HEARTBEAT_STALE_S:
@@ -260,11 +282,8 @@ class Reconciler:
     def _targets(self) -> list[tuple[str, str]]:
         """(cluster, service) pairs that must have an AppMaster: the targets of each
         service's newest operation that got anywhere."""
-        latest: dict[str, OperationRecord] = {}
-        for op in self.store.list_operations():
-            if op.status != "superseded":
-                latest[op.service] = op
-        return [(t["name"], s) for s, op in latest.items() for t in op.plan["clusters"]]
+        latest = self.store.latest_operations(exclude_status="superseded")
+        return [(t["name"], op.service) for op in latest for t in op.plan["clusters"]]
 
 
 def _answers(address: str, timeout_s: float = 0.5) -> bool:

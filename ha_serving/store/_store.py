@@ -9,7 +9,7 @@ DB failures raise ``StoreUnavailable``; retrying is the caller's business
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -297,19 +297,22 @@ class Store:
         service: str | None = None,
         status: str | None = None,
         *,
+        statuses: Collection[str] | None = None,
         op_id: str | None = None,
         after: tuple[float, str] | None = None,
         limit: int | None = None,
     ) -> list[OperationRecord]:
         """Operations, oldest first (by ``created_at``, then ``op_id``), optionally only one
-        service's, one status' or one operation. A page: ``after`` an operation's
-        ``(created_at, op_id)``, at most ``limit`` of them."""
+        service's, one status' (or any of ``statuses``) or one operation. A page:
+        ``after`` an operation's ``(created_at, op_id)``, at most ``limit`` of them."""
         c = operations.c
         query = sa.select(operations).order_by(c.created_at, c.op_id)
         if service is not None:
             query = query.where(c.service == service)
         if status is not None:
             query = query.where(c.status == status)
+        if statuses is not None:
+            query = query.where(c.status.in_(tuple(statuses)))
         if op_id is not None:
             query = query.where(c.op_id == op_id)
         if after is not None:
@@ -317,6 +320,28 @@ class Store:
             query = query.where((c.created_at > at) | ((c.created_at == at) & (c.op_id > last)))
         if limit is not None:
             query = query.limit(limit)
+        with self._tx() as conn:
+            return [OperationRecord.from_record(row._mapping) for row in conn.execute(query)]
+
+    def latest_operations(self, *, exclude_status: str | None = None) -> list[OperationRecord]:
+        """Each service's newest operation (by ``created_at``, then ``op_id``), passing
+        over those with ``exclude_status``; one row per service, however long the
+        history (the DB ranks them), by service name."""
+        c = operations.c
+        rank = (
+            sa.func.row_number()
+            .over(partition_by=c.service, order_by=(c.created_at.desc(), c.op_id.desc()))
+            .label("rank")
+        )
+        inner = sa.select(operations, rank)
+        if exclude_status is not None:
+            inner = inner.where(c.status != exclude_status)
+        ranked = inner.subquery()
+        query = (
+            sa.select(*(ranked.c[col.name] for col in operations.c))
+            .where(ranked.c.rank == 1)
+            .order_by(ranked.c.service)
+        )
         with self._tx() as conn:
             return [OperationRecord.from_record(row._mapping) for row in conn.execute(query)]
 

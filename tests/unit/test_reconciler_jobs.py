@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 from ha_serving.backend import make_package
 from ha_serving.keeper import Leadership
@@ -93,3 +94,44 @@ def test_an_appmaster_that_linked_and_then_went_silent_gets_a_job_at_once(
         reconciler._ensure_appmasters()
         assert clock.monotonic() - killed < 30, "resubmitted only after resubmit_s"
     assert jobs.accepted[1] - killed <= HEARTBEAT_STALE_S + 0.5
+
+
+def test_a_round_reads_the_active_operations_and_each_services_latest_not_the_history(
+    tmp_path: Path,
+) -> None:
+    """A leader's round must not cost more as finished history grows (retention keeps a
+    week of it): the DB hands it the active operations and each service's latest only.
+    It used to read every operation twice per round (found by the scale simulation)."""
+    clock = FakeClock()
+    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
+    store.register_cluster(ClusterRecord("a", "127.0.1.250:1", "http://127.0.1.250:1", "z1"))
+    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
+    leadership.tick()
+    term = leadership.require()
+    jobs = FlakyJobs(refusals=0, clock=clock)
+    reconciler = Reconciler(store, leadership, jobs, monotonic=clock.monotonic)
+    body = spec(instances=1).model_dump(mode="json")
+    body["placement"] = {"clusters": [{"name": "a"}]}
+    package = make_package(FIXTURES / "echo_v1").data
+    for n in range(30):  # a finished history: each deploy succeeded
+        body["config"] = {"n": n}
+        op_id, _ = deploy(store, json.dumps(body), package, kind="deploy")
+        op = store.get_operation(op_id)
+        store.advance_operation(op_id, expected_version=op.version, status="succeeded")
+        clock.advance(1)
+    body["config"] = {"n": "active"}
+    active, _ = deploy(store, json.dumps(body), package, kind="deploy")
+    read: list[str] = []
+    for name in ("list_operations", "latest_operations"):
+        original = getattr(store, name)
+
+        def spy(*a: object, _original: Any = original, **kw: object) -> Any:
+            found = _original(*a, **kw)
+            read.extend(o.op_id for o in found)
+            return found
+
+        setattr(store, name, spy)
+    reconciler.round(term)
+    assert read == [active, active]  # the active one, then the latest per service
+    assert store.get_operation(active).status == "running"  # and the round did its work
+    assert len(jobs.accepted) == 1  # its AppMaster was started (it never heartbeated)
