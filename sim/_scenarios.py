@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 import uuid
@@ -98,6 +99,8 @@ class Window:
     at: float
     counts: dict[str, int]
     db_cpu_s: float | None
+    load: float
+    """The machine's 1-minute load average (2 cores: above 2, everything queues)."""
 
 
 @dataclass
@@ -292,7 +295,7 @@ class Sim:
         counts.update(self.am_count.snapshot("appmasters"))
         counts.update(self.observer_count.snapshot("observer"))
         cpu = cpu_seconds(self.db_pid) if self.db_pid is not None else None
-        return Window(time.time(), counts, cpu)
+        return Window(time.time(), counts, cpu, round(os.getloadavg()[0], 1))
 
     async def _sample_rss(self) -> None:
         while True:
@@ -308,9 +311,17 @@ class Sim:
         rounds = self._rounds(start.at, end.at)
         total_q = sum(v for k, v in rates.items() if k.endswith(".queries"))
         total_w = sum(v for k, v in rates.items() if k.endswith(".writes"))
+        reconciler = end.counts.get("keeper.reconciler.queries", 0) - start.counts.get(
+            "keeper.reconciler.queries", 0
+        )
         return {
             "window_s": round(seconds, 2),
             "round_s": Summary.of([d for _, d in rounds]).to_json(),
+            # statements per round do not depend on how busy the machine is; times do
+            "reconciler_statements_per_round": (
+                round(reconciler / len(rounds), 1) if rounds else None
+            ),
+            "load_average_1m": [start.load, end.load],
             "db_per_s": {k: round(v, 1) for k, v in sorted(rates.items())},
             "db_queries_per_s": round(total_q, 1),
             "db_writes_per_s": round(total_w, 1),

@@ -996,7 +996,25 @@ def pruning_deletes_old_history_but_nothing_still_needed(b: Backend) -> None:
     assert store.prune(50) == {"operations": 0, "instructions": 0, "events": 0, "packages": 0}
 
 
+def read_targets_reads_what_the_single_reads_read(b: Backend) -> None:
+    """The leader's one-transaction read of many targets gives, per (cluster, service),
+    its last instruction and AppMaster state, as the one-target reads do."""
+    store = b.connect()
+    store.add_instruction("c1", "echo", "op-1", 1, {"n": 1})
+    store.add_instruction("c1", "echo", "op-2", 1, {"n": 2})
+    store.save_appmaster_state("c1", "echo", {"step": 3}, expected_version=None)
+    store.add_instruction("c2", "echo", "op-3", 1, {"n": 3})
+    read = store.read_targets([("c1", "echo"), ("c2", "echo"), ("c3", "echo")])
+    assert read[("c1", "echo")].last_instruction == store.last_instruction("c1", "echo")
+    assert read[("c1", "echo")].state == {"step": 3}
+    assert read[("c2", "echo")].last_instruction == store.last_instruction("c2", "echo")
+    assert read[("c2", "echo")].state is None
+    assert (read[("c3", "echo")].last_instruction, read[("c3", "echo")].state) == (None, None)
+    assert store.read_targets([]) == {}
+
+
 STORE_CHECKS += [
+    read_targets_reads_what_the_single_reads_read,
     latest_operations_gives_each_services_newest_passing_over_a_status,
     operations_page_in_creation_order,
     pruning_deletes_old_history_but_nothing_still_needed,

@@ -13,7 +13,8 @@ A round reads each thing once and only what it needs: the active operations (fil
 the DB), each service's latest operation (one row per service, however long the
 history), the clusters, the heartbeats and the DB's clock. It used to read every
 operation ever recorded (within retention: 7 days) twice per round, and the clusters,
-heartbeats and clock twice; the scale simulation (docs/scale.md) showed it.
+heartbeats and clock twice; the scale simulation (docs/scale.md) showed it. The active
+operations' targets (last instruction, AppMaster state) are read in one transaction.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from ha_serving.keeper._releases import (
     decide,
 )
 from ha_serving.keeper._weighted import WEIGHTED, add_check, decide_weighted
-from ha_serving.store import AppMasterRecord, ClusterRecord, OperationRecord, Store
+from ha_serving.store import AppMasterRecord, ClusterRecord, OperationRecord, Store, Target
 from ha_serving.util.logs import bound
 
 HEARTBEAT_STALE_S = 5.0
@@ -128,8 +129,12 @@ class Reconciler:
             if previous is not None:
                 self._set(previous, term, status="superseded")
             newest[op.service] = op
+        # every active operation's targets in one transaction, not 2 per target
+        targets = self.store.read_targets(
+            (t["name"], op.service) for op in newest.values() for t in op.plan["clusters"]
+        )
         for op in newest.values():
-            self._advance(op, term)
+            self._advance(op, term, targets)
         view = self._view()
         self._watch_clusters(view)
         self._ensure_appmasters(view)
@@ -149,13 +154,12 @@ class Reconciler:
         if any(deleted.values()):
             self.log.info("pruned %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
 
-    def _advance(self, op: OperationRecord, term: Term) -> None:
+    def _advance(
+        self, op: OperationRecord, term: Term, read: dict[tuple[str, str], Target]
+    ) -> None:
         targets = [t["name"] for t in op.plan["clusters"]]
-        last = {c: self.store.last_instruction(c, op.service) for c in targets}
-        states: dict[str, dict[str, Any] | None] = {}
-        for c in targets:
-            found = self.store.load_appmaster_state(c, op.service)
-            states[c] = found[0] if found else None
+        last = {c: read[(c, op.service)].last_instruction for c in targets}
+        states = {c: read[(c, op.service)].state for c in targets}
         decisions: list[Decision]
         if op.kind in WEIGHTED:
             op = self._analyse(op, states, term)

@@ -17,7 +17,7 @@ from ha_serving.store._records import (
     UnknownOperation,
 )
 from ha_serving.store._schema import SCHEMA_VERSION, SchemaTooNew, migrate
-from ha_serving.store._store import Store
+from ha_serving.store._store import Store, Target
 
 __all__ = [
     "KEEPER_LEADER",
@@ -33,6 +33,7 @@ __all__ = [
     "SchemaTooNew",
     "ServiceRecord",
     "Store",
+    "Target",
     "TimeSource",
     "UnknownOperation",
     "UnknownPackage",

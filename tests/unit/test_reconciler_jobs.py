@@ -135,3 +135,39 @@ def test_a_round_reads_the_active_operations_and_each_services_latest_not_the_hi
     assert read == [active, active]  # the active one, then the latest per service
     assert store.get_operation(active).status == "running"  # and the round did its work
     assert len(jobs.accepted) == 1  # its AppMaster was started (it never heartbeated)
+
+
+def test_a_round_reads_every_active_operations_targets_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """Per round, the last instruction and AppMaster state of every target of every
+    active operation come from one ``read_targets`` (one transaction), not from two
+    transactions per target: in a release wave those reads were most of a round."""
+    clock = FakeClock()
+    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
+    for name in ("a", "b"):
+        store.register_cluster(ClusterRecord(name, "127.0.1.250:1", None, "z1"))
+    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
+    leadership.tick()
+    reconciler = Reconciler(
+        store, leadership, FlakyJobs(refusals=0, clock=clock), monotonic=clock.monotonic
+    )
+    package = make_package(FIXTURES / "echo_v1").data
+    for service in ("echo", "other"):
+        body = spec(name=service, instances=1).model_dump(mode="json")
+        body["placement"] = {"clusters": [{"name": "a"}, {"name": "b"}]}
+        deploy(store, json.dumps(body), package, kind="deploy")
+    calls: list[list[tuple[str, str]]] = []
+    read_targets = store.read_targets
+
+    def spy(targets: Any) -> Any:
+        calls.append(list(targets))
+        return read_targets(calls[-1])
+
+    store.read_targets = spy  # type: ignore[method-assign]
+    store.last_instruction = store.load_appmaster_state = None  # type: ignore[assignment]
+    reconciler.round(leadership.require())
+    assert len(calls) == 1  # both ops were created at one instant: in op_id order
+    assert sorted(calls[0]) == [("a", "echo"), ("a", "other"), ("b", "echo"), ("b", "other")]
+    for service in ("echo", "other"):  # and the round acted on what it read
+        assert any(store.list_instructions(c, service) for c in "ab")
