@@ -20,10 +20,12 @@ _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 @dataclass
 class QueryCounter:
-    """Statements an engine sent, and how many of them wrote."""
+    """Statements an engine sent, how many of them wrote, and its transactions (each
+    costs round trips no statement count shows: the pool's ping, BEGIN, COMMIT)."""
 
     queries: int = 0
     writes: int = 0
+    transactions: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -38,12 +40,21 @@ class QueryCounter:
                 counter.queries += 1
                 counter.writes += int(write)
 
+        def begin(_conn: Any) -> None:
+            with counter._lock:
+                counter.transactions += 1
+
         event.listen(store._engine, "before_cursor_execute", count)  # the store's own engine
+        event.listen(store._engine, "begin", begin)
         return counter
 
     def snapshot(self, role: str) -> dict[str, int]:
         with self._lock:
-            return {f"{role}.queries": self.queries, f"{role}.writes": self.writes}
+            return {
+                f"{role}.queries": self.queries,
+                f"{role}.writes": self.writes,
+                f"{role}.transactions": self.transactions,
+            }
 
 
 def cpu_seconds(pid: int) -> float:

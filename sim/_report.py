@@ -25,16 +25,17 @@ def _s(summary: dict[str, Any] | None, key: str) -> str:
 
 def scenario_rows(results: Sequence[ScenarioResult]) -> list[str]:
     lines = [
-        "| scenario | S x C x I | round p50 ms | round p99 ms | stmts/round | DB q/s | DB w/s "
+        "| scenario | S x C x I | round p50 ms | round p99 ms | stmts/round | tx/round | DB q/s "
+        "| DB w/s "
         "| DB CPU | ack->end p50 s | ack->end p99 s | discovery p50 s | discovery p99 s "
         "| Keeper RSS MB | load 1m |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         f, c = r.figures, r.config
         if "error" in f:
             size = f"{c['services']}x{c['clusters']}x{c['instances']}"
-            lines.append(f"| {r.scenario} | {size} | failed: {f['error']} |" + " |" * 11)
+            lines.append(f"| {r.scenario} | {size} | failed: {f['error']} |" + " |" * 12)
             continue
         ops = f.get("action", {}).get("ack_to_end_s") or f.get("deploy", {}).get("ack_to_end_s")
         prop = f.get("propagation_s") if (f.get("propagation_s") or {}).get("count") else None
@@ -44,6 +45,7 @@ def scenario_rows(results: Sequence[ScenarioResult]) -> list[str]:
             f"| {r.scenario} | {c['services']}x{c['clusters']}x{c['instances']} "
             f"| {_ms(f.get('round_s'), 'p50')} | {_ms(f.get('round_s'), 'p99')} "
             f"| {f.get('reconciler_statements_per_round', '-')} "
+            f"| {f.get('reconciler_transactions_per_round', '-')} "
             f"| {f.get('db_queries_per_s', '-')} | {f.get('db_writes_per_s', '-')} "
             f"| {f.get('db_cpu_cores', '-')} | {_s(ops, 'p50')} | {_s(ops, 'p99')} "
             f"| {_s(prop, 'p50')} | {_s(prop, 'p99')} | {rss} "
@@ -121,6 +123,7 @@ def _plot_rounds(path: Path, results: Sequence[ScenarioResult]) -> None:
 GROWTH_METRICS: tuple[tuple[str, Callable[[dict[str, Any]], float]], ...] = (
     ("round p50 ms", lambda f: (f["round_s"]["p50"] or math.nan) * 1000),
     ("stmts/round", lambda f: f["reconciler_statements_per_round"] or math.nan),
+    ("tx/round", lambda f: f["reconciler_transactions_per_round"] or math.nan),
     ("DB q/s", lambda f: f["db_queries_per_s"]),
     ("DB w/s", lambda f: f["db_writes_per_s"]),
     ("DB CPU", lambda f: f["db_cpu_cores"]),

@@ -311,16 +311,17 @@ class Sim:
         rounds = self._rounds(start.at, end.at)
         total_q = sum(v for k, v in rates.items() if k.endswith(".queries"))
         total_w = sum(v for k, v in rates.items() if k.endswith(".writes"))
-        reconciler = end.counts.get("keeper.reconciler.queries", 0) - start.counts.get(
-            "keeper.reconciler.queries", 0
-        )
+
+        def per_round(counter: str) -> float | None:
+            done = end.counts.get(counter, 0) - start.counts.get(counter, 0)
+            return round(done / len(rounds), 1) if rounds else None
+
         return {
             "window_s": round(seconds, 2),
             "round_s": Summary.of([d for _, d in rounds]).to_json(),
             # statements per round do not depend on how busy the machine is; times do
-            "reconciler_statements_per_round": (
-                round(reconciler / len(rounds), 1) if rounds else None
-            ),
+            "reconciler_statements_per_round": per_round("keeper.reconciler.queries"),
+            "reconciler_transactions_per_round": per_round("keeper.reconciler.transactions"),
             "load_average_1m": [start.load, end.load],
             "db_per_s": {k: round(v, 1) for k, v in sorted(rates.items())},
             "db_queries_per_s": round(total_q, 1),

@@ -200,6 +200,7 @@ def test_query_counter_and_probed_store_see_what_discovery_will_show(tmp_path: P
         counts = counter.snapshot("x")
         assert counts["x.writes"] >= 4
         assert counts["x.queries"] >= counts["x.writes"]
+        assert 4 <= counts["x.transactions"] <= counts["x.queries"]
         assert len(probe.seen("s", [("b:1", 100)], at=1e12)) == 2  # a:1 went, b:1 came
         assert probe.pending == 0
         assert store.forget_cluster("c0") == [("s", "b:1")]
@@ -243,6 +244,7 @@ def test_a_tiny_steady_run_end_to_end(mysql_server: str, tmp_path: Path) -> None
     assert f["propagation_pending"] == 0
     assert f["instances"] == 2 * 2 * 2
     assert f["round_s"]["count"] >= 2
+    assert f["reconciler_transactions_per_round"] >= 1
     assert f["db_per_s"]["keeper.reconciler.queries"] > 0
     assert f["db_per_s"]["appmasters.writes"] > 0  # endpoint heartbeats
     assert f["db_cpu_cores"] is None  # no pid given
