@@ -133,3 +133,26 @@ TF_PYTESTS := tests/unit/test_terraform_policy.py tests/unit/test_terraform_rend
 tf-test: venv
 	TF_APPLY='$(TF_APPLY)' bash terraform/check.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider --noconftest $(TF_PYTESTS)
+
+## scale-sim: the control-plane scale simulation (issue #16, docs/scale.md): real Keeper
+## processes (leadership, reconciler, link, Watch) on a private MariaDB at 127.0.120.1,
+## SIM_CLUSTERS simulated clusters of real AppMaster cores over a timed fake runtime,
+## discovery watchers; scenarios steady, release-wave, cluster-loss, leader-failover (or
+## all); report in sim/reports/<timestamp>/. SIM_ARGS passes more (--profile, --hold-s,
+## --time-scale, --wave-fraction...; `python -m sim run --help`).
+SIM_SCENARIO ?= all
+SIM_SERVICES ?= 20
+SIM_CLUSTERS ?= 3
+SIM_INSTANCES ?= 10
+SIM_ARGS ?=
+.PHONY: scale-sim scale-sim-growth
+scale-sim: venv
+	$(BIN)/python -m sim run --scenario '$(SIM_SCENARIO)' --services '$(SIM_SERVICES)' \
+		--clusters '$(SIM_CLUSTERS)' --instances '$(SIM_INSTANCES)' $(SIM_ARGS)
+
+## scale-sim-growth: steady runs as S doubles from SIM_SERVICES (I fixed), then as I
+## doubles from SIM_INSTANCES (S fixed), SIM_DOUBLINGS times each: table + log-log plot
+SIM_DOUBLINGS ?= 2
+scale-sim-growth: venv
+	$(BIN)/python -m sim growth --services '$(SIM_SERVICES)' --instances '$(SIM_INSTANCES)' \
+		--clusters '$(SIM_CLUSTERS)' --doublings '$(SIM_DOUBLINGS)' $(SIM_ARGS)

@@ -34,7 +34,7 @@ from ha_serving._errors import (
     OperationFinished,
     UnknownService,
 )
-from ha_serving._status import OperationStatus
+from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.store import (
     SCHEMA_VERSION,
     AlreadyExists,
@@ -296,6 +296,31 @@ def list_operations_filters_by_service_and_status(b: Backend) -> None:
     assert [o.op_id for o in store.list_operations(service="echo")] == ["a", "b"]
     assert [o.op_id for o in store.list_operations(status="pending")] == ["a", "c"]
     assert [o.op_id for o in store.list_operations("echo", "running")] == ["b"]
+    assert [o.op_id for o in store.list_operations(statuses=("pending", "running"))] == [
+        "a",
+        "b",
+        "c",
+    ]
+    assert [o.op_id for o in store.list_operations(statuses=ACTIVE)] == ["a", "b", "c"]
+    assert [o.op_id for o in store.list_operations(statuses={"running"})] == ["b"]
+    assert store.list_operations(statuses=()) == []
+
+
+def latest_operations_gives_each_services_newest_passing_over_a_status(b: Backend) -> None:
+    """The leader's AppMaster targets: one row per service, the newest by creation (op_id
+    breaks a tie), whatever the history's length; superseded ones passed over."""
+    clock = FakeClock()
+    store = b.connect(clock)
+    for op_id in ("a1", "a2", "a3"):
+        store.create_operation(_op(op_id, "echo"))
+        clock.advance(1)
+    store.create_operation(_op("b2", "other"))
+    store.create_operation(_op("b1", "other"))  # same created_at: b2 wins by op_id
+    store.advance_operation("a3", expected_version=1, status="superseded")
+    latest = store.latest_operations(exclude_status="superseded")
+    assert [(o.service, o.op_id) for o in latest] == [("echo", "a2"), ("other", "b2")]
+    assert latest[0].plan == {"steps": [1, 2]}  # whole records, JSON decoded
+    assert [o.op_id for o in store.latest_operations()] == ["a3", "b2"]
 
 
 # --- appmaster state ---------------------------------------------------------------------
@@ -1024,7 +1049,26 @@ def pruning_deletes_old_history_but_nothing_still_needed(b: Backend) -> None:
     }
 
 
+def read_targets_reads_what_the_single_reads_read(b: Backend) -> None:
+    """The leader's one-transaction read of many targets gives, per (cluster, service),
+    its last instruction and AppMaster state, as the one-target reads do."""
+    store = b.connect()
+    store.add_instruction("c1", "echo", "op-1", 1, {"n": 1})
+    store.add_instruction("c1", "echo", "op-2", 1, {"n": 2})
+    store.save_appmaster_state("c1", "echo", {"step": 3}, expected_version=None)
+    store.add_instruction("c2", "echo", "op-3", 1, {"n": 3})
+    read = store.read_targets([("c1", "echo"), ("c2", "echo"), ("c3", "echo")])
+    assert read[("c1", "echo")].last_instruction == store.last_instruction("c1", "echo")
+    assert read[("c1", "echo")].state == {"step": 3}
+    assert read[("c2", "echo")].last_instruction == store.last_instruction("c2", "echo")
+    assert read[("c2", "echo")].state is None
+    assert (read[("c3", "echo")].last_instruction, read[("c3", "echo")].state) == (None, None)
+    assert store.read_targets([]) == {}
+
+
 STORE_CHECKS += [
+    read_targets_reads_what_the_single_reads_read,
+    latest_operations_gives_each_services_newest_passing_over_a_status,
     operations_page_in_creation_order,
     pruning_deletes_old_history_but_nothing_still_needed,
 ]

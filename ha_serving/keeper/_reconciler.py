@@ -11,6 +11,13 @@ after ``submit_retry_s``, not after ``resubmit_s``, which cost a restarted clust
 Every timing is a ``KeeperSettings`` field (checked against the links' there), and all
 time is read from the injected clock: the reconciler's own waits from its monotonic
 reading, heartbeats and step clocks from the store's.
+
+A round reads each thing once and only what it needs: the active operations (filtered by
+the DB), each service's latest operation (one row per service, however long the
+history), the clusters, the heartbeats and the DB's clock. It used to read every
+operation ever recorded (within retention: 7 days) twice per round, and the clusters,
+heartbeats and clock twice; the scale simulation (docs/scale.md) showed it. The active
+operations' targets (last instruction, AppMaster state) are read in one transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ha_serving._errors import HAServingError, StoreUnavailable
@@ -41,9 +49,19 @@ from ha_serving.keeper._releases import (
     decide,
 )
 from ha_serving.keeper._weighted import WEIGHTED, add_check, decide_weighted
-from ha_serving.store import ClusterRecord, OperationRecord, Store
+from ha_serving.store import AppMasterRecord, ClusterRecord, OperationRecord, Store, Target
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
+
+
+@dataclass(frozen=True)
+class _View:
+    """What a round reads once for both the loss check and the AppMaster check."""
+
+    clusters: list[ClusterRecord]
+    beats: list[AppMasterRecord]
+    now: float
+    """The DB's clock, read with the heartbeats it is compared with."""
 
 
 class JobSubmitter(Protocol):
@@ -94,18 +112,26 @@ class Reconciler:
             await self.clock.sleep(self.settings.reconcile_period_s)
 
     def round(self, term: Term) -> None:
-        active = [o for o in self.store.list_operations() if o.status in ACTIVE]
+        active = self.store.list_operations(statuses=ACTIVE)
         newest: dict[str, OperationRecord] = {}
         for op in active:  # oldest first: the last one per service wins
             previous = newest.get(op.service)
             if previous is not None:
                 self._set(previous, term, status=OperationStatus.SUPERSEDED)
             newest[op.service] = op
+        # every active operation's targets in one transaction, not 2 per target
+        targets = self.store.read_targets(
+            (t["name"], op.service) for op in newest.values() for t in op.plan["clusters"]
+        )
         for op in newest.values():
-            self._advance(op, term)
-        self._watch_clusters()
-        self._ensure_appmasters()
+            self._advance(op, term, targets)
+        view = self._view()
+        self._watch_clusters(view)
+        self._ensure_appmasters(view)
         self._prune()
+
+    def _view(self) -> _View:
+        return _View(self.store.list_clusters(), self.store.list_appmasters(), self.store.now())
 
     def _prune(self) -> None:
         """Every prune period, one bounded batch per table of history older than the
@@ -118,13 +144,12 @@ class Reconciler:
         if any(deleted.values()):
             self.log.info("pruned %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
 
-    def _advance(self, op: OperationRecord, term: Term) -> None:
+    def _advance(
+        self, op: OperationRecord, term: Term, read: dict[tuple[str, str], Target]
+    ) -> None:
         targets = [t["name"] for t in op.plan["clusters"]]
-        last = {c: self.store.last_instruction(c, op.service) for c in targets}
-        states: dict[str, dict[str, Any] | None] = {}
-        for c in targets:
-            found = self.store.load_appmaster_state(c, op.service)
-            states[c] = found[0] if found else None
+        last = {c: read[(c, op.service)].last_instruction for c in targets}
+        states = {c: read[(c, op.service)].state for c in targets}
         decisions: list[Decision]
         if op.kind in WEIGHTED:
             op = self._analyse(op, states, term)
@@ -192,14 +217,14 @@ class Reconciler:
             op.op_id, expected_version=op.version, epoch=term.epoch, fence=LEASE_NAME, **changes
         )
 
-    def _watch_clusters(self) -> None:
+    def _watch_clusters(self, view: _View | None = None) -> None:
         """A cluster whose GCS does not answer and whose AppMasters all went silent is
         lost: its endpoints are withdrawn at once (and again every round while it stays
         lost), so clients move to the other clusters. When its GCS answers again, its
         AppMasters are restarted without waiting for the resubmit interval."""
-        beats = self.store.list_appmasters()
-        now = self.store.now()
-        for cluster in self.store.list_clusters():
+        view = view or self._view()
+        beats, now = view.beats, view.now
+        for cluster in view.clusters:
             fresh = any(
                 b.cluster == cluster.name and now - b.heartbeat_at < self.settings.loss_silence_s
                 for b in beats
@@ -222,10 +247,11 @@ class Reconciler:
                 self.log.warning("cluster %s is back", cluster.name)
                 self.store.append_event("cluster_back", cluster=cluster.name)
 
-    def _ensure_appmasters(self) -> None:
-        clusters = {c.name: c for c in self.store.list_clusters()}
-        beats = {(a.cluster, a.service): a.heartbeat_at for a in self.store.list_appmasters()}
-        now = self.store.now()
+    def _ensure_appmasters(self, view: _View | None = None) -> None:
+        view = view or self._view()
+        clusters = {c.name: c for c in view.clusters}
+        beats = {(a.cluster, a.service): a.heartbeat_at for a in view.beats}
+        now = view.now
         for target, service in self._targets():
             beat = beats.get((target, service))
             if beat is not None and now - beat < self.settings.heartbeat_stale_s:
@@ -251,11 +277,8 @@ class Reconciler:
     def _targets(self) -> list[tuple[str, str]]:
         """(cluster, service) pairs that must have an AppMaster: the targets of each
         service's newest operation that got anywhere."""
-        latest: dict[str, OperationRecord] = {}
-        for op in self.store.list_operations():
-            if op.status != OperationStatus.SUPERSEDED:
-                latest[op.service] = op
-        return [(t["name"], s) for s, op in latest.items() for t in op.plan["clusters"]]
+        latest = self.store.latest_operations(exclude_status=OperationStatus.SUPERSEDED)
+        return [(t["name"], op.service) for op in latest for t in op.plan["clusters"]]
 
 
 def _answers(address: str, timeout_s: float = 0.5) -> bool:

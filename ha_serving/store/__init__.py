@@ -19,7 +19,7 @@ from ha_serving.store._records import (
 )
 from ha_serving.store._ref import StoreRef
 from ha_serving.store._schema import SCHEMA_VERSION, SchemaTooNew, migrate
-from ha_serving.store._store import Store
+from ha_serving.store._store import Store, Target
 
 __all__ = [
     "KEEPER_LEADER",
@@ -37,6 +37,7 @@ __all__ = [
     "ServiceRecord",
     "Store",
     "StoreRef",
+    "Target",
     "TimeSource",
     "UnknownOperation",
     "UnknownPackage",

@@ -9,8 +9,9 @@ DB failures raise ``StoreUnavailable``; retrying is the caller's business
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -302,19 +303,22 @@ class Store:
         service: str | None = None,
         status: str | None = None,
         *,
+        statuses: Collection[str] | None = None,
         op_id: str | None = None,
         after: tuple[float, str] | None = None,
         limit: int | None = None,
     ) -> list[OperationRecord]:
         """Operations, oldest first (by ``created_at``, then ``op_id``), optionally only one
-        service's, one status' or one operation. A page: ``after`` an operation's
-        ``(created_at, op_id)``, at most ``limit`` of them."""
+        service's, one status' (or any of ``statuses``) or one operation. A page:
+        ``after`` an operation's ``(created_at, op_id)``, at most ``limit`` of them."""
         c = operations.c
         query = sa.select(operations).order_by(c.created_at, c.op_id)
         if service is not None:
             query = query.where(c.service == service)
         if status is not None:
             query = query.where(c.status == str(status))
+        if statuses is not None:
+            query = query.where(c.status.in_(sorted(str(s) for s in statuses)))
         if op_id is not None:
             query = query.where(c.op_id == op_id)
         if after is not None:
@@ -322,6 +326,28 @@ class Store:
             query = query.where((c.created_at > at) | ((c.created_at == at) & (c.op_id > last)))
         if limit is not None:
             query = query.limit(limit)
+        with self._tx() as conn:
+            return [OperationRecord.from_record(row._mapping) for row in conn.execute(query)]
+
+    def latest_operations(self, *, exclude_status: str | None = None) -> list[OperationRecord]:
+        """Each service's newest operation (by ``created_at``, then ``op_id``), passing
+        over those with ``exclude_status``; one row per service, however long the
+        history (the DB ranks them), by service name."""
+        c = operations.c
+        rank = (
+            sa.func.row_number()
+            .over(partition_by=c.service, order_by=(c.created_at.desc(), c.op_id.desc()))
+            .label("rank")
+        )
+        inner = sa.select(operations, rank)
+        if exclude_status is not None:
+            inner = inner.where(c.status != str(exclude_status))
+        ranked = inner.subquery()
+        query = (
+            sa.select(*(ranked.c[col.name] for col in operations.c))
+            .where(ranked.c.rank == 1)
+            .order_by(ranked.c.service)
+        )
         with self._tx() as conn:
             return [OperationRecord.from_record(row._mapping) for row in conn.execute(query)]
 
@@ -470,13 +496,21 @@ class Store:
     def load_appmaster_state(self, cluster: str, service: str) -> tuple[dict[str, Any], int] | None:
         """``(state, version)`` of one job's AppMaster, or None if never saved."""
         with self._tx() as conn:
-            row = conn.execute(
-                sa.select(appmaster_state.c.state, appmaster_state.c.version).where(
-                    appmaster_state.c.cluster == cluster,
-                    appmaster_state.c.service == service,
+            return _appmaster_state(conn, cluster, service)
+
+    def read_targets(self, targets: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Target]:
+        """For each (cluster, service): its last instruction and its AppMaster's state,
+        read in one transaction (a round trip per read, not three: no begin, ping and
+        commit around each). The leader reads every active operation's targets so."""
+        out: dict[tuple[str, str], Target] = {}
+        with self._tx() as conn:
+            for cluster, service in targets:
+                found = _appmaster_state(conn, cluster, service)
+                out[(cluster, service)] = Target(
+                    _control.last_instruction(conn, cluster, service),
+                    found[0] if found is not None else None,
                 )
-            ).one_or_none()
-        return None if row is None else (dict(row.state), int(row.version))
+        return out
 
     # --- events -----------------------------------------------------------------------
 
@@ -704,3 +738,24 @@ class Store:
             with self._tx() as conn:
                 deleted[table] = prune(conn, cutoff, batch)
         return deleted
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the leader reads of one (cluster, service) to decide an operation's step."""
+
+    last_instruction: Instruction | None
+    state: dict[str, Any] | None
+    """The AppMaster's saved state; None if it never saved one."""
+
+
+def _appmaster_state(
+    conn: Connection, cluster: str, service: str
+) -> tuple[dict[str, Any], int] | None:
+    row = conn.execute(
+        sa.select(appmaster_state.c.state, appmaster_state.c.version).where(
+            appmaster_state.c.cluster == cluster,
+            appmaster_state.c.service == service,
+        )
+    ).one_or_none()
+    return None if row is None else (dict(row.state), int(row.version))

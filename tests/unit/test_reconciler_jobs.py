@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 from ha_serving._settings import KeeperSettings
 from ha_serving.backend import make_package
@@ -14,6 +15,7 @@ from ha_serving.keeper._control_api import deploy
 from ha_serving.keeper._reconciler import Reconciler
 from ha_serving.store import ClusterRecord, Store
 from ha_serving.util.clock import FakeClock
+from tests.store_contract import finish_operation
 from tests.unit.test_appmaster import FIXTURES, spec
 
 
@@ -89,3 +91,77 @@ def test_an_appmaster_that_linked_and_then_went_silent_gets_a_job_at_once(
         reconciler._ensure_appmasters()
         assert clock.monotonic() - killed < 30, "resubmitted only after resubmit_s"
     assert jobs.accepted[1] - killed <= settings.heartbeat_stale_s + 0.5
+
+
+def test_a_round_reads_the_active_operations_and_each_services_latest_not_the_history(
+    tmp_path: Path,
+) -> None:
+    """A leader's round must not cost more as finished history grows (retention keeps a
+    week of it): the DB hands it the active operations and each service's latest only.
+    It used to read every operation twice per round (found by the scale simulation)."""
+    clock = FakeClock()
+    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
+    store.register_cluster(ClusterRecord("a", "127.0.1.250:1", "http://127.0.1.250:1", "z1"))
+    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
+    leadership.tick()
+    term = leadership.require()
+    jobs = FlakyJobs(refusals=0, clock=clock)
+    reconciler = Reconciler(store, leadership, jobs, clock=clock)
+    body = spec(instances=1).model_dump(mode="json")
+    body["placement"] = {"clusters": [{"name": "a"}]}
+    package = make_package(FIXTURES / "echo_v1").data
+    for n in range(30):  # a finished history: each deploy succeeded
+        body["config"] = {"n": n}
+        op_id, _ = deploy(store, json.dumps(body), package, kind="deploy")
+        finish_operation(store, op_id, "succeeded")
+        clock.advance(1)
+    body["config"] = {"n": "active"}
+    active, _ = deploy(store, json.dumps(body), package, kind="deploy")
+    read: list[str] = []
+    for name in ("list_operations", "latest_operations"):
+        original = getattr(store, name)
+
+        def spy(*a: object, _original: Any = original, **kw: object) -> Any:
+            found = _original(*a, **kw)
+            read.extend(o.op_id for o in found)
+            return found
+
+        setattr(store, name, spy)
+    reconciler.round(term)
+    assert read == [active, active]  # the active one, then the latest per service
+    assert store.get_operation(active).status == "running"  # and the round did its work
+    assert len(jobs.accepted) == 1  # its AppMaster was started (it never heartbeated)
+
+
+def test_a_round_reads_every_active_operations_targets_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """Per round, the last instruction and AppMaster state of every target of every
+    active operation come from one ``read_targets`` (one transaction), not from two
+    transactions per target: in a release wave those reads were most of a round."""
+    clock = FakeClock()
+    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
+    for name in ("a", "b"):
+        store.register_cluster(ClusterRecord(name, "127.0.1.250:1", None, "z1"))
+    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
+    leadership.tick()
+    reconciler = Reconciler(store, leadership, FlakyJobs(refusals=0, clock=clock), clock=clock)
+    package = make_package(FIXTURES / "echo_v1").data
+    for service in ("echo", "other"):
+        body = spec(name=service, instances=1).model_dump(mode="json")
+        body["placement"] = {"clusters": [{"name": "a"}, {"name": "b"}]}
+        deploy(store, json.dumps(body), package, kind="deploy")
+    calls: list[list[tuple[str, str]]] = []
+    read_targets = store.read_targets
+
+    def spy(targets: Any) -> Any:
+        calls.append(list(targets))
+        return read_targets(calls[-1])
+
+    store.read_targets = spy  # type: ignore[method-assign]
+    store.last_instruction = store.load_appmaster_state = None  # type: ignore[assignment]
+    reconciler.round(leadership.require())
+    assert len(calls) == 1  # both ops were created at one instant: in op_id order
+    assert sorted(calls[0]) == [("a", "echo"), ("a", "other"), ("b", "echo"), ("b", "other")]
+    for service in ("echo", "other"):  # and the round acted on what it read
+        assert any(store.list_instructions(c, service) for c in "ab")
