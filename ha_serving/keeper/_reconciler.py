@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ha_serving._errors import HAServingError, StoreUnavailable
+from ha_serving._jobstate import JobState
 from ha_serving._settings import KeeperSettings
 from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.keeper._analysis import (
@@ -41,9 +42,16 @@ from ha_serving.keeper._releases import (
     decide,
 )
 from ha_serving.keeper._weighted import WEIGHTED, add_check, decide_weighted
-from ha_serving.store import ClusterRecord, OperationRecord, Store
+from ha_serving.store import ClusterRecord, Instruction, OperationRecord, Store
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
+
+
+class _Unreadable:
+    """An AppMaster state row that does not parse (see ``Reconciler._state``)."""
+
+
+_UNREADABLE = _Unreadable()
 
 
 class JobSubmitter(Protocol):
@@ -77,6 +85,9 @@ class Reconciler:
         self.clock = clock or SystemClock()
         self._samples: dict[str, tuple[float, Sample]] = {}
         """Last metrics scrape per release being analysed (a new leader starts afresh)."""
+        self._unreadable: dict[tuple[str, str], int] = {}
+        """(cluster, service) -> version of its AppMaster state row that does not parse,
+        so each bad version is logged once, not every round."""
         self._next_prune = 0.0
         """When (monotonic) this leader prunes next: at once, then every prune period."""
         self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
@@ -121,10 +132,45 @@ class Reconciler:
     def _advance(self, op: OperationRecord, term: Term) -> None:
         targets = [t["name"] for t in op.plan["clusters"]]
         last = {c: self.store.last_instruction(c, op.service) for c in targets}
-        states: dict[str, dict[str, Any] | None] = {}
-        for c in targets:
-            found = self.store.load_appmaster_state(c, op.service)
-            states[c] = found[0] if found else None
+        states = {c: self._state(c, op.service) for c in targets}
+        # a sequential op reads only the cluster at its step; a weighted one every cluster
+        read = targets if op.kind in WEIGHTED else targets[op.step : op.step + 1]
+        if any(states[c] is _UNREADABLE for c in read):
+            return  # not ready: decide again once the AppMaster saves a state that parses
+        typed = {c: s if isinstance(s, JobState) else None for c, s in states.items()}
+        self._decide(op, last, typed, term)
+
+    def _state(self, cluster: str, service: str) -> JobState | _Unreadable | None:
+        """The AppMaster's persisted state (None: it saved none yet); a row that does not
+        parse (corrupt, or written by a newer version) is logged once and unreadable."""
+        found = self.store.load_appmaster_state(cluster, service)
+        if found is None:
+            return None
+        record, version = found
+        try:
+            state = JobState.from_record(record)
+        except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError too
+            if self._unreadable.get((cluster, service)) != version:
+                self._unreadable[(cluster, service)] = version
+                self.log.warning(
+                    "AppMaster state of %s on %s (version %d) does not parse, "
+                    "treated as not ready: %s",
+                    service,
+                    cluster,
+                    version,
+                    str(exc).splitlines()[0],
+                )
+            return _UNREADABLE
+        self._unreadable.pop((cluster, service), None)
+        return state
+
+    def _decide(
+        self,
+        op: OperationRecord,
+        last: dict[str, Instruction | None],
+        states: dict[str, JobState | None],
+        term: Term,
+    ) -> None:
         decisions: list[Decision]
         if op.kind in WEIGHTED:
             op = self._analyse(op, states, term)
@@ -164,7 +210,7 @@ class Reconciler:
                 )
 
     def _analyse(
-        self, op: OperationRecord, states: dict[str, dict[str, Any] | None], term: Term
+        self, op: OperationRecord, states: dict[str, JobState | None], term: Term
     ) -> OperationRecord:
         """While the candidate takes traffic, every ``interval_s`` judge the interval's
         calls from the proxies' metrics and record the check in the op's progress."""
