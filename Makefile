@@ -27,11 +27,10 @@ down: venv
 status: venv
 	$(BIN)/ha-serving status
 
-## demo: the main job: the stack up, the echo example deployed, called and shown
-demo: up
-	$(BIN)/ha-serving deploy examples/echo/echo.yaml --cluster a
-	$(BIN)/ha-serving call echo echo --json '{"hello": "world"}'
-	$(BIN)/ha-serving status echo --cluster a
+## demo: the HA story: echo deployed through the Keepers on both clusters, SDK calls while
+## cluster b is killed whole and restarted, traffic per second live, then a summary
+demo: venv
+	$(BIN)/python -m loadtest.demo
 
 ## test: unit + integration tests (real MariaDB, real Ray clusters), then the 500-instance
 ## rolling-update load test against its SLO (its report summary ends the output)

@@ -42,8 +42,11 @@ class RolloutPolicy(_Spec):
     max_unavailable: int = Field(default=1, ge=1)
     """Instances out of service at once during an update (drained, then updated)."""
 
-    max_surge: int = Field(default=0, ge=0)
-    """Extra instances allowed while replacing actors (resources/runtime env changes)."""
+    max_surge: int = Field(default=0, ge=0, le=0)
+    """Always 0: updates happen in place (an instance is drained, then updated) and a
+    worker whose resources change is drained, then replaced, so no extra instance is
+    ever started for an update. The field is kept so that specs and saved states that
+    name it still load, and a non-zero value is refused rather than ignored."""
 
     drain_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """How long a drained instance may finish in-flight requests before it is updated."""

@@ -52,11 +52,13 @@ def _wait(what: str, check: Callable[[], bool], deadline: float, interval_s: flo
     return time.monotonic()
 
 
-def _deploy(topo: infra.Topology, keeper: KeeperClient, timeout_s: float) -> None:
+def deploy_echo(topo: infra.Topology, keeper: KeeperClient, service: str, timeout_s: float) -> None:
+    """Deploy the echo example as ``service`` through the Keepers on every cluster (2
+    instances each) and wait until the operation succeeded."""
     spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
     clusters = [c.name for c in topo.clusters]
     spec.update(
-        name=SERVICE,
+        name=service,
         instances=2,
         placement={"clusters": [{"name": c} for c in clusters]},
     )
@@ -64,7 +66,7 @@ def _deploy(topo: infra.Topology, keeper: KeeperClient, timeout_s: float) -> Non
     deadline = time.monotonic() + timeout_s
 
     def done() -> bool:
-        for o in keeper.operations(SERVICE):
+        for o in keeper.operations(service):
             if o["op_id"] == op:
                 if o["status"] in ("failed", "superseded"):
                     raise RuntimeError(f"deploy {op} {o['status']}: {o.get('error')}")
@@ -89,7 +91,7 @@ def soak(topo: infra.Topology, rounds: int, cluster: str, bound_s: float, rate: 
     keeper = KeeperClient(
         [k.address for k in topo.keepers], token=topo.keeper_token(), tls=topo.client_tls()
     )
-    _deploy(topo, keeper, timeout_s=240)
+    deploy_echo(topo, keeper, SERVICE, timeout_s=240)
     load = Load(topo, SERVICE, rate=rate)
     totals: list[float] = []
     ok = True

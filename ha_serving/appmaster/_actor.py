@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,7 +86,12 @@ class AppMaster:
     ) -> None:
         # Ray shows an actor's arguments (state API, dashboard): ``db`` and ``token_file``
         # name the files holding the secrets, read here, on the node
-        logging.basicConfig(level=logging.INFO)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        logging.getLogger(__name__).info(
+            "AppMaster of %s on %s starting (pid %d)", service, cluster, os.getpid()
+        )
         self._core = AppMasterCore(
             store=Store.connect(db),
             runtime=RayRuntime(namespace),

@@ -42,7 +42,6 @@ from ha_serving.appmaster._planner import (
     StopWorker,
     WithdrawProxy,
     WorkerView,
-    converged,
     plan,
     proxy_names,
 )
@@ -663,6 +662,7 @@ class AppMasterCore(ActionsMixin):
             "service": self.service,
             "cluster": self.cluster,
             "deployed": True,
+            "converged": self.converged(),
             "spec": json.loads(state.spec.model_dump_json()),
             "desired_version": state.desired.version,
             "instances": [
@@ -727,12 +727,7 @@ class AppMasterCore(ActionsMixin):
     def converged(self) -> bool:
         """Every instance serves the desired revision and no rollout is open."""
         s = self.state
-        return (
-            s is not None
-            and s.rollout is None
-            and converged(s)
-            and s.routes_acked >= s.routes_version
-        )
+        return s is not None and s.rollout is None and s.converged() and s.routed()
 
 
 async def _gather(aws: list[Awaitable[None]]) -> None:

@@ -85,6 +85,7 @@ class KeeperLink:
         async with aio_channel(keeper, self.tls, options) as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Instructions(request, metadata=self.metadata)
+            linked = False
             try:
                 while True:
                     try:
@@ -95,6 +96,9 @@ class KeeperLink:
                         return
                     if msg is grpc.aio.EOF:
                         return
+                    if not linked:  # its first message: the Keeper registered this link
+                        linked = True
+                        self.core.log.info("linked to keeper %s", keeper)
                     if msg.id != 0:  # else the Keeper's beat
                         await self.core.take_instruction(
                             msg.id, json.loads(msg.body_json), op_id=msg.op_id, epoch=msg.epoch

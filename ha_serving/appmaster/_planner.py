@@ -167,7 +167,7 @@ Action = (
 
 
 def proxy_names(state: JobState) -> list[str]:
-    return [f"{state.service}-p{k}" for k in range(state.spec.proxies)]
+    return state.proxy_names()
 
 
 def worker_name(state: JobState, index: int) -> str:
@@ -269,10 +269,8 @@ def _proxies(state: JobState, observed: Observed, now: float) -> list[Action]:
 
 
 def proxies_converged(state: JobState) -> bool:
-    """Exactly the proxies the spec names are recorded, all serving."""
-    return set(state.proxies) == set(proxy_names(state)) and all(
-        p.phase == ProxyPhase.SERVING for p in state.proxies.values()
-    )
+    """``JobState.proxies_converged`` (kept here: the planner's callers import it)."""
+    return state.proxies_converged()
 
 
 def _replace(state: JobState, observed: Observed, lost: tuple[str, ...]) -> list[Action]:
@@ -369,22 +367,8 @@ def _rollout(state: JobState) -> list[Action]:
 
 
 def converged(state: JobState) -> bool:
-    """Every instance serves its group's revision, with the wanted count of each group,
-    on workers with the current resources, behind exactly the wanted proxies."""
-    r = state.release
-    return (
-        all(
-            i.phase == Phase.SERVING
-            and i.running is not None
-            and i.running.key == state.target(i).key
-            and i.group != Group.RETIRING
-            for i in state.instances.values()
-        )
-        and len(state.instances) == state.wanted()
-        and (r is None or len(state.in_group(Group.CANDIDATE)) == r.instances)
-        and all(k == state.placement_key for k in state.workers.values())
-        and proxies_converged(state)
-    )
+    """``JobState.converged``: the one rule, which the Keeper reads too."""
+    return state.converged()
 
 
 def _roll(state: JobState, observed: Observed, now: float, lost: tuple[str, ...]) -> list[Action]:

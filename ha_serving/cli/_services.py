@@ -159,7 +159,7 @@ class ServiceOps:
         while True:
             view = self.describe(service)
             progress(view)
-            if view.get("deployed") and view.get("rollout") is None and _settled(view):
+            if view.get("converged"):  # the AppMaster's own rule, ``JobState.converged``
                 return view
             if time.monotonic() > deadline:
                 raise StackError(f"{service} did not settle within {timeout_s:.0f}s")
@@ -173,14 +173,6 @@ def _direct_only(name: str, current: ServiceRecord | None) -> None:
             "--cluster",
             [f"{name} is deployed through the Keepers: change it without --cluster"],
         )
-
-
-def _settled(view: dict[str, Any]) -> bool:
-    instances = view.get("instances", [])
-    return (
-        all(i["phase"] == "serving" for i in instances)
-        and len(instances) == view["spec"]["instances"]
-    )
 
 
 def load_spec_file(path: Path) -> tuple[ServiceSpec, Path]:

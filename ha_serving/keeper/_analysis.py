@@ -26,6 +26,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
+from ha_serving._jobstate import JobState
 from ha_serving.util.histogram import quantile_bound
 
 FAILURE_CODES = frozenset(
@@ -220,11 +221,12 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) else round(value, 1)
 
 
-def metrics_addresses(states: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+def metrics_addresses(states: Mapping[str, JobState | None]) -> list[str]:
     """The proxies' metrics addresses named in the AppMasters' persisted states."""
-    out = []
-    for state in states.values():
-        for proxy in (state or {}).get("proxies", {}).values():
-            if proxy.get("metrics_address"):
-                out.append(proxy["metrics_address"])
-    return sorted(out)
+    return sorted(
+        p.metrics_address
+        for state in states.values()
+        if state is not None
+        for p in state.proxies.values()
+        if p.metrics_address
+    )

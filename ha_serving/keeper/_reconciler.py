@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ha_serving._errors import HAServingError, StoreUnavailable
+from ha_serving._jobstate import JobState
 from ha_serving._settings import KeeperSettings
 from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.keeper._analysis import (
@@ -49,7 +50,14 @@ from ha_serving.keeper._releases import (
     decide,
 )
 from ha_serving.keeper._weighted import WEIGHTED, add_check, decide_weighted
-from ha_serving.store import AppMasterRecord, ClusterRecord, OperationRecord, Store, Target
+from ha_serving.store import (
+    AppMasterRecord,
+    ClusterRecord,
+    Instruction,
+    OperationRecord,
+    Store,
+    Target,
+)
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
 
@@ -62,6 +70,13 @@ class _View:
     beats: list[AppMasterRecord]
     now: float
     """The DB's clock, read with the heartbeats it is compared with."""
+
+
+class _Unreadable:
+    """An AppMaster state row that does not parse (see ``Reconciler._state``)."""
+
+
+_UNREADABLE = _Unreadable()
 
 
 class JobSubmitter(Protocol):
@@ -95,6 +110,9 @@ class Reconciler:
         self.clock = clock or SystemClock()
         self._samples: dict[str, tuple[float, Sample]] = {}
         """Last metrics scrape per release being analysed (a new leader starts afresh)."""
+        self._unreadable: dict[tuple[str, str], int | None] = {}
+        """(cluster, service) -> version of its AppMaster state row that does not parse,
+        so each bad version is logged once, not every round."""
         self._next_prune = 0.0
         """When (monotonic) this leader prunes next: at once, then every prune period."""
         self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
@@ -145,11 +163,50 @@ class Reconciler:
             self.log.info("pruned %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
 
     def _advance(
-        self, op: OperationRecord, term: Term, read: dict[tuple[str, str], Target]
+        self, op: OperationRecord, term: Term, read: dict[tuple[str, str], Target] | None = None
     ) -> None:
         targets = [t["name"] for t in op.plan["clusters"]]
+        if read is None:  # one operation on its own (tests): its targets only
+            read = self.store.read_targets((c, op.service) for c in targets)
         last = {c: read[(c, op.service)].last_instruction for c in targets}
-        states = {c: read[(c, op.service)].state for c in targets}
+        states = {c: self._state(c, op.service, read[(c, op.service)]) for c in targets}
+        # a sequential op reads only the cluster at its step; a weighted one every cluster
+        reading = targets if op.kind in WEIGHTED else targets[op.step : op.step + 1]
+        if any(states[c] is _UNREADABLE for c in reading):
+            return  # not ready: decide again once the AppMaster saves a state that parses
+        typed = {c: s if isinstance(s, JobState) else None for c, s in states.items()}
+        self._decide(op, last, typed, term)
+
+    def _state(self, cluster: str, service: str, target: Target) -> JobState | _Unreadable | None:
+        """The AppMaster's persisted state (None: it saved none yet); a row that does not
+        parse (corrupt, or written by a newer version) is logged once and unreadable."""
+        if target.state is None:
+            return None
+        version = target.state_version
+        try:
+            state = JobState.from_record(target.state)
+        except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError too
+            if self._unreadable.get((cluster, service)) != version:
+                self._unreadable[(cluster, service)] = version
+                self.log.warning(
+                    "AppMaster state of %s on %s (version %s) does not parse, "
+                    "treated as not ready: %s",
+                    service,
+                    cluster,
+                    version,
+                    str(exc).splitlines()[0],
+                )
+            return _UNREADABLE
+        self._unreadable.pop((cluster, service), None)
+        return state
+
+    def _decide(
+        self,
+        op: OperationRecord,
+        last: dict[str, Instruction | None],
+        states: dict[str, JobState | None],
+        term: Term,
+    ) -> None:
         decisions: list[Decision]
         if op.kind in WEIGHTED:
             op = self._analyse(op, states, term)
@@ -189,7 +246,7 @@ class Reconciler:
                 )
 
     def _analyse(
-        self, op: OperationRecord, states: dict[str, dict[str, Any] | None], term: Term
+        self, op: OperationRecord, states: dict[str, JobState | None], term: Term
     ) -> OperationRecord:
         """While the candidate takes traffic, every ``interval_s`` judge the interval's
         calls from the proxies' metrics and record the check in the op's progress."""

@@ -35,8 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ha_serving._jobstate import JobState
 from ha_serving._spec import ServiceSpec, scaled_instances
-from ha_serving._status import ACTIVE, OperationStatus, RolloutStatus
+from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.store import Instruction, OperationRecord
 
 
@@ -121,7 +122,7 @@ def instruction_op_id(op: OperationRecord, cluster: str) -> str:
 def decide(  # noqa: PLR0911 - one return per row of the table above
     op: OperationRecord,
     last: dict[str, Instruction | None],
-    states: dict[str, dict[str, Any] | None],
+    states: Mapping[str, JobState | None],
 ) -> list[Decision]:
     """The next decisions for ``op``, given the last instruction sent to each target
     cluster and each target AppMaster's persisted state (None: no state yet)."""
@@ -142,10 +143,10 @@ def decide(  # noqa: PLR0911 - one return per row of the table above
         return [Instruct(cluster, op_id, body)]
     if state is None:
         return []
-    why = rejection(state, op_id)
+    why = state.rejection(op_id)
     if why is not None:
         return [Finish(OperationStatus.FAILED, f"cluster {cluster} rejected {op_id}: {why}")]
-    if rolled_back(state, op_id):
+    if state.rolled_back(op_id):
         return [Finish(OperationStatus.FAILED, f"cluster {cluster} rolled the release back")]
     if converged(state, body):
         return _next(op)
@@ -161,7 +162,7 @@ def _next(op: OperationRecord) -> list[Decision]:
 
 
 def _drained_step(  # noqa: PLR0911 - one return per sub-step
-    op: OperationRecord, sent: Instruction | None, state: dict[str, Any], body: dict[str, Any]
+    op: OperationRecord, sent: Instruction | None, state: JobState, body: dict[str, Any]
 ) -> list[Decision]:
     """One cluster's step with its traffic drained first: its weight goes to 0 (clients
     move to the other clusters), it is rolled, its weight comes back, then the next.
@@ -173,55 +174,32 @@ def _drained_step(  # noqa: PLR0911 - one return per sub-step
     at = sent.op_id if sent is not None else ""
     if at not in (drain, update, restore):
         return [Instruct(cluster, drain, {"kind": "traffic", "weight": 0})]
-    if at != update and rejection(state, at) is not None:
+    if at != update and state.rejection(at) is not None:
         return [
             Finish(
-                OperationStatus.FAILED, f"cluster {cluster} rejected {at}: {rejection(state, at)}"
+                OperationStatus.FAILED, f"cluster {cluster} rejected {at}: {state.rejection(at)}"
             )
         ]
     if at == drain:
-        return [Instruct(cluster, update, body)] if state.get("cluster_weight") == 0 else []
+        return [Instruct(cluster, update, body)] if state.cluster_weight == 0 else []
     if at == update:
-        if rolled_back(state, update) or converged(state, body) or rejection(state, update):
+        if state.rolled_back(update) or converged(state, body) or state.rejection(update):
             return [Instruct(cluster, restore, {"kind": "traffic", "weight": None})]
         return []
-    if state.get("cluster_weight") is not None:
+    if state.cluster_weight is not None:
         return []
-    why = rejection(state, update)
+    why = state.rejection(update)
     if why is not None:
         return [Finish(OperationStatus.FAILED, f"cluster {cluster} rejected {update}: {why}")]
-    if rolled_back(state, update):
+    if state.rolled_back(update):
         return [Finish(OperationStatus.FAILED, f"cluster {cluster} rolled the release back")]
     return _next(op)
 
 
-def converged(state: dict[str, Any], body: dict[str, Any]) -> bool:
-    """The AppMaster serves exactly ``body``'s revision on every instance."""
+def converged(state: JobState, body: Mapping[str, Any]) -> bool:
+    """The AppMaster serves exactly ``body``'s revision on every instance, at the count
+    the instruction asks for (or, autoscaled, the autoscaler's within its bounds):
+    ``JobState.applied``."""
     spec = body["spec"]
-    desired = state.get("desired") or {}
-    instances = state.get("instances") or {}
-    return (
-        state.get("rollout") is None
-        and desired.get("version") == spec["version"]
-        and desired.get("package") == body["package"]
-        and desired.get("config") == spec.get("config", {})
-        and len(instances) == scaled_instances(spec, state.get("autoscaled"))
-        and all(
-            i.get("phase") == "serving" and i.get("running") == desired for i in instances.values()
-        )
-    )
-
-
-def rejection(state: Mapping[str, Any], op_id: str) -> str | None:
-    """Why the AppMaster rejected instruction ``op_id`` (one it cannot carry out: an
-    unknown kind, a missing field...), or None if it did not."""
-    found = (state.get("rejected") or {}).get(op_id)
-    return None if found is None else str(found)
-
-
-def rolled_back(state: Mapping[str, Any], op_id: str) -> bool:
-    """The AppMaster rolled back the rollout that instruction ``op_id`` started."""
-    return any(
-        r.get("op_id") == op_id and r.get("status") == RolloutStatus.ROLLED_BACK
-        for r in state.get("history") or ()
-    )
+    count = scaled_instances(spec, state.autoscaled)
+    return state.applied(spec["version"], body["package"], spec.get("config", {}), count)

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ha_serving._spec import scaled_instances
+from ha_serving._jobstate import JobState
 from ha_serving._status import ACTIVE, RELEASE_MODES, OperationStatus
 from ha_serving.keeper._analysis import AnalysisPolicy
 from ha_serving.keeper._releases import (
@@ -46,8 +46,6 @@ from ha_serving.keeper._releases import (
     Finish,
     Instruct,
     Progress,
-    rejection,
-    rolled_back,
 )
 from ha_serving.store import Instruction, OperationRecord
 
@@ -124,7 +122,7 @@ def weight_at(op: OperationRecord, step: int) -> int:
 def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the module's table
     op: OperationRecord,
     last: Mapping[str, Instruction | None],
-    states: Mapping[str, Mapping[str, Any] | None],
+    states: Mapping[str, JobState | None],
     now: float,
 ) -> list[Decision]:
     """The next decisions for a canary or blue-green operation (see the module's table)."""
@@ -185,7 +183,7 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
         return [*sends, Progress({**progress, "weight": weight})]
     for c in targets:
         state = states.get(c)
-        refused = rejection(state, step_op_id(op, ending, c)) if state is not None else None
+        refused = state.rejection(step_op_id(op, ending, c)) if state is not None else None
         if refused is not None:
             return [
                 Finish(
@@ -196,9 +194,9 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
     if ending == "promote":
         for c in targets:
             state = states.get(c)
-            if state is not None and rolled_back(state, step_op_id(op, "promote", c)):
+            if state is not None and state.rolled_back(step_op_id(op, "promote", c)):
                 return [Finish(OperationStatus.FAILED, f"cluster {c} rolled the promotion back")]
-    candidate = op.plan if ending == "promote" else None
+    candidate = _promoted(op.plan) if ending == "promote" else None
     if not all(_settled(states.get(c), op.op_id, candidate) for c in targets):
         return []
     if ending == "promote":
@@ -220,7 +218,7 @@ def _why_end(
     op: OperationRecord,
     progress: Mapping[str, Any],
     last: Mapping[str, Instruction | None],
-    states: Mapping[str, Mapping[str, Any] | None],
+    states: Mapping[str, JobState | None],
     targets: list[str],
 ) -> tuple[str, str, bool] | None:
     """("promote"|"abort", why, failed) if the release must end now, else None;
@@ -231,7 +229,7 @@ def _why_end(
         sent, state = _sent(last.get(c)), states.get(c)
         if state is None or sent is None or not sent.startswith(f"{op.op_id}#"):
             continue
-        why = rejection(state, sent)
+        why = state.rejection(sent)
         if why is not None:
             return "abort", f"cluster {c} rejected {sent}: {why}", True
     policy = AnalysisPolicy.model_validate(op.plan["release"]["analysis"])
@@ -241,7 +239,7 @@ def _why_end(
         return "abort", why, False
     for c in targets:
         state = states.get(c)
-        if state is not None and rolled_back(state, step_op_id(op, 0, c)):
+        if state is not None and state.rolled_back(step_op_id(op, 0, c)):
             return "abort", f"the candidate failed to start on cluster {c}", False
     if op.command == "promote" and op.step >= 1:
         return "promote", "promoted by the operator", False
@@ -262,55 +260,19 @@ def _sent(instruction: Instruction | None) -> str | None:
     return instruction.op_id if instruction is not None else None
 
 
-def _ready(state: Mapping[str, Any] | None, op_id: str, weight: int) -> bool:
-    """The cluster runs ``op_id``'s candidate on all its candidate instances, at ``weight``,
-    and its proxies hold that routing table (the AppMaster saving the weight is not yet
-    calls going there)."""
-    if state is None or not _routed(state):
-        return False
-    release = state.get("release")
-    if not release or release.get("op_id") != op_id or release.get("weight") != weight:
-        return False
-    candidates = [
-        i for i in (state.get("instances") or {}).values() if i.get("group") == "candidate"
-    ]
-    return len(candidates) == release["instances"] and all(
-        i.get("phase") == "serving" and i.get("running") == release["candidate"] for i in candidates
-    )
+def _ready(state: JobState | None, op_id: str, weight: int) -> bool:
+    """``JobState.release_ready`` of a cluster whose state may be missing (not ready)."""
+    return state is not None and state.release_ready(op_id, weight)
 
 
-def _routed(state: Mapping[str, Any]) -> bool:
-    """Every live proxy of the cluster acknowledged the AppMaster's latest routing table."""
-    return int(state.get("routes_acked", 0)) >= int(state.get("routes_version", 0))
+def _promoted(plan: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """The (version, package, config) a promotion of ``plan`` makes ``desired``."""
+    spec = plan["spec"]
+    return spec["version"], plan["package"], spec.get("config", {})
 
 
 def _settled(
-    state: Mapping[str, Any] | None, op_id: str, promoted: Mapping[str, Any] | None
+    state: JobState | None, op_id: str, promoted: tuple[str, str, dict[str, Any]] | None
 ) -> bool:
-    """The release ``op_id`` has ended on the cluster and every instance serves ``desired``
-    in the stable group: the candidate of plan ``promoted``, or (after an abort, when
-    ``promoted`` is None) the old version, and its proxies route that way."""
-    if state is None or not _routed(state):
-        return False
-    release = state.get("release")
-    if release and release.get("op_id") == op_id:
-        return False
-    desired = state.get("desired") or {}
-    if promoted is not None and (
-        desired.get("version"),
-        desired.get("package"),
-        desired.get("config"),
-    ) != (promoted["spec"]["version"], promoted["package"], promoted["spec"].get("config", {})):
-        return False
-    instances = (state.get("instances") or {}).values()
-    spec = state.get("spec") or {}
-    return (
-        state.get("rollout") is None
-        and len(instances) == scaled_instances(spec, state.get("autoscaled"))
-        and all(
-            i.get("phase") == "serving"
-            and i.get("running") == desired
-            and i.get("group", "stable") == "stable"
-            for i in instances
-        )
-    )
+    """``JobState.release_settled`` of a cluster whose state may be missing (not yet)."""
+    return state is not None and state.release_settled(op_id, promoted)

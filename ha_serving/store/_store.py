@@ -509,6 +509,7 @@ class Store:
                 out[(cluster, service)] = Target(
                     _control.last_instruction(conn, cluster, service),
                     found[0] if found is not None else None,
+                    found[1] if found is not None else None,
                 )
         return out
 
@@ -747,6 +748,8 @@ class Target:
     last_instruction: Instruction | None
     state: dict[str, Any] | None
     """The AppMaster's saved state; None if it never saved one."""
+    state_version: int | None = None
+    """That state row's version (compare-and-set counter); None with no state."""
 
 
 def _appmaster_state(

@@ -62,7 +62,7 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
             {},
             optional={
                 "max_unavailable": st.integers(1, 100),
-                "max_surge": st.integers(0, 100),
+                "max_surge": st.just(0),
                 "drain_timeout_s": st.floats(0.001, 600),
                 "failure_threshold": st.integers(1, 10),
             },

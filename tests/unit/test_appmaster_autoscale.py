@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
+from ha_serving._spec import Revision
 from ha_serving.appmaster import JobState, Phase
 from ha_serving.keeper._releases import converged as keeper_converged
 from ha_serving.store import Store
 from ha_serving.testing import FakeRuntime
 from ha_serving.util.clock import FakeClock
+from tests.unit.jobstates import job_state
 from tests.unit.test_appmaster import Harness, grant_epochs, run, spec
 
 AUTO = {"min_instances": 1, "max_instances": 8, "target_inflight": 4}
@@ -284,15 +286,10 @@ def test_the_keeper_judges_an_autoscaled_job_by_the_autoscalers_count() -> None:
     """A deploy whose AppMaster has autoscaled to 5 is converged with 5 instances, not
     the spec's 2 (one rule: ``ServiceSpec.scaled``)."""
     body_spec = spec(instances=2, autoscaling=AUTO).model_dump(mode="json")
-    rev = {"version": "v1", "package": "p", "import_path": "echo:Echo", "config": {}}
-    serving = {"phase": "serving", "running": rev}
-    state = {
-        "rollout": None,
-        "desired": rev,
-        "autoscaled": 5,
-        "instances": {f"echo-{k}": serving for k in range(5)},
-    }
+    rev = Revision(version="v1", package="p", import_path="echo:Echo")
+    state = job_state(spec(instances=2, autoscaling=AUTO), rev, autoscaled=5)
+    assert len(state.instances) == 5
     body = {"spec": body_spec, "package": "p"}
     assert keeper_converged(state, body)
-    assert not keeper_converged({**state, "autoscaled": 6}, body)
-    assert not keeper_converged({**state, "autoscaled": None}, body)
+    assert not keeper_converged(state.model_copy(update={"autoscaled": 6}), body)
+    assert not keeper_converged(state.model_copy(update={"autoscaled": None}), body)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ha_serving._settings import KeeperSettings
+from ha_serving._spec import Revision, ServiceSpec
 from ha_serving.backend import make_package
 from ha_serving.keeper import Leadership
 from ha_serving.keeper._control_api import deploy
@@ -16,6 +20,7 @@ from ha_serving.keeper._reconciler import Reconciler
 from ha_serving.store import ClusterRecord, Store
 from ha_serving.util.clock import FakeClock
 from tests.store_contract import finish_operation
+from tests.unit.jobstates import job_state
 from tests.unit.test_appmaster import FIXTURES, spec
 
 
@@ -165,3 +170,48 @@ def test_a_round_reads_every_active_operations_targets_in_one_transaction(
     assert sorted(calls[0]) == [("a", "echo"), ("a", "other"), ("b", "echo"), ("b", "other")]
     for service in ("echo", "other"):  # and the round acted on what it read
         assert any(store.list_instructions(c, service) for c in "ab")
+
+
+def test_an_appmaster_state_that_does_not_parse_is_not_ready_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leader reads AppMaster states as ``JobState``: a row that does not parse
+    (corrupt, or saved by a newer version) holds the operation where it is, without
+    failing the leader's round, and is logged once per saved version, not every round;
+    once a state that parses shows the revision served, the operation carries on."""
+    clock = FakeClock()
+    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
+    store.register_cluster(ClusterRecord("a", "127.0.1.250:1", "http://127.0.1.250:1", "z1"))
+    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
+    leadership.tick()
+    term = leadership.term()
+    assert term is not None
+    reconciler = Reconciler(store, leadership, FlakyJobs(0, clock), clock=clock)
+    body = spec(instances=1).model_dump(mode="json")
+    body["placement"] = {"clusters": [{"name": "a"}]}
+    op_id, _ = deploy(store, json.dumps(body), make_package(FIXTURES / "echo_v1").data)
+    reconciler._advance(store.get_operation(op_id), term)  # instructs cluster a
+    corrupt = {"service": "echo", "cluster": "a", "spec": body, "desired": "not a revision"}
+    version = store.save_appmaster_state("a", "echo", corrupt, expected_version=None)
+    with caplog.at_level(logging.WARNING, logger="ha_serving.keeper.reconciler"):
+        for _ in range(3):
+            reconciler._advance(store.get_operation(op_id), term)
+        store.save_appmaster_state("a", "echo", {**corrupt, "cluster": 7}, expected_version=version)
+        reconciler._advance(store.get_operation(op_id), term)
+    warnings = [r.getMessage() for r in caplog.records if "does not parse" in r.getMessage()]
+    assert len(warnings) == 2, warnings  # one per saved version
+    assert "version 1" in warnings[0]
+    assert "version 2" in warnings[1]
+    op = store.get_operation(op_id)
+    assert (op.status, op.step) == ("running", 0)
+
+    plan = op.plan
+    desired = Revision(
+        version=plan["spec"]["version"],
+        package=plan["package"],
+        import_path=plan["spec"]["code"]["import_path"],
+    )
+    served = job_state(ServiceSpec.model_validate(plan["spec"]), desired)
+    store.save_appmaster_state("a", "echo", served.to_record(), expected_version=2)
+    reconciler._advance(store.get_operation(op_id), term)
+    assert store.get_operation(op_id).status == "succeeded"

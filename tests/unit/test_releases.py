@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from ha_serving._spec import parse_spec
+from ha_serving._jobstate import JobState
+from ha_serving._spec import Revision, ServiceSpec, parse_spec
+from ha_serving._status import RolloutStatus
 from ha_serving.keeper._releases import (
     Advance,
     Finish,
@@ -21,6 +23,7 @@ from ha_serving.keeper._releases import (
     make_plan,
 )
 from ha_serving.store import Instruction, OperationRecord
+from tests.unit.jobstates import job_state, rollout
 
 SPEC = parse_spec(
     {
@@ -42,24 +45,20 @@ def _sent(op: OperationRecord, cluster: str) -> Instruction:
     return Instruction(1, cluster, "svc", instruction_op_id(op, cluster), 1, {})
 
 
-def _state(body: dict[str, Any], *, done: bool = True, rolled_back: bool = False) -> dict[str, Any]:
-    spec = body["spec"]
-    desired = {
-        "version": spec["version"],
-        "package": body["package"],
-        "import_path": "m:C",
-        "config": spec.get("config", {}),
-    }
-    running = desired if done else {**desired, "version": "1"}
-    history = [{"op_id": "op@a", "status": "rolled_back"}] if rolled_back else []
-    return {
-        "desired": desired,
-        "rollout": None if done else {"status": "running"},
-        "instances": {
-            f"i{n}": {"phase": "serving", "running": running} for n in range(spec["instances"])
-        },
-        "history": history,
-    }
+def _state(body: dict[str, Any], *, done: bool = True, rolled_back: bool = False) -> JobState:
+    spec = ServiceSpec.model_validate(body["spec"])
+    desired = Revision(
+        version=spec.version, package=body["package"], import_path="m:C", config=spec.config
+    )
+    running = desired if done else desired.model_copy(update={"version": "1"})
+    history = (rollout("op@a", desired, RolloutStatus.ROLLED_BACK),) if rolled_back else ()
+    return job_state(
+        spec,
+        desired,
+        running=running,
+        rollout=None if done else rollout("op@a", desired),
+        history=history,
+    )
 
 
 def test_plan_keeps_the_placement_order_and_per_cluster_instances() -> None:
@@ -115,7 +114,7 @@ def test_steps_only_move_forward_and_one_cluster_at_a_time(events: list[str]) ->
     never instructs a cluster before the previous one converged, and ends succeeded."""
     op = _op()
     last: dict[str, Instruction | None] = {"a": None, "b": None}
-    states: dict[str, dict[str, Any] | None] = {"a": None, "b": None}
+    states: dict[str, JobState | None] = {"a": None, "b": None}
     instructed: list[str] = []
     for event in [*events, "converged", "converged", "converged", "converged"]:
         if op.status == "succeeded":
@@ -146,7 +145,7 @@ class ReleaseMachine(RuleBasedStateMachine):
         super().__init__()
         self.op = _op()
         self.last: dict[str, Instruction | None] = {"a": None, "b": None}
-        self.states: dict[str, dict[str, Any] | None] = {"a": None, "b": None}
+        self.states: dict[str, JobState | None] = {"a": None, "b": None}
         self.sent: list[str] = []
         self.converged: set[str] = set()
         self.rolled_back: set[str] = set()
@@ -197,8 +196,8 @@ class ReleaseMachine(RuleBasedStateMachine):
             return
         body = cluster_body(self.op.plan, self.op.plan["clusters"][self.op.step])
         state = _state(body, done=False)
-        state["history"] = [{"op_id": instruction_op_id(self.op, target), "status": "rolled_back"}]
-        self.states[target] = state
+        back = rollout(instruction_op_id(self.op, target), state.desired, RolloutStatus.ROLLED_BACK)
+        self.states[target] = state.model_copy(update={"history": (back,)})
         self.rolled_back.add(target)
 
     @invariant()

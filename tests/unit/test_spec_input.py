@@ -154,3 +154,13 @@ def test_a_symlink_inside_the_code_is_packaged_as_its_target(tmp_path: Path) -> 
     (code / "dangling.py").symlink_to(code / "gone.py")  # points nowhere: skipped
     names = zipfile.ZipFile(io.BytesIO(make_package(code).data)).namelist()
     assert names == ["alias.py", "echo.py"]
+
+
+def test_a_surge_is_refused_not_ignored() -> None:
+    """``rollout.max_surge`` was accepted and validated, but no planner read it. Updates
+    are in place, so 0 is its only value (saved specs carry it) and any other is refused
+    in one line."""
+    assert loads_spec(HEAD + "rollout: {max_surge: 0}\n").rollout.max_surge == 0
+    with pytest.raises(InvalidSpec, match="max_surge") as refused:
+        loads_spec(HEAD + "rollout: {max_surge: 2}\n")
+    assert "\n" not in str(refused.value)

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from ha_serving._errors import InvalidSpec, OperationFinished
-from ha_serving._spec import parse_spec
+from ha_serving._jobstate import Release
+from ha_serving._spec import Revision, parse_spec
+from ha_serving._status import ReleaseMode
 from ha_serving.appmaster import AppMasterCore, JobState
 from ha_serving.appmaster._actor import worker_spec
 from ha_serving.backend import make_package
@@ -30,6 +32,7 @@ from ha_serving.runtime import ActorSpec
 from ha_serving.store import ClusterRecord, Instruction, OperationRecord, Store
 from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.clock import FakeClock
+from tests.unit.jobstates import job_state
 from tests.unit.test_appmaster import FIXTURES, spec
 
 CLUSTERS = ("a", "b")
@@ -458,9 +461,13 @@ def test_a_release_step_a_cluster_rejects_is_undone_then_fails() -> None:
         progress={"weight": 10, "step": 1, "step_at": 0.0},
     )
     sent = {c: Instruction(1, c, "echo", f"c-1#1@{c}", 1, {}) for c in CLUSTERS}
-    states: dict[str, Any] = {
-        "a": {"release": {"op_id": "c-1", "weight": 10}},
-        "b": {"rejected": {"c-1#1@b": "invalid instruction: no"}},
+    v1 = Revision(version="v1", package="p1", import_path="echo:Echo")
+    v2 = v1.model_copy(update={"version": "v2", "package": "p2"})
+    svc = spec(instances=4)
+    canary = Release(op_id="c-1", mode=ReleaseMode.CANARY, candidate=v2, spec=svc, instances=1)
+    states = {
+        "a": job_state(svc, v1, release=canary.model_copy(update={"weight": 10})),
+        "b": job_state(svc, v1, rejected={"c-1#1@b": "invalid instruction: no"}),
     }
     [end] = decide_weighted(op, sent, states, now=1.0)
     assert isinstance(end, Progress)
@@ -470,11 +477,6 @@ def test_a_release_step_a_cluster_rejects_is_undone_then_fails() -> None:
     aborts = decide_weighted(op, sent, states, now=2.0)
     assert {d.cluster for d in aborts if isinstance(d, Instruct)} == set(CLUSTERS)
     sent = {c: Instruction(2, c, "echo", f"c-1#abort@{c}", 1, {}) for c in CLUSTERS}
-    settled = {
-        "desired": {"version": "v1"},
-        "spec": {"instances": 0},
-        "instances": {},
-        "rollout": None,
-    }
+    settled = job_state(svc, v1)  # the release ended: every instance serves v1, stable
     [done] = decide_weighted(op, sent, dict.fromkeys(CLUSTERS, settled), now=3.0)
     assert done == Finish("failed", "cluster b rejected c-1#1@b: invalid instruction: no")

@@ -13,7 +13,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ha_serving._spec import parse_spec
+from ha_serving._jobstate import Group, JobState, Phase, Release
+from ha_serving._spec import Revision, parse_spec
+from ha_serving._status import RolloutStatus
 from ha_serving.keeper._analysis import AnalysisPolicy
 from ha_serving.keeper._releases import Advance, Finish, Instruct, Progress, make_plan
 from ha_serving.keeper._weighted import (
@@ -24,6 +26,7 @@ from ha_serving.keeper._weighted import (
     step_op_id,
 )
 from ha_serving.store import Instruction, OperationRecord
+from tests.unit.jobstates import job_state, rollout
 
 CLUSTERS = ("a", "b")
 SPEC = parse_spec(
@@ -37,6 +40,7 @@ SPEC = parse_spec(
 )
 OLD = {"version": "1", "package": "old", "import_path": "m:C", "config": {}}
 NEW = {"version": "2", "package": "pkg", "import_path": "m:C", "config": {}}
+OLD_REV, NEW_REV = Revision.model_validate(OLD), Revision.model_validate(NEW)
 PAUSE_S = 10.0
 MAX_FAILED = 2
 
@@ -71,7 +75,7 @@ class Cluster:
                 "op_id": body["op"],
                 "weight": body["weight"],
                 "instances": body["instances"],
-                "candidate": NEW,
+                "mode": body["mode"],
             }
             self.caught_up = same and self.caught_up  # a weight change is immediate
         elif body["kind"] in ("promote", "abort") and self.release is not None:
@@ -92,27 +96,36 @@ class Cluster:
         self.caught_up = False
         self.history.append({"op_id": promote_op_id, "status": "rolled_back"})
 
-    def view(self) -> dict[str, Any]:
-        n = 4
-        instances: dict[str, dict[str, Any]] = {}
-        for i in range(n):
-            candidate = self.release is not None and i < self.release["instances"]
-            running = self.desired
-            if candidate and self.caught_up:
-                running = NEW
-            instances[f"i{i}"] = {
-                "phase": "serving" if self.caught_up else "updating",
-                "group": "candidate" if candidate else "stable",
-                "running": running,
-            }
-        return {
-            "release": self.release,
-            "desired": self.desired,
-            "spec": {"instances": n},
-            "rollout": None if self.caught_up else {"status": "running"},
-            "instances": instances,
-            "history": self.history,
-        }
+    def view(self) -> JobState:
+        """The AppMaster's state as saved: ``SPEC.instances`` instances, the release's
+        first ones in the candidate group, all serving once caught up."""
+        release = None
+        if self.release is not None:
+            release = Release(
+                op_id=self.release["op_id"],
+                mode=self.release["mode"],
+                candidate=NEW_REV,
+                spec=SPEC,
+                instances=self.release["instances"],
+                weight=self.release["weight"],
+            )
+        desired = Revision.model_validate(self.desired)
+
+        def candidate(k: int) -> bool:
+            return release is not None and k < release.instances
+
+        ended = {"rolled_back": RolloutStatus.ROLLED_BACK, "applied": RolloutStatus.SUCCEEDED}
+        history = tuple(rollout(h["op_id"], NEW_REV, ended[h["status"]]) for h in self.history)
+        return job_state(
+            SPEC,
+            desired,
+            phase=Phase.SERVING if self.caught_up else Phase.UPDATING,
+            group=lambda k: Group.CANDIDATE if candidate(k) else Group.STABLE,
+            run=lambda k: NEW_REV if candidate(k) and self.caught_up else desired,
+            release=release,
+            rollout=None if self.caught_up else rollout("op", NEW_REV),
+            history=history,
+        )
 
 
 class WeightedReleaseMachine(RuleBasedStateMachine):
@@ -221,17 +234,17 @@ class WeightedReleaseMachine(RuleBasedStateMachine):
         views = [self.clusters[c].view() for c in CLUSTERS]
         if self.op.status == "succeeded":
             assert self.ending == "promote"
-            assert all(v["desired"] == NEW and v["release"] is None for v in views)
+            assert all(v.desired == NEW_REV and v.release is None for v in views)
             assert (
                 int((self.op.progress or {}).get("failed_checks", 0)) < MAX_FAILED
                 or (self.op.progress or {}).get("reason") != "every step passed"
             )
         elif self.op.status == "failed":  # a cluster rolled the promotion back
             assert self.ending == "promote"
-            assert any(v["desired"] == OLD for v in views)
+            assert any(v.desired == OLD_REV for v in views)
         else:
             assert self.op.status in ("rolled_back", "aborted"), self.op.status
-            assert all(v["desired"] == OLD and v["release"] is None for v in views)
+            assert all(v.desired == OLD_REV and v.release is None for v in views)
 
     def teardown(self) -> None:
         """Liveness: with the operator quiet and the AppMasters catching up, every
