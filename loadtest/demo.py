@@ -162,6 +162,7 @@ def _summary(
     ]
     ok = not untolerated
     verdict = "[green]PASSED[/green]" if ok else f"[red]FAILED: {untolerated}[/red]"
+    console.print()
     console.print(Panel("\n".join([*lines, verdict]), title="demo summary", expand=False))
     return ok
 
