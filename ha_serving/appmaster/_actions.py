@@ -1,17 +1,19 @@
 """The executor's hands: what each planner action does, state change first.
 
-Every method here persists the state change an action enables (through ``_mutate``,
-group-committed by the core) before the side effect it allows, so a crash between the
-two leaves a state the next round's plan completes or repeats idempotently. The one
-exception, ``_withdraw_proxy``, says why.
+``Actions`` is held by ``AppMasterCore`` (composition: it is given what it uses, and
+nothing else): ``execute`` carries out one round's planned actions. Every method here
+persists the state change an action enables (through ``mutate``, the core's group
+commit) before the side effect it allows, so a crash between the two leaves a state the
+next round's plan completes or repeats idempotently. The one exception,
+``withdraw_proxy``, says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, assert_never
+from collections.abc import Awaitable, Callable
+from typing import Any, assert_never
 
 from ha_serving._errors import HAServingError
 from ha_serving._settings import AppMasterSettings
@@ -19,13 +21,24 @@ from ha_serving._spec import Revision
 from ha_serving._status import RolloutStatus
 from ha_serving._wire import RouteEntry, RoutingTable
 from ha_serving.appmaster._planner import (
+    Action,
+    Apply,
     Assign,
     CreateInstances,
     Drain,
     FinishRollout,
+    Load,
     MarkLost,
     Observed,
+    PushRoutes,
+    Remove,
+    ReplaceWorker,
     RollBack,
+    StartProxy,
+    StartWorker,
+    StopProxy,
+    StopWorker,
+    WithdrawProxy,
     proxy_names,
     successor,
 )
@@ -42,36 +55,97 @@ from ha_serving.appmaster._state import (
 )
 from ha_serving.runtime import ActorSpec, ActorUnavailable, Runtime
 from ha_serving.store import Store
-
-if TYPE_CHECKING:
-    from ha_serving.util.clock import Clock
-    from ha_serving.util.logs import Bound
+from ha_serving.util.clock import Clock
+from ha_serving.util.logs import Bound
 
 ActorFactory = Callable[[str, JobState], ActorSpec]
+Change = Callable[[JobState], JobState]
+Mutate = Callable[[Change], Awaitable[JobState]]
+"""The core's group commit: apply a change to the latest state, persist it, return it."""
 Bookkeeping = CreateInstances | Assign | MarkLost | RollBack | FinishRollout | Drain
-"""The actions that only change the state (``_book``); the executor does them first."""
+"""The actions that only change the state (``book``); the executor does them first."""
 
 
-class ActionsMixin:
-    """The action implementations of ``AppMasterCore`` (which provides these fields)."""
+class Actions:
+    """What the planner's actions do on the runtime, the store and the state.
 
-    store: Store
-    runtime: Runtime
-    cluster: str
-    service: str
-    state: JobState | None
-    clock: Clock
-    settings: AppMasterSettings
-    """Its timings: endpoint leases, call timeouts, retries, withdrawal."""
-    log: Bound
-    _proxy_actor: ActorFactory
-    _worker_actor: ActorFactory
-    _packages: dict[str, bytes]
+    It holds no state of its own but a cache of code packages: the job state is the
+    core's, read through ``current`` and changed only through ``mutate``."""
 
-    async def _mutate(self, change: Callable[[JobState], JobState]) -> JobState:
-        raise NotImplementedError  # AppMasterCore's group commit
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runtime: Runtime,
+        cluster: str,
+        service: str,
+        clock: Clock,
+        settings: AppMasterSettings,
+        log: Bound,
+        proxy_actor: ActorFactory,
+        worker_actor: ActorFactory,
+        mutate: Mutate,
+        current: Callable[[], JobState | None],
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.cluster = cluster
+        self.service = service
+        self.clock = clock
+        self.settings = settings
+        """Its timings: endpoint leases, call timeouts, retries, withdrawal."""
+        self.log = log
+        self._proxy_actor = proxy_actor
+        self._worker_actor = worker_actor
+        self._mutate = mutate
+        self._current = current
+        self._packages: dict[str, bytes] = {}
+        """Code packages by digest, read from the store once (a rollout needs two)."""
 
-    async def _book(self, action: Bookkeeping) -> None:
+    async def execute(self, actions: list[Action], observed: Observed) -> None:
+        """Bookkeeping first, then side effects concurrently, then routes to proxies."""
+        book = [
+            a
+            for a in actions
+            if isinstance(a, (CreateInstances, Assign, MarkLost, RollBack, FinishRollout, Drain))
+        ]
+        for entry in book:
+            await self.book(entry)
+        await _gather(self._effects(actions))
+        steps: list[Awaitable[None]] = []
+        for a in actions:
+            if isinstance(a, Load):
+                steps.append(self.load(a.id, a.revision))
+            elif isinstance(a, Apply):
+                steps.append(self.apply(a.id, a.revision))
+            elif isinstance(a, Remove):
+                steps.append(self.remove(a.id))
+        await _gather(steps)
+        state = self._state()
+        if state.routes_acked < state.routes_version or any(
+            isinstance(a, PushRoutes) for a in actions
+        ):
+            await self.push_routes(observed)
+
+    def _effects(self, actions: list[Action]) -> list[Awaitable[None]]:
+        """The actor side effects among ``actions`` (run concurrently, before loads)."""
+        effects: list[Awaitable[None]] = []
+        for a in actions:
+            if isinstance(a, StartProxy):
+                effects.append(self.start_proxy(a.name))
+            elif isinstance(a, StartWorker):
+                effects.append(self.start_worker(a.name))
+            elif isinstance(a, WithdrawProxy):
+                effects.append(self.withdraw_proxy(a.name, a.addresses))
+            elif isinstance(a, StopProxy):
+                effects.append(self.stop_proxy(a.name))
+            elif isinstance(a, StopWorker):
+                effects.append(self.stop_worker(a.name))
+            elif isinstance(a, ReplaceWorker):
+                effects.append(self.replace_worker(a.name))
+        return effects
+
+    async def book(self, action: Bookkeeping) -> None:
         now = self.clock.now()
 
         def change(state: JobState) -> JobState:  # noqa: PLR0911 - one return per action
@@ -122,7 +196,7 @@ class ActionsMixin:
                 detail={"action": type(action).__name__},
             )
 
-    async def _start_proxy(self, name: str) -> None:
+    async def start_proxy(self, name: str) -> None:
         # recorded first: a proxy created by an AppMaster that died at once is still ours
         # to stop if the spec drops it
         state = await self._mutate(
@@ -163,7 +237,7 @@ class ActionsMixin:
             self.settings.endpoint_ttl_s,
         )
 
-    async def _withdraw_proxy(self, name: str, addresses: tuple[str, ...]) -> None:
+    async def withdraw_proxy(self, name: str, addresses: tuple[str, ...]) -> None:
         """Take the proxy out of discovery, then record when it may be stopped.
 
         Side effect before state, unlike elsewhere, and on purpose: ``stop_at`` must be
@@ -182,7 +256,7 @@ class ActionsMixin:
             self.settings.withdraw_s,
         )
 
-    async def _stop_proxy(self, name: str) -> None:
+    async def stop_proxy(self, name: str) -> None:
         """Stop (NOT_SERVING, in-flight calls finish within the drain timeout), kill,
         forget. Repeated after a crash at any point, it completes what is left."""
 
@@ -203,7 +277,7 @@ class ActionsMixin:
         await self._mutate(lambda s: s.without_proxy(name))
         self.log.info("proxy %s stopped and forgotten", name)
 
-    async def _start_worker(self, name: str) -> None:
+    async def start_worker(self, name: str) -> None:
         state = await self._mutate(
             lambda s: s.model_copy(
                 update={"workers": {**s.workers, name: s.workers.get(name, s.placement_key)}}
@@ -211,7 +285,7 @@ class ActionsMixin:
         )
         await self.runtime.create(self._worker_actor(name, state))
 
-    async def _stop_worker(self, name: str) -> None:
+    async def stop_worker(self, name: str) -> None:
         # recorded first: from now on no new instance may be placed on this name
         await self._mutate(
             lambda s: s.model_copy(
@@ -231,7 +305,7 @@ class ActionsMixin:
             )
         )
 
-    async def _replace_worker(self, name: str) -> None:
+    async def replace_worker(self, name: str) -> None:
         """Drained instances wait for idle, the worker dies, and they load anew on a
         successor with a new name (created by the next round with the current resources)."""
         state = self._state()
@@ -267,9 +341,10 @@ class ActionsMixin:
         return data
 
     def _desired_pkg(self) -> str:
-        return self.state.desired.package if self.state else ""
+        state = self._current()
+        return state.desired.package if state is not None else ""
 
-    async def _load(self, instance_id: str, rev: Revision) -> None:
+    async def load(self, instance_id: str, rev: Revision) -> None:
         inst = self._inst(instance_id)
         code = await self._code(rev)
         result = await self._control(inst.worker, "add_instance", instance_id, **code)
@@ -285,7 +360,7 @@ class ActionsMixin:
             "config": rev.config,
         }
 
-    async def _apply(self, instance_id: str, rev: Revision) -> None:
+    async def apply(self, instance_id: str, rev: Revision) -> None:
         inst = self._inst(instance_id)
         timeout = self._state().spec.rollout.drain_timeout_s
         idle = await self.runtime.call(
@@ -349,7 +424,7 @@ class ActionsMixin:
                 getattr(result, "message", "health check failed"),
             )
 
-    async def _remove(self, instance_id: str) -> None:
+    async def remove(self, instance_id: str) -> None:
         inst = self._inst(instance_id)
         if inst.phase == Phase.DRAINING:
             timeout = self._state().spec.rollout.drain_timeout_s
@@ -370,7 +445,7 @@ class ActionsMixin:
             worker, method, *args, timeout_s=self.settings.call_timeout_s, **kwargs
         )
 
-    async def _push_routes(self, observed: Observed) -> None:
+    async def push_routes(self, observed: Observed) -> None:
         state = self._state()
         table = RoutingTable(
             service=self.service,
@@ -408,11 +483,11 @@ class ActionsMixin:
                 lambda s: s.model_copy(update={"routes_acked": max(s.routes_acked, table.version)})
             )
 
-    async def _heartbeat_endpoints(self, observed: Observed, started: set[str]) -> None:
+    async def heartbeat_endpoints(self, observed: Observed, started: set[str]) -> None:
         """Publish the serving proxies the spec asks for, and nothing else: a withdrawn
         one stays out, a dead one is taken out. ``started``: proxies started this round
         (observed dead before it, so alive by their record)."""
-        state = self.state
+        state = self._current()
         if state is None:
             return
         live: set[str] = set()
@@ -429,9 +504,18 @@ class ActionsMixin:
         return self._state().instances[instance_id]
 
     def _state(self) -> JobState:
-        if self.state is None:
+        state = self._current()
+        if state is None:
             raise HAServingError(f"{self.service}: AppMaster has no state yet")
-        return self.state
+        return state
+
+
+async def _gather(aws: list[Awaitable[None]]) -> None:
+    """Run side effects concurrently; the first failure is raised after all finished."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 def _bump_routes(state: JobState) -> JobState:

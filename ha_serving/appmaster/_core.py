@@ -13,34 +13,18 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from ha_serving._errors import ConflictError, HAServingError, InvalidSpec, TransientError
 from ha_serving._settings import AppMasterSettings, AutoscaleSettings
 from ha_serving._spec import Revision, ServiceSpec
 from ha_serving._status import RELEASE_MODES, RolloutStatus
-from ha_serving.appmaster._actions import ActionsMixin, ActorFactory
+from ha_serving.appmaster._actions import Actions, ActorFactory
 from ha_serving.appmaster._planner import (
-    Action,
-    Apply,
-    Assign,
-    CreateInstances,
-    Drain,
-    FinishRollout,
-    Load,
-    MarkLost,
     Observed,
     ProxyView,
-    PushRoutes,
-    Remove,
-    ReplaceWorker,
-    RollBack,
     StartProxy,
-    StartWorker,
-    StopProxy,
-    StopWorker,
-    WithdrawProxy,
     WorkerView,
     plan,
     proxy_names,
@@ -202,7 +186,7 @@ def _end(
     return state, False
 
 
-class AppMasterCore(ActionsMixin):
+class AppMasterCore:
     """The control loop of one service on one cluster; Ray-free (``Runtime`` adapter)."""
 
     def __init__(
@@ -223,15 +207,12 @@ class AppMasterCore(ActionsMixin):
         self.settings = settings or AppMasterSettings()
         self.cluster = cluster
         self.service = service
-        self._proxy_actor = proxy_actor
-        self._worker_actor = worker_actor
         self.clock = clock or SystemClock()
         self.state: JobState | None = None
         self._version: int | None = None
         self._lock = asyncio.Lock()
         self._pending: list[tuple[Callable[[JobState], JobState], asyncio.Future[JobState]]] = []
         self._wake = asyncio.Event()
-        self._packages: dict[str, bytes] = {}
         self._last_health = 0.0
         self._unhealthy: frozenset[str] = frozenset()
         self._granted = 0
@@ -247,6 +228,20 @@ class AppMasterCore(ActionsMixin):
             settings=autoscale or AutoscaleSettings(),
             log=self.log,
         )
+        self.actions = Actions(
+            store=store,
+            runtime=runtime,
+            cluster=cluster,
+            service=service,
+            clock=self.clock,
+            settings=self.settings,
+            log=self.log,
+            proxy_actor=proxy_actor,
+            worker_actor=worker_actor,
+            mutate=self._mutate,
+            current=lambda: self.state,
+        )
+        """What the planner's actions do (it changes the state only through ``_mutate``)."""
 
     # --- durable state ----------------------------------------------------------------
 
@@ -550,8 +545,8 @@ class AppMasterCore(ActionsMixin):
         state = self._state()
         actions = plan(state, observed, self.clock.now())
         self.rounds += 1
-        await self.execute(actions, observed)
-        await self._heartbeat_endpoints(
+        await self.actions.execute(actions, observed)
+        await self.actions.heartbeat_endpoints(
             observed, {a.name for a in actions if isinstance(a, StartProxy)}
         )
         return bool(actions)
@@ -606,51 +601,6 @@ class AppMasterCore(ActionsMixin):
 
         bad = await asyncio.gather(*(check(n) for n, v in workers.items() if v is not None))
         return frozenset().union(*bad) if bad else frozenset()
-
-    # --- executing actions ------------------------------------------------------------
-
-    async def execute(self, actions: list[Action], observed: Observed) -> None:
-        """Bookkeeping first, then side effects concurrently, then routes to proxies."""
-        book = [
-            a
-            for a in actions
-            if isinstance(a, (CreateInstances, Assign, MarkLost, RollBack, FinishRollout, Drain))
-        ]
-        for entry in book:
-            await self._book(entry)
-        await _gather(self._effects(actions))
-        steps: list[Awaitable[None]] = []
-        for a in actions:
-            if isinstance(a, Load):
-                steps.append(self._load(a.id, a.revision))
-            elif isinstance(a, Apply):
-                steps.append(self._apply(a.id, a.revision))
-            elif isinstance(a, Remove):
-                steps.append(self._remove(a.id))
-        await _gather(steps)
-        state = self._state()
-        if state.routes_acked < state.routes_version or any(
-            isinstance(a, PushRoutes) for a in actions
-        ):
-            await self._push_routes(observed)
-
-    def _effects(self, actions: list[Action]) -> list[Awaitable[None]]:
-        """The actor side effects among ``actions`` (run concurrently, before loads)."""
-        effects: list[Awaitable[None]] = []
-        for a in actions:
-            if isinstance(a, StartProxy):
-                effects.append(self._start_proxy(a.name))
-            elif isinstance(a, StartWorker):
-                effects.append(self._start_worker(a.name))
-            elif isinstance(a, WithdrawProxy):
-                effects.append(self._withdraw_proxy(a.name, a.addresses))
-            elif isinstance(a, StopProxy):
-                effects.append(self._stop_proxy(a.name))
-            elif isinstance(a, StopWorker):
-                effects.append(self._stop_worker(a.name))
-            elif isinstance(a, ReplaceWorker):
-                effects.append(self._replace_worker(a.name))
-        return effects
 
     # --- reading ----------------------------------------------------------------------
 
@@ -729,10 +679,7 @@ class AppMasterCore(ActionsMixin):
         s = self.state
         return s is not None and s.rollout is None and s.converged() and s.routed()
 
-
-async def _gather(aws: list[Awaitable[None]]) -> None:
-    """Run side effects concurrently; the first failure is raised after all finished."""
-    results = await asyncio.gather(*aws, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
+    def _state(self) -> JobState:
+        if self.state is None:
+            raise HAServingError(f"{self.service}: AppMaster has no state yet")
+        return self.state

@@ -697,7 +697,7 @@ def test_an_abort_of_a_release_it_aborted_itself_is_in_effect_not_rejected(
 def test_an_action_the_bookkeeper_does_not_know_raises_instead_of_being_dropped(
     h: Harness,
 ) -> None:
-    """``_book`` handles each state-only action; anything else reaching it is a bug and
+    """``Actions.book`` handles each state-only action; anything else reaching it is a bug and
     raises (the round crashes loudly) rather than falling through unchanged."""
     from ha_serving.appmaster._planner import StartProxy
 
@@ -705,7 +705,7 @@ def test_an_action_the_bookkeeper_does_not_know_raises_instead_of_being_dropped(
         await h.deploy(spec(), "echo_v1", "op-1")
         before = h.core.state
         with pytest.raises(AssertionError):
-            await h.core._book(StartProxy("echo-p9"))  # type: ignore[arg-type]
+            await h.core.actions.book(StartProxy("echo-p9"))  # type: ignore[arg-type]
         assert h.core.state == before
 
     run(scenario())
