@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -285,17 +284,6 @@ class Revision(_Spec):
             other.import_path,
             other.version,
         )
-
-
-def scaled_instances(spec: Mapping[str, Any], autoscaled: object) -> int:
-    """``ServiceSpec.scaled`` for a spec read as JSON (the Keeper reads AppMaster states
-    and instructions as documents): the one rule for how many instances a job runs."""
-    found = spec.get("autoscaling")
-    count = spec.get("instances", 1)
-    if not isinstance(found, Mapping) or not isinstance(count, int):
-        return int(count)
-    policy = AutoscalingPolicy.model_validate(found)
-    return policy.clamp(autoscaled if isinstance(autoscaled, int) else count)
 
 
 def parse_spec(data: object, *, source: str = "spec") -> ServiceSpec:

@@ -20,6 +20,7 @@ from ha_serving._settings import AppMasterSettings
 from ha_serving._spec import Revision
 from ha_serving._status import RolloutStatus
 from ha_serving._wire import RouteEntry, RoutingTable
+from ha_serving.appmaster._context import JobContext, Mutate
 from ha_serving.appmaster._planner import (
     Action,
     Apply,
@@ -53,15 +54,9 @@ from ha_serving.appmaster._state import (
     end_release,
     finish_rollout,
 )
-from ha_serving.runtime import ActorSpec, ActorUnavailable, Runtime
-from ha_serving.store import Store
-from ha_serving.util.clock import Clock
-from ha_serving.util.logs import Bound
+from ha_serving.runtime import ActorSpec, ActorUnavailable
 
 ActorFactory = Callable[[str, JobState], ActorSpec]
-Change = Callable[[JobState], JobState]
-Mutate = Callable[[Change], Awaitable[JobState]]
-"""The core's group commit: apply a change to the latest state, persist it, return it."""
 Bookkeeping = CreateInstances | Assign | MarkLost | RollBack | FinishRollout | Drain
 """The actions that only change the state (``book``); the executor does them first."""
 
@@ -74,27 +69,18 @@ class Actions:
 
     def __init__(
         self,
+        job: JobContext,
         *,
-        store: Store,
-        runtime: Runtime,
-        cluster: str,
-        service: str,
-        clock: Clock,
         settings: AppMasterSettings,
-        log: Bound,
         proxy_actor: ActorFactory,
         worker_actor: ActorFactory,
         mutate: Mutate,
         current: Callable[[], JobState | None],
     ) -> None:
-        self.store = store
-        self.runtime = runtime
-        self.cluster = cluster
-        self.service = service
-        self.clock = clock
+        self.store, self.runtime, self.clock, self.log = job.store, job.runtime, job.clock, job.log
+        self.cluster, self.service = job.cluster, job.service
         self.settings = settings
         """Its timings: endpoint leases, call timeouts, retries, withdrawal."""
-        self.log = log
         self._proxy_actor = proxy_actor
         self._worker_actor = worker_actor
         self._mutate = mutate

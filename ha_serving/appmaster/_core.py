@@ -13,14 +13,23 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, assert_never
 
 from ha_serving._errors import ConflictError, HAServingError, InvalidSpec, TransientError
+from ha_serving._instructions import (
+    DeployBody,
+    EndReleaseBody,
+    ReleaseBody,
+    ReleaseInstruction,
+    TrafficBody,
+    parse_instruction,
+)
 from ha_serving._settings import AppMasterSettings, AutoscaleSettings
 from ha_serving._spec import Revision, ServiceSpec
-from ha_serving._status import RELEASE_MODES, RolloutStatus
+from ha_serving._status import RolloutKind, RolloutStatus
 from ha_serving.appmaster._actions import Actions, ActorFactory
+from ha_serving.appmaster._context import JobContext
 from ha_serving.appmaster._planner import (
     Observed,
     ProxyView,
@@ -65,82 +74,45 @@ class UnknownEpoch(StaleInstruction):
         super().__init__(epoch, granted, message)
 
 
-RELEASE_KINDS = frozenset({"release", "promote", "abort", "traffic"})
-DEPLOY_KINDS = frozenset({"deploy", "config", "code", "scale"})
-_NEEDS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(DEPLOY_KINDS, ("spec", "package")),
-    "release": ("op", "mode", "spec", "package", "instances", "weight"),
-    "promote": ("op",),
-    "abort": ("op",),
-    "traffic": (),
-}
 MAX_REJECTED = 20
 """Rejected instructions a state remembers (newest last), for the Keeper to read."""
 
 
-def instruction_kind(body: dict[str, Any]) -> str:
-    """The instruction's kind, if this AppMaster can carry it out; else ``InvalidSpec``
-    with the reason in one line (an unknown kind, a missing field, a bad spec)."""
-    kind = body.get("kind", "deploy")
-    if not isinstance(kind, str) or kind not in _NEEDS:
-        raise InvalidSpec("instruction", [f"unknown kind {kind!r}"])
-    missing = [f for f in _NEEDS[kind] if f not in body]
-    if missing:
-        raise InvalidSpec("instruction", [f"a {kind} instruction needs {', '.join(missing)}"])
-    wrong = [f for f in ("op", "package") if f in _NEEDS[kind] and not isinstance(body[f], str)]
-    if wrong:
-        raise InvalidSpec("instruction", [f"{', '.join(wrong)} must be text"])
-    if kind == "release":
-        if body["mode"] not in RELEASE_MODES:
-            raise InvalidSpec("instruction", [f"unknown release mode {body['mode']!r}"])
-        if not _count(body["weight"], 100) or not _count(body["instances"], 5000):
-            raise InvalidSpec("instruction", ["a release's weight and instances are counts"])
-    if kind == "traffic" and body.get("weight") is not None and not _count(body["weight"], 1000):
-        raise InvalidSpec("instruction", [f"traffic weight {body['weight']!r} is not 0..1000"])
-    if "spec" in body:
-        try:
-            ServiceSpec.model_validate(body["spec"])
-        except ValueError as exc:  # pydantic's ValidationError: one line, not the table
-            first = str(exc).splitlines()
-            raise InvalidSpec("instruction", [f"bad spec: {' '.join(first[:3])}"]) from None
-    return kind
-
-
-def _count(value: Any, most: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= most
-
-
-def _start_or_step(state: JobState, body: dict[str, Any], op_id: str, now: float) -> JobState:
-    """Start operation ``body["op"]``'s release, or set the weight of the running one."""
+def _start_or_step(state: JobState, body: ReleaseBody, op_id: str, now: float) -> JobState:
+    """Start operation ``body.op``'s release, or set the weight of the running one."""
     r = state.release
-    if r is not None and r.op_id == body["op"]:
-        if r.weight == body["weight"]:
+    if r is not None and r.op_id == body.op:
+        if r.weight == body.weight:
             return state
         return state.model_copy(
             update={
-                "release": r.model_copy(update={"weight": body["weight"]}),
+                "release": r.model_copy(update={"weight": body.weight}),
                 "routes_version": state.routes_version + 1,
             }
         )
     if r is not None:  # a newer release replaces an older one
         state = end_release(state, promote=False)
-    spec = ServiceSpec.model_validate(body["spec"])
+    spec = body.spec
     candidate = Revision(
         version=spec.version,
-        package=body["package"],
+        package=body.package,
         import_path=spec.code.import_path,
         config=spec.config,
     )
     release = Release(
-        op_id=body["op"],
-        mode=body["mode"],
+        op_id=body.op,
+        mode=body.mode,
         candidate=candidate,
         spec=spec,
-        instances=body["instances"],
-        weight=body["weight"],
+        instances=body.instances,
+        weight=body.weight,
     )
     rollout = Rollout(
-        op_id=op_id, kind=body["mode"], from_rev=state.desired, to_rev=candidate, started_at=now
+        op_id=op_id,
+        kind=RolloutKind(body.mode.value),
+        from_rev=state.desired,
+        to_rev=candidate,
+        started_at=now,
     )
     state = finish_rollout(state, RolloutStatus.SUPERSEDED, now)
     return state.model_copy(
@@ -219,23 +191,11 @@ class AppMasterCore:
         """Highest epoch the store's leadership lease was seen at (it only grows)."""
         self.rounds = 0
         self.log = bound("ha_serving.appmaster", cluster=cluster, service=service)
-        self.autoscaler = Autoscaler(
-            store=store,
-            runtime=runtime,
-            cluster=cluster,
-            service=service,
-            clock=self.clock,
-            settings=autoscale or AutoscaleSettings(),
-            log=self.log,
-        )
+        job = JobContext(store, runtime, cluster, service, self.clock, self.log)
+        self.autoscaler = Autoscaler(job, settings=autoscale or AutoscaleSettings())
         self.actions = Actions(
-            store=store,
-            runtime=runtime,
-            cluster=cluster,
-            service=service,
-            clock=self.clock,
+            job,
             settings=self.settings,
-            log=self.log,
             proxy_actor=proxy_actor,
             worker_actor=worker_actor,
             mutate=self._mutate,
@@ -408,10 +368,10 @@ class AppMasterCore:
                     return True
         return False
 
-    async def release(self, body: dict[str, Any], *, op_id: str, epoch: int) -> str:
+    async def release(self, body: ReleaseInstruction, *, op_id: str, epoch: int) -> str:
         """A release instruction (canary, blue-green) or a traffic weight change:
 
-        - ``release``: run ``body["spec"]`` as the candidate of operation ``body["op"]``
+        - ``release``: run ``body.spec`` as the candidate of operation ``body.op``
           on ``instances`` instances (``mode`` canary or blue_green) and send it
           ``weight`` percent of traffic; repeated with a new weight for each step;
         - ``promote`` / ``abort``: end that operation's release (``InvalidSpec`` if it
@@ -422,21 +382,20 @@ class AppMasterCore:
             return "duplicate"
         if self.state is None:
             raise InvalidSpec("release", [f"{self.service} is not deployed on {self.cluster}"])
-        kind = body["kind"]
         now = self.clock.now()
         already = {"in_effect": False}
 
         def change(state: JobState) -> JobState:
-            if kind == "release":
+            if isinstance(body, ReleaseBody):
                 state = _start_or_step(state, body, op_id, now)
-            elif kind in ("promote", "abort"):
-                promote = kind == "promote"
-                state, in_effect = _end(state, body["op"], promote=promote, op_id=op_id, now=now)
+            elif isinstance(body, EndReleaseBody):
+                promote = body.kind == "promote"
+                state, in_effect = _end(state, body.op, promote=promote, op_id=op_id, now=now)
                 already.update(in_effect=in_effect)
-            elif kind == "traffic":
-                state = state.model_copy(update={"cluster_weight": body.get("weight")})
+            elif isinstance(body, TrafficBody):
+                state = state.model_copy(update={"cluster_weight": body.weight})
             else:
-                raise InvalidSpec("instruction", [f"unknown kind {kind!r}"])
+                assert_never(body)
             return state.model_copy(
                 update={
                     "highest_epoch": max(epoch, state.highest_epoch),
@@ -445,12 +404,12 @@ class AppMasterCore:
             )
 
         await self._mutate(change)
-        detail = {k: v for k, v in body.items() if k not in ("spec", "package")}
+        detail = body.model_dump(mode="json", exclude={"spec", "package"})
         if already["in_effect"]:
             detail["in_effect"] = True
         await asyncio.to_thread(
             self.store.append_event,
-            kind,
+            body.kind,
             cluster=self.cluster,
             service=self.service,
             op_id=op_id,
@@ -461,11 +420,13 @@ class AppMasterCore:
         return "duplicate" if already["in_effect"] else "applied"
 
     async def take_instruction(
-        self, instruction_id: int, body: dict[str, Any], *, op_id: str, epoch: int
+        self, instruction_id: int, body: str | Mapping[str, Any], *, op_id: str, epoch: int
     ) -> str:
-        """Consume one Keeper instruction: applied, duplicate, refused (stale or unknown
-        epoch) or rejected (one this AppMaster cannot carry out: an unknown kind, a
-        missing field, a release with nothing deployed). Either way it is recorded as
+        """Consume one Keeper instruction (``body``: its JSON, or that parsed): applied,
+        duplicate, refused (stale or unknown epoch) or rejected (one this AppMaster
+        cannot carry out: not JSON, an unknown kind, a missing or wrong field, a release
+        with nothing deployed). The body is parsed here, once
+        (``ha_serving._instructions.parse_instruction``). Either way it is recorded as
         consumed, so the link resumes after it and later instructions flow; a rejection
         is also recorded in the state (``rejected``), where the leader reads it and ends
         the operation as failed with the reason."""
@@ -475,13 +436,14 @@ class AppMasterCore:
         reason: str | None = None
         try:
             await self._fence(epoch)  # a stale leader's instruction is refused, not judged
-            kind = instruction_kind(body)
-            if kind in RELEASE_KINDS:
-                outcome = await self.release(body, op_id=op_id, epoch=epoch)
-            else:
-                spec = ServiceSpec.model_validate(body["spec"])
-                ack = await self.apply(spec, body["package"], op_id=op_id, epoch=epoch, kind=kind)
+            typed = parse_instruction(body)
+            if isinstance(typed, DeployBody):
+                ack = await self.apply(
+                    typed.spec, typed.package, op_id=op_id, epoch=epoch, kind=typed.kind
+                )
                 outcome = "duplicate" if ack["duplicate"] else "applied"
+            else:
+                outcome = await self.release(typed, op_id=op_id, epoch=epoch)
         except (InvalidSpec, StaleInstruction) as exc:
             # cannot be carried out here (rejected) or comes from a stale leader (refused):
             # consumed all the same, and said so in the log and the audit trail

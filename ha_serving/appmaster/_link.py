@@ -12,7 +12,6 @@ against each other there."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import grpc
@@ -100,8 +99,9 @@ class KeeperLink:
                         linked = True
                         self.core.log.info("linked to keeper %s", keeper)
                     if msg.id != 0:  # else the Keeper's beat
+                        # parsed there: a body that is not JSON is rejected, not raised
                         await self.core.take_instruction(
-                            msg.id, json.loads(msg.body_json), op_id=msg.op_id, epoch=msg.epoch
+                            msg.id, msg.body_json, op_id=msg.op_id, epoch=msg.epoch
                         )
                         self.consumed += 1
                     self._beat(stub, keeper)

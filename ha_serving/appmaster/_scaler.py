@@ -25,14 +25,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
 
 from ha_serving._errors import TransientError
 from ha_serving._settings import AutoscaleSettings
 from ha_serving._spec import AutoscalingPolicy, PredictivePolicy
 from ha_serving.appmaster._autoscale import Decision, Reading, ScalerMemory, decide
+from ha_serving.appmaster._context import JobContext, Mutate
 from ha_serving.appmaster._forecast import (
     forecast_instances,
     forecast_rate,
@@ -40,29 +39,15 @@ from ha_serving.appmaster._forecast import (
 )
 from ha_serving.appmaster._state import AutoscaleChange, JobState, ProxyPhase
 from ha_serving.proxy import ProxyFigures, read_figures
-from ha_serving.runtime import ActorUnavailable, Runtime
-from ha_serving.store import Store
-from ha_serving.util.clock import Clock
-
-Mutate = Callable[[Callable[[JobState], JobState]], Awaitable[JobState]]
+from ha_serving.runtime import ActorUnavailable
 
 
 class Autoscaler:
     """One service's autoscaler on one cluster (its AppMaster owns it)."""
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        runtime: Runtime,
-        cluster: str,
-        service: str,
-        clock: Clock,
-        settings: AutoscaleSettings,
-        log: Any,
-    ) -> None:
-        self.store, self.runtime, self.clock, self.settings = store, runtime, clock, settings
-        self.cluster, self.service, self.log = cluster, service, log
+    def __init__(self, job: JobContext, *, settings: AutoscaleSettings) -> None:
+        self.store, self.runtime, self.clock, self.log = job.store, job.runtime, job.clock, job.log
+        self.cluster, self.service, self.settings = job.cluster, job.service, settings
         self.memory = ScalerMemory()
         self.last: Decision | None = None
         """The latest decision, whether it changed the count or not."""

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
@@ -186,28 +186,56 @@ def p99_ms(sample: GroupSample) -> float | None:
     return None if le is None else le * 1000.0  # inf stays inf
 
 
-def analyze(before: Sample, after: Sample, policy: AnalysisPolicy) -> dict[str, Any]:
+class Check(BaseModel):
+    """One analysis check, as a release's progress keeps it (``progress.checks``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    requests: int = 0
+    """The candidate group's calls in the interval."""
+    failures: int = 0
+    success_rate: float | None = None
+    """None: no calls."""
+    p99_ms: float | None = None
+    """None: no calls, or past the last bucket (JSON has no infinity)."""
+    stable_requests: int = 0
+    stable_success_rate: float | None = None
+    stable_p99_ms: float | None = None
+    verdict: Literal["pass", "fail", "inconclusive"]
+    reason: str = ""
+    at: float | None = None
+    """When the leader judged it (the store's clock); set by the leader."""
+    step: int | None = None
+    """The release's step it judged; set by the leader."""
+    weight: int | None = None
+    """The candidate's weight during it; set by the leader."""
+
+
+def analyze(before: Sample, after: Sample, policy: AnalysisPolicy) -> Check:
     """Judge the candidate group's calls between two samples (see the module's text)."""
     cand, stable = _delta(before, after, "candidate"), _delta(before, after, "stable")
-    check: dict[str, Any] = {
-        "requests": int(cand.requests),
-        "failures": int(cand.failures),
-        "success_rate": _rate(cand),
-        "p99_ms": _finite(p99_ms(cand)),
-        "stable_requests": int(stable.requests),
-        "stable_success_rate": _rate(stable),
-        "stable_p99_ms": _finite(p99_ms(stable)),
-    }
+    success_rate = _rate(cand)
+    verdict: Literal["pass", "fail", "inconclusive"]
     if cand.requests < policy.min_requests:
         verdict, reason = "inconclusive", f"{int(cand.requests)} candidate calls"
-    elif (check["success_rate"] or 0.0) < policy.min_success_rate:
+    elif (success_rate or 0.0) < policy.min_success_rate:
         verdict = "fail"
-        reason = f"success rate {check['success_rate']:.4f} < {policy.min_success_rate}"
+        reason = f"success rate {success_rate:.4f} < {policy.min_success_rate}"
     elif (p99 := p99_ms(cand)) is not None and p99 > policy.max_p99_ms:
         verdict, reason = "fail", f"p99 {p99:.0f} ms > {policy.max_p99_ms:.0f} ms"
     else:
         verdict, reason = "pass", ""
-    return {**check, "verdict": verdict, "reason": reason}
+    return Check(
+        requests=int(cand.requests),
+        failures=int(cand.failures),
+        success_rate=success_rate,
+        p99_ms=_finite(p99_ms(cand)),
+        stable_requests=int(stable.requests),
+        stable_success_rate=_rate(stable),
+        stable_p99_ms=_finite(p99_ms(stable)),
+        verdict=verdict,
+        reason=reason,
+    )
 
 
 def _rate(sample: GroupSample) -> float | None:

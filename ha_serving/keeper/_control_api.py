@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ha_serving._errors import InvalidSpec, UnknownService, UserError
 from ha_serving._spec import ServiceSpec, parse_spec
 from ha_serving.keeper._analysis import AnalysisPolicy
-from ha_serving.keeper._releases import make_plan
+from ha_serving.keeper._plan import Plan
+from ha_serving.keeper._releases import make_plan, plan_targets
 from ha_serving.keeper._weighted import COMMANDS, WEIGHTED, release_plan
 from ha_serving.store import (
     AlreadyExists,
@@ -124,19 +125,19 @@ def deploy(
     generation = (current.spec_version + 1) if current is not None else 1
     registered = [c.name for c in store.list_clusters()]
     plan = _plan(spec, digest, generation, kind, registered, options)
-    plan["request"] = request
+    plan = plan.model_copy(update={"request": request})
     op = OperationRecord(
         op_id=op_id or f"{kind}-{uuid.uuid4().hex[:12]}",
         service=spec.name,
         kind=kind,
-        plan=plan,
+        plan=plan.to_record(),
     )
     # durable: the leader acts on this row alone; with the service record, atomically
     try:
         if kind in WEIGHTED:
             stored, created = store.create_operation(op), True
         else:
-            record = {"spec": plan["spec"], "package": digest, "generation": generation}
+            record = _service_record(plan)
             version = current.version if current is not None else None
             stored, created = store.create_operation_with_service(
                 op, record, expected_version=version
@@ -212,38 +213,46 @@ def _plan(  # noqa: PLR0917 - everything a plan is made of
     kind: str,
     registered: list[str],
     options: ReleaseOptions,
-) -> dict[str, Any]:
+) -> Plan:
     try:
-        plan = make_plan(spec, digest, generation, kind, registered)
+        release = None
         if kind in WEIGHTED:
-            plan["release"] = release_plan(
+            release = release_plan(
                 kind,
-                plan["clusters"],
+                plan_targets(spec, registered),
                 steps=options.steps,
                 pause_s=options.pause_s,
                 canary_instances=options.canary_instances,
                 analysis=options.analysis,
             )
-        elif options.drain:
-            plan["drain"] = True
+        drain = options.drain and release is None
+        return make_plan(spec, digest, generation, kind, registered, drain=drain, release=release)
     except ValueError as exc:
         raise InvalidSpec(kind, [str(exc)]) from None
-    return plan
 
 
-def record_service(store: Store, plan: dict[str, Any]) -> None:
+def _service_record(plan: Plan) -> dict[str, Any]:
+    """The service record ``plan`` makes (its spec, code and generation)."""
+    return {
+        "spec": plan.spec.model_dump(mode="json"),
+        "package": plan.package,
+        "generation": plan.generation,
+    }
+
+
+def record_service(store: Store, plan: Plan) -> None:
     """Make ``plan``'s spec the service's record (a deploy at once; a release's
     candidate once promoted)."""
-    spec = plan["spec"]
-    record = {"spec": spec, "package": plan["package"], "generation": plan["generation"]}
-    current = _current(store, spec["name"])
+    name = plan.spec.name
+    record = _service_record(plan)
+    current = _current(store, name)
     if current is None:
         try:
-            store.create_service(spec["name"], record)
+            store.create_service(name, record)
         except AlreadyExists:
-            current = store.get_service(spec["name"])
+            current = store.get_service(name)
     if current is not None:
-        store.update_service(spec["name"], record, expected_version=current.version)
+        store.update_service(name, record, expected_version=current.version)
 
 
 def _current(store: Store, name: str) -> Any:

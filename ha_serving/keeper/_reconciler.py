@@ -3,11 +3,14 @@
 Only while ``Leadership.term()`` is valid, every ``reconcile_period_s``: for each service's newest
 active operation, ``decide()`` (pure, in ``_releases``) and apply the decisions, each
 instruction stamped with the current epoch; older active operations of the same service
-are superseded. Every target cluster of a service must have a live AppMaster (its link
-heartbeats through any Keeper); one that is silent gets its serving job (re)submitted
-through the cluster's Ray Job Submission API, at most every ``resubmit_s``; a submission
-that fails (a restarted cluster whose GCS answers before its Job API does) is tried again
-after ``submit_retry_s``, not after ``resubmit_s``, which cost a restarted cluster ~30 s.
+are superseded. An operation's plan and progress are parsed once, where it is read
+(``_plan.Operation.parse``); one that does not parse ends failed with the reason in one
+line, and the round goes on with the others. Every target cluster of a service must have
+a live AppMaster (its link heartbeats through any Keeper); one that is silent gets its
+serving job (re)submitted through the cluster's Ray Job Submission API, at most every
+``resubmit_s``; a submission that fails (a restarted cluster whose GCS answers before its
+Job API does) is tried again after ``submit_retry_s``, not after ``resubmit_s``, which
+cost a restarted cluster ~30 s.
 Every timing is a ``KeeperSettings`` field (checked against the links' there), and all
 time is read from the injected clock: the reconciler's own waits from its monotonic
 reading, heartbeats and step clocks from the store's.
@@ -33,7 +36,6 @@ from ha_serving._jobstate import JobState
 from ha_serving._settings import KeeperSettings
 from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.keeper._analysis import (
-    AnalysisPolicy,
     MetricsScraper,
     Sample,
     analyze,
@@ -41,6 +43,12 @@ from ha_serving.keeper._analysis import (
 )
 from ha_serving.keeper._control_api import record_service
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, Term
+from ha_serving.keeper._plan import (
+    Operation,
+    ReleaseProgress,
+    UnreadableOperation,
+    target_clusters,
+)
 from ha_serving.keeper._releases import (
     Advance,
     Decision,
@@ -132,17 +140,18 @@ class Reconciler:
     def round(self, term: Term) -> None:
         active = self.store.list_operations(statuses=ACTIVE)
         newest: dict[str, OperationRecord] = {}
-        for op in active:  # oldest first: the last one per service wins
-            previous = newest.get(op.service)
+        for record in active:  # oldest first: the last one per service wins
+            previous = newest.get(record.service)
             if previous is not None:
-                self._set(previous, term, status=OperationStatus.SUPERSEDED)
-            newest[op.service] = op
+                self._write(previous, term, status=OperationStatus.SUPERSEDED)
+            newest[record.service] = record
+        ops = [op for op in (self._parse(r, term) for r in newest.values()) if op is not None]
         # every active operation's targets in one transaction, not 2 per target
         targets = self.store.read_targets(
-            (t["name"], op.service) for op in newest.values() for t in op.plan["clusters"]
+            (t.name, op.service) for op in ops for t in op.plan.clusters
         )
-        for op in newest.values():
-            self._advance(op, term, targets)
+        for op in ops:
+            self._carry_out(op, term, targets)
         view = self._view()
         self._watch_clusters(view)
         self._ensure_appmasters(view)
@@ -162,11 +171,28 @@ class Reconciler:
         if any(deleted.values()):
             self.log.info("pruned %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
 
-    def _advance(
-        self, op: OperationRecord, term: Term, read: dict[tuple[str, str], Target] | None = None
+    def _parse(self, record: OperationRecord, term: Term) -> Operation | None:
+        """The operation with its plan and progress parsed; one that does not parse
+        could never be carried out: it ends failed with the reason in one line, so it
+        neither stops the round nor waits forever."""
+        try:
+            return Operation.parse(record)
+        except UnreadableOperation as exc:
+            self.log.warning("%s", exc)
+            self._end(record, term, Finish(OperationStatus.FAILED, str(exc)))
+            return None
+
+    def _advance(self, record: OperationRecord, term: Term) -> None:
+        """Carry one operation on its own a step further (tests): its targets only."""
+        op = self._parse(record, term)
+        if op is not None:
+            self._carry_out(op, term)
+
+    def _carry_out(
+        self, op: Operation, term: Term, read: dict[tuple[str, str], Target] | None = None
     ) -> None:
-        targets = [t["name"] for t in op.plan["clusters"]]
-        if read is None:  # one operation on its own (tests): its targets only
+        targets = [t.name for t in op.plan.clusters]
+        if read is None:
             read = self.store.read_targets((c, op.service) for c in targets)
         last = {c: read[(c, op.service)].last_instruction for c in targets}
         states = {c: self._state(c, op.service, read[(c, op.service)]) for c in targets}
@@ -202,7 +228,7 @@ class Reconciler:
 
     def _decide(
         self,
-        op: OperationRecord,
+        op: Operation,
         last: dict[str, Instruction | None],
         states: dict[str, JobState | None],
         term: Term,
@@ -223,7 +249,7 @@ class Reconciler:
                     op.service,
                     decision.op_id,
                     term.epoch,
-                    decision.body,
+                    decision.body.to_record(),
                     fence=LEASE_NAME,
                 )
                 self.log.info("instructed %s/%s (%s)", decision.cluster, op.service, op.op_id)
@@ -233,27 +259,29 @@ class Reconciler:
                 op = self._set(op, term, progress=decision.progress)
             elif isinstance(decision, Finish):
                 if op.kind in WEIGHTED and decision.status == OperationStatus.SUCCEEDED:
-                    record_service(self.store, dict(op.plan))  # the candidate is the service now
-                op = self._set(op, term, status=decision.status, error=decision.error)
-                self._samples.pop(op.op_id, None)
-                self.log.info("operation %s %s", op.op_id, decision.status)
-                self.store.append_event(
-                    "operation",
-                    service=op.service,
-                    op_id=op.op_id,
-                    epoch=term.epoch,
-                    detail={"status": op.status, "error": op.error},
-                )
+                    record_service(self.store, op.plan)  # the candidate is the service now
+                self._end(op.record, term, decision)
 
-    def _analyse(
-        self, op: OperationRecord, states: dict[str, JobState | None], term: Term
-    ) -> OperationRecord:
+    def _end(self, record: OperationRecord, term: Term, finish: Finish) -> None:
+        """End the operation as ``finish`` says, in the audit trail too."""
+        record = self._write(record, term, status=finish.status, error=finish.error)
+        self._samples.pop(record.op_id, None)
+        self.log.info("operation %s %s", record.op_id, finish.status)
+        self.store.append_event(
+            "operation",
+            service=record.service,
+            op_id=record.op_id,
+            epoch=term.epoch,
+            detail={"status": record.status, "error": record.error},
+        )
+
+    def _analyse(self, op: Operation, states: dict[str, JobState | None], term: Term) -> Operation:
         """While the candidate takes traffic, every ``interval_s`` judge the interval's
         calls from the proxies' metrics and record the check in the op's progress."""
-        progress = op.progress or {}
-        if op.step < 1 or progress.get("ending") or progress.get("step") != op.step:
+        progress = op.progress
+        if op.step < 1 or progress.ending or progress.step != op.step:
             return op
-        policy = AnalysisPolicy.model_validate(op.plan["release"]["analysis"])
+        policy = op.plan.weighted().analysis
         now = self.clock.monotonic()
         previous = self._samples.get(op.op_id)
         if previous is not None and now - previous[0] < policy.interval_s:
@@ -262,16 +290,29 @@ class Reconciler:
         self._samples[op.op_id] = (now, sample)
         if previous is None:
             return op  # the baseline: the first check covers the next interval
-        check = analyze(previous[1], sample, policy)
-        check.update(at=self.store.now(), step=op.step, weight=progress.get("weight"))
-        if check["verdict"] == "fail":
-            self.log.warning("release %s: analysis failed: %s", op.op_id, check["reason"])
+        check = analyze(previous[1], sample, policy).model_copy(
+            update={"at": self.store.now(), "step": op.step, "weight": progress.weight}
+        )
+        if check.verdict == "fail":
+            self.log.warning("release %s: analysis failed: %s", op.op_id, check.reason)
         self.leadership.require()
         return self._set(op, term, progress=add_check(progress, check))
 
-    def _set(self, op: OperationRecord, term: Term, **changes: Any) -> OperationRecord:
+    def _set(
+        self, op: Operation, term: Term, *, progress: ReleaseProgress | None = None, **changes: Any
+    ) -> Operation:
+        """Write ``changes`` (and ``progress``) to the operation's row."""
+        if progress is not None:
+            changes["progress"] = progress.to_record()
+        return op.written(self._write(op.record, term, **changes), progress)
+
+    def _write(self, record: OperationRecord, term: Term, **changes: Any) -> OperationRecord:
         return self.store.advance_operation(
-            op.op_id, expected_version=op.version, epoch=term.epoch, fence=LEASE_NAME, **changes
+            record.op_id,
+            expected_version=record.version,
+            epoch=term.epoch,
+            fence=LEASE_NAME,
+            **changes,
         )
 
     def _watch_clusters(self, view: _View | None = None) -> None:
@@ -335,7 +376,7 @@ class Reconciler:
         """(cluster, service) pairs that must have an AppMaster: the targets of each
         service's newest operation that got anywhere."""
         latest = self.store.latest_operations(exclude_status=OperationStatus.SUPERSEDED)
-        return [(t["name"], op.service) for op in latest for t in op.plan["clusters"]]
+        return [(c, op.service) for op in latest for c in target_clusters(op.plan)]
 
 
 def _answers(address: str, timeout_s: float = 0.5) -> bool:

@@ -33,19 +33,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from pydantic import ValidationError
+
+from ha_serving._instructions import Body, DeployBody, TrafficBody
 from ha_serving._jobstate import JobState
-from ha_serving._spec import ServiceSpec, scaled_instances
+from ha_serving._spec import ServiceSpec
 from ha_serving._status import ACTIVE, OperationStatus
-from ha_serving.store import Instruction, OperationRecord
+from ha_serving.keeper._plan import (
+    ClusterTarget,
+    Operation,
+    Plan,
+    ReleasePlan,
+    ReleaseProgress,
+)
+from ha_serving.store import Instruction
 
 
 @dataclass(frozen=True)
 class Instruct:
     cluster: str
     op_id: str
-    body: dict[str, Any]
+    body: Body
 
 
 @dataclass(frozen=True)
@@ -64,27 +73,27 @@ class Progress:
     """Replace the operation's progress record (a weighted release's step clock, weight,
     analysis and how it ends)."""
 
-    progress: dict[str, Any]
+    progress: ReleaseProgress
 
 
 Decision = Instruct | Advance | Finish | Progress
 
 
-def make_plan(
-    spec: ServiceSpec, package: str, generation: int, kind: str, registered: list[str]
-) -> dict[str, Any]:
-    """The operation's plan: target clusters in order, with their instance counts."""
+def plan_targets(spec: ServiceSpec, registered: list[str]) -> tuple[ClusterTarget, ...]:
+    """The clusters ``spec``'s placement names among the ``registered`` ones, in order,
+    with their instance counts; ValueError if the placement or a cluster's count does
+    not fit."""
     placement = spec.placement
     if placement.clusters:
         unknown = [c.name for c in placement.clusters if c.name not in registered]
         if unknown:
             raise ValueError(f"unknown clusters {unknown}; registered: {registered}")
         targets = [
-            {
-                "name": c.name,
-                "instances": spec.instances if c.instances is None else c.instances,
-                "weight": c.weight,
-            }
+            ClusterTarget(
+                name=c.name,
+                instances=spec.instances if c.instances is None else c.instances,
+                weight=c.weight,
+            )
             for c in placement.clusters
         ]
     else:
@@ -92,52 +101,86 @@ def make_plan(
         if want > len(registered):
             raise ValueError(f"placement wants {want} clusters; {len(registered)} registered")
         targets = [
-            {"name": name, "instances": spec.instances, "weight": 100}
+            ClusterTarget(name=name, instances=spec.instances, weight=100)
             for name in sorted(registered)[:want]
         ]
-    return {
-        "clusters": targets,
-        "spec": spec.model_dump(mode="json"),
-        "package": package,
-        "generation": generation,
-        "kind": kind,
-    }
+    for t in targets:  # each cluster's instruction carries the spec with its count
+        _check_count(spec, t)
+    return tuple(targets)
 
 
-def cluster_body(plan: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+def make_plan(
+    spec: ServiceSpec,
+    package: str,
+    generation: int,
+    kind: str,
+    registered: list[str],
+    *,
+    drain: bool = False,
+    release: ReleasePlan | None = None,
+) -> Plan:
+    """The operation's plan: its target clusters (``plan_targets``) and what it rolls
+    out; a canary or blue-green has its ``release`` (``_weighted.release_plan``).
+    ValueError (pydantic's ValidationError) for an unknown ``kind``."""
+    return Plan.model_validate(
+        {
+            "clusters": plan_targets(spec, registered),
+            "spec": spec,
+            "package": package,
+            "generation": generation,
+            "kind": kind,
+            "drain": drain,
+            "release": release,
+        }
+    )
+
+
+def _check_count(spec: ServiceSpec, target: ClusterTarget) -> None:
+    """ValueError, in one line, if ``spec`` with ``target``'s count does not validate
+    (autoscaling's bounds)."""
+    try:
+        ServiceSpec.model_validate({**spec.model_dump(), "instances": target.instances})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        why = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+        raise ValueError(f"cluster {target.name}: {why}") from None
+
+
+def cluster_body(plan: Plan, target: ClusterTarget) -> DeployBody:
     """The instruction for one cluster: the spec with that cluster's instance count."""
-    spec = {**plan["spec"], "instances": target["instances"]}
-    return {
-        "spec": spec,
-        "package": plan["package"],
-        "kind": plan["kind"],
-        "generation": plan["generation"],
-    }
+    return DeployBody.model_validate(
+        {
+            "spec": plan.cluster_spec(target),
+            "package": plan.package,
+            "kind": plan.kind,
+            "generation": plan.generation,
+        }
+    )
 
 
-def instruction_op_id(op: OperationRecord, cluster: str) -> str:
+def instruction_op_id(op: Operation, cluster: str) -> str:
     return f"{op.op_id}@{cluster}"
 
 
 def decide(  # noqa: PLR0911 - one return per row of the table above
-    op: OperationRecord,
-    last: dict[str, Instruction | None],
+    op: Operation,
+    last: Mapping[str, Instruction | None],
     states: Mapping[str, JobState | None],
 ) -> list[Decision]:
     """The next decisions for ``op``, given the last instruction sent to each target
     cluster and each target AppMaster's persisted state (None: no state yet)."""
     if op.status not in ACTIVE:
         return []  # finished operations are history: nothing more to decide
-    targets = op.plan["clusters"]
+    targets = op.plan.clusters
     if op.step >= len(targets):
         return [Finish(OperationStatus.SUCCEEDED)]
     target = targets[op.step]
-    cluster = target["name"]
+    cluster = target.name
     body = cluster_body(op.plan, target)
     op_id = instruction_op_id(op, cluster)
     sent = last.get(cluster)
     state = states.get(cluster)
-    if op.plan.get("drain") and len(targets) > 1 and state is not None:
+    if op.plan.drain and len(targets) > 1 and state is not None:
         return _drained_step(op, sent, state, body)
     if sent is None or sent.op_id != op_id:
         return [Instruct(cluster, op_id, body)]
@@ -153,27 +196,27 @@ def decide(  # noqa: PLR0911 - one return per row of the table above
     return []
 
 
-def _next(op: OperationRecord) -> list[Decision]:
+def _next(op: Operation) -> list[Decision]:
     nxt = op.step + 1
     done: list[Decision] = [Advance(nxt)]
-    if nxt >= len(op.plan["clusters"]):
+    if nxt >= len(op.plan.clusters):
         done.append(Finish(OperationStatus.SUCCEEDED))
     return done
 
 
 def _drained_step(  # noqa: PLR0911 - one return per sub-step
-    op: OperationRecord, sent: Instruction | None, state: JobState, body: dict[str, Any]
+    op: Operation, sent: Instruction | None, state: JobState, body: DeployBody
 ) -> list[Decision]:
     """One cluster's step with its traffic drained first: its weight goes to 0 (clients
     move to the other clusters), it is rolled, its weight comes back, then the next.
     The last instruction sent to the cluster says which of the three it is at; an
     update the cluster rejected gets its weight restored, then fails the operation."""
-    cluster = op.plan["clusters"][op.step]["name"]
+    cluster = op.plan.clusters[op.step].name
     update = instruction_op_id(op, cluster)
     drain, restore = f"{op.op_id}#drain@{cluster}", f"{op.op_id}#restore@{cluster}"
     at = sent.op_id if sent is not None else ""
     if at not in (drain, update, restore):
-        return [Instruct(cluster, drain, {"kind": "traffic", "weight": 0})]
+        return [Instruct(cluster, drain, TrafficBody(weight=0))]
     if at != update and state.rejection(at) is not None:
         return [
             Finish(
@@ -184,7 +227,7 @@ def _drained_step(  # noqa: PLR0911 - one return per sub-step
         return [Instruct(cluster, update, body)] if state.cluster_weight == 0 else []
     if at == update:
         if state.rolled_back(update) or converged(state, body) or state.rejection(update):
-            return [Instruct(cluster, restore, {"kind": "traffic", "weight": None})]
+            return [Instruct(cluster, restore, TrafficBody(weight=None))]
         return []
     if state.cluster_weight is not None:
         return []
@@ -196,10 +239,10 @@ def _drained_step(  # noqa: PLR0911 - one return per sub-step
     return _next(op)
 
 
-def converged(state: JobState, body: Mapping[str, Any]) -> bool:
+def converged(state: JobState, body: DeployBody) -> bool:
     """The AppMaster serves exactly ``body``'s revision on every instance, at the count
     the instruction asks for (or, autoscaled, the autoscaler's within its bounds):
     ``JobState.applied``."""
-    spec = body["spec"]
-    count = scaled_instances(spec, state.autoscaled)
-    return state.applied(spec["version"], body["package"], spec.get("config", {}), count)
+    spec = body.spec
+    count = spec.scaled(state.autoscaled)
+    return state.applied(spec.version, body.package, spec.config, count)

@@ -35,11 +35,13 @@ so nothing is applied twice, and the step's clock (``step_at``) is durable.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+from ha_serving._instructions import EndReleaseBody, ReleaseBody
 from ha_serving._jobstate import JobState
-from ha_serving._status import ACTIVE, RELEASE_MODES, OperationStatus
-from ha_serving.keeper._analysis import AnalysisPolicy
+from ha_serving._status import ACTIVE, RELEASE_MODES, OperationStatus, ReleaseMode
+from ha_serving.keeper._analysis import AnalysisPolicy, Check
+from ha_serving.keeper._plan import ClusterTarget, Operation, Plan, ReleasePlan, ReleaseProgress
 from ha_serving.keeper._releases import (
     Advance,
     Decision,
@@ -47,7 +49,7 @@ from ha_serving.keeper._releases import (
     Instruct,
     Progress,
 )
-from ha_serving.store import Instruction, OperationRecord
+from ha_serving.store import Instruction
 
 WEIGHTED = RELEASE_MODES
 """Operation kinds that are releases (``ha_serving._status.ReleaseMode``)."""
@@ -58,13 +60,13 @@ MAX_CHECKS = 20
 
 def release_plan(
     mode: str,
-    targets: list[dict[str, Any]],
+    targets: tuple[ClusterTarget, ...],
     *,
     steps: list[int] | None,
     pause_s: float,
     canary_instances: int,
     analysis: AnalysisPolicy,
-) -> dict[str, Any]:
+) -> ReleasePlan:
     """The ``release`` part of a weighted operation's plan; ValueError if it is wrong."""
     if mode not in WEIGHTED:
         raise ValueError(f"unknown release mode {mode!r}: one of {WEIGHTED}")
@@ -78,49 +80,47 @@ def release_plan(
     instances: dict[str, int] = {}
     for t in targets:
         if mode == "blue_green":
-            instances[t["name"]] = t["instances"]
-        elif not 1 <= canary_instances < t["instances"]:
+            instances[t.name] = t.instances
+        elif not 1 <= canary_instances < t.instances:
             raise ValueError(
-                f"cluster {t['name']} has {t['instances']} instances: a canary takes "
-                f"1..{t['instances'] - 1} of them, not {canary_instances}"
+                f"cluster {t.name} has {t.instances} instances: a canary takes "
+                f"1..{t.instances - 1} of them, not {canary_instances}"
             )
         else:
-            instances[t["name"]] = canary_instances
-    return {
-        "mode": mode,
-        "steps": steps,
-        "pause_s": pause_s,
-        "instances": instances,
-        "analysis": analysis.model_dump(),
-    }
+            instances[t.name] = canary_instances
+    return ReleasePlan(
+        mode=ReleaseMode(mode),
+        steps=tuple(steps),
+        pause_s=pause_s,
+        instances=instances,
+        analysis=analysis,
+    )
 
 
-def step_op_id(op: OperationRecord, step: int | str, cluster: str) -> str:
+def step_op_id(op: Operation, step: int | str, cluster: str) -> str:
     return f"{op.op_id}#{step}@{cluster}"
 
 
-def release_body(op: OperationRecord, cluster: str, weight: int) -> dict[str, Any]:
+def release_body(op: Operation, cluster: str, weight: int) -> ReleaseBody:
     plan = op.plan
-    release = plan["release"]
-    target = next(t for t in plan["clusters"] if t["name"] == cluster)
-    return {
-        "kind": "release",
-        "op": op.op_id,
-        "mode": release["mode"],
-        "spec": {**plan["spec"], "instances": target["instances"]},
-        "package": plan["package"],
-        "instances": release["instances"][cluster],
-        "weight": weight,
-    }
+    release = plan.weighted()
+    return ReleaseBody(
+        op=op.op_id,
+        mode=release.mode,
+        spec=plan.cluster_spec(plan.target(cluster)),
+        package=plan.package,
+        instances=release.instances[cluster],
+        weight=weight,
+    )
 
 
-def weight_at(op: OperationRecord, step: int) -> int:
-    steps = op.plan["release"]["steps"]
+def weight_at(op: Operation, step: int) -> int:
+    steps = op.plan.weighted().steps
     return 0 if step == 0 else int(steps[min(step, len(steps)) - 1])
 
 
 def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the module's table
-    op: OperationRecord,
+    op: Operation,
     last: Mapping[str, Instruction | None],
     states: Mapping[str, JobState | None],
     now: float,
@@ -128,13 +128,14 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
     """The next decisions for a canary or blue-green operation (see the module's table)."""
     if op.status not in ACTIVE:
         return []
-    release = op.plan["release"]
-    targets = [t["name"] for t in op.plan["clusters"]]
-    progress = dict(op.progress or {})
-    ending = progress.get("ending")
+    release = op.plan.weighted()
+    targets = [t.name for t in op.plan.clusters]
+    progress = op.progress
+    ending = progress.ending
     if ending is None:
         absent = [c for c in targets if states.get(c) is None]
-        if op.step == 0 and not progress and absent:  # nothing sent yet: nothing to undo
+        nothing_sent = progress == ReleaseProgress()
+        if op.step == 0 and nothing_sent and absent:  # nothing to undo
             return [
                 Finish(
                     OperationStatus.FAILED,
@@ -142,13 +143,12 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
                     f"deploy it there before a {op.kind}",
                 )
             ]
-        reason = _why_end(op, progress, last, states, targets)
+        reason = _why_end(op, last, states, targets)
         if reason is not None:
             kind, why, failed = reason
-            ends: dict[str, Any] = {"ending": kind, "reason": why}
-            if failed:  # the release is undone all the same, then the op fails
-                ends["failed"] = True
-            return [Progress({**progress, **ends})]
+            # failed: the release is undone all the same, then the op fails
+            ends = {"ending": kind, "reason": why, "failed": failed}
+            return [Progress(progress.model_copy(update=ends))]
         # the step: its weight on every cluster, then its pause
         weight = weight_at(op, op.step)
         sends: list[Decision] = [
@@ -157,30 +157,33 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
             if _sent(last.get(c)) != step_op_id(op, op.step, c)
         ]
         if sends:
-            return [*sends, Progress({**progress, "weight": weight})] if op.step == 0 else sends
+            weighed = Progress(progress.model_copy(update={"weight": weight}))
+            return [*sends, weighed] if op.step == 0 else sends
         if not all(_ready(states.get(c), op.op_id, weight) for c in targets):
             return []
-        if progress.get("step") != op.step:  # it just took effect everywhere: start its clock
-            return [Progress({**progress, "step": op.step, "weight": weight, "step_at": now})]
+        if progress.step != op.step:  # it just took effect everywhere: start its clock
+            started = {"step": op.step, "weight": weight, "step_at": now}
+            return [Progress(progress.model_copy(update=started))]
         if op.command == "pause":
             return []  # held, even before the candidate's first traffic
         if op.step == 0:
             return [Advance(1)]
-        if now - float(progress["step_at"]) < release["pause_s"]:
+        if now - (progress.step_at or 0.0) < release.pause_s:
             return []
-        if op.step >= len(release["steps"]):
-            return [Progress({**progress, "ending": "promote", "reason": "every step passed"})]
+        if op.step >= len(release.steps):
+            passed = {"ending": "promote", "reason": "every step passed"}
+            return [Progress(progress.model_copy(update=passed))]
         return [Advance(op.step + 1)]
 
     # the end: promote or abort on every cluster, then wait for each to converge
     sends = [
-        Instruct(c, step_op_id(op, ending, c), {"kind": ending, "op": op.op_id})
+        Instruct(c, step_op_id(op, ending, c), EndReleaseBody(kind=ending, op=op.op_id))
         for c in targets
         if _sent(last.get(c)) != step_op_id(op, ending, c)
     ]
     if sends:
         weight = 100 if ending == "promote" else 0
-        return [*sends, Progress({**progress, "weight": weight})]
+        return [*sends, Progress(progress.model_copy(update={"weight": weight}))]
     for c in targets:
         state = states.get(c)
         refused = state.rejection(step_op_id(op, ending, c)) if state is not None else None
@@ -201,26 +204,23 @@ def decide_weighted(  # noqa: PLR0911, PLR0912 - one return per row of the modul
         return []
     if ending == "promote":
         return [Finish(OperationStatus.SUCCEEDED)]
-    status = (
-        OperationStatus.ABORTED
-        if progress.get("reason") == OPERATOR_ABORT
-        else OperationStatus.ROLLED_BACK
-    )
-    if progress.get("failed"):
+    status = OperationStatus.ROLLED_BACK
+    if progress.reason == OPERATOR_ABORT:
+        status = OperationStatus.ABORTED
+    if progress.failed:
         status = OperationStatus.FAILED
-    return [Finish(status, progress.get("reason"))]
+    return [Finish(status, progress.reason)]
 
 
 OPERATOR_ABORT = "aborted by the operator"
 
 
 def _why_end(
-    op: OperationRecord,
-    progress: Mapping[str, Any],
+    op: Operation,
     last: Mapping[str, Instruction | None],
     states: Mapping[str, JobState | None],
     targets: list[str],
-) -> tuple[str, str, bool] | None:
+) -> tuple[Literal["promote", "abort"], str, bool] | None:
     """("promote"|"abort", why, failed) if the release must end now, else None;
     ``failed``: it ends because a cluster rejected one of its instructions."""
     if op.command == "abort":
@@ -232,10 +232,10 @@ def _why_end(
         why = state.rejection(sent)
         if why is not None:
             return "abort", f"cluster {c} rejected {sent}: {why}", True
-    policy = AnalysisPolicy.model_validate(op.plan["release"]["analysis"])
-    failed = int(progress.get("failed_checks", 0))
+    policy = op.plan.weighted().analysis
+    failed = op.progress.failed_checks
     if failed >= policy.max_failed_checks:
-        why = f"analysis failed {failed} checks, last: {progress.get('last_failure')}"
+        why = f"analysis failed {failed} checks, last: {op.progress.last_failure}"
         return "abort", why, False
     for c in targets:
         state = states.get(c)
@@ -246,14 +246,13 @@ def _why_end(
     return None
 
 
-def add_check(progress: Mapping[str, Any], check: Mapping[str, Any]) -> dict[str, Any]:
+def add_check(progress: ReleaseProgress, check: Check) -> ReleaseProgress:
     """``progress`` with one more analysis check: the newest MAX_CHECKS are kept, and
     failed ones are counted apart, since that count decides the rollback."""
-    out = {**progress, "checks": [*progress.get("checks", ()), dict(check)][-MAX_CHECKS:]}
-    if check.get("verdict") == "fail":
-        out["failed_checks"] = int(progress.get("failed_checks", 0)) + 1
-        out["last_failure"] = check.get("reason")
-    return out
+    update: dict[str, Any] = {"checks": (*progress.checks, check)[-MAX_CHECKS:]}
+    if check.verdict == "fail":
+        update.update(failed_checks=progress.failed_checks + 1, last_failure=check.reason)
+    return progress.model_copy(update=update)
 
 
 def _sent(instruction: Instruction | None) -> str | None:
@@ -265,10 +264,9 @@ def _ready(state: JobState | None, op_id: str, weight: int) -> bool:
     return state is not None and state.release_ready(op_id, weight)
 
 
-def _promoted(plan: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+def _promoted(plan: Plan) -> tuple[str, str, dict[str, Any]]:
     """The (version, package, config) a promotion of ``plan`` makes ``desired``."""
-    spec = plan["spec"]
-    return spec["version"], plan["package"], spec.get("config", {})
+    return plan.spec.version, plan.package, plan.spec.config
 
 
 def _settled(

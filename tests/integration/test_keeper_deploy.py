@@ -20,6 +20,7 @@ from ha_serving._spec import load_spec, parse_spec
 from ha_serving.backend import make_package
 from ha_serving.client import discovered_client
 from ha_serving.keeper import KeeperClient, KeeperError, KeeperRefused, keeper_status
+from ha_serving.keeper._plan import Operation
 from ha_serving.keeper._releases import cluster_body, instruction_op_id, make_plan
 from ha_serving.store import EventRecord, OperationRecord, Store
 from tests.integration.conftest import stack_settings
@@ -165,14 +166,15 @@ def test_a_stale_leaders_instruction_is_refused_by_the_appmaster(
         assert after[0]["desired"]["config"]["prefix"] == before["desired"]["config"]["prefix"]
 
 
-def test_an_instruction_the_appmaster_cannot_carry_out_fails_its_operation(
+def test_an_operation_that_cannot_be_carried_out_fails_and_the_next_flows(
     mstack: infra.Topology, keeper: KeeperClient
 ) -> None:
-    """Issue 11: an operation whose instruction the AppMaster cannot carry out (a
-    "release" deploy, as an older Keeper recorded it; the control API refuses the kind
-    now) ends failed with the AppMaster's one-line reason instead of wedging the link,
-    and the next operation of the service is carried out. Deploy validates op_ids and
-    answers a repeated one with its operation."""
+    """Issue 11: an operation that cannot be carried out (a "release" deploy, as an older
+    Keeper recorded it; the control API refuses the kind now, and the leader cannot parse
+    its plan) ends failed with a one-line reason instead of wedging the service, and the
+    next operation of the service is carried out. Deploy validates op_ids and answers a
+    repeated one with its operation. (The AppMaster's own rejection of an instruction it
+    cannot carry out: tests/unit/test_appmaster.py and test_weighted.py.)"""
     _ensure_deployed(mstack, keeper)
     with pytest.raises(KeeperRefused) as refused:
         keeper.deploy(_spec_json(), b"", kind="release")
@@ -183,13 +185,14 @@ def test_an_instruction_the_appmaster_cannot_carry_out_fails_its_operation(
     with Store.connect(mstack.db.ref()) as store:
         current = store.get_service("multi")
         spec = parse_spec(json.loads(_spec_json()))
-        plan = make_plan(spec, current.spec["package"], 0, "release", ["a", "b"])
+        plan = make_plan(spec, current.spec["package"], 0, "deploy", ["a", "b"])
+        old = {**plan.to_record(), "kind": "release"}  # as the older Keeper wrote it
         store.create_operation(
-            OperationRecord(op_id="wedge-1", service="multi", kind="release", plan=plan)
+            OperationRecord(op_id="wedge-1", service="multi", kind="release", plan=old)
         )
     op = _wait_op(keeper, "wedge-1", timeout_s=60)
     assert op["status"] == "failed", op
-    assert op["error"].startswith("cluster a rejected wedge-1@a: "), op
+    assert op["error"].startswith("the plan of wedge-1 does not parse: kind: "), op
     assert "\n" not in op["error"]
     body = _spec_json(config={"prefix": "after-reject"})
     op_id = keeper.deploy(body, b"", kind="config", op_id="after-reject-1")
@@ -330,12 +333,10 @@ def test_a_paused_leader_is_fenced_after_it_resumes(
             time.sleep(0.1)
 
         # (b) what its interrupted round would have sent to b, at its old epoch: refused
-        op = store.get_operation(op_id)
-        target = next(t for t in op.plan["clusters"] if t["name"] == "b")
+        op = Operation.parse(store.get_operation(op_id))
         stale_op = instruction_op_id(op, "b")
-        stale_id = store.add_instruction(
-            "b", "multi", stale_op, old_epoch, cluster_body(op.plan, target)
-        )
+        body = cluster_body(op.plan, op.plan.target("b")).to_record()
+        stale_id = store.add_instruction("b", "multi", stale_op, old_epoch, body)
 
         def refusal() -> EventRecord | None:
             return next(

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from ha_serving._errors import StoreUnavailable
+from ha_serving._instructions import EndReleaseBody, ReleaseBody, TrafficBody
 from ha_serving._spec import Revision, ServiceSpec, parse_spec
+from ha_serving._status import ReleaseMode
 from ha_serving.appmaster import AppMasterCore, JobState, Phase, StaleInstruction, UnknownEpoch
 from ha_serving.appmaster._actor import worker_spec
 from ha_serving.appmaster._state import OUT_OF_SERVICE
@@ -459,16 +461,15 @@ def test_state_saved_by_an_earlier_version_is_still_read() -> None:
 
 def _release(  # noqa: PLR0917 - a test's shorthand
     h: Harness, fixture: str, op: str, mode: str, n: int, weight: int
-) -> dict[str, Any]:
-    return {
-        "kind": "release",
-        "op": op,
-        "mode": mode,
-        "spec": spec(version=fixture.replace("echo_", "")).model_dump(mode="json"),
-        "package": h.package(fixture),
-        "instances": n,
-        "weight": weight,
-    }
+) -> ReleaseBody:
+    return ReleaseBody(
+        op=op,
+        mode=ReleaseMode(mode),
+        spec=spec(version=fixture.replace("echo_", "")),
+        package=h.package(fixture),
+        instances=n,
+        weight=weight,
+    )
 
 
 def _groups(h: Harness) -> dict[str, set[str]]:
@@ -497,11 +498,11 @@ def test_canary_takes_instances_in_place_and_weights_then_promotes(h: Harness) -
         assert _groups(h) == {"stable": {"v1"}, "candidate": {"v2"}}
         assert sum(e.group == "candidate" for e in table.entries) == 2
         assert len(table.entries) == 6
-        step = {**body, "weight": 50}
+        step = body.model_copy(update={"weight": 50})
         await h.core.release(step, op_id="canary-1#1@a", epoch=1)
         await h.converge()
         assert h.proxies()[0].table.candidate_weight == 50
-        promote = {"kind": "promote", "op": "canary-1"}
+        promote = EndReleaseBody(kind="promote", op="canary-1")
         await h.core.release(promote, op_id="canary-1#promote@a", epoch=1)
         await h.converge()
         _check_rollout_invariants(h, 2)
@@ -524,7 +525,8 @@ def test_aborted_canary_loses_its_traffic_at_once_and_rolls_back_in_place(h: Har
             _release(h, "echo_v2", "canary-1", "canary", 2, 50), op_id="c#0@a", epoch=1
         )
         await h.converge()
-        await h.core.release({"kind": "abort", "op": "canary-1"}, op_id="c#abort@a", epoch=1)
+        abort = EndReleaseBody(kind="abort", op="canary-1")
+        await h.core.release(abort, op_id="c#abort@a", epoch=1)
         # the very next table gives the candidate nothing, before any instance is touched
         await h.core.round()
         assert h.proxies()[0].table.candidate_weight == 0
@@ -540,7 +542,7 @@ def test_failing_canary_aborts_itself_after_the_threshold(h: Harness) -> None:
         await h.deploy(spec(), "echo_v1", "op-1")
         await h.converge()
         body = _release(h, "sick", "canary-1", "canary", 2, 20)
-        body["spec"] = spec(version="sick").model_dump(mode="json")
+        body = body.model_copy(update={"spec": spec(version="sick")})
         await h.core.release(body, op_id="c#0@a", epoch=1)
         await h.converge()
         state = h.core.state
@@ -570,10 +572,11 @@ def test_blue_green_adds_a_full_green_set_switches_and_retires_blue(h: Harness) 
         assert _groups(h) == {"stable": {"v1"}, "candidate": {"v2"}}
         green_workers = {n for n in h.runtime.actors if "-w" in n} - blue_workers
         assert len(green_workers) == 3
-        await h.core.release({**body, "weight": 100}, op_id="bg-1#1@a", epoch=1)
+        await h.core.release(body.model_copy(update={"weight": 100}), op_id="bg-1#1@a", epoch=1)
         await h.converge()
         assert h.proxies()[0].table.candidate_weight == 100
-        await h.core.release({"kind": "promote", "op": "bg-1"}, op_id="bg-1#p@a", epoch=1)
+        promote = EndReleaseBody(kind="promote", op="bg-1")
+        await h.core.release(promote, op_id="bg-1#p@a", epoch=1)
         await h.converge()
         assert _groups(h) == {"stable": {"v2"}}
         assert len(h.proxies()[0].table.entries) == 6
@@ -589,7 +592,8 @@ def test_blue_green_rollback_is_a_traffic_flip_and_green_retires(h: Harness) -> 
         body = _release(h, "echo_v2", "bg-1", "blue_green", 6, 100)
         await h.core.release(body, op_id="bg-1#0@a", epoch=1)
         await h.converge()
-        await h.core.release({"kind": "abort", "op": "bg-1"}, op_id="bg-1#a@a", epoch=1)
+        abort = EndReleaseBody(kind="abort", op="bg-1")
+        await h.core.release(abort, op_id="bg-1#a@a", epoch=1)
         await h.core.round()
         table = h.proxies()[0].table
         assert table.candidate_weight == 0
@@ -610,7 +614,7 @@ def test_release_instructions_are_fenced_and_idempotent(h: Harness) -> None:
             await h.core.release(body, op_id="c#0@a", epoch=4)
         assert await h.core.release(body, op_id="c#0@a", epoch=5) == "applied"
         assert await h.core.release(body, op_id="c#0@a", epoch=5) == "duplicate"
-        await h.core.release({"kind": "traffic", "weight": 0}, op_id="t#1@a", epoch=6)
+        await h.core.release(TrafficBody(weight=0), op_id="t#1@a", epoch=6)
         await h.converge()
         state = h.core.state
         assert state is not None
@@ -638,7 +642,7 @@ def test_ending_a_release_that_is_not_running_is_rejected_with_the_reason(h: Har
         consumed = {"rejected": {}, "last_instruction": 0, "highest_epoch": 0}
         assert h.core.state.model_copy(update=consumed) == before  # nothing else changed
         body = _release(h, "echo_v2", "canary-1", "canary", 2, 10)
-        assert await take(2, body, op_id="canary-1#0@a", epoch=1) == "applied"
+        assert await take(2, body.to_record(), op_id="canary-1#0@a", epoch=1) == "applied"
         await h.converge()
         promote2 = {"kind": "promote", "op": "canary-2"}
         assert await take(3, promote2, op_id="canary-2#promote@a", epoch=1) == "rejected"
@@ -675,8 +679,8 @@ def test_an_abort_of_a_release_it_aborted_itself_is_in_effect_not_rejected(
         await h.deploy(spec(), "echo_v1", "op-1")
         await h.converge()
         body = _release(h, "sick", "canary-1", "canary", 2, 20)
-        body["spec"] = spec(version="sick").model_dump(mode="json")
-        await h.core.take_instruction(1, body, op_id="canary-1#0@a", epoch=1)
+        body = body.model_copy(update={"spec": spec(version="sick")})
+        await h.core.take_instruction(1, body.to_record(), op_id="canary-1#0@a", epoch=1)
         await h.converge()
         abort = {"kind": "abort", "op": "canary-1"}
         outcome = await h.core.take_instruction(2, abort, op_id="canary-1#abort@a", epoch=1)
@@ -738,13 +742,20 @@ def test_an_instruction_it_cannot_carry_out_is_rejected_and_the_next_one_flows(
         assert await take(4, promote, op_id="op-4@a", epoch=1) == "rejected"
         changed = _body(h, "config", config={"prefix": "next"})
         assert await take(5, changed, op_id="op-5@a", epoch=2) == "applied"
+        # as the link carries it: JSON text, parsed by the core (not JSON: rejected)
+        assert await take(6, '{"kind": "scale", ', op_id="op-6@a", epoch=2) == "rejected"
+        surge = {**_body(h, "scale"), "surge": 2}  # a field it does not know: not ignored
+        assert await take(7, json.dumps(surge), op_id="op-7@a", epoch=2) == "rejected"
         state = h.core.state
         assert state is not None
-        assert state.last_instruction == 5
+        assert state.last_instruction == 7
         assert state.desired.config == {"prefix": "next"}
-        assert set(state.rejected) == {"op-2@a", "op-3@a", "op-4@a"}
+        assert set(state.rejected) == {"op-2@a", "op-3@a", "op-4@a", "op-6@a", "op-7@a"}
         assert "needs op, mode, instances, weight" in state.rejected["op-2@a"]
         assert "unknown kind 'resize'" in state.rejected["op-3@a"]
+        assert "op: Input should be a valid string" in state.rejected["op-4@a"]
+        assert state.rejected["op-6@a"].startswith("invalid instruction: not JSON: ")
+        assert "a scale instruction has no field surge" in state.rejected["op-7@a"]
         assert all("\n" not in why for why in state.rejected.values())
         saved = h.store.load_appmaster_state("a", "echo")
         assert saved is not None
@@ -765,7 +776,7 @@ def test_an_epoch_no_keeper_was_granted_is_refused(h: Harness) -> None:
         with pytest.raises(UnknownEpoch, match="lease epoch 6"):
             await h.deploy(spec(instances=2), "echo_v1", "op-2", epoch=1_000_000)
         with pytest.raises(StaleInstruction):  # the same refusal, for callers of old
-            await h.core.release({"kind": "traffic", "weight": 0}, op_id="t@a", epoch=7)
+            await h.core.release(TrafficBody(weight=0), op_id="t@a", epoch=7)
         forged = await h.core.take_instruction(
             1, _body(h, "scale", instances=1), op_id="op-3@a", epoch=99
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ha_serving._instructions import DeployBody
 from ha_serving._spec import Revision
 from ha_serving.appmaster import JobState, Phase
 from ha_serving.keeper._releases import converged as keeper_converged
@@ -289,7 +290,7 @@ def test_the_keeper_judges_an_autoscaled_job_by_the_autoscalers_count() -> None:
     rev = Revision(version="v1", package="p", import_path="echo:Echo")
     state = job_state(spec(instances=2, autoscaling=AUTO), rev, autoscaled=5)
     assert len(state.instances) == 5
-    body = {"spec": body_spec, "package": "p"}
+    body = DeployBody.model_validate({"spec": body_spec, "package": "p"})
     assert keeper_converged(state, body)
     assert not keeper_converged(state.model_copy(update={"autoscaled": 6}), body)
     assert not keeper_converged(state.model_copy(update={"autoscaled": None}), body)

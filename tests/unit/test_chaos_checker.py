@@ -54,6 +54,7 @@ from ha_serving.appmaster._actor import worker_spec
 from ha_serving.backend import make_package
 from ha_serving.client import Client
 from ha_serving.keeper._control_api import deploy
+from ha_serving.keeper._plan import Plan
 from ha_serving.keeper._releases import cluster_body
 from ha_serving.runtime import ActorSpec
 from ha_serving.store import ClusterRecord, Store
@@ -308,8 +309,8 @@ def _fenced_run(tmp_path: Path) -> tuple[list[ControlEvent], FinalState]:
         finish_operation(store, op_id, status)
 
     def instruct(n: int, op_id: str, epoch: int) -> str:
-        plan = store.get_operation(op_id).plan
-        body = cluster_body(plan, plan["clusters"][0])
+        plan = Plan.from_record(store.get_operation(op_id).plan)
+        body = cluster_body(plan, plan.clusters[0]).to_record()  # as the store keeps it
         return asyncio.run(core.take_instruction(n, body, op_id=f"{op_id}@a", epoch=epoch))
 
     history: list[ControlEvent] = []

@@ -24,8 +24,9 @@ from ha_serving.backend import make_package
 from ha_serving.keeper import Leadership
 from ha_serving.keeper._analysis import AnalysisPolicy, GroupSample, Sample, analyze, parse
 from ha_serving.keeper._control_api import command, deploy
+from ha_serving.keeper._plan import Operation
 from ha_serving.keeper._reconciler import Reconciler
-from ha_serving.keeper._releases import Finish, Instruct, Progress, make_plan
+from ha_serving.keeper._releases import Finish, Instruct, Progress, make_plan, plan_targets
 from ha_serving.keeper._weighted import decide_weighted, release_plan
 from ha_serving.proxy._metrics import ProxyMetrics
 from ha_serving.runtime import ActorSpec
@@ -363,16 +364,16 @@ def test_analysis_judges_the_interval_between_two_scrapes() -> None:
     good = [("candidate", "OK", 0.004)] * 50 + [("candidate", "UNAVAILABLE", 0.001)] * 50
     after = parse(_proxy_text(good + [("stable", "OK", 0.002)] * 30), "echo")
     check = analyze(before, after, policy)  # only the 50 new calls: all good
-    assert (check["verdict"], check["requests"], check["failures"]) == ("pass", 50, 0)
-    assert check["p99_ms"] == 5.0  # the 5 ms bucket holds the 99th percentile
-    assert check["stable_requests"] == 30
+    assert (check.verdict, check.requests, check.failures) == ("pass", 50, 0)
+    assert check.p99_ms == 5.0  # the 5 ms bucket holds the 99th percentile
+    assert check.stable_requests == 30
     failing = parse(_proxy_text(good + [("candidate", "DEADLINE_EXCEEDED", 0.2)] * 10), "echo")
     verdict = analyze(after, failing, policy)
-    assert verdict["verdict"] == "fail"
-    assert "success rate" in verdict["reason"]
+    assert verdict.verdict == "fail"
+    assert "success rate" in verdict.reason
     slow = parse(_proxy_text(good + [("candidate", "OK", 0.3)] * 20), "echo")
-    assert "p99" in analyze(after, slow, policy)["reason"]
-    assert analyze(after, after, policy)["verdict"] == "inconclusive"
+    assert "p99" in analyze(after, slow, policy).reason
+    assert analyze(after, after, policy).verdict == "inconclusive"
     other = parse(_proxy_text(good).replace('service="echo"', 'service="x"'), "echo")
     assert other == {}
 
@@ -380,33 +381,68 @@ def test_analysis_judges_the_interval_between_two_scrapes() -> None:
 # --- instructions an AppMaster cannot carry out ---------------------------------------
 
 
-def test_a_rejected_instruction_fails_its_operation_and_later_ones_flow(
+def test_an_operation_it_cannot_carry_out_fails_and_later_ones_flow(
     cp: ControlPlane,
 ) -> None:
-    """An operation whose instruction the AppMaster cannot carry out (here a "release"
-    deploy, which an older Keeper recorded; the control API now refuses the kind) ends
-    failed with the AppMaster's reason in one line, instead of wedging the link; the
-    next operation of the service is carried out."""
+    """An operation the leader cannot carry out (here a "release" deploy, which an older
+    Keeper recorded; the control API now refuses the kind, and the plan's kind does not
+    parse) ends failed with the reason in one line, before any instruction is sent,
+    instead of wedging; the next operation of the service is carried out."""
 
     async def scenario() -> None:
         await _deployed(cp)
         current = cp.store.get_service("echo")
         body = spec(version="v1", instances=4, instances_per_worker=2).model_dump(mode="json")
         body["placement"] = {"clusters": [{"name": c} for c in CLUSTERS]}
-        plan = make_plan(parse_spec(body), current.spec["package"], 2, "release", list(CLUSTERS))
+        plan = make_plan(parse_spec(body), current.spec["package"], 2, "deploy", list(CLUSTERS))
+        old = {**plan.to_record(), "kind": "release"}  # as the older Keeper wrote it
+        sent = {c: len(cp.store.list_instructions(c, "echo")) for c in CLUSTERS}
         cp.store.create_operation(
-            OperationRecord(op_id="old-1", service="echo", kind="release", plan=plan)
+            OperationRecord(op_id="old-1", service="echo", kind="release", plan=old)
         )
         op = await cp.finish("old-1")
         assert op.status == "failed"
-        assert op.error.startswith("cluster a rejected old-1@a: invalid instruction: ")
-        assert "needs op, mode, instances, weight" in op.error
+        assert op.error.startswith("the plan of old-1 does not parse: kind: "), op.error
+        assert "'deploy', 'config', 'code', 'scale', 'canary' or 'blue_green'" in op.error
         assert "\n" not in op.error
+        assert {c: len(cp.store.list_instructions(c, "echo")) for c in CLUSTERS} == sent
         after = await cp.finish(cp.deploy("v2", "code"))
         assert after.status == "succeeded"
         assert cp.versions() == {"a": {"v2"}, "b": {"v2"}}
 
     run(scenario())
+
+
+def test_an_unreadable_operation_fails_alone_and_the_round_goes_on(cp: ControlPlane) -> None:
+    """A plan or a progress that does not parse (corrupt, or not a plan at all) fails its
+    operation in one line; the other services' operations in the same round are carried
+    out, and the next round neither raises nor touches the failed ones again."""
+    run(_deployed(cp))
+    term = cp.leadership.require()
+    cp.store.create_operation(
+        OperationRecord(op_id="ghost-1", service="ghost", kind="code", plan={"steps": [1, 2]})
+    )
+    echo = cp.op(cp.deploy("v2", "canary"))  # a valid plan, for another service
+    stored = cp.store.create_operation(
+        OperationRecord(op_id="ghost-2", service="ghost2", kind="canary", plan=echo.plan)
+    )
+    cp.store.advance_operation(
+        "ghost-2", expected_version=stored.version, progress={"checks": "lost"}
+    )
+    rolling = cp.deploy("v2", "code")  # echo's newest: the canary is superseded
+    cp.store.heartbeat_appmaster("a", "echo", "echo-appmaster", term.epoch)
+    cp.store.heartbeat_appmaster("b", "echo", "echo-appmaster", term.epoch)
+    cp.reconciler.round(term)
+    ghost, ghost2 = cp.op("ghost-1"), cp.op("ghost-2")
+    assert (ghost.status, ghost2.status) == ("failed", "failed")
+    missing = "clusters: Field required (and 5 more)"
+    assert ghost.error == f"the plan of ghost-1 does not parse: {missing}"
+    assert ghost2.error.startswith("the progress of ghost-2 does not parse: checks: ")
+    assert "\n" not in ghost.error + ghost2.error
+    assert cp.op(rolling).status == "running"
+    assert [i.op_id for i in cp.store.list_instructions("a", "echo")][-1] == f"{rolling}@a"
+    cp.reconciler.round(term)
+    assert (cp.op("ghost-1").version, cp.op("ghost-2").version) == (ghost.version, ghost2.version)
 
 
 def test_a_release_onto_a_cluster_the_service_does_not_run_on_fails_at_once(
@@ -438,32 +474,27 @@ def test_a_release_step_a_cluster_rejects_is_undone_then_fails() -> None:
     """A rejected step of a canary aborts it everywhere (the other cluster may already
     send the candidate traffic); once settled, the operation ends failed, not
     rolled_back, with the reason."""
-    plan = {
-        "clusters": [{"name": c, "instances": 4, "weight": 100} for c in CLUSTERS],
-        "spec": {"version": "v2", "config": {}},
-        "package": "p2",
-        "release": release_plan(
-            "canary",
-            [{"name": c, "instances": 4} for c in CLUSTERS],
-            steps=None,
-            pause_s=0,
-            canary_instances=1,
-            analysis=AnalysisPolicy(),
-        ),
-    }
-    op = OperationRecord(
+    v1 = Revision(version="v1", package="p1", import_path="echo:Echo")
+    v2 = v1.model_copy(update={"version": "v2", "package": "p2"})
+    svc = spec(instances=4)
+    candidate = spec(version="v2", instances=4).model_dump(mode="json")
+    candidate["placement"] = {"clusters": [{"name": c} for c in CLUSTERS]}
+    targets = plan_targets(parse_spec(candidate), list(CLUSTERS))
+    release = release_plan(
+        "canary", targets, steps=None, pause_s=0, canary_instances=1, analysis=AnalysisPolicy()
+    )
+    plan = make_plan(parse_spec(candidate), "p2", 2, "canary", list(CLUSTERS), release=release)
+    record = OperationRecord(
         op_id="c-1",
         service="echo",
         kind="canary",
-        plan=plan,
+        plan=plan.to_record(),
         status="running",
         step=1,
         progress={"weight": 10, "step": 1, "step_at": 0.0},
     )
+    op = Operation.parse(record)
     sent = {c: Instruction(1, c, "echo", f"c-1#1@{c}", 1, {}) for c in CLUSTERS}
-    v1 = Revision(version="v1", package="p1", import_path="echo:Echo")
-    v2 = v1.model_copy(update={"version": "v2", "package": "p2"})
-    svc = spec(instances=4)
     canary = Release(op_id="c-1", mode=ReleaseMode.CANARY, candidate=v2, spec=svc, instances=1)
     states = {
         "a": job_state(svc, v1, release=canary.model_copy(update={"weight": 10})),
@@ -471,9 +502,9 @@ def test_a_release_step_a_cluster_rejects_is_undone_then_fails() -> None:
     }
     [end] = decide_weighted(op, sent, states, now=1.0)
     assert isinstance(end, Progress)
-    assert end.progress["ending"] == "abort"
-    assert end.progress["reason"] == "cluster b rejected c-1#1@b: invalid instruction: no"
-    op = replace(op, progress=end.progress)
+    assert end.progress.ending == "abort"
+    assert end.progress.reason == "cluster b rejected c-1#1@b: invalid instruction: no"
+    op = Operation.parse(replace(record, progress=end.progress.to_record()))
     aborts = decide_weighted(op, sent, states, now=2.0)
     assert {d.cluster for d in aborts if isinstance(d, Instruct)} == set(CLUSTERS)
     sent = {c: Instruction(2, c, "echo", f"c-1#abort@{c}", 1, {}) for c in CLUSTERS}

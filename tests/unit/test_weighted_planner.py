@@ -7,17 +7,27 @@ the outcome matches what every cluster ended up serving."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from ha_serving._instructions import Body, EndReleaseBody, ReleaseBody
 from ha_serving._jobstate import Group, JobState, Phase, Release
 from ha_serving._spec import Revision, parse_spec
 from ha_serving._status import RolloutStatus
-from ha_serving.keeper._analysis import AnalysisPolicy
-from ha_serving.keeper._releases import Advance, Finish, Instruct, Progress, make_plan
+from ha_serving.keeper._analysis import AnalysisPolicy, Check
+from ha_serving.keeper._plan import Operation, ReleaseProgress
+from ha_serving.keeper._releases import (
+    Advance,
+    Finish,
+    Instruct,
+    Progress,
+    make_plan,
+    plan_targets,
+)
 from ha_serving.keeper._weighted import (
     COMMANDS,
     add_check,
@@ -45,17 +55,17 @@ PAUSE_S = 10.0
 MAX_FAILED = 2
 
 
-def _op(mode: str) -> OperationRecord:
-    plan = make_plan(SPEC, "pkg", 2, mode, list(CLUSTERS))
-    plan["release"] = release_plan(
+def _op(mode: str) -> Operation:
+    release = release_plan(
         mode,
-        plan["clusters"],
+        plan_targets(SPEC, list(CLUSTERS)),
         steps=[10, 50, 100] if mode == "canary" else None,
         pause_s=PAUSE_S,
         canary_instances=1,
         analysis=AnalysisPolicy(max_failed_checks=MAX_FAILED),
     )
-    return OperationRecord(op_id="op", service="svc", kind=mode, plan=plan)
+    plan = make_plan(SPEC, "pkg", 2, mode, list(CLUSTERS), release=release).to_record()
+    return Operation.parse(OperationRecord(op_id="op", service="svc", kind=mode, plan=plan))
 
 
 class Cluster:
@@ -68,19 +78,19 @@ class Cluster:
         self.caught_up = True
         self.history: list[dict[str, str]] = []
 
-    def take(self, body: dict[str, Any], op_id: str) -> None:
-        if body["kind"] == "release":
-            same = self.release is not None and self.release["op_id"] == body["op"]
+    def take(self, body: Body, op_id: str) -> None:
+        if isinstance(body, ReleaseBody):
+            same = self.release is not None and self.release["op_id"] == body.op
             self.release = {
-                "op_id": body["op"],
-                "weight": body["weight"],
-                "instances": body["instances"],
-                "mode": body["mode"],
+                "op_id": body.op,
+                "weight": body.weight,
+                "instances": body.instances,
+                "mode": body.mode,
             }
             self.caught_up = same and self.caught_up  # a weight change is immediate
-        elif body["kind"] in ("promote", "abort") and self.release is not None:
+        elif isinstance(body, EndReleaseBody) and self.release is not None:
             self.release = None
-            self.desired = NEW if body["kind"] == "promote" else self.desired
+            self.desired = NEW if body.kind == "promote" else self.desired
             self.caught_up = False
         self.history.append({"op_id": op_id, "status": "applied"})
 
@@ -131,10 +141,10 @@ class Cluster:
 class WeightedReleaseMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.op: OperationRecord | None = None
+        self.op: Operation | None = None
         self.clusters = {c: Cluster() for c in CLUSTERS}
         self.last: dict[str, Instruction | None] = dict.fromkeys(CLUSTERS)
-        self.bodies: dict[str, dict[str, Any]] = {}
+        self.bodies: dict[str, Body] = {}
         self.weights: dict[str, list[int]] = {c: [] for c in CLUSTERS}
         self.now = 1_000.0
         self.ending: str | None = None
@@ -148,9 +158,12 @@ class WeightedReleaseMachine(RuleBasedStateMachine):
     def _active(self) -> bool:
         return self.op is not None and self.op.status in ("pending", "running")
 
-    def _update(self, **changes: Any) -> None:
+    def _update(self, progress: ReleaseProgress | None = None, **changes: Any) -> None:
+        """The leader writes ``changes`` to the row; the next round reads it back."""
         assert self.op is not None
-        self.op = OperationRecord(**{**self.op.to_record(), **changes})
+        if progress is not None:
+            changes["progress"] = progress.to_record()
+        self.op = Operation.parse(replace(self.op.record, **changes))
 
     @precondition(lambda self: self.op is not None)
     @rule()
@@ -165,15 +178,15 @@ class WeightedReleaseMachine(RuleBasedStateMachine):
             if isinstance(d, Instruct):
                 previous = self.bodies.setdefault(d.op_id, d.body)
                 assert previous == d.body, f"{d.op_id} sent with two bodies"
-                if d.body["kind"] == "release":
-                    self.weights[d.cluster].append(d.body["weight"])
+                if isinstance(d.body, ReleaseBody):
+                    self.weights[d.cluster].append(d.body.weight)
                 self.last[d.cluster] = Instruction(
-                    self.next_id, d.cluster, "svc", d.op_id, 1, d.body
+                    self.next_id, d.cluster, "svc", d.op_id, 1, d.body.to_record()
                 )
                 self.next_id += 1
                 self.clusters[d.cluster].take(d.body, d.op_id)
             elif isinstance(d, Progress):
-                ending = d.progress.get("ending")
+                ending = d.progress.ending
                 assert self.ending is None or ending == self.ending, "an ending changed"
                 self.ending = ending
                 self._update(progress=d.progress)
@@ -214,9 +227,10 @@ class WeightedReleaseMachine(RuleBasedStateMachine):
     @rule(verdict=st.sampled_from(["pass", "fail", "inconclusive"]))
     def analysis_check(self, verdict: str) -> None:
         assert self.op is not None
-        progress = self.op.progress or {}
-        if self.op.step >= 1 and not progress.get("ending"):
-            self._update(progress=add_check(progress, {"verdict": verdict, "reason": verdict}))
+        progress = self.op.progress
+        if self.op.step >= 1 and progress.ending is None:
+            check = Check.model_validate({"verdict": verdict, "reason": verdict})
+            self._update(progress=add_check(progress, check))
 
     @rule(seconds=st.sampled_from([0.5, 5.0, PAUSE_S]))
     def time_passes(self, seconds: float) -> None:
@@ -236,8 +250,8 @@ class WeightedReleaseMachine(RuleBasedStateMachine):
             assert self.ending == "promote"
             assert all(v.desired == NEW_REV and v.release is None for v in views)
             assert (
-                int((self.op.progress or {}).get("failed_checks", 0)) < MAX_FAILED
-                or (self.op.progress or {}).get("reason") != "every step passed"
+                self.op.progress.failed_checks < MAX_FAILED
+                or self.op.progress.reason != "every step passed"
             )
         elif self.op.status == "failed":  # a cluster rolled the promotion back
             assert self.ending == "promote"
