@@ -18,7 +18,9 @@ records the revision it ``running``. The planner moves instances towards ``desir
 most ``max_unavailable`` at a time; a rollback is just ``desired`` set back to the
 rollout's ``from_rev``.
 
-Instance lifecycle (an illegal transition raises ``IllegalTransition``):
+Instance lifecycle (``Instance.to`` moves by ``TRANSITIONS`` through
+``ha_serving._status.check_move``, as every status does: an illegal transition raises
+``IllegalTransition``):
 
 ===========  =====================================  ===================================
 from         to                                     when
@@ -50,6 +52,7 @@ keeps serving (and receiving routing tables) until ``stop_at``, while clients' d
 moves them to the other proxies; then it is stopped (health NOT_SERVING, late calls get a
 retry-safe UNAVAILABLE, in-flight ones finish within the drain timeout), killed, and its
 record deleted. Only ``serving`` proxies that the spec asks for are published.
+``Proxy.to`` moves by ``PROXY_TRANSITIONS``, through ``check_move`` too.
 
 =========  ================  =====================================================
 from       to                when
@@ -89,12 +92,11 @@ traffic back at once (canary: its instances roll back in place; blue-green: they
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ha_serving._errors import IllegalTransition
 from ha_serving._spec import Revision, ServiceSpec
 from ha_serving._status import (
     ROLLOUT_TRANSITIONS,
@@ -105,7 +107,7 @@ from ha_serving._status import (
 )
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PENDING = "pending"
     SERVING = "serving"
     DRAINING = "draining"
@@ -156,12 +158,11 @@ class Instance(_Frozen):
     """Version group (see the module's table)."""
 
     def to(self, phase: Phase, **changes: Any) -> Instance:
-        if phase not in TRANSITIONS[self.phase]:
-            raise IllegalTransition(f"instance {self.id}", self.phase.value, phase.value)
-        return self.model_copy(update={"phase": phase, **changes})
+        moved = check_move(f"instance {self.id}", TRANSITIONS, self.phase, phase)
+        return self.model_copy(update={"phase": moved, **changes})
 
 
-class ProxyPhase(str, Enum):
+class ProxyPhase(StrEnum):
     STARTING = "starting"
     SERVING = "serving"
     WITHDRAWN = "withdrawn"
@@ -187,9 +188,8 @@ class Proxy(_Frozen):
     """A withdrawn proxy is stopped no sooner than this (epoch seconds)."""
 
     def to(self, phase: ProxyPhase, **changes: Any) -> Proxy:
-        if phase not in PROXY_TRANSITIONS[self.phase]:
-            raise IllegalTransition(f"proxy {self.name}", self.phase.value, phase.value)
-        return self.model_copy(update={"phase": phase, **changes})
+        moved = check_move(f"proxy {self.name}", PROXY_TRANSITIONS, self.phase, phase)
+        return self.model_copy(update={"phase": moved, **changes})
 
 
 class Rollout(_Frozen):

@@ -38,6 +38,7 @@ from infra import procs
 from infra.services import admin_url
 from infra.topology import Proc
 from tests.integration.conftest import stack_settings
+from tests.unit.fixtures.control import rpc_code
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -275,13 +276,7 @@ def test_each_credential_calls_only_what_its_scope_allows_on_the_real_keepers(
         stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
 
         def code(method: str, request: Any, token: str) -> grpc.StatusCode:
-            try:
-                getattr(stub, method)(
-                    request, metadata=[("authorization", f"Bearer {token}")], timeout=10
-                )
-            except grpc.RpcError as exc:
-                return exc.code()  # type: ignore[no-any-return]
-            return grpc.StatusCode.OK
+            return rpc_code(stub, method, request, token, timeout_s=10)
 
         discovery = secrets["discovery.token"]
         assert (

@@ -6,126 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ha_serving._errors import StoreUnavailable
 from ha_serving._instructions import EndReleaseBody, ReleaseBody, TrafficBody
-from ha_serving._spec import Revision, ServiceSpec, parse_spec
+from ha_serving._spec import Revision
 from ha_serving._status import ReleaseMode
-from ha_serving.appmaster import AppMasterCore, JobState, Phase, StaleInstruction, UnknownEpoch
-from ha_serving.appmaster._actor import worker_spec
+from ha_serving.appmaster import JobState, Phase, StaleInstruction, UnknownEpoch
 from ha_serving.appmaster._state import OUT_OF_SERVICE
-from ha_serving.backend import make_package
-from ha_serving.runtime import ActorSpec
-from ha_serving.store import KEEPER_LEADER, Store
-from ha_serving.testing import FakeProxy, FakeRuntime
-from ha_serving.util.clock import FakeClock
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def spec(**overrides: Any) -> ServiceSpec:
-    data: dict[str, Any] = {
-        "name": "echo",
-        "version": "v1",
-        "code": {"dir": "echo_v1", "import_path": "echo:Echo"},
-        "instances": 6,
-        "instances_per_worker": 2,
-        "proxies": 2,
-        "rollout": {"max_unavailable": 2, "failure_threshold": 2},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return parse_spec(data)
-
-
-class Harness:
-    """An AppMaster core plus everything it talks to, and a log of persisted states."""
-
-    def __init__(self, store: Store, runtime: FakeRuntime, clock: FakeClock) -> None:
-        self.store, self.runtime, self.clock = store, runtime, clock
-        self.saved: list[JobState] = []
-        original = store.save_appmaster_state
-
-        def recording_save(cluster: str, service: str, state: dict[str, Any], **kw: Any) -> int:
-            self.saved.append(JobState.from_record(state))
-            return original(cluster, service, state, **kw)
-
-        store.save_appmaster_state = recording_save  # type: ignore[method-assign]
-        self.core = self.new_core()
-
-    def new_core(self) -> AppMasterCore:
-        def proxy(name: str, state: JobState) -> ActorSpec:
-            return ActorSpec(name=name, cls=FakeProxy, args=(state.service,))
-
-        return AppMasterCore(
-            store=self.store,
-            runtime=self.runtime,
-            cluster="a",
-            service="echo",
-            proxy_actor=proxy,
-            worker_actor=worker_spec(),
-            clock=self.clock,
-        )
-
-    def package(self, fixture: str) -> str:
-        return self.store.put_package(make_package(FIXTURES / fixture).data)
-
-    async def deploy(self, s: ServiceSpec, fixture: str, op_id: str, **kw: Any) -> dict[str, Any]:
-        return await self.core.apply(s, self.package(fixture), op_id=op_id, **kw)
-
-    async def converge(self, max_rounds: int = 200) -> int:
-        for n in range(max_rounds):
-            if not await self.core.round() and self.core.converged():
-                return n
-            self.clock.advance(1.0)
-        raise AssertionError(f"not converged: {self.core.describe()}")
-
-    def proxies(self) -> list[FakeProxy]:
-        return [a for a in self.runtime.actors.values() if isinstance(a, FakeProxy)]
-
-    async def call_all(self, method: str = "echo") -> list[Any]:
-        """Call every instance the proxies route to, through its worker."""
-        out = []
-        for entry in self.proxies()[0].table.entries:
-            worker = self.runtime.actors[entry.worker]
-            result = await worker.call(entry.instance_id, method, b'"hi"')
-            assert result.ok, result
-            out.append(result)
-        return out
-
-
-def grant_epochs(store: Store, up_to: int) -> None:
-    """Move the Keepers' leadership lease to epoch ``up_to``, as that many terms would:
-    AppMasters accept no epoch above the lease's."""
-    lease = store.acquire_lease(KEEPER_LEADER, "k-test", 60)
-    assert lease is not None
-    while lease.epoch < up_to:
-        store.release_lease(lease)
-        lease = store.acquire_lease(KEEPER_LEADER, "k-test", 60)
-        assert lease is not None
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
-    grant_epochs(store, 6)  # the epochs these tests stamp instructions with
-    try:
-        yield Harness(store, FakeRuntime(), FakeClock())
-    finally:
-        store.close()
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+from tests.unit.fixtures.control import Harness, run, spec
 
 
 def test_deploy_converges_with_every_instance_routed_on_every_proxy(h: Harness) -> None:

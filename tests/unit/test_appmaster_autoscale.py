@@ -5,8 +5,7 @@ recorded as an event with its reason, scale-out fills workers first, scale-in dr
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,23 +14,10 @@ from ha_serving._instructions import DeployBody
 from ha_serving._spec import Revision
 from ha_serving.appmaster import JobState, Phase
 from ha_serving.keeper._releases import converged as keeper_converged
-from ha_serving.store import Store
-from ha_serving.testing import FakeRuntime
-from ha_serving.util.clock import FakeClock
+from tests.unit.fixtures.control import Harness, run, spec
 from tests.unit.jobstates import job_state
-from tests.unit.test_appmaster import Harness, grant_epochs, run, spec
 
 AUTO = {"min_instances": 1, "max_instances": 8, "target_inflight": 4}
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
-    grant_epochs(store, 6)
-    try:
-        yield Harness(store, FakeRuntime(), FakeClock())
-    finally:
-        store.close()
 
 
 def load(h: Harness, per_instance: dict[str, int]) -> None:
@@ -60,6 +46,20 @@ async def rounds(h: Harness, n: int) -> None:
         h.clock.advance(1.0)
 
 
+async def deployed(h: Harness) -> None:
+    """2 instances (op-1) with autoscaling (``AUTO``: 1..8, 4 calls in flight each),
+    converged."""
+    await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-1")
+    await h.converge()
+
+
+async def scaled_out_to_6(h: Harness) -> None:
+    """``deployed``, then 24 calls in flight: the count goes to 6 (stable mode)."""
+    await deployed(h)
+    load(h, {"echo-0": 12, "echo-1": 12})
+    await until(h, lambda s: s.autoscaled == 6, 60)
+
+
 def events(h: Harness) -> list[dict[str, Any]]:
     return [
         e.detail or {}
@@ -80,8 +80,7 @@ def test_a_burst_scales_out_from_the_proxies_figures_with_the_reason_recorded(
     acted on and recorded as an event with its reason."""
 
     async def scenario() -> None:
-        await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-1")
-        await h.converge()
+        await deployed(h)
         assert h.core.state is not None
         assert h.core.state.autoscaled is None
         load(h, {"echo-0": 40, "echo-1": 40})
@@ -109,10 +108,7 @@ def test_a_steady_load_is_followed_by_the_stable_window(h: Harness) -> None:
     the first instances start: stable mode raises the count step by step to 6."""
 
     async def scenario() -> None:
-        await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-1")
-        await h.converge()
-        load(h, {"echo-0": 12, "echo-1": 12})
-        await until(h, lambda s: s.autoscaled == 6, 60)
+        await scaled_out_to_6(h)
         await rounds(h, 30)
         await h.converge()
         assert h.core.state is not None
@@ -149,10 +145,7 @@ def test_load_gone_scales_in_slowly_and_drains_before_removing(h: Harness) -> No
     every proxy's table) before it is removed, and empty workers stop."""
 
     async def scenario() -> None:
-        await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-1")
-        await h.converge()
-        load(h, {"echo-0": 12, "echo-1": 12})
-        await until(h, lambda s: s.autoscaled == 6, 60)
+        await scaled_out_to_6(h)
         await h.converge()
         load(h, {})
         await rounds(h, 250)
@@ -192,10 +185,7 @@ def test_an_in_place_update_of_the_section_changes_no_instance(h: Harness) -> No
     autoscaler's count stays; a lower max clamps the count at once."""
 
     async def scenario() -> None:
-        await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-1")
-        await h.converge()
-        load(h, {"echo-0": 12, "echo-1": 12})
-        await until(h, lambda s: s.autoscaled == 6, 60)
+        await scaled_out_to_6(h)
         await h.converge()
         before = dict(h.core.state.instances) if h.core.state else {}
         marks = len(h.saved)
@@ -228,10 +218,7 @@ def test_an_operators_scale_overrides_the_autoscalers_count(h: Harness) -> None:
     """A scale instruction (a new ``instances``) resets the autoscaler's count to it."""
 
     async def scenario() -> None:
-        await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-1")
-        await h.converge()
-        load(h, {"echo-0": 12, "echo-1": 12})
-        await until(h, lambda s: s.autoscaled == 6, 60)
+        await scaled_out_to_6(h)
         await h.converge()
         assert h.core.state is not None
         assert h.core.state.autoscaled == 6
@@ -246,8 +233,7 @@ def test_no_figures_no_decision(h: Harness) -> None:
     """Proxies that do not answer give no reading: the count stays, nothing is recorded."""
 
     async def scenario() -> None:
-        await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-1")
-        await h.converge()
+        await deployed(h)
         load(h, {"echo-0": 12, "echo-1": 12})
         h.runtime.down.update(n for n in h.runtime.actors if "-p" in n)
         h.clock.advance(5.0)

@@ -18,7 +18,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from ha_serving._settings import AppMasterSettings
 from ha_serving._spec import Revision
 from ha_serving.appmaster import AppMasterCore, IllegalTransition, JobState, plan
-from ha_serving.appmaster._actor import worker_spec
 from ha_serving.appmaster._planner import (
     Observed,
     ProxyView,
@@ -29,11 +28,10 @@ from ha_serving.appmaster._planner import (
     converged,
 )
 from ha_serving.appmaster._state import Proxy, ProxyPhase
-from ha_serving.runtime import ActorSpec
 from ha_serving.store import Store
 from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.clock import FakeClock
-from tests.unit.test_appmaster import Harness, spec
+from tests.unit.fixtures.control import Harness, fake_core, run, spec
 
 WITHDRAW_S = AppMasterSettings().withdraw_s
 """The harness's cores run with the default AppMaster settings."""
@@ -236,18 +234,7 @@ class TrackedProxy(FakeProxy):
 
 class ProxyHarness(Harness):
     def new_core(self) -> AppMasterCore:
-        def proxy(name: str, state: JobState) -> ActorSpec:
-            return ActorSpec(name=name, cls=TrackedProxy, args=(state.service,))
-
-        return AppMasterCore(
-            store=self.store,
-            runtime=self.runtime,
-            cluster="a",
-            service="echo",
-            proxy_actor=proxy,
-            worker_actor=worker_spec(),
-            clock=self.clock,
-        )
+        return fake_core(self.store, runtime=self.runtime, clock=self.clock, proxy=TrackedProxy)
 
     def live_proxies(self) -> dict[str, TrackedProxy]:
         return {n: a for n, a in self.runtime.actors.items() if isinstance(a, TrackedProxy)}
@@ -265,20 +252,14 @@ class ProxyHarness(Harness):
 
 
 @pytest.fixture
-def ph(tmp_path: Path) -> Iterator[ProxyHarness]:
-    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
+def ph(store: Store) -> Iterator[ProxyHarness]:
     TrackedProxy.every = []
+    harness = ProxyHarness(store, FakeRuntime(), FakeClock())
+    TrackedProxy.events = Events(harness)
     try:
-        harness = ProxyHarness(store, FakeRuntime(), FakeClock())
-        TrackedProxy.events = Events(harness)
         yield harness
     finally:
         TrackedProxy.events = None
-        store.close()
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
 async def _converge(h: ProxyHarness, max_rounds: int = 100) -> None:

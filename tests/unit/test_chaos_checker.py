@@ -50,19 +50,16 @@ from ha_serving._errors import BackendUnavailable, CallError
 from ha_serving._settings import ClientSettings
 from ha_serving._wire import RouteEntry
 from ha_serving.appmaster import AppMasterCore
-from ha_serving.appmaster._actor import worker_spec
 from ha_serving.backend import make_package
 from ha_serving.client import Client
 from ha_serving.keeper._control_api import deploy
 from ha_serving.keeper._plan import Plan
 from ha_serving.keeper._releases import cluster_body
-from ha_serving.runtime import ActorSpec
 from ha_serving.store import ClusterRecord, Store
-from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.clock import FakeClock
 from tests.store_contract import finish_operation
+from tests.unit.fixtures.control import fake_core, grant_epochs
 from tests.unit.fixtures.dataplane import Stack, running_stack
-from tests.unit.test_appmaster import grant_epochs
 
 ROOT = Path(__file__).resolve().parents[2]
 DRILL_CODE = ROOT / "examples" / "drill" / "code"
@@ -286,19 +283,7 @@ def _fenced_run(tmp_path: Path) -> tuple[list[ControlEvent], FinalState]:
     store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
     store.register_cluster(ClusterRecord("a", "127.0.0.1:1", None, "z"))
     grant_epochs(store, 2)  # two leaders' terms
-
-    def proxy(name: str, state: Any) -> ActorSpec:
-        return ActorSpec(name=name, cls=FakeProxy, args=(state.service,))
-
-    core = AppMasterCore(
-        store=store,
-        runtime=FakeRuntime(),
-        cluster="a",
-        service="drill",
-        proxy_actor=proxy,
-        worker_actor=worker_spec(),
-        clock=FakeClock(),
-    )
+    core = fake_core(store, service="drill", clock=FakeClock())
     package = make_package(DRILL_CODE).data
 
     def spec(seq: int) -> str:

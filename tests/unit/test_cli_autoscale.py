@@ -10,21 +10,17 @@ import pytest
 
 from ha_serving.cli._app import main
 from ha_serving.store import Store
-from ha_serving.testing import FakeRuntime
-from ha_serving.util.clock import FakeClock
-from tests.unit.test_appmaster import Harness, grant_epochs, run, spec
-from tests.unit.test_appmaster_autoscale import AUTO, load, rounds
+from tests.unit.fixtures.control import Harness, run
+from tests.unit.test_appmaster_autoscale import deployed, load, rounds
 
 
 def _autoscaled_store(url: str) -> None:
     """A service that burst from 2 to 8 instances on cluster a, as the AppMaster left it."""
     store = Store.connect(url)
-    grant_epochs(store, 6)
-    h = Harness(store, FakeRuntime(), FakeClock())
+    h = Harness.on(store)
 
     async def scenario() -> None:
-        await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-1")
-        await h.converge()
+        await deployed(h)
         load(h, {"echo-0": 40, "echo-1": 40})
         await rounds(h, 2)
 

@@ -23,9 +23,8 @@ from ha_serving._settings import KeeperSettings
 from ha_serving.keeper import ALLOWED, AppMasterCredentials, Authenticator, Caller, KeeperServer
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import CredentialRecord, Store
-from ha_serving.util.secrets import write_secret
+from tests.unit.fixtures.control import credential_settings, rpc_code, running_keeper
 from tests.unit.test_cluster_registry import cli
-from tests.unit.test_discovery import KeeperThread
 
 ADDRESS = "127.0.104.5:9472"
 OPERATOR = "operator-" + "o" * 30
@@ -33,30 +32,10 @@ DISCOVERY = "discovery-" + "d" * 30
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def keeper(store: Store, tmp_path: Path) -> Iterator[keeper_pb2_grpc.KeeperStub]:
-    settings = KeeperSettings(
-        token_file=write_secret(tmp_path / "operator.token", OPERATOR),
-        discovery_token_file=write_secret(tmp_path / "discovery.token", DISCOVERY),
-        watch_period_s=0.05,
-        link_period_s=0.05,
-        link_beat_s=0.02,  # below the link period, as KeeperSettings requires
-    )
-    thread = KeeperThread(store, ADDRESS, settings)
-    channel = grpc.insecure_channel(ADDRESS)
-    try:
+    settings = credential_settings(tmp_path, OPERATOR, DISCOVERY, watch_period_s=0.05)
+    with running_keeper(store, ADDRESS, settings), grpc.insecure_channel(ADDRESS) as channel:
         yield keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
-    finally:
-        channel.close()
-        thread.stop()
 
 
 def _as(token: str | None) -> list[tuple[str, str]]:
@@ -89,7 +68,7 @@ def _requests() -> dict[str, tuple[str, Any]]:
 
 def _unary(stub: Any, rpc: str, token: str | None) -> grpc.StatusCode:
     method, request = _requests()[rpc]
-    return _code(lambda: getattr(stub, method)(request, metadata=_as(token), timeout=5))
+    return rpc_code(stub, method, request, token)
 
 
 def test_every_rpc_of_the_keeper_has_its_scopes_stated() -> None:
@@ -252,14 +231,11 @@ def test_a_keeper_without_credentials_refuses_to_start_unless_insecure(
     with pytest.raises(InvalidSpec, match="no credentials"):
         asyncio.run(bare.start())
     caplog.set_level(logging.WARNING)
-    insecure = KeeperThread(store, "127.0.104.5:9473", KeeperSettings(insecure=True))
-    try:
+    with running_keeper(store, "127.0.104.5:9473", KeeperSettings(insecure=True)):
         assert any("INSECURE" in r.getMessage() for r in caplog.records)
         with grpc.insecure_channel("127.0.104.5:9473") as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
             assert _unary(stub, "Operations", None) == grpc.StatusCode.OK
-    finally:
-        insecure.stop()
 
 
 # --- the operator's commands ------------------------------------------------------------

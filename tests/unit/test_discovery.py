@@ -3,7 +3,6 @@ Watch, client-side caching on disk, Keeper failover, nearest-first ranking, auth
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,57 +11,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ha_serving._settings import KeeperSettings
 from ha_serving.client import Discovery, EndpointInfo
 from ha_serving.client._discovery import rank
-from ha_serving.keeper import KeeperServer
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import Store
-from ha_serving.util.tls import TlsFiles
-
-TOKEN = "test-token"  # noqa: S105 - a test fixture's secret
-
-
-class KeeperThread:
-    """A KeeperServer on its own event loop in a background thread."""
-
-    def __init__(
-        self,
-        store: Store,
-        address: str,
-        settings: KeeperSettings | None = None,
-        *,
-        tls: TlsFiles | None = None,
-    ) -> None:
-        settings = settings or KeeperSettings(token=TOKEN, watch_period_s=0.05, lease_ttl_s=3.0)
-        self.server = KeeperServer(store, "k-test", address, settings, tls=tls)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
-    try:
-        yield s
-    finally:
-        s.close()
+from tests.unit.fixtures.control import TOKEN, running_keeper
 
 
 @pytest.fixture
 def keeper(store: Store) -> Iterator[str]:
-    k = KeeperThread(store, "127.0.102.1:9450")
-    try:
-        yield "127.0.102.1:9450"
-    finally:
-        k.stop()
+    with running_keeper(store, "127.0.102.1:9450") as k:
+        yield k.address
 
 
 def _wait(what: str, check: Callable[[], bool], timeout_s: float = 10) -> None:

@@ -22,6 +22,7 @@ from ha_serving.backend import make_package
 from ha_serving.keeper import KeeperServer
 from ha_serving.proto import keeper_pb2
 from ha_serving.store import ClusterRecord, Store
+from tests.unit.fixtures.control import sqlite_store
 from tests.unit.strategies import dump, json_values, mutated_yaml, names, valid_specs
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -76,15 +77,13 @@ class Keeper:
 @pytest.fixture(scope="module")
 def keeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keeper]:
     folder = tmp_path_factory.mktemp("fuzz_keeper")
-    store = Store.connect(f"sqlite:///{folder / 'state.db'}")
-    for name in ("a", "b"):
-        store.register_cluster(ClusterRecord(name, f"127.0.9.{len(name)}:1", None, "z1"))
-    keeper = Keeper(store)
-    try:
-        yield keeper
-    finally:
-        keeper.close()
-        store.close()
+    clusters = [ClusterRecord(name, f"127.0.9.{len(name)}:1", None, "z1") for name in "ab"]
+    with sqlite_store(folder, clusters=clusters) as store:
+        keeper = Keeper(store)
+        try:
+            yield keeper
+        finally:
+            keeper.close()
 
 
 PACKAGE = make_package(Path(__file__).parent / "fixtures" / "echo_v1").data

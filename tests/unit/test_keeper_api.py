@@ -18,8 +18,6 @@ import pytest
 from typer.testing import CliRunner
 
 from ha_serving._errors import ConflictError, InvalidSpec
-from ha_serving.appmaster import AppMasterCore, JobState
-from ha_serving.appmaster._actor import worker_spec
 from ha_serving.appmaster._link import KeeperLink
 from ha_serving.backend import make_package
 from ha_serving.cli._app import app
@@ -33,35 +31,26 @@ from ha_serving.keeper._control_api import (
     deploy,
 )
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
-from ha_serving.runtime import ActorSpec
 from ha_serving.store import ClusterRecord, Store, StoreRef, UnknownPackage
 from ha_serving.store._schema import CLUSTER, OP_ID
-from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.secrets import write_secret
-from tests.unit.test_appmaster import FIXTURES, spec
-from tests.unit.test_discovery import TOKEN, KeeperThread
+from tests.unit.fixtures.control import FIXTURES, TOKEN, fake_core, running_keeper, spec
 
 ADDRESS = "127.0.103.1:9461"
 ECHO = Path(__file__).resolve().parents[2] / "examples" / "echo"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
-    s.register_cluster(ClusterRecord("a", "127.0.103.250:1", None, "z1"))
-    try:
-        yield s
-    finally:
-        s.close()
+def store(store: Store) -> Store:
+    """The test's store, with cluster a registered."""
+    store.register_cluster(ClusterRecord("a", "127.0.103.250:1", None, "z1"))
+    return store
 
 
 @pytest.fixture
 def keeper(store: Store) -> Iterator[str]:
-    k = KeeperThread(store, ADDRESS)
-    try:
-        yield ADDRESS
-    finally:
-        k.stop()
+    with running_keeper(store, ADDRESS) as k:
+        yield k.address
 
 
 def _spec_json(**changes: Any) -> str:
@@ -279,17 +268,7 @@ def test_a_live_appmasters_link_keeps_its_heartbeat_fresh(
     stays well within the leader's staleness bounds (1.5 s for cluster loss, 5 s for a
     resubmission) while it runs, and goes stale once it stops."""
 
-    def proxy(name: str, state: JobState) -> ActorSpec:
-        return ActorSpec(name=name, cls=FakeProxy, args=(state.service,))
-
-    core = AppMasterCore(
-        store=store,
-        runtime=FakeRuntime(),
-        cluster="a",
-        service="echo",
-        proxy_actor=proxy,
-        worker_actor=worker_spec(),
-    )
+    core = fake_core(store)
     link = KeeperLink(core, [keeper], str(write_secret(tmp_path / "am.token", TOKEN)))
 
     async def scenario() -> list[float]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import socket
-import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +15,11 @@ import pytest
 from ha_serving._settings import MAX_PACKAGE_BYTES, KeeperSettings
 from ha_serving.backend import make_package
 from ha_serving.cli._common import follow_op
-from ha_serving.keeper import KeeperClient, KeeperRefused, KeeperServer
+from ha_serving.keeper import KeeperClient, KeeperRefused
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import ClusterRecord, OperationRecord, Store
 from ha_serving.util.clock import FakeClock
-
-
-class KeeperThread:
-    """A KeeperServer on its own event loop in a background thread, on a free port."""
-
-    def __init__(self, store: Store, settings: KeeperSettings) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.address = f"127.0.0.1:{probe.getsockname()[1]}"
-        self.server = KeeperServer(store, "k-test", self.address, settings)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+from tests.unit.fixtures.control import KeeperThread, running_keeper, sqlite_store
 
 
 @pytest.fixture
@@ -49,15 +29,15 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    s = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
-    try:
+    with sqlite_store(tmp_path, clock=clock) as s:
         yield s
-    finally:
-        s.close()
 
 
-def _keeper(store: Store, **settings: Any) -> KeeperThread:
-    return KeeperThread(store, KeeperSettings(lease_ttl_s=3.0, insecure=True, **settings))
+def _keeper(store: Store, **settings: Any) -> AbstractContextManager[KeeperThread]:
+    """An insecure Keeper on a free port, with ``settings``."""
+    return running_keeper(
+        store, settings=KeeperSettings(lease_ttl_s=3.0, insecure=True, **settings)
+    )
 
 
 def test_the_message_limit_is_sized_from_the_package_limit() -> None:
@@ -76,30 +56,26 @@ def test_a_package_over_grpcs_default_4_mib_is_deployed(store: Store, tmp_path: 
     package = make_package(code).data
     assert len(package) > 6 * 1024 * 1024
     spec = {"name": "echo", "version": "v1", "code": {"dir": "x", "import_path": "echo:Echo"}}
-    keeper = _keeper(store)
-    try:
+    with _keeper(store) as keeper:
         client = KeeperClient([keeper.address], token=None, timeout_s=20)
         op_id = client.deploy(json.dumps(spec), package, kind="deploy")
-    finally:
-        keeper.stop()
     digest = store.get_operation(op_id).plan["package"]
     assert store.get_package(digest) == package
 
 
 def test_calls_beyond_max_concurrent_rpcs_are_refused(store: Store) -> None:
     """Before: no bound, so every stream and call a Keeper was sent it held at once."""
-    keeper = _keeper(store, max_concurrent_rpcs=1, watch_period_s=0.05)
-    try:
-        with grpc.insecure_channel(keeper.address) as channel:
-            stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
-            watch = stub.Watch(keeper_pb2.ResolveRequest(service="echo"))
-            next(watch)  # the stream is open and holds the one slot
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.Status(keeper_pb2.StatusRequest(), timeout=5)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            watch.cancel()
-    finally:
-        keeper.stop()
+    with (
+        _keeper(store, max_concurrent_rpcs=1, watch_period_s=0.05) as keeper,
+        grpc.insecure_channel(keeper.address) as channel,
+    ):
+        stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+        watch = stub.Watch(keeper_pb2.ResolveRequest(service="echo"))
+        next(watch)  # the stream is open and holds the one slot
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Status(keeper_pb2.StatusRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        watch.cancel()
 
 
 def _ops(store: Store, clock: FakeClock, n: int, service: str = "echo") -> list[str]:
@@ -115,8 +91,7 @@ def _ops(store: Store, clock: FakeClock, n: int, service: str = "echo") -> list[
 def test_operations_come_a_page_at_a_time(store: Store, clock: FakeClock) -> None:
     """Before: every call returned the whole history."""
     ids = _ops(store, clock, 7) + _ops(store, clock, 2, service="other")
-    keeper = _keeper(store, operations_page_size=3)
-    try:
+    with _keeper(store, operations_page_size=3) as keeper:
         with grpc.insecure_channel(keeper.address) as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
             first = stub.Operations(keeper_pb2.OperationsRequest(service="echo"), timeout=5)
@@ -140,8 +115,6 @@ def test_operations_come_a_page_at_a_time(store: Store, clock: FakeClock) -> Non
         assert client.operation("nope") is None
         with pytest.raises(KeeperRefused, match="INVALID_ARGUMENT: invalid page_token"):
             client._call("Operations", keeper_pb2.OperationsRequest(page_token="garbage"))  # noqa: S106
-    finally:
-        keeper.stop()
 
 
 class _OneOpKeeper:

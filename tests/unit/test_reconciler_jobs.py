@@ -14,14 +14,12 @@ import pytest
 from ha_serving._settings import KeeperSettings
 from ha_serving._spec import Revision, ServiceSpec
 from ha_serving.backend import make_package
-from ha_serving.keeper import Leadership
 from ha_serving.keeper._control_api import deploy
-from ha_serving.keeper._reconciler import Reconciler
 from ha_serving.store import ClusterRecord, Store
 from ha_serving.util.clock import FakeClock
 from tests.store_contract import finish_operation
+from tests.unit.fixtures.control import FIXTURES, deploy_echo, leader, spec
 from tests.unit.jobstates import job_state
-from tests.unit.test_appmaster import FIXTURES, spec
 
 
 class FlakyJobs:
@@ -42,20 +40,24 @@ class FlakyJobs:
         return f"job-{len(self.accepted)}"
 
 
+def _store(folder: Path, clock: FakeClock, *clusters: str) -> Store:
+    """The test's store (on the fake clock), with ``clusters`` (default: a) registered,
+    their Job APIs at an address nothing answers on."""
+    store = Store.connect(f"sqlite:///{folder / 'state.db'}", clock=clock)
+    for name in clusters or ("a",):
+        store.register_cluster(ClusterRecord(name, "127.0.1.250:1", "http://127.0.1.250:1", "z1"))
+    return store
+
+
 def test_a_refused_submission_is_retried_after_submit_retry_s_and_an_accepted_one_waits(
     tmp_path: Path,
 ) -> None:
     clock = FakeClock()
-    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
-    store.register_cluster(ClusterRecord("a", "127.0.1.250:1", "http://127.0.1.250:1", "z1"))
-    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
-    leadership.tick()
+    store = _store(tmp_path, clock)
     jobs = FlakyJobs(refusals=3, clock=clock)
     settings = KeeperSettings(resubmit_s=30.0, submit_retry_s=1.0)
-    reconciler = Reconciler(store, leadership, jobs, settings=settings, clock=clock)
-    body = spec(instances=1).model_dump(mode="json")
-    body["placement"] = {"clusters": [{"name": "a"}]}
-    deploy(store, json.dumps(body), make_package(FIXTURES / "echo_v1").data, kind="deploy")
+    reconciler = leader(store, jobs, clock, settings=settings)
+    deploy_echo(store)
     for _ in range(80):  # 40 s of rounds, 0.5 s apart; no AppMaster ever heartbeats
         reconciler._ensure_appmasters()
         clock.advance(0.5)
@@ -74,16 +76,11 @@ def test_an_appmaster_that_linked_and_then_went_silent_gets_a_job_at_once(
     the heartbeat is stale, not a resubmit interval after the last submission (measured:
     a soak round took 25 s instead of 18 s that way)."""
     clock = FakeClock()
-    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
-    store.register_cluster(ClusterRecord("a", "127.0.1.250:1", "http://127.0.1.250:1", "z1"))
-    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
-    leadership.tick()
+    store = _store(tmp_path, clock)
     jobs = FlakyJobs(refusals=0, clock=clock)
     settings = KeeperSettings(resubmit_s=30.0)
-    reconciler = Reconciler(store, leadership, jobs, settings=settings, clock=clock)
-    body = spec(instances=1).model_dump(mode="json")
-    body["placement"] = {"clusters": [{"name": "a"}]}
-    deploy(store, json.dumps(body), make_package(FIXTURES / "echo_v1").data, kind="deploy")
+    reconciler = leader(store, jobs, clock, settings=settings)
+    deploy_echo(store)
     reconciler._ensure_appmasters()
     assert len(jobs.accepted) == 1
     for _ in range(10):  # the job's AppMaster links and heartbeats for 5 s
@@ -105,13 +102,10 @@ def test_a_round_reads_the_active_operations_and_each_services_latest_not_the_hi
     week of it): the DB hands it the active operations and each service's latest only.
     It used to read every operation twice per round (found by the scale simulation)."""
     clock = FakeClock()
-    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
-    store.register_cluster(ClusterRecord("a", "127.0.1.250:1", "http://127.0.1.250:1", "z1"))
-    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
-    leadership.tick()
-    term = leadership.require()
+    store = _store(tmp_path, clock)
     jobs = FlakyJobs(refusals=0, clock=clock)
-    reconciler = Reconciler(store, leadership, jobs, clock=clock)
+    reconciler = leader(store, jobs, clock)
+    term = reconciler.leadership.require()
     body = spec(instances=1).model_dump(mode="json")
     body["placement"] = {"clusters": [{"name": "a"}]}
     package = make_package(FIXTURES / "echo_v1").data
@@ -145,17 +139,10 @@ def test_a_round_reads_every_active_operations_targets_in_one_transaction(
     active operation come from one ``read_targets`` (one transaction), not from two
     transactions per target: in a release wave those reads were most of a round."""
     clock = FakeClock()
-    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
-    for name in ("a", "b"):
-        store.register_cluster(ClusterRecord(name, "127.0.1.250:1", None, "z1"))
-    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
-    leadership.tick()
-    reconciler = Reconciler(store, leadership, FlakyJobs(refusals=0, clock=clock), clock=clock)
-    package = make_package(FIXTURES / "echo_v1").data
+    store = _store(tmp_path, clock, "a", "b")
+    reconciler = leader(store, FlakyJobs(refusals=0, clock=clock), clock)
     for service in ("echo", "other"):
-        body = spec(name=service, instances=1).model_dump(mode="json")
-        body["placement"] = {"clusters": [{"name": "a"}, {"name": "b"}]}
-        deploy(store, json.dumps(body), package, kind="deploy")
+        deploy_echo(store, ("a", "b"), name=service)
     calls: list[list[tuple[str, str]]] = []
     read_targets = store.read_targets
 
@@ -165,7 +152,7 @@ def test_a_round_reads_every_active_operations_targets_in_one_transaction(
 
     store.read_targets = spy  # type: ignore[method-assign]
     store.last_instruction = store.load_appmaster_state = None  # type: ignore[assignment]
-    reconciler.round(leadership.require())
+    reconciler.round(reconciler.leadership.require())
     assert len(calls) == 1  # both ops were created at one instant: in op_id order
     assert sorted(calls[0]) == [("a", "echo"), ("a", "other"), ("b", "echo"), ("b", "other")]
     for service in ("echo", "other"):  # and the round acted on what it read
@@ -180,16 +167,11 @@ def test_an_appmaster_state_that_does_not_parse_is_not_ready_and_logged_once(
     failing the leader's round, and is logged once per saved version, not every round;
     once a state that parses shows the revision served, the operation carries on."""
     clock = FakeClock()
-    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
-    store.register_cluster(ClusterRecord("a", "127.0.1.250:1", "http://127.0.1.250:1", "z1"))
-    leadership = Leadership(store, "k1", ttl_s=1e6, clock=clock)
-    leadership.tick()
-    term = leadership.term()
-    assert term is not None
-    reconciler = Reconciler(store, leadership, FlakyJobs(0, clock), clock=clock)
-    body = spec(instances=1).model_dump(mode="json")
-    body["placement"] = {"clusters": [{"name": "a"}]}
-    op_id, _ = deploy(store, json.dumps(body), make_package(FIXTURES / "echo_v1").data)
+    store = _store(tmp_path, clock)
+    reconciler = leader(store, FlakyJobs(0, clock), clock)
+    term = reconciler.leadership.require()
+    op_id = deploy_echo(store)
+    body = store.get_operation(op_id).plan["spec"]
     reconciler._advance(store.get_operation(op_id), term)  # instructs cluster a
     corrupt = {"service": "echo", "cluster": "a", "spec": body, "desired": "not a revision"}
     version = store.save_appmaster_state("a", "echo", corrupt, expected_version=None)

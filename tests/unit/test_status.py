@@ -1,5 +1,7 @@
-"""The status machines of ``ha_serving._status``: every move in a table is allowed, every
-other move raises, and the stored values never change (the DB outlives the code)."""
+"""The status machines of ``ha_serving._status`` and the AppMaster's instance and proxy
+lifecycles (``ha_serving._jobstate``), all through ``check_move``: every move in a table
+is allowed, every other move raises, and the stored values never change (the DB outlives
+the code)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,14 @@ from ha_serving._status import (
     RolloutStatus,
     check_move,
 )
-from ha_serving.appmaster._state import Rollout
+from ha_serving.appmaster._state import (
+    PROXY_TRANSITIONS,
+    TRANSITIONS,
+    Instance,
+    Phase,
+    ProxyPhase,
+    Rollout,
+)
 
 
 def test_stored_values_are_the_strings_rows_and_json_already_hold() -> None:
@@ -108,6 +117,26 @@ def test_a_status_that_is_none_is_no_move(src: OperationStatus, dst: str) -> Non
 
 
 REV = Revision(version="1", package="p", import_path="m:C")
+
+
+@given(_pairs(Phase))
+def test_an_instance_moves_exactly_as_its_table_says(pair: tuple[StrEnum, StrEnum]) -> None:
+    """The AppMaster's instance and proxy lifecycles use the same ``check_move``."""
+    src, dst = pair
+    _moves_exactly_as_the_table_says(TRANSITIONS, src, dst)
+    inst = Instance(id="i1", worker="w", index=0, phase=src)
+    assert isinstance(dst, Phase)
+    if dst in TRANSITIONS[Phase(src)]:
+        assert inst.to(dst, purpose="x").phase is dst
+    else:
+        with pytest.raises(IllegalTransition, match=f"instance i1: illegal transition {src} -> "):
+            inst.to(dst)
+
+
+@given(_pairs(ProxyPhase))
+def test_a_proxy_moves_exactly_as_its_table_says(pair: tuple[StrEnum, StrEnum]) -> None:
+    src, dst = pair
+    _moves_exactly_as_the_table_says(PROXY_TRANSITIONS, src, dst)
 
 
 @given(_pairs(RolloutStatus))

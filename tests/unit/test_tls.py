@@ -17,21 +17,22 @@ import pytest
 from cryptography import x509
 
 from ha_serving._errors import CallError
-from ha_serving._settings import KeeperSettings, Settings, TlsSettings
-from ha_serving.appmaster import AppMasterCore
-from ha_serving.appmaster._actor import worker_spec
+from ha_serving._settings import Settings, TlsSettings
 from ha_serving.appmaster._link import KeeperLink
 from ha_serving.client import Client
 from ha_serving.keeper import AppMasterCredentials, RayJobSubmitter, keeper_status
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
-from ha_serving.runtime import ActorSpec
 from ha_serving.store import Store, StoreRef
-from ha_serving.testing import FakeProxy, FakeRuntime
-from ha_serving.util.secrets import write_secret
 from ha_serving.util.tls import TlsFiles, issue, link_address, make_ca
 from infra.stack import make_certificates
+from tests.unit.fixtures.control import (
+    KeeperThread,
+    credential_settings,
+    fake_core,
+    rpc_code,
+    running_keeper,
+)
 from tests.unit.fixtures.dataplane import running_stack
-from tests.unit.test_discovery import KeeperThread
 
 HOST = "127.0.104.6"
 ADDRESS = f"{HOST}:9474"
@@ -58,27 +59,10 @@ def pki(tmp_path: Path) -> dict[str, TlsFiles]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.connect(f"sqlite:///{tmp_path / 'state.db'}")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def keeper(store: Store, pki: dict[str, TlsFiles], tmp_path: Path) -> Iterator[KeeperThread]:
-    settings = KeeperSettings(
-        token_file=write_secret(tmp_path / "operator.token", OPERATOR),
-        discovery_token_file=write_secret(tmp_path / "discovery.token", DISCOVERY),
-        link_period_s=0.05,
-        link_beat_s=0.02,  # below the link period, as KeeperSettings requires
-    )
-    thread = KeeperThread(store, ADDRESS, settings, tls=pki["keeper"])
-    try:
+    settings = credential_settings(tmp_path, OPERATOR, DISCOVERY)
+    with running_keeper(store, ADDRESS, settings, tls=pki["keeper"]) as thread:
         yield thread
-    finally:
-        thread.stop()
 
 
 def _code(
@@ -89,13 +73,7 @@ def _code(
     )
     with channel:
         stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
-        try:
-            getattr(stub, method)(
-                request, metadata=[("authorization", f"Bearer {token}")], timeout=5
-            )
-        except grpc.RpcError as exc:
-            return exc.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
+        return rpc_code(stub, method, request, token)
 
 
 def test_the_ca_issues_certificates_for_the_names_dialled_with_keys_only_the_owner_reads(
@@ -160,18 +138,7 @@ def test_an_appmasters_link_over_mutual_tls_keeps_its_heartbeat_fresh(
     keeper: KeeperThread, pki: dict[str, TlsFiles], store: Store, tmp_path: Path
 ) -> None:
     token_file = AppMasterCredentials(store, tmp_path / "am").ensure("a", "echo")
-
-    def proxy(name: str, state: Any) -> ActorSpec:
-        return ActorSpec(name=name, cls=FakeProxy, args=(state.service,))
-
-    core = AppMasterCore(
-        store=store,
-        runtime=FakeRuntime(),
-        cluster="a",
-        service="echo",
-        proxy_actor=proxy,
-        worker_actor=worker_spec(),
-    )
+    core = fake_core(store)
     link = KeeperLink(core, [LINK], str(token_file), tls=pki["appmaster"])
 
     async def scenario() -> list[Any]:

@@ -18,23 +18,18 @@ from ha_serving._errors import InvalidSpec, OperationFinished
 from ha_serving._jobstate import Release
 from ha_serving._spec import Revision, parse_spec
 from ha_serving._status import ReleaseMode
-from ha_serving.appmaster import AppMasterCore, JobState
-from ha_serving.appmaster._actor import worker_spec
 from ha_serving.backend import make_package
-from ha_serving.keeper import Leadership
 from ha_serving.keeper._analysis import AnalysisPolicy, GroupSample, Sample, analyze, parse
 from ha_serving.keeper._control_api import command, deploy
 from ha_serving.keeper._plan import Operation
-from ha_serving.keeper._reconciler import Reconciler
 from ha_serving.keeper._releases import Finish, Instruct, Progress, make_plan, plan_targets
 from ha_serving.keeper._weighted import decide_weighted, release_plan
 from ha_serving.proxy._metrics import ProxyMetrics
-from ha_serving.runtime import ActorSpec
 from ha_serving.store import ClusterRecord, Instruction, OperationRecord, Store
 from ha_serving.testing import FakeProxy, FakeRuntime
 from ha_serving.util.clock import FakeClock
+from tests.unit.fixtures.control import FIXTURES, fake_core, leader, spec, sqlite_store
 from tests.unit.jobstates import job_state
-from tests.unit.test_appmaster import FIXTURES, spec
 
 CLUSTERS = ("a", "b")
 
@@ -55,27 +50,14 @@ class ControlPlane:
         for n, name in enumerate(CLUSTERS, start=1):
             # a GCS address nothing listens on: liveness comes from the heartbeats below
             store.register_cluster(ClusterRecord(name, f"127.0.{n}.250:1", None, f"z{n}"))
-        self.leadership = Leadership(store, "k1", ttl_s=1e6, clock=self.clock)
-        self.leadership.tick()
-        self.reconciler = Reconciler(store, self.leadership, NoJobs(), scraper=scraper, clock=clock)
+        self.reconciler = leader(store, NoJobs(), clock, scraper=scraper)
+        self.leadership = self.reconciler.leadership
         self.runtimes = {c: FakeRuntime() for c in CLUSTERS}
-        self.cores = {c: self._core(c) for c in CLUSTERS}
+        self.cores = {
+            c: fake_core(store, runtime=self.runtimes[c], clock=clock, cluster=c) for c in CLUSTERS
+        }
         self.weights: list[dict[str, int]] = []
         """Each cluster's endpoint weight label, per pump round."""
-
-    def _core(self, cluster: str) -> AppMasterCore:
-        def proxy(name: str, state: JobState) -> ActorSpec:
-            return ActorSpec(name=name, cls=FakeProxy, args=(state.service,))
-
-        return AppMasterCore(
-            store=self.store,
-            runtime=self.runtimes[cluster],
-            cluster=cluster,
-            service="echo",
-            proxy_actor=proxy,
-            worker_actor=worker_spec(),
-            clock=self.clock,
-        )
 
     def deploy(self, version: str, kind: str, **options: Any) -> str:
         fixture = f"echo_{version}" if version.startswith("v") else version
@@ -149,11 +131,8 @@ def metrics() -> Metrics:
 @pytest.fixture
 def cp(tmp_path: Path, metrics: Metrics) -> Iterator[ControlPlane]:
     clock = FakeClock()
-    store = Store.connect(f"sqlite:///{tmp_path / 'state.db'}", clock=clock)
-    try:
+    with sqlite_store(tmp_path, clock=clock) as store:
         yield ControlPlane(store, clock, metrics)
-    finally:
-        store.close()
 
 
 def run(coro: Any) -> Any:
