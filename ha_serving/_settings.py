@@ -22,7 +22,17 @@ Environment variables (all optional):
 ``HA_SERVING_KEEPER_CREDENTIALS_DIR``       where the leader writes AppMasters' credentials
 ``HA_SERVING_KEEPER_TTL``                   the Keepers' leader lease in seconds (set by `up`)
 ``HA_SERVING_KEEPER_PORT``                  the Keepers' control-API port (a second stack)
+``HA_SERVING_TLS_CA``                       the stack's CA certificate (unset: plaintext)
+``HA_SERVING_TLS_KEEPER_CERT``              the Keepers' server certificate
+``HA_SERVING_TLS_KEEPER_KEY``               its private key
+``HA_SERVING_TLS_PROXY_CERT``               the proxies' server certificate
+``HA_SERVING_TLS_PROXY_KEY``                its private key
+``HA_SERVING_TLS_APPMASTER_CERT``           the AppMasters' client certificate (link)
+``HA_SERVING_TLS_APPMASTER_KEY``            its private key
 ==========================================  ======================================
+
+``SETTINGS_ENV`` maps each to its field; ``tests/unit/test_docs_settings.py`` checks that
+this table names every one of them.
 """
 
 from __future__ import annotations

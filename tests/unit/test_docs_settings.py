@@ -23,3 +23,14 @@ def test_environment_variables_are_found_for_the_settings_they_set() -> None:
     assert env["store.url"] == "HA_SERVING_DB_URL"
     assert env["stack.run_dir"] == "HA_SERVING_RUN_DIR"
     assert env["keeper.lease_ttl_s"] == "HA_SERVING_KEEPER_TTL"
+
+
+def test_the_settings_module_lists_every_environment_variable_it_reads() -> None:
+    """Its docstring's table names each variable ``Settings.from_env`` reads, and none
+    it does not (the TLS ones were missing from it)."""
+    import re
+
+    import ha_serving._settings as settings
+
+    listed = re.findall(r"^``(HA_SERVING_\w+)``", settings.__doc__ or "", re.MULTILINE)
+    assert sorted(listed) == sorted(var for var, _, _ in settings.SETTINGS_ENV)
