@@ -83,7 +83,9 @@ ClusterOpt = Annotated[str, typer.Option("--cluster", help="Cluster of the local
 ViaCluster = Annotated[
     str | None,
     typer.Option(
-        "--cluster", help="Act on this cluster's AppMaster directly, not via the Keepers."
+        "--cluster",
+        help="Development mode: drive this cluster's AppMaster directly, without the "
+        "Keepers (refused for a service they manage).",
     ),
 ]
 

@@ -1,8 +1,13 @@
-"""Service operations behind the CLI: deploy, update, scale, status, call.
+"""The CLI's direct mode (``--cluster``): deploy, update, scale and read a service on one
+cluster of the local stack, as a Ray driver instructing the service's AppMaster itself.
 
-The CLI acts on one cluster of the local stack (``--cluster``), as a Ray driver talking
-to the service's AppMaster; the Keeper (a later layer) takes this role for several
-clusters. Every instruction carries an op_id, so retrying a command is harmless.
+Kept on purpose, as an explicitly named development mode (issue 15): one cluster, no
+Keepers, so none of what they give (placement on several clusters, releases, drained
+updates, a serving job resubmitted after its cluster restarted). The two paths never
+share a service: a service recorded by the Keepers is refused here before anything is
+written (``_direct_only``), and one deployed here is marked ``direct`` in its record,
+which the Keepers refuse to change (``keeper._control_api``). Every instruction carries
+an op_id, so retrying a command is harmless.
 """
 
 from __future__ import annotations

@@ -323,3 +323,28 @@ def test_a_direct_deploy_of_a_keeper_managed_service_is_refused_before_any_write
     ops.change("solo", kind="scale", instances=2)
     assert applied == ["deploy", "scale"]
     assert store.get_service("solo").spec["direct"] == "a"
+
+
+def test_the_keepers_refuse_a_service_deployed_directly_before_any_write(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other way round: a service deployed with `--cluster` is driven by hand on its
+    cluster; a Deploy of it through the Keepers, of any kind, is refused in one line
+    before anything is written (no operation, no package, its record unchanged), so the
+    two paths never both drive one service."""
+    ops = ServiceOps(store, StoreRef("sqlite:///unused"), "a", "127.0.0.1:1", "127.0.0.1")
+    monkeypatch.setattr(ops, "_apply", lambda *_: {})
+    ops.deploy(spec(name="solo", instances=1), FIXTURES / "echo_v1")
+    before = store.get_service("solo")
+    v2 = make_package(FIXTURES / "echo_v2").data
+    for kind in ("deploy", "config", "scale", "canary", "blue_green"):
+        with pytest.raises(InvalidSpec) as refused:
+            deploy(store, _spec_json(name="solo", version="v2"), v2, kind=kind)
+        assert str(refused.value) == (
+            "invalid deploy: solo is deployed directly on cluster a, not through the "
+            "Keepers: change it with --cluster a, or use another name"
+        ), kind
+    assert store.get_service("solo") == before
+    assert store.list_operations() == []
+    with pytest.raises(UnknownPackage):
+        store.get_package(hashlib.sha256(v2).hexdigest())
