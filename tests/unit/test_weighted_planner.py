@@ -278,5 +278,9 @@ class WeightedReleaseMachine(RuleBasedStateMachine):
         self.the_outcome_matches_what_the_clusters_serve()
 
 
-WeightedReleaseMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40)
+# no deadline: an example's time says nothing about the planner (one took 290 ms on a busy
+# 2-core machine, before plans were typed and after), as for TestReleaseMachine
+WeightedReleaseMachine.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=40, deadline=None
+)
 test_weighted_release_machine = WeightedReleaseMachine.TestCase
