@@ -186,7 +186,10 @@ class ProxyActor:
 
     async def update_routes(self, table: RoutingTable) -> int:
         """Adopt the table if newer; return the version held (the AppMaster's ack)."""
-        return await self._server.update_routes(table)
+        version = await self._server.update_routes(table)
+        if self._direct is not None:  # channels to workers no longer routed, once idle
+            self._direct.retain({e.address for e in self._server.router.table.entries})
+        return version
 
     async def routes_version(self) -> int:
         return self._server.router.version

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,8 @@ class DirectBackendCaller:
         self._tls = tls
         self._connect_timeout_s = connect_timeout_s
         self._links: dict[str, _Link] = {}
+        self._busy: dict[str, int] = {}
+        """Direct calls in flight per address (``retain`` keeps their channels)."""
 
     async def call(
         self,
@@ -106,8 +109,22 @@ class DirectBackendCaller:
     ) -> CallResult:
         if not address:
             return await self.fallback.call(worker, instance_id, method, payload, timeout_s)
+        self._busy[address] = self._busy.get(address, 0) + 1
+        try:
+            request = DirectCall(
+                worker=worker, instance_id=instance_id, method=method, payload=payload
+            )
+            return await self._call(request, timeout_s, address)
+        finally:
+            left = self._busy[address] - 1
+            if left:
+                self._busy[address] = left
+            else:
+                del self._busy[address]
+
+    async def _call(self, request: DirectCall, timeout_s: float | None, address: str) -> CallResult:
+        worker = request.worker
         link = await self._ready(worker, address, timeout_s)
-        request = DirectCall(worker=worker, instance_id=instance_id, method=method, payload=payload)
         try:
             reply: DirectResult = await link.call(request, timeout=timeout_s, wait_for_ready=False)
         except grpc.aio.AioRpcError as err:
@@ -151,6 +168,14 @@ class DirectBackendCaller:
     def addresses(self) -> list[str]:
         """Worker addresses with a cached channel."""
         return list(self._links)
+
+    def retain(self, addresses: Collection[str]) -> None:
+        """Close the channels to addresses not in ``addresses`` (workers gone from the
+        routing table) that no call is using; a channel still carrying a call (a drained
+        instance finishing) is left for a later ``retain``."""
+        for address in [a for a in self._links if a not in addresses and a not in self._busy]:
+            link = self._links.pop(address)
+            guard(link.channel.close(), name=f"close {address}", logger=log, finite=True)
 
     # --- channels ------------------------------------------------------------------
 

