@@ -73,7 +73,7 @@ loadtest: venv
 
 ## proto: regenerate the data-plane stubs after editing ha_serving/proto/serving.proto
 proto: venv
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. ha_serving/proto/serving.proto ha_serving/proto/keeper.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. ha_serving/proto/serving.proto ha_serving/proto/keeper.proto ha_serving/proto/direct.proto
 
 ## docs: regenerate docs/settings.md from the settings tree (ha_serving/_settings.py);
 ## tests/unit/test_docs_settings.py fails while it is out of date

@@ -32,7 +32,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -176,6 +176,18 @@ class ProxySettings(_Group):
     eject_probe_max_s: float = Field(default=2.0, gt=0)
     """Longest pause between pings of an ejected worker, so a worker back after a long
     outage is used again within this many seconds (or at the AppMaster's next table)."""
+
+    data_plane: Literal["direct", "ray"] = "direct"
+    """How a proxy reaches backend workers. "direct": over gRPC to the worker's own server,
+    whose address the routing table carries; a worker without one (its server could not
+    be started, or an older worker) is called through Ray. "ray": a Ray actor call
+    (``BackendWorker.call``) for every request, the path before the direct one."""
+
+    direct_connect_timeout_s: float = Field(default=1.0, gt=0)
+    """Longest wait for a connection to a worker's direct server (within the call's
+    deadline); a call that could not connect was never sent, so it is retried on
+    another worker. On one network a refused connection fails at once; this bounds the
+    wait on a silent address."""
 
 
 class ClientSettings(_Group):
@@ -422,7 +434,8 @@ class Settings(_Group):
     """The state store (MariaDB/MySQL, or SQLite): its URL and connect timeout."""
     proxy: ProxySettings = ProxySettings()
     """Each service's gRPC proxies: message size, default deadline, graceful stop,
-    concurrency bound, metric labels and the ejection of unreachable workers."""
+    concurrency bound, metric labels, the ejection of unreachable workers and the path
+    to the workers (direct gRPC, or Ray actor calls)."""
     client: ClientSettings = ClientSettings()
     """The client SDK: overall deadline, attempts, the retry budget and back-off, how long
     a failing endpoint is skipped, and the largest reply."""

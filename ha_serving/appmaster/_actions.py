@@ -67,6 +67,7 @@ class ActionsMixin:
     _proxy_actor: ActorFactory
     _worker_actor: ActorFactory
     _packages: dict[str, bytes]
+    _direct: dict[str, str]
 
     async def _mutate(self, change: Callable[[JobState], JobState]) -> JobState:
         raise NotImplementedError  # AppMasterCore's group commit
@@ -225,6 +226,7 @@ class ActionsMixin:
         with contextlib.suppress(ActorUnavailable):
             await self.runtime.call(name, "shutdown", timeout_s=self.settings.stop_margin_s * 2)
         await self.runtime.kill(name)
+        self._direct.pop(name, None)
         await self._mutate(
             lambda s: s.model_copy(
                 update={"workers": {k: v for k, v in s.workers.items() if k != name}}
@@ -244,6 +246,7 @@ class ActionsMixin:
             )
         )
         await self.runtime.kill(name)
+        self._direct.pop(name, None)
 
         new = successor(name)
 
@@ -273,7 +276,22 @@ class ActionsMixin:
         inst = self._inst(instance_id)
         code = await self._code(rev)
         result = await self._control(inst.worker, "add_instance", instance_id, **code)
+        if result.ok:  # the worker may be a new process (Ray restarted it): a new address
+            await self._ask_direct(inst.worker)
         await self._settle(instance_id, rev, result, loaded=result.ok)
+
+    async def _ask_direct(self, worker: str) -> None:
+        """Learn ``worker``'s direct server address (starting the server if need be);
+        unknown while the worker does not answer, "" where it has no direct server:
+        routing entries then send proxies through Ray."""
+        try:
+            address = await self.runtime.call(worker, "start_direct", timeout_s=5.0)
+        except ActorUnavailable:
+            self._direct.pop(worker, None)
+            return
+        except AttributeError:  # a worker of older code, without start_direct: Ray
+            address = ""
+        self._direct[worker] = str(address)
 
     async def _code(self, rev: Revision) -> dict[str, Any]:
         """The keyword arguments of a worker's add_instance/load_code for ``rev``."""
@@ -382,6 +400,7 @@ class ActionsMixin:
                     version=i.running.version if i.running else "",
                     max_concurrency=state.concurrency_per_proxy(),
                     group=i.group.value,
+                    address=self._direct.get(i.worker, ""),
                 )
                 for i in state.serving()
             ),

@@ -232,6 +232,11 @@ class AppMasterCore(ActionsMixin):
         self._pending: list[tuple[Callable[[JobState], JobState], asyncio.Future[JobState]]] = []
         self._wake = asyncio.Event()
         self._packages: dict[str, bytes] = {}
+        self._direct: dict[str, str] = {}
+        """Worker -> its direct server's address ("" for none), as the worker reported it
+        (``start_direct``): asked of every live worker not in here (so again after an
+        AppMaster restart) and after every instance load (a worker Ray restarted comes
+        back empty, on a new port, and its instances are loaded anew)."""
         self._last_health = 0.0
         self._unhealthy: frozenset[str] = frozenset()
         self._granted = 0
@@ -574,11 +579,14 @@ class AppMasterCore(ActionsMixin):
 
     async def _observe_worker(self, name: str) -> WorkerView | None:
         if not await self.runtime.exists(name):
+            self._direct.pop(name, None)
             return None
         try:
             stats = await self.runtime.call(name, "stats", timeout_s=5.0)
         except ActorUnavailable:
             return None
+        if name not in self._direct:
+            await self._ask_direct(name)
         return WorkerView(hosted=frozenset(stats))
 
     async def _observe_proxy(self, name: str) -> ProxyView | None:
