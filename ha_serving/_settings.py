@@ -101,6 +101,12 @@ class StackSettings(_Group):
     """How long workers and raylets wait for a restarted GCS (head) before they exit (Ray's
     ``gcs_rpc_server_reconnect_timeout_s``); a head restart must finish within it."""
 
+    ray_register_wait_s: float = Field(default=55.0, ge=30)
+    """How long ``ray start`` waits for its node's raylet to appear in the GCS before it
+    gives up (Ray 2.60 hard-codes 30 s; ``infra.ray_start`` stretches it): a head restoring
+    its GCS from Redis on a starved machine took longer. Below ``gcs_reconnect_timeout_s``
+    (the cluster's other raylets wait that long for their head) and ``node_start_timeout_s``."""
+
     death_info_wait_ms: int = Field(default=100, ge=0)
     """Ray's ``timeout_ms_task_wait_for_death_info`` on every node: how long a call to an
     actor whose connection broke waits for the GCS to report the death before it fails
@@ -145,6 +151,22 @@ class StackSettings(_Group):
     0600 config file). Ray's heads must then be given it on their command line
     (``ray start --redis-password``), which Ray also passes to its own processes: Ray's
     exception to "no secret in argv". False: a Redis without a password."""
+
+    @model_validator(mode="after")
+    def _starts_agree(self) -> Self:
+        """A node's own start wait fits inside what its cluster and ``up`` wait for."""
+        _require(
+            self.ray_register_wait_s < self.gcs_reconnect_timeout_s,
+            f"ray_register_wait_s ({self.ray_register_wait_s}) must be below "
+            f"gcs_reconnect_timeout_s ({self.gcs_reconnect_timeout_s}), or a head still "
+            "starting outlives its cluster's raylets",
+        )
+        _require(
+            self.ray_register_wait_s < self.node_start_timeout_s,
+            f"ray_register_wait_s ({self.ray_register_wait_s}) must be below "
+            f"node_start_timeout_s ({self.node_start_timeout_s})",
+        )
+        return self
 
 
 class ProxySettings(_Group):
