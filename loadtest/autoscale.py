@@ -1,5 +1,6 @@
-"""Run an autoscaling scenario: four services side by side on one stack, the same load
-trace at each, and reports that judge them against issue 13's goals.
+"""Run an autoscaling scenario: four services side by side, the same trace at each.
+
+The four run on one stack, and the reports judge them against issue 13's goals.
 
     .venv/bin/python -m loadtest.autoscale step-5x             # make autoscale-scenario
     .venv/bin/python -m loadtest.autoscale diurnal --compress 2
@@ -165,7 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--slo-p99-ms", type=float, default=500.0, help="per-second p99 SLO")
     p.add_argument("--deadline-s", type=float, default=2.0, help="each call's deadline")
-    p.add_argument("--history", choices=("seeded", "live", "none"), default="seeded")
+    p.add_argument(
+        "--history", choices=("seeded", "live", "none"), default="seeded",
+        help="diurnal: the forecast's 2 days of history written before T0 (seeded), "
+        "played first (live: 3 days, the last judged), or none",
+    )  # fmt: skip
     p.add_argument("--reports", type=Path, default=ROOT / "loadtest" / "reports")
     p.add_argument(
         "--max-minutes", type=float, default=None,
@@ -273,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + minutes * 60
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.reports / f"autoscale-{args.scenario}-{stamp}"
-    suffix = stamp[4:12].lower().replace("t", "")  # MMDDHHMM: unique per run and stack
+    suffix = stamp[4:8] + stamp[9:15]  # MMDDHHMMSS: a run's own services on a kept stack
     names = {p: f"as-{p}-{suffix}" for p in analysis.POLICIES}
     _say(
         f"{args.scenario}: {trace.duration_s:.0f} s of trace (peak {trace.peak:.2f}x), "

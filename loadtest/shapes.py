@@ -20,7 +20,11 @@ Scenarios (``compress`` divides every duration, nothing else):
   the day, starting at a drawn time between 10 % and 80 % of it. The burst is what a
   forecast cannot know: ``history`` (the previous days the forecast learns from) has
   the same curve with other noise and no burst.
-- ``noise``: a flat ``level`` (3) x with the same noise, for ``noise_s`` (1800 s).
+- ``noise``: a flat ``level`` (3) x with the same noise, for ``SETTLE_S`` (360 s, not
+  compressed: our stable window plus scale-down delay) that are not judged, then
+  ``NOISE_S`` (1800 s) that are. The services start at the count the mean needs, but
+  an autoscaler may have scaled in while it waited, without load, for the deploys to
+  finish; whatever it does to settle is not judged.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ PRE_S = 180.0
 HOLD_S = 240.0
 CYCLE_S = 1200.0
 NOISE_S = 1800.0
+SETTLE_S = 360.0
+"""The noise scenario's first seconds, not judged: ours' stable window (60 s) plus its
+scale-down delay (300 s), so a count moved before the load came has settled."""
 DAY = ((0.20, "night"), (0.35, "rise"), (0.65, "day"), (0.85, "fall"), (1.00, "night"))
 """The diurnal curve's phases: each ends at this fraction of the day."""
 BURST_SHARE = 0.05
@@ -107,11 +114,14 @@ class Trace:
 
     @property
     def judged(self) -> tuple[float, float]:
-        """The seconds the goals are judged on: the whole run, or a diurnal run's last
-        day (the days before it are history the forecast learns from)."""
+        """The seconds the goals are judged on: the whole run; a diurnal run's last day
+        (the days before it are history the forecast learns from); noise after its
+        ``SETTLE_S``."""
         if self.params.scenario == "diurnal":
             cycle = self.duration_s / self.params.cycles
             return (self.duration_s - cycle, self.duration_s)
+        if self.params.scenario == "noise":
+            return (SETTLE_S, self.duration_s)
         return (0.0, self.duration_s)
 
     def level(self, t: float) -> float:
@@ -136,8 +146,8 @@ def build(p: TraceParams) -> Trace:
         return Trace(p, (1.0,) * pre + (p.step,) * hold, step_at=float(pre), marks={"step": pre})
     rng = random.Random(f"{p.scenario}:{p.seed}")  # noqa: S311 - a load trace, not a secret
     if p.scenario == "noise":
-        flat = [p.level] * round(NOISE_S / p.compress)
-        return Trace(p, tuple(_noisy(flat, p, rng)))
+        flat = [p.level] * round(SETTLE_S + NOISE_S / p.compress)
+        return Trace(p, tuple(_noisy(flat, p, rng)), marks={"judged from": SETTLE_S})
     cycle = round(CYCLE_S / p.compress)
     days = [d for _ in range(p.cycles) for d in _day(cycle, p.step)]
     levels = _noisy(days, p, rng)

@@ -68,10 +68,13 @@ def test_noise_stays_within_its_band_and_holds_each_period(
         assert len(set(trace.levels[k : k + period])) == 1
 
 
-def test_noise_has_its_mean() -> None:
+def test_noise_has_its_mean_and_is_judged_after_it_settled() -> None:
     trace = build(TraceParams("noise", seed=7))
-    assert trace.duration_s == shapes.NOISE_S
+    assert trace.duration_s == shapes.SETTLE_S + shapes.NOISE_S
+    assert trace.judged == (shapes.SETTLE_S, trace.duration_s)
     assert sum(trace.levels) / len(trace.levels) == pytest.approx(3.0, rel=0.03)
+    short = build(TraceParams("noise", compress=3))
+    assert short.judged == (360.0, 360.0 + 600.0)  # the settling is not compressed
 
 
 @settings(max_examples=30, deadline=None)
@@ -325,6 +328,7 @@ def test_the_reports_are_written_with_their_verdict(tmp_path: Path) -> None:
     text = (tmp_path / "comparison.md").read_text()
     assert text.startswith("# Autoscaling scenario diurnal: GOALS MET")
     assert "| predictive | 40 | -60% | 18000 | +0% |" in text
+    assert "static, provisioned for the peak, had 100 violation seconds" in text  # the control
     body = json.loads((tmp_path / "comparison.json").read_text())
     assert body["passed"] is True
     assert body["services"]["baseline"]["violation_s"] == 100
