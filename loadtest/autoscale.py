@@ -22,9 +22,13 @@ example whose calls are ``work(work_s)`` (each call holds an instance that long)
 
 Every autoscaled service starts at the count the trace's first minute needs and may
 grow to the static one's count. Instances are cheap on purpose (``num_cpus`` 0.1,
-``--per-worker`` instances per worker process), and each takes at most
-``--max-concurrency`` calls at once (its proxies shed the rest), so a 5x load needs
-more of them.
+``--per-worker`` instances per worker process). Each runs ``--slots`` calls at once
+(echo's ``slots``), the others queueing, so a load above its capacity shows as latency
+while its proxies' in-flight figure still shows the whole demand, up to
+``--max-concurrency`` per instance (shed beyond). ``--slots 0`` leaves only the
+proxies' cap: overload then fails at once, and the in-flight figure cannot show more
+than ``max_concurrency / target`` times what the instances hold (docs/autoscaling.md,
+"A limit to know").
 
 Then one Locust process per service plays the same trace (``loadtest/shapes.py``) from
 one common start T0 (``autoscale_locustfile.py``): ``--users`` users at 1x, each a
@@ -112,6 +116,7 @@ class Load:
     work_s: float
     target: float
     max_concurrency: int
+    slots: int
     per_worker: int
     instance_start_s: float
     slo_p99_ms: float
@@ -158,7 +163,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=10, help="Locust users per service at 1x")
     p.add_argument("--work-s", type=float, default=0.2, help="seconds each call holds")
     p.add_argument("--target", type=float, default=2.0, help="ours: in flight per instance")
-    p.add_argument("--max-concurrency", type=int, default=4, help="calls per instance")
+    p.add_argument(
+        "--max-concurrency", type=int, default=16,
+        help="calls in flight per instance before its proxies shed (16)",
+    )  # fmt: skip
+    p.add_argument(
+        "--slots", type=int, default=4,
+        help="calls an instance runs at once, the rest queue (4; 0: no limit)",
+    )  # fmt: skip
     p.add_argument("--per-worker", type=int, default=2, help="instances per worker process")
     p.add_argument(
         "--instance-start-s", type=float, default=10.0,
@@ -247,6 +259,7 @@ def service_spec(
         proxies=2,
         max_concurrency=load.max_concurrency,
         resources={"num_cpus": 0.1},
+        config={**spec["config"], "slots": load.slots},
         rollout={**spec["rollout"], "max_unavailable": 2, "drain_timeout_s": 5.0},
         placement={"clusters": [{"name": cluster, "instances": count}]},
         autoscaling=auto,
@@ -256,14 +269,15 @@ def service_spec(
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.users < 1 or args.rate <= 0 or args.work_s <= 0:
-        raise ValueError("--users, --rate and --work-s must be positive")
+    if args.users < 1 or args.rate <= 0 or args.work_s <= 0 or args.slots < 0:
+        raise ValueError("--users, --rate and --work-s must be positive, --slots not negative")
     load = Load(
         rate=args.rate,
         users=args.users,
         work_s=args.work_s,
         target=args.target,
         max_concurrency=args.max_concurrency,
+        slots=args.slots,
         per_worker=args.per_worker,
         instance_start_s=args.instance_start_s,
         slo_p99_ms=args.slo_p99_ms,
@@ -365,6 +379,7 @@ def _judge(  # noqa: PLR0917 - the run's parts, once
         "load": {
             "1x": f"{load.rate:g} calls/s from {load.users} users",
             "each call holds": f"{load.work_s:g} s",
+            "slots (calls run at once)": load.slots,
             "max_concurrency": load.max_concurrency,
             "instances per worker": load.per_worker,
             "ours' target in flight": f"{load.target:g}",

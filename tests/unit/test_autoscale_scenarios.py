@@ -8,7 +8,9 @@ an AppMaster state)."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -364,6 +366,7 @@ def load_of(args: argparse.Namespace) -> autoscale.Load:
         work_s=args.work_s,
         target=args.target,
         max_concurrency=args.max_concurrency,
+        slots=args.slots,
         per_worker=args.per_worker,
         instance_start_s=args.instance_start_s,
         slo_p99_ms=args.slo_p99_ms,
@@ -375,7 +378,8 @@ def test_the_four_services_specs() -> None:
     """step-5x at 10 calls/s of 0.2 s calls: 2 in flight at 1x, 10 at 5x. Static holds the
     peak's 5 instances; the autoscaled ones start at 1 and may grow to 5; the baseline
     is Ray Serve's defaults; every spec is valid; a 5x load needs more instances than
-    one can hold (4 in flight each)."""
+    one can run (4 slots each), and one instance's proxies let the whole 5x demand be
+    seen in flight (16) rather than shed."""
     args = args_for("step-5x")
     load, params = load_of(args), autoscale.trace_params(args)
     trace = build(params)
@@ -400,8 +404,9 @@ def test_the_four_services_specs() -> None:
     predictive = specs["predictive"].autoscaling.predictive  # type: ignore[union-attr]
     assert predictive is not None
     assert (predictive.season_s, predictive.step_s) == (1200, 30)
-    assert all(s.resources.num_cpus == 0.1 and s.max_concurrency == 4 for s in specs.values())
-    assert 5 * load.inflight_1x > load.max_concurrency
+    assert all(s.resources.num_cpus == 0.1 and s.max_concurrency == 16 for s in specs.values())
+    assert all(s.config == {"prefix": ">", "slots": 4} for s in specs.values())
+    assert load.slots < 5 * load.inflight_1x <= load.max_concurrency
 
 
 @pytest.mark.parametrize("compress", [1.0, 1.4, 2.0, 3.0, 7.0, 20.0])
@@ -416,6 +421,7 @@ def test_a_too_short_day_or_an_invalid_spec_is_refused_before_any_deploy() -> No
     with pytest.raises(ValueError, match="too short for a forecast"):
         autoscale.season(TraceParams("diurnal", compress=30))
     assert autoscale.main(["step-5x", "--max-concurrency", "1"]) == 2  # target 2 > 1
+    assert autoscale.main(["step-5x", "--slots", "-1"]) == 2
 
 
 def test_live_history_plays_three_days_and_judges_the_last() -> None:
@@ -491,3 +497,28 @@ def test_the_sampler_reads_the_counts_autoscale_status_shows(tmp_path: Path) -> 
     assert [(a, b) for _, a, b in changes] == [(2, 5), (5, 4)]
     assert all(-60 < t <= 1 for t, _, _ in changes)
     assert sample.t > 0
+
+
+def test_echo_slots_make_calls_beyond_them_wait_their_turn() -> None:
+    """The scenarios' service model: with 1 slot held by another call, a call waits until
+    it is released; without slots, nothing waits."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "echo" / "code" / "echo.py"
+    found = importlib.util.spec_from_file_location("scenario_echo", path)
+    assert found is not None
+    assert found.loader is not None
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
+    for slots in (1, 0):
+        echo = module.Echo()
+        echo.reconfigure({"slots": slots})
+        done = threading.Event()
+        if slots:
+            echo.slots.acquire()  # another call holds the one slot
+        call = threading.Thread(target=lambda e=echo, d=done: (e.work(0.0), d.set()))
+        call.start()
+        if slots:
+            assert not done.wait(0.3)  # it waits its turn
+            echo.slots.release()
+        assert done.wait(10.0)
+        call.join()
+    assert module.Echo().slots is None  # no config, no limit: as before
