@@ -2,6 +2,9 @@
 
     .venv/bin/python -m loadtest.run rolling-update-500     # what `make loadtest` runs
 
+(The autoscaling scenarios, ``step-5x``, ``diurnal`` and ``noise``, are
+``loadtest/autoscale.py``'s; given one of their names this runs that.)
+
 Stands the stack up if none is up (and takes it down again at the end in that case),
 deploys the scenario's service through the Keepers, drives steady load with Locust
 (headless, gRPC users on the client SDK), performs the scenario's change through the
@@ -34,6 +37,7 @@ from ha_serving.backend import make_package
 from ha_serving.client import discovered_client
 from ha_serving.keeper import KeeperClient
 from loadtest import report
+from loadtest.shapes import SCENARIOS as AUTOSCALE_SCENARIOS
 from loadtest.sla import Record, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +111,13 @@ SCENARIOS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in AUTOSCALE_SCENARIOS:  # issue 13's: four services side by side
+        from loadtest import autoscale
+
+        return autoscale.main(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("scenario", choices=sorted(SCENARIOS) + list(AUTOSCALE_SCENARIOS))
     parser.add_argument("--reports", type=Path, default=ROOT / "loadtest" / "reports")
     parser.add_argument("--max-minutes", type=float, default=20.0, help="hard time bound")
     args = parser.parse_args(argv)
@@ -342,9 +351,11 @@ def _wait_records(raw: Path, target: int, deadline: float, *, minimum_s: float) 
         time.sleep(1.0)
 
 
-def _wait_op(keeper: KeeperClient, op_id: str, deadline: float, *, what: str) -> str:
+def _wait_op(
+    keeper: KeeperClient, op_id: str, deadline: float, *, what: str, service: str = SERVICE
+) -> str:
     while time.monotonic() < deadline:
-        for op in keeper.operations(SERVICE):
+        for op in keeper.operations(service):
             if op["op_id"] == op_id and op["status"] not in ACTIVE:
                 return str(op["status"])
         time.sleep(1.0)
