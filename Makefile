@@ -71,9 +71,24 @@ loadtest: venv
 	$(BIN)/python -m pip install -q -e '.[loadtest]'
 	$(BIN)/python -m loadtest.run $(SCENARIO)
 
+## autoscale-scenario: issue 13's proof. SCENARIO=step-5x (default here), diurnal or noise:
+## four copies of echo on one stack (static for the peak, a Ray-Serve-like baseline, ours
+## reactive, ours predictive), the same seeded Locust trace at each from one start; reports
+## in loadtest/reports/autoscale-<scenario>-<timestamp>/ (own stack if none is up; exit
+## status = the scenario's goals met). AUTOSCALE_ARGS passes more: --compress 2 (a 10 min
+## day), --rate/--users (the 1x load), --seed, --history live... (`python -m
+## loadtest.autoscale --help`). Trace 7 / 20 / 36 min + stack and deploys; bounded by
+## --max-minutes (default: the trace + 15 min). `make loadtest SCENARIO=step-5x` runs it too.
+AUTOSCALE_ARGS ?=
+AUTOSCALE_SCENARIO = $(if $(filter file,$(origin SCENARIO)),step-5x,$(SCENARIO))
+.PHONY: autoscale-scenario
+autoscale-scenario: venv
+	$(BIN)/python -m pip install -q -e '.[loadtest]'
+	$(BIN)/python -m loadtest.autoscale '$(AUTOSCALE_SCENARIO)' $(AUTOSCALE_ARGS)
+
 ## proto: regenerate the data-plane stubs after editing ha_serving/proto/serving.proto
 proto: venv
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. ha_serving/proto/serving.proto ha_serving/proto/keeper.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. ha_serving/proto/serving.proto ha_serving/proto/keeper.proto ha_serving/proto/direct.proto
 
 ## docs: regenerate docs/settings.md from the settings tree (ha_serving/_settings.py);
 ## tests/unit/test_docs_settings.py fails while it is out of date

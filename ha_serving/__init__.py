@@ -16,6 +16,7 @@ from ha_serving._errors import (
     UnknownService,
     UserError,
 )
+from ha_serving._marks import cheap
 from ha_serving._settings import Settings, StackSettings, StoreSettings
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "TransientError",
     "UnknownService",
     "UserError",
+    "cheap",
 ]

@@ -42,7 +42,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -111,6 +111,12 @@ class StackSettings(_Group):
     """How long workers and raylets wait for a restarted GCS (head) before they exit (Ray's
     ``gcs_rpc_server_reconnect_timeout_s``); a head restart must finish within it."""
 
+    ray_register_wait_s: float = Field(default=55.0, ge=30)
+    """How long ``ray start`` waits for its node's raylet to appear in the GCS before it
+    gives up (Ray 2.60 hard-codes 30 s; ``infra.ray_start`` stretches it): a head restoring
+    its GCS from Redis on a starved machine took longer. Below ``gcs_reconnect_timeout_s``
+    (the cluster's other raylets wait that long for their head) and ``node_start_timeout_s``."""
+
     death_info_wait_ms: int = Field(default=100, ge=0)
     """Ray's ``timeout_ms_task_wait_for_death_info`` on every node: how long a call to an
     actor whose connection broke waits for the GCS to report the death before it fails
@@ -156,6 +162,22 @@ class StackSettings(_Group):
     (``ray start --redis-password``), which Ray also passes to its own processes: Ray's
     exception to "no secret in argv". False: a Redis without a password."""
 
+    @model_validator(mode="after")
+    def _starts_agree(self) -> Self:
+        """A node's own start wait fits inside what its cluster and ``up`` wait for."""
+        _require(
+            self.ray_register_wait_s < self.gcs_reconnect_timeout_s,
+            f"ray_register_wait_s ({self.ray_register_wait_s}) must be below "
+            f"gcs_reconnect_timeout_s ({self.gcs_reconnect_timeout_s}), or a head still "
+            "starting outlives its cluster's raylets",
+        )
+        _require(
+            self.ray_register_wait_s < self.node_start_timeout_s,
+            f"ray_register_wait_s ({self.ray_register_wait_s}) must be below "
+            f"node_start_timeout_s ({self.node_start_timeout_s})",
+        )
+        return self
+
 
 class ProxySettings(_Group):
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -186,6 +208,18 @@ class ProxySettings(_Group):
     eject_probe_max_s: float = Field(default=2.0, gt=0)
     """Longest pause between pings of an ejected worker, so a worker back after a long
     outage is used again within this many seconds (or at the AppMaster's next table)."""
+
+    data_plane: Literal["direct", "ray"] = "direct"
+    """How a proxy reaches backend workers. "direct": over gRPC to the worker's own server,
+    whose address the routing table carries; a worker without one (its server could not
+    be started, or an older worker) is called through Ray. "ray": a Ray actor call
+    (``BackendWorker.call``) for every request, the path before the direct one."""
+
+    direct_connect_timeout_s: float = Field(default=1.0, gt=0)
+    """Longest wait for a connection to a worker's direct server (within the call's
+    deadline); a call that could not connect was never sent, so it is retried on
+    another worker. On one network a refused connection fails at once; this bounds the
+    wait on a silent address."""
 
 
 class ClientSettings(_Group):
@@ -432,7 +466,8 @@ class Settings(_Group):
     """The state store (MariaDB/MySQL, or SQLite): its URL and connect timeout."""
     proxy: ProxySettings = ProxySettings()
     """Each service's gRPC proxies: message size, default deadline, graceful stop,
-    concurrency bound, metric labels and the ejection of unreachable workers."""
+    concurrency bound, metric labels, the ejection of unreachable workers and the path
+    to the workers (direct gRPC, or Ray actor calls)."""
     client: ClientSettings = ClientSettings()
     """The client SDK: overall deadline, attempts, the retry budget and back-off, how long
     a failing endpoint is skipped, and the largest reply."""

@@ -123,6 +123,17 @@ class AutoscalingPolicy(_Spec):
     """Hysteresis: scaling in aims at ``target_inflight * (1 - tolerance)`` per instance,
     so a load just under a boundary does not flip the count back and forth."""
 
+    scale_up_delay_s: float = Field(default=0.0, ge=0, le=3600)
+    """A scale-out is carried out only once every decision for this many seconds asked
+    for more than the current count (then the latest one's count); 0: at once. Ray
+    Serve's ``upscale_delay_s`` (30 s there); for a baseline to compare with, since it
+    delays every burst by as much."""
+
+    reading_period_s: float | None = Field(default=None, gt=0, le=60)
+    """Seconds between two readings of this service's proxies, each followed by a
+    decision; None: the stack's ``autoscale.reading_period_s`` (1 s). Ray Serve's
+    replicas report every 10 s (``metrics_interval_s``); for a baseline to compare with."""
+
     instance_start_s: float = Field(default=10.0, gt=0, le=3600)
     """Expected seconds from a decision to a serving instance: the forecast looks this
     far ahead, and a latency-driven step waits this long (plus the panic window) to see

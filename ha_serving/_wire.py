@@ -3,7 +3,8 @@
 They are frozen dataclasses with no Ray or gRPC in them, so they pickle through Ray
 actor calls unchanged and the AppMaster, proxy and backend agree on one shape.
 ``code`` fields hold gRPC status *names* ("OK", "NOT_FOUND", ...) rather than
-``grpc.StatusCode`` members, because the backend never imports gRPC.
+``grpc.StatusCode`` members, so a ``CallResult`` means the same whichever path carried it
+(a Ray actor call, or the direct gRPC path, ``ha_serving/proto/direct.proto``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ SERVING_SERVICE = "ha_serving.v1.Serving"
 
 CALL_METHOD = f"/{SERVING_SERVICE}/Call"
 """Full gRPC method path of ``Serving.Call``, used by the client and the proxy."""
+
+DIRECT_SERVICE = "ha_serving.v1.Direct"
+"""Full gRPC name of a backend worker's own server (``ha_serving/proto/direct.proto``),
+called by proxies on the direct path."""
+
+DIRECT_CALL = f"/{DIRECT_SERVICE}/Call"
+DIRECT_PING = f"/{DIRECT_SERVICE}/Ping"
 
 RETRY_SAFE_KEY = "ha-retry-safe"
 """Trailing-metadata key a proxy sets on every non-OK answer it makes: "1" when the call
@@ -84,6 +92,10 @@ class RouteEntry:
     """Calls one proxy sends the instance at once; the cap is per proxy."""
     group: str = "stable"
     """Version group: "stable", "candidate" (canary, blue-green) or "retiring"."""
+    address: str = ""
+    """``host:port`` of the worker's direct gRPC server (``BackendWorker.start_direct``),
+    which proxies call instead of the Ray actor; "" when the worker has none (not
+    started, or could not be set up): then proxies use the Ray actor call."""
 
     def __post_init__(self) -> None:
         if not self.instance_id or not self.worker:
@@ -126,6 +138,7 @@ class RoutingTable:
                     "version": e.version,
                     "max_concurrency": e.max_concurrency,
                     "group": e.group,
+                    "address": e.address,
                 }
                 for e in self.entries
             ],
@@ -145,6 +158,7 @@ class RoutingTable:
                     version=_field(e, "version", str),
                     max_concurrency=_field(e, "max_concurrency", int),
                     group=_field(e, "group", str, "stable"),
+                    address=_field(e, "address", str, ""),
                 )
                 for e in raw
             )

@@ -211,6 +211,10 @@ class FakeWorker:
     async def ping(self) -> str:
         return self.name
 
+    async def start_direct(self) -> str:
+        """No direct server: proxies would call this worker through Ray."""
+        return ""
+
     async def add_instance(
         self,
         instance_id: str,

@@ -40,7 +40,11 @@ def node_argv(
     gcs_address: str,
 ) -> list[str]:
     argv = [
-        s.ray_bin,
+        # Ray's own CLI, with its 30 s registration wait stretched (see infra.ray_start)
+        str(Path(s.ray_bin).with_name("python")),
+        "-m",
+        "infra.ray_start",
+        f"--register-wait-s={s.ray_register_wait_s:g}",
         "start",
         "--block",
         "--disable-usage-stats",

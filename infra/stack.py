@@ -190,7 +190,9 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
 
 def make_certificates(settings: Settings, directory: Path) -> TlsPaths:
     """A new CA and, from it: the Keepers' server certificate (every Keeper address), the
-    proxies' (every node address: a proxy binds its node's), the AppMasters' client one."""
+    proxies' (every node address: a proxy binds its node's; also a client certificate,
+    shown to the backend workers' direct servers, which serve with it too), the
+    AppMasters' client one."""
     s, k = settings.stack, settings.keeper
     secret_dir(directory)
     ca = tls.make_ca(directory)
@@ -201,7 +203,7 @@ def make_certificates(settings: Settings, directory: Path) -> TlsPaths:
         for n in range(s.workers_per_cluster + 1)
     ]
     keeper = tls.issue(ca, directory, "keeper", hosts=keepers, server=True, client=False)
-    proxy = tls.issue(ca, directory, "proxy", hosts=nodes, server=True, client=False)
+    proxy = tls.issue(ca, directory, "proxy", hosts=nodes, server=True, client=True)
     appmaster = tls.issue(
         ca, directory, "appmaster", hosts=["appmaster"], server=False, client=True
     )

@@ -2,6 +2,9 @@
 
     .venv/bin/python -m loadtest.run rolling-update-500     # what `make loadtest` runs
 
+(The autoscaling scenarios, ``step-5x``, ``diurnal`` and ``noise``, are
+``loadtest/autoscale.py``'s; given one of their names this runs that.)
+
 Stands the stack up if none is up (and takes it down again at the end in that case),
 deploys the scenario's service through the Keepers, drives steady load with Locust
 (headless, gRPC users on the client SDK), performs the scenario's change through the
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +34,10 @@ from ha_serving import Settings
 from ha_serving._spec import load_spec
 from ha_serving._status import ACTIVE
 from ha_serving.backend import make_package
+from ha_serving.client import discovered_client
 from ha_serving.keeper import KeeperClient
 from loadtest import report
+from loadtest.shapes import SCENARIOS as AUTOSCALE_SCENARIOS
 from loadtest.sla import Record, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +62,17 @@ class Scenario:
     """The operation's options (canary steps and pauses, blue-green window, analysis)."""
     slo: float = 0.999
     deadline_s: float = 2.0
+    max_update_s: float | None = None
+    """If set, an update that takes longer fails the run even when the SLO is met."""
 
 
 SCENARIOS = {
     "rolling-update-500": Scenario(instances=500, per_worker=25),
+    # new code, not only config: every instance loads a package whose echo.py says
+    # VERSION = "2", in place (a fresh module namespace per instance), under load
+    "code-update-500": Scenario(
+        instances=500, per_worker=25, kind="code", change={"code_version": "2"}, max_update_s=60
+    ),
     "rolling-update-100": Scenario(
         instances=100, per_worker=10, max_unavailable=10, min_requests=10_000
     ),
@@ -98,8 +111,13 @@ SCENARIOS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in AUTOSCALE_SCENARIOS:  # issue 13's: four services side by side
+        from loadtest import autoscale
+
+        return autoscale.main(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("scenario", choices=sorted(SCENARIOS) + list(AUTOSCALE_SCENARIOS))
     parser.add_argument("--reports", type=Path, default=ROOT / "loadtest" / "reports")
     parser.add_argument("--max-minutes", type=float, default=20.0, help="hard time bound")
     args = parser.parse_args(argv)
@@ -147,12 +165,14 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
     try:
         _wait_records(raw, 1000, deadline, minimum_s=sc.warmup_s)
         changed = _changed(spec, sc)
+        package = _new_code(sc, out)
         update_start = time.time()
-        op = keeper.deploy(json.dumps(changed), b"", kind=sc.kind, options=sc.options)
+        op = keeper.deploy(json.dumps(changed), package, kind=sc.kind, options=sc.options)
         print(f"[loadtest] {sc.kind} update {op} started", flush=True)
         status = _wait_op(keeper, op, deadline, what="the update")
         update_end = time.time()
         print(f"[loadtest] update {status} after {update_end - update_start:.1f}s", flush=True)
+        versions = _versions_answering(sc, topo, keeper)
         _wait_records(raw, sc.min_requests, deadline, minimum_s=sc.tail_s)
     finally:
         _stop(locust)
@@ -173,6 +193,14 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
     )
     if status != "succeeded":
         sla["passed"] = False
+    if versions is not None:
+        sla["versions_after_update"] = versions
+        if set(versions) != {str(sc.change["code_version"])}:
+            sla["passed"] = False
+    if sc.max_update_s is not None:
+        sla["max_update_s"] = sc.max_update_s
+        if update_end - update_start > sc.max_update_s:
+            sla["passed"] = False
     report.write(out, sla, records)
     return sla
 
@@ -186,6 +214,12 @@ def _describe(sc: Scenario, status: str) -> str:
             f"{o['steps']} % held {o['pause_s']} s each, analysed every "
             f"{o['analysis']['interval_s']} s, then promoted in place "
             f"(max_unavailable {sc.max_unavailable}), status {status}"
+        )
+    if sc.kind == "code":
+        return (
+            f"code update (echo.py VERSION {sc.change['code_version']!r}) of {sc.instances} "
+            f"instances in place, max_unavailable {sc.max_unavailable} per cluster, clusters "
+            f"one at a time, bound {sc.max_update_s:.0f} s, status {status}"
         )
     if sc.kind == "blue_green":
         return (
@@ -202,12 +236,52 @@ def _describe(sc: Scenario, status: str) -> str:
 
 def _changed(spec: dict[str, Any], sc: Scenario) -> dict[str, Any]:
     """The spec after the scenario's change (a scale multiplies every cluster's count)."""
+    if (version := sc.change.get("code_version")) is not None:
+        return {**spec, "version": str(version)}
     factor = sc.change.get("scale_factor")
     if factor is None:
         return {**spec, **sc.change}
     clusters = [{**c, "instances": c["instances"] * factor} for c in spec["placement"]["clusters"]]
     placement = {**spec["placement"], "clusters": clusters}
     return {**spec, "instances": spec["instances"] * factor, "placement": placement}
+
+
+def _new_code(sc: Scenario, out: Path) -> bytes:
+    """The package a code update ships: examples/echo/code with its VERSION changed (b""
+    keeps the deployed package, as every other kind of change does)."""
+    version = sc.change.get("code_version")
+    if version is None:
+        return b""
+    code = out / "code-v2"
+    shutil.copytree(ECHO / "code", code, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (code / "echo.py").read_text()
+    if 'VERSION = "1"' not in source:
+        raise RuntimeError('examples/echo/code/echo.py no longer says VERSION = "1"')
+    (code / "echo.py").write_text(source.replace('VERSION = "1"', f"VERSION = {str(version)!r}"))
+    return make_package(code).data
+
+
+def _versions_answering(
+    sc: Scenario, topo: infra.Topology, keeper: KeeperClient, calls: int = 200
+) -> dict[str, int] | None:
+    """After a code update: which code version answered ``calls`` calls (all must be the
+    new one); None for the other kinds of change."""
+    if "code_version" not in sc.change:
+        return None
+    client, discovery = discovered_client(
+        SERVICE, keeper.addresses, token=topo.keeper_token(), tls=topo.client_tls()
+    )
+    seen: dict[str, int] = {}
+    try:
+        for _ in range(calls):
+            answer = client.call(SERVICE, "echo", "v?", timeout=sc.deadline_s)
+            version = str(answer["version"]) if isinstance(answer, dict) else repr(answer)
+            seen[version] = seen.get(version, 0) + 1
+    finally:
+        discovery.stop()
+        client.close()
+    print(f"[loadtest] versions answering after the update: {seen}", flush=True)
+    return seen
 
 
 def _start_locust(
@@ -277,9 +351,11 @@ def _wait_records(raw: Path, target: int, deadline: float, *, minimum_s: float) 
         time.sleep(1.0)
 
 
-def _wait_op(keeper: KeeperClient, op_id: str, deadline: float, *, what: str) -> str:
+def _wait_op(
+    keeper: KeeperClient, op_id: str, deadline: float, *, what: str, service: str = SERVICE
+) -> str:
     while time.monotonic() < deadline:
-        for op in keeper.operations(SERVICE):
+        for op in keeper.operations(service):
             if op["op_id"] == op_id and op["status"] not in ACTIVE:
                 return str(op["status"])
         time.sleep(1.0)

@@ -64,8 +64,9 @@ Bookkeeping = CreateInstances | Assign | MarkLost | RollBack | FinishRollout | D
 class Actions:
     """What the planner's actions do on the runtime, the store and the state.
 
-    It holds no state of its own but a cache of code packages: the job state is the
-    core's, read through ``current`` and changed only through ``mutate``."""
+    It holds no state of its own but two caches, of code packages and of the workers'
+    direct addresses: the job state is the core's, read through ``current`` and changed
+    only through ``mutate``."""
 
     def __init__(
         self,
@@ -87,6 +88,11 @@ class Actions:
         self._current = current
         self._packages: dict[str, bytes] = {}
         """Code packages by digest, read from the store once (a rollout needs two)."""
+        self._direct: dict[str, str] = {}
+        """Worker -> its direct server's address ("" for none), as the worker reported it
+        (``start_direct``): asked of every live worker not in here (``learn_direct``, so
+        again after an AppMaster restart) and after every instance load (a worker Ray
+        restarted comes back empty, on a new port, and its instances are loaded anew)."""
 
     async def execute(self, actions: list[Action], observed: Observed) -> None:
         """Bookkeeping first, then side effects concurrently, then routes to proxies."""
@@ -285,6 +291,7 @@ class Actions:
         with contextlib.suppress(ActorUnavailable):
             await self.runtime.call(name, "shutdown", timeout_s=self.settings.stop_margin_s * 2)
         await self.runtime.kill(name)
+        self.forget_direct(name)
         await self._mutate(
             lambda s: s.model_copy(
                 update={"workers": {k: v for k, v in s.workers.items() if k != name}}
@@ -304,6 +311,7 @@ class Actions:
             )
         )
         await self.runtime.kill(name)
+        self.forget_direct(name)
 
         new = successor(name)
 
@@ -334,7 +342,32 @@ class Actions:
         inst = self._inst(instance_id)
         code = await self._code(rev)
         result = await self._control(inst.worker, "add_instance", instance_id, **code)
+        if result.ok:  # the worker may be a new process (Ray restarted it): a new address
+            await self._ask_direct(inst.worker)
         await self._settle(instance_id, rev, result, loaded=result.ok)
+
+    async def learn_direct(self, worker: str) -> None:
+        """Ask live ``worker`` its direct address unless it is known already (the
+        observe path: a worker this AppMaster has not asked yet)."""
+        if worker not in self._direct:
+            await self._ask_direct(worker)
+
+    def forget_direct(self, worker: str) -> None:
+        """``worker`` is gone: its address (if it comes back, a new process) is unknown."""
+        self._direct.pop(worker, None)
+
+    async def _ask_direct(self, worker: str) -> None:
+        """Learn ``worker``'s direct server address (starting the server if need be);
+        unknown while the worker does not answer, "" where it has no direct server:
+        routing entries then send proxies through Ray."""
+        try:
+            address = await self.runtime.call(worker, "start_direct", timeout_s=5.0)
+        except ActorUnavailable:
+            self._direct.pop(worker, None)
+            return
+        except AttributeError:  # a worker of older code, without start_direct: Ray
+            address = ""
+        self._direct[worker] = str(address)
 
     async def _code(self, rev: Revision) -> dict[str, Any]:
         """The keyword arguments of a worker's add_instance/load_code for ``rev``."""
@@ -443,6 +476,7 @@ class Actions:
                     version=i.running.version if i.running else "",
                     max_concurrency=state.concurrency_per_proxy(),
                     group=i.group.value,
+                    address=self._direct.get(i.worker, ""),
                 )
                 for i in state.serving()
             ),

@@ -34,7 +34,12 @@ def appmaster_name(service: str) -> str:
     return f"{service}-appmaster"
 
 
-def proxy_spec(namespace: str, cluster: str, tls: TlsFiles | None = None) -> Any:
+def proxy_spec(
+    namespace: str,
+    cluster: str,
+    tls: TlsFiles | None = None,
+    settings: ProxySettings | None = None,
+) -> Any:
     def build(name: str, state: JobState) -> ActorSpec:
         return ActorSpec(
             name=name,
@@ -43,7 +48,7 @@ def proxy_spec(namespace: str, cluster: str, tls: TlsFiles | None = None) -> Any
             kwargs={
                 "namespace": namespace,
                 "cluster": cluster,
-                "settings": ProxySettings(),
+                "settings": settings or ProxySettings(),
                 "tls": tls,
             },
             # a sliver of CPU keeps proxies off heads (--num-cpus=0): a head crash must not
@@ -54,13 +59,21 @@ def proxy_spec(namespace: str, cluster: str, tls: TlsFiles | None = None) -> Any
     return build
 
 
-def worker_spec() -> Any:
+def worker_spec(tls: TlsFiles | None = None, *, direct_host: str | None = None) -> Any:
+    """Workers of the job's resources. ``tls``: the proxies' certificate, with which a
+    worker's direct server speaks mutual TLS to the proxies; ``direct_host``: the address
+    it binds (default: its node's, from Ray)."""
+
     def build(name: str, state: JobState) -> ActorSpec:
         res = state.spec.resources
+        kwargs: dict[str, Any] = {"tls": tls}
+        if direct_host is not None:
+            kwargs["direct_host"] = direct_host
         return ActorSpec(
             name=name,
             cls=BackendWorker,
             args=(name,),
+            kwargs=kwargs,
             num_cpus=res.num_cpus,
             memory_mb=res.memory_mb,
             runtime_env=res.runtime_env,
@@ -83,6 +96,7 @@ class AppMaster:
         token_file: str | None = None,
         link_tls: TlsFiles | None = None,
         proxy_tls: TlsFiles | None = None,
+        proxy_settings: ProxySettings | None = None,
     ) -> None:
         # Ray shows an actor's arguments (state API, dashboard): ``db`` and ``token_file``
         # name the files holding the secrets, read here, on the node
@@ -97,8 +111,8 @@ class AppMaster:
             runtime=RayRuntime(namespace),
             cluster=cluster,
             service=service,
-            proxy_actor=proxy_spec(namespace, cluster, proxy_tls),
-            worker_actor=worker_spec(),
+            proxy_actor=proxy_spec(namespace, cluster, proxy_tls, proxy_settings),
+            worker_actor=worker_spec(proxy_tls),
         )
         # Ray runs an async actor's methods on this loop; the loop starts with the actor,
         # so a restarted AppMaster resumes without anyone calling it.

@@ -27,6 +27,10 @@ one, which can scale out at once but scales in only after a full window again.
   per instance (hysteresis); it takes the highest count asked for over the last
   ``scale_down_delay_s``; it waits until a whole stable window has been read; and it
   at most halves the count at once (KPA's max scale-down rate, 2).
+- **Scaling out late, on purpose.** With ``scale_up_delay_s`` (0 by default), a
+  scale-out is carried out only once every decision for that long asked for more, as
+  Ray Serve's ``upscale_delay_s`` does; it exists to configure a baseline like Ray
+  Serve's to compare with.
 - Every result is clamped to ``min_instances..max_instances``.
 
 Modes (``Decision.mode``): ``stable``, ``panic``, ``latency``, ``forecast`` (the
@@ -77,6 +81,9 @@ class ScalerMemory:
     panic_until: float = -math.inf
     latency_step_at: float = -math.inf
     """When the latency rule last raised the count."""
+    up_since: float | None = None
+    """When the decisions began to ask for more than the current count, every one
+    since (None: the last one did not): ``scale_up_delay_s`` is counted from it."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ def decide(
         memory, asked=(*_recent(memory.asked, now - policy.scale_down_delay_s), (now, want))
     )
     desired, why = _scale_in(policy, memory, current, want, why)
+    memory, desired, why = _delay_scale_out(policy, memory, current, desired, why)
     clamped = policy.clamp(desired)
     if clamped != desired:
         mode = "bounds" if desired == current else mode  # moved by the bounds alone
@@ -203,6 +211,25 @@ def _scale_in(
             f"{why}; asked {held} within {policy.scale_down_delay_s:g} s"
         )
     return max(want, floor), why
+
+
+def _delay_scale_out(
+    policy: AutoscalingPolicy, memory: ScalerMemory, current: int, desired: int, why: str
+) -> tuple[ScalerMemory, int, str]:
+    """A count above ``current`` only once every decision for ``scale_up_delay_s`` asked
+    for more (Ray Serve's upscale delay); the wait starts again after each change."""
+    delay = policy.scale_up_delay_s
+    if desired <= current or delay <= 0:
+        return replace(memory, up_since=None), desired, why
+    now = memory.readings[-1].at
+    since = now if memory.up_since is None else memory.up_since
+    if now - since < delay:
+        return (
+            replace(memory, up_since=since),
+            current,
+            f"{why}; scale-out to {desired} waits: more asked for {now - since:g} of {delay:g} s",
+        )
+    return replace(memory, up_since=None), desired, f"{why}; more asked for {now - since:g} s"
 
 
 def _count(instances: float) -> int:

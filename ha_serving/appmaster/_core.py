@@ -531,11 +531,13 @@ class AppMasterCore:
 
     async def _observe_worker(self, name: str) -> WorkerView | None:
         if not await self.runtime.exists(name):
+            self.actions.forget_direct(name)
             return None
         try:
             stats = await self.runtime.call(name, "stats", timeout_s=5.0)
         except ActorUnavailable:
             return None
+        await self.actions.learn_direct(name)
         return WorkerView(hosted=frozenset(stats))
 
     async def _observe_proxy(self, name: str) -> ProxyView | None:

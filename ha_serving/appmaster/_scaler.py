@@ -1,9 +1,10 @@
 """Act separately: the AppMaster's autoscaler, a thin loop around the pure policies.
 
-Once per ``AutoscaleSettings.reading_period_s`` the AppMaster calls ``Autoscaler.tick``:
-it asks each of the service's proxies for its metrics text (the proxies' own figures,
-through the runtime, as it asks them for everything else), turns the differences since
-the previous reading into a ``Reading`` (in-flight calls, answered calls per second,
+The AppMaster calls ``Autoscaler.tick`` every round; once per reading period (the
+policy's ``reading_period_s``, else ``AutoscaleSettings.reading_period_s``) it asks
+each of the service's proxies for its metrics text (the proxies' own figures, through
+the runtime, as it asks them for everything else), turns the differences since the
+previous reading into a ``Reading`` (in-flight calls, answered calls per second,
 latency histogram), and asks ``_autoscale.decide`` for a count. A count that changes
 is saved in the job's state (``autoscaled``, read through ``ServiceSpec.scaled``)
 *before* the planner acts on it, and recorded as an ``autoscale`` event with its
@@ -74,7 +75,8 @@ class Autoscaler:
                 self.reset()
             return None
         now = self.clock.monotonic()
-        if now - self._read_at < self.settings.reading_period_s:
+        period = policy.reading_period_s or self.settings.reading_period_s
+        if now - self._read_at < period:
             return None
         self._read_at = now
         reading = await self._read(state, now)

@@ -4,20 +4,32 @@ The AppMaster makes it an actor with
 ``ray.remote(BackendWorker).options(**backend_actor_options(name, namespace=ns))`` and
 drives it by method calls. Packages arrive as bytes (read from the DB by the AppMaster),
 never as a path on the caller's machine. Control methods return a ``ControlResult``
-instead of raising, so errors cross Ray as plain values. No Ray import here: the class
-is plain Python and unit-testable.
+instead of raising, so errors cross Ray as plain values.
+
+Calls arrive two ways, both counted by the same ``InstanceHost``: ``call`` (a Ray actor
+call: the fallback path) and the worker's own gRPC server (``DirectServer``, the direct
+path), which ``start_direct`` starts on this node's address and the AppMaster puts in
+the routing table. No Ray import at module level: the class is plain Python and
+unit-testable; only ``start_direct`` asks Ray for the node's address, and only when it
+was given none.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from ha_serving._errors import HAServingError
 from ha_serving._wire import CallResult, ControlResult
+from ha_serving.backend._direct import DirectServer
 from ha_serving.backend._host import Config, InstanceHost, InstanceStats
 from ha_serving.backend._package import Package
+from ha_serving.util.tls import TlsFiles
+
+log = logging.getLogger(__name__)
 
 
 def backend_actor_options(
@@ -59,13 +71,47 @@ def backend_actor_options(
 class BackendWorker:
     """Hosts ``instances_per_worker`` instances of user classes in one actor process."""
 
-    def __init__(self, name: str, *, call_threads: int = 64, health_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        call_threads: int = 64,
+        health_timeout_s: float = 5.0,
+        direct_host: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        """``direct_host``: the address the direct server binds (default: this node's,
+        as Ray registered it); ``tls``: the proxies' certificate, with which the direct
+        server speaks mutual TLS (None: plaintext)."""
         self._name = name
         self._host = InstanceHost(call_threads=call_threads, health_timeout_s=health_timeout_s)
+        self._direct_host = direct_host
+        self._tls = tls
+        self._direct: DirectServer | None = None
+        self._direct_lock = asyncio.Lock()
 
     async def ping(self) -> str:
         """The worker's name; a cheap liveness probe."""
         return self._name
+
+    async def start_direct(self) -> str:
+        """Start the direct gRPC server once, on this node's address and a free port, and
+        return its ``host:port``; idempotent, so the AppMaster asks again after its own
+        restart. "" where it cannot be set up (outside Ray without a ``direct_host``, or
+        the bind failed): proxies then call this worker through Ray."""
+        async with self._direct_lock:
+            if self._direct is None:
+                host = self._direct_host or _ray_node_ip()
+                if host is None:
+                    return ""
+                server = DirectServer(self._name, self._host, tls=self._tls)
+                try:
+                    await server.start(host)
+                except Exception as exc:  # the Ray path still works: degrade, do not fail
+                    log.warning("worker %s: no direct server on %s: %s", self._name, host, exc)
+                    return ""
+                self._direct = server
+            return self._direct.address
 
     async def add_instance(
         self,
@@ -135,8 +181,25 @@ class BackendWorker:
 
     async def shutdown(self, grace_s: float = 5.0) -> bool:
         """Before the AppMaster kills the actor: let running calls finish (up to
-        ``grace_s``) and release the thread pools; True if all finished."""
-        return await self._host.close(grace_s)
+        ``grace_s``), release the thread pools and stop the direct server; True if all
+        finished."""
+        finished = await self._host.close(grace_s)
+        if self._direct is not None:
+            await self._direct.stop(0)
+            self._direct = None
+        return finished
+
+
+def _ray_node_ip() -> str | None:
+    """This node's IP as Ray registered it; None outside a Ray worker process (where
+    Ray is not even imported, it is not imported for this either)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    import ray.util
+
+    # Ray leaves it unannotated; it returns the IP this node registered with.
+    return cast("Callable[[], str]", ray.util.get_node_ip_address)()
 
 
 async def _control(op: Awaitable[None]) -> ControlResult:

@@ -18,7 +18,8 @@ config, also right after construction when the config is non-empty; an optional
 ``check_health()`` returning anything but ``False`` means healthy; every other public
 method takes one JSON value and returns one. Sync methods run in the host's own thread
 pool (the loop's default pool has only cores+4 threads, far below a service's concurrency
-cap), coroutine methods run on the loop.
+cap), coroutine methods run on the loop, and so do sync methods marked
+``ha_serving.cheap`` (no thread hop: for methods that never block).
 
 Control operations on one instance are serialised by a per-instance lock; calls are not.
 """
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from ha_serving._errors import InvalidSpec, UnknownInstance, UserCodeError
+from ha_serving._marks import is_cheap
 from ha_serving._wire import CallResult
 from ha_serving.backend._package import Package, load_class, namespace_of, unload_namespace
 
@@ -198,7 +200,12 @@ class InstanceHost:
         inst.idle.clear()
         try:
             try:
-                result = await self._invoke(self._calls, fn, value)
+                if is_cheap(fn):  # declared non-blocking: run on the loop, no thread hop
+                    result = fn(value)
+                    if inspect.isawaitable(result):
+                        result = await result
+                else:
+                    result = await self._invoke(self._calls, fn, value)
             except Exception as exc:  # the user's error goes back to the caller, not up
                 message = f"{type(exc).__name__}: {exc}"
                 return CallResult.failure(

@@ -1,8 +1,10 @@
 """Proxy: publishes one service over gRPC and routes each call to a backend instance.
 
-``Router`` (power of two choices under per-instance caps) and ``ProxyServer`` (grpc.aio,
-health service, deadlines, safe retries) are Ray-free; ``ProxyActor`` is the Ray actor
-body the AppMaster creates (with ``proxy_actor_options``).
+``Router`` (power of two choices under per-instance caps), ``ProxyServer`` (grpc.aio,
+health service, deadlines, safe retries) and ``DirectBackendCaller`` (gRPC straight to
+the workers' own servers) are Ray-free; ``ProxyActor`` is the Ray actor body the
+AppMaster creates (with ``proxy_actor_options``), and ``RayBackendCaller`` the Ray actor
+call it falls back to.
 """
 
 from ha_serving.proxy._actor import (
@@ -11,6 +13,7 @@ from ha_serving.proxy._actor import (
     RayBackendCaller,
     proxy_actor_options,
 )
+from ha_serving.proxy._direct import DirectBackendCaller
 from ha_serving.proxy._metrics import (
     LATENCY_BUCKETS,
     ProxyFigures,
@@ -23,6 +26,7 @@ from ha_serving.proxy._server import BackendCaller, ProxyServer
 __all__ = [
     "LATENCY_BUCKETS",
     "BackendCaller",
+    "DirectBackendCaller",
     "ProxyActor",
     "ProxyEndpoint",
     "ProxyFigures",

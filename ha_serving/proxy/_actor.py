@@ -1,10 +1,14 @@
-"""ProxyActor: the Ray actor body of a proxy; the only Ray-aware code of the data plane.
+"""ProxyActor: the Ray actor body of a proxy; the only Ray-aware code of the proxy.
 
 The AppMaster creates it with ``ray.remote(ProxyActor).options(**proxy_actor_options(...))``
 and calls ``start()`` (bind to this node's IP, port 0), then ``update_routes(table)`` on
 every routing change, ``inflight()`` while draining, and ``stop(grace_s)`` before killing
-it. ``RayBackendCaller`` turns a routed call into ``BackendWorker.call`` on the worker
-actor found by name; everything else lives in ``ProxyServer`` and ``Router``.
+it. A routed call goes to the worker's own gRPC server (``DirectBackendCaller``) when
+its routing entry has an ``address``; ``RayBackendCaller``, the fallback, turns it into
+``BackendWorker.call`` on the worker actor found by name. The fallback serves entries
+without an address (a worker whose direct server could not be started: outside Ray
+without a host, or a failed bind) and every call of a proxy whose ``data_plane`` setting
+is "ray". Everything else lives in ``ProxyServer`` and ``Router``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any, cast
 from ha_serving._errors import BackendUnavailable
 from ha_serving._settings import ProxySettings
 from ha_serving._wire import CallResult, RoutingTable
-from ha_serving.proxy._server import ProxyServer
+from ha_serving.proxy._direct import DirectBackendCaller
+from ha_serving.proxy._server import BackendCaller, ProxyServer
 from ha_serving.util.tls import TlsFiles
 
 
@@ -77,7 +82,14 @@ class RayBackendCaller:
         self._missing: dict[str, tuple[float, str]] = {}  # worker -> (since, reason)
 
     async def call(
-        self, worker: str, instance_id: str, method: str, payload: bytes, timeout_s: float | None
+        self,
+        worker: str,
+        instance_id: str,
+        method: str,
+        payload: bytes,
+        timeout_s: float | None,
+        *,
+        address: str = "",  # noqa: ARG002 - the direct path's; Ray finds actors by name
     ) -> CallResult:
         import ray.exceptions
 
@@ -96,7 +108,13 @@ class RayBackendCaller:
             raise TypeError(f"worker {worker!r} answered {type(result).__name__}")
         return result
 
-    async def probe(self, worker: str, timeout_s: float) -> bool:
+    async def probe(
+        self,
+        worker: str,
+        timeout_s: float,
+        *,
+        address: str = "",  # noqa: ARG002 - the direct path's; Ray finds actors by name
+    ) -> bool:
         """Ping ``worker`` through a fresh lookup: a restarted actor answers only once
         its new process runs, a restarting one fails or times out."""
         import ray.exceptions
@@ -142,9 +160,15 @@ class ProxyActor:
         settings: ProxySettings | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
-        self._server = ProxyServer(
-            service, RayBackendCaller(namespace), settings=settings, cluster=cluster, tls=tls
-        )
+        settings = settings or ProxySettings()
+        caller: BackendCaller = RayBackendCaller(namespace)
+        self._direct: DirectBackendCaller | None = None
+        if settings.data_plane == "direct":
+            # the proxy's certificate doubles as its client certificate towards workers
+            caller = self._direct = DirectBackendCaller(
+                caller, tls=tls, connect_timeout_s=settings.direct_connect_timeout_s
+            )
+        self._server = ProxyServer(service, caller, settings=settings, cluster=cluster, tls=tls)
         self._endpoint: ProxyEndpoint | None = None
 
     async def start(self) -> ProxyEndpoint:
@@ -162,7 +186,10 @@ class ProxyActor:
 
     async def update_routes(self, table: RoutingTable) -> int:
         """Adopt the table if newer; return the version held (the AppMaster's ack)."""
-        return await self._server.update_routes(table)
+        version = await self._server.update_routes(table)
+        if self._direct is not None:  # channels to workers no longer routed, once idle
+            self._direct.retain({e.address for e in self._server.router.table.entries})
+        return version
 
     async def routes_version(self) -> int:
         return self._server.router.version
@@ -181,3 +208,5 @@ class ProxyActor:
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, finish in-flight within grace."""
         await self._server.stop(grace_s)
+        if self._direct is not None:
+            await self._direct.close()

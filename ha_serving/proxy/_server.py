@@ -1,9 +1,13 @@
 """ProxyServer: the gRPC face of one service, with no Ray in it.
 
 Each ``Serving.Call`` is checked (service, method), given a deadline (the client's, or
-``default_timeout_s``), routed by the ``Router`` and sent through a ``BackendCaller``
-(a Ray actor call in production, an in-process host in tests). Every call ends in a
-reply or an explicit status with a reason:
+``default_timeout_s``), routed by the ``Router`` and sent through a ``BackendCaller``.
+In production that is ``DirectBackendCaller`` (gRPC straight to the worker's own server
+at the entry's ``address``), which falls back to ``RayBackendCaller`` (a Ray actor call)
+for an entry without an address, or ``RayBackendCaller`` alone with
+``proxy.data_plane = "ray"``; in tests, an in-process host. Both paths give the same
+``CallResult``s and the same ``BackendUnavailable`` semantics, so every call ends in a
+reply or an explicit status with a reason, whichever path it took:
 
 =================================  =====================  =========================
 situation                          status                 ``ha-retry-safe``
@@ -62,17 +66,27 @@ _Context = grpc.aio.ServicerContext[CallRequest, CallReply]
 
 class BackendCaller(Protocol):
     async def call(
-        self, worker: str, instance_id: str, method: str, payload: bytes, timeout_s: float | None
+        self,
+        worker: str,
+        instance_id: str,
+        method: str,
+        payload: bytes,
+        timeout_s: float | None,
+        *,
+        address: str = "",
     ) -> CallResult:
-        """Run one call on ``instance_id`` hosted by ``worker``.
+        """Run one call on ``instance_id`` hosted by ``worker``, whose direct server is at
+        ``address`` ("" if it has none: a caller that needs one uses another way).
 
         Raise ``BackendUnavailable`` when the worker cannot be reached, saying whether
-        the call may have reached user code; any other exception counts as "may have".
+        the call may have reached user code; ``TimeoutError`` when ``timeout_s`` passed;
+        any other exception counts as "may have".
         """
         ...
 
-    async def probe(self, worker: str, timeout_s: float) -> bool:
-        """Whether ``worker`` answers a no-op call within ``timeout_s`` (never raises)."""
+    async def probe(self, worker: str, timeout_s: float, *, address: str = "") -> bool:
+        """Whether ``worker`` (at ``address``) answers a no-op call within ``timeout_s``
+        (never raises)."""
         ...
 
 
@@ -241,9 +255,7 @@ class ProxyServer:
                 return last or self._no_instance()
             routed.append(entry)
             try:
-                result = await self._call_once(
-                    entry.worker, entry.instance_id, request, deadline - self._clock()
-                )
+                result = await self._call_once(entry, request, deadline - self._clock())
             finally:
                 self.router.release(entry.instance_id)
             if result.ok or result.reached_user_code or result.code != "UNAVAILABLE":
@@ -258,13 +270,21 @@ class ProxyServer:
         return last
 
     async def _call_once(
-        self, worker: str, instance_id: str, request: CallRequest, remaining: float
+        self, entry: RouteEntry, request: CallRequest, remaining: float
     ) -> CallResult:
         if remaining <= 0:
             return _refuse("DEADLINE_EXCEEDED", "deadline passed before the call was sent")
+        worker, instance_id = entry.worker, entry.instance_id
         try:
             return await asyncio.wait_for(
-                self._caller.call(worker, instance_id, request.method, request.payload, remaining),
+                self._caller.call(
+                    worker,
+                    instance_id,
+                    request.method,
+                    request.payload,
+                    remaining,
+                    address=entry.address,
+                ),
                 remaining,
             )
         except TimeoutError:
@@ -305,7 +325,10 @@ class ProxyServer:
         pause = self.settings.eject_probe_s
         while not self._stopping and self.router.ejected(worker):
             await asyncio.sleep(pause)
-            if await self._caller.probe(worker, timeout_s=self.settings.eject_probe_max_s):
+            address = next((e.address for e in self.router.table.entries if e.worker == worker), "")
+            if await self._caller.probe(
+                worker, timeout_s=self.settings.eject_probe_max_s, address=address
+            ):
                 if self.router.ejected(worker):
                     self.router.readmit(worker)
                     log.warning("readmitted worker %s", worker)

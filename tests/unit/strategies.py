@@ -173,6 +173,7 @@ route_entries = st.builds(
     version=st.text(max_size=8),
     max_concurrency=st.integers(1, 10_000),
     group=st.sampled_from(["stable", "candidate", "retiring"]),
+    address=st.sampled_from(["", "127.0.1.1:40001", "10.0.0.7:5"]),
 )
 
 

@@ -16,7 +16,9 @@ from ha_serving._instructions import EndReleaseBody, ReleaseBody, TrafficBody
 from ha_serving._spec import Revision
 from ha_serving._status import ReleaseMode
 from ha_serving.appmaster import JobState, Phase, StaleInstruction, UnknownEpoch
+from ha_serving.appmaster._actor import worker_spec
 from ha_serving.appmaster._state import OUT_OF_SERVICE
+from ha_serving.backend import BackendWorker
 from tests.unit.fixtures.control import Harness, run, spec
 
 
@@ -223,6 +225,56 @@ def test_crashed_worker_comes_back_empty_and_its_instances_are_reloaded(h: Harne
         results = await h.call_all()
         assert len(results) == 6
         assert all(b'"prefix": "p"' in r.payload for r in results)
+
+    run(scenario())
+
+
+def test_routes_carry_each_workers_direct_address_across_restarts(h: Harness) -> None:
+    """Each routing entry names its worker's direct server, as the worker reported it; a
+    new AppMaster asks the live workers again (the same servers: the same addresses),
+    and a worker Ray restarted (a new process: a new port) is routed at its new one."""
+    h.worker_actor = worker_spec(direct_host="127.0.0.1")
+    h.core = h.new_core()
+    crashed: list[BackendWorker] = []
+
+    def workers() -> dict[str, BackendWorker]:
+        return {n: a for n, a in h.runtime.actors.items() if isinstance(a, BackendWorker)}
+
+    async def routed() -> dict[str, set[str]]:
+        """Worker -> the addresses its entries carry, on every proxy."""
+        out: dict[str, set[str]] = {}
+        for proxy in h.proxies():
+            for e in proxy.table.entries:
+                out.setdefault(e.worker, set()).add(e.address)
+        return out
+
+    async def reported() -> dict[str, set[str]]:
+        return {n: {await w.start_direct()} for n, w in workers().items()}
+
+    async def scenario() -> None:
+        try:
+            await h.deploy(spec(), "echo_v1", "op-1")
+            await h.converge()
+            first = await reported()
+            assert all(a != {""} for a in first.values())
+            assert await routed() == first
+            h.core = h.new_core()  # the AppMaster restarted: it knows no address
+            await h.core.load()
+            asked = len([c for c in h.runtime.calls if c[1] == "start_direct"])
+            await h.deploy(spec(instances=8), "echo_v1", "op-2", epoch=1)  # a new table
+            await h.converge()
+            assert len([c for c in h.runtime.calls if c[1] == "start_direct"]) > asked
+            assert await routed() == await reported()
+            assert {n: first[n] for n in first} == {n: (await reported())[n] for n in first}
+            crashed.append(workers()["echo-w1"])
+            h.runtime.crash("echo-w1")
+            await h.converge()
+            after = await routed()
+            assert after == await reported()
+            assert after["echo-w1"] != first["echo-w1"]
+        finally:
+            for worker in [*workers().values(), *crashed]:
+                await worker.shutdown(grace_s=0)
 
     run(scenario())
 

@@ -229,6 +229,38 @@ def test_an_operators_scale_overrides_the_autoscalers_count(h: Harness) -> None:
     run(scenario())
 
 
+def test_a_policys_own_reading_period_and_scale_up_delay(h: Harness) -> None:
+    """A Ray-Serve-like policy (figures every 10 s, a scale-out only after 30 s of asking
+    for it): the AppMaster reads its proxies once per 10 s however often its round runs,
+    and scales out on the 4th reading that asks for more (3 held, the 4th carried out)."""
+    ray_like = {
+        **AUTO,
+        "reading_period_s": 10,
+        "scale_up_delay_s": 30,
+        "stable_window_s": 30,
+        "panic_threshold": 100,
+    }
+
+    async def scenario() -> None:
+        await h.deploy(spec(instances=2, autoscaling=ray_like), "echo_v1", "op-1")
+        await h.converge()
+        load(h, {"echo-0": 20, "echo-1": 20})  # 40 in flight, target 4: 10, at most 8
+        readings: list[tuple[float, int | None]] = []
+        for _ in range(50):
+            await h.core.round()
+            last, state = h.core.autoscaler.last, h.core.state
+            assert state is not None
+            if last is not None and (not readings or readings[-1][0] != last.at):
+                readings.append((last.at, state.autoscaled))
+            h.clock.advance(1.0)
+        assert all(b[0] - a[0] == 10 for a, b in itertools.pairwise(readings)), readings
+        assert [n for _, n in readings] == [None, None, None, 8, 8], readings
+        assert [(d["current"], d["desired"]) for d in events(h)] == [(2, 8)]
+        assert "more asked for 30 s" in events(h)[0]["reason"]
+
+    run(scenario())
+
+
 def test_no_figures_no_decision(h: Harness) -> None:
     """Proxies that do not answer give no reading: the count stays, nothing is recorded."""
 

@@ -106,6 +106,34 @@ def test_20_percent_noise_flips_direction_at_most_once_per_10_minutes(
         assert b - a >= 600, (level, reversals)
 
 
+RAY_LIKE = AutoscalingPolicy(
+    max_instances=20,
+    target_inflight=2,
+    stable_window_s=30,
+    panic_threshold=100,
+    scale_down_delay_s=600,
+    scale_down_tolerance=0,
+    scale_up_delay_s=30,
+)
+"""Ray Serve's defaults as the scenarios' baseline writes them (no panic: a threshold no
+load reaches)."""
+
+
+def test_a_scale_up_delay_holds_a_step_exactly_that_long() -> None:
+    """One instance's load, then 5 times it at t=120: the Ray-like policy scales out only
+    at t=150, once every reading for 30 s asked for more, straight to 5; the same policy
+    without the delay scales out at the step."""
+    delayed = Sim(RAY_LIKE, current=1)
+    delayed.run(lambda t: 2.0 if t < 120 else 10.0, 200)
+    changes = [(d.at, d.desired) for d in delayed.decisions if d.changes]
+    assert changes == [(150.0, 5)], changes
+    assert "more asked for 30 s" in delayed.decisions[150].reason
+    assert "waits: more asked for 29 of 30 s" in delayed.decisions[149].reason
+    at_once = Sim(RAY_LIKE.model_copy(update={"scale_up_delay_s": 0.0}), current=1)
+    at_once.run(lambda t: 2.0 if t < 120 else 10.0, 200)
+    assert next(d.at for d in at_once.decisions if d.changes) == 120.0
+
+
 def test_load_gone_scales_in_only_after_the_delay_and_at_most_halving() -> None:
     """10 instances' worth of calls until t=120, then half of one instance's: the count
     stays 10 for scale_down_delay_s after the last reading that asked for 10, then
@@ -148,17 +176,19 @@ def test_p99_over_target_scales_out_and_waits_to_see_the_effect() -> None:
 # --- properties ---------------------------------------------------------------------------
 
 policies = st.builds(
-    lambda lo, span, target, p99: AutoscalingPolicy(
+    lambda lo, span, target, p99, up_delay: AutoscalingPolicy(
         min_instances=lo,
         max_instances=lo + span,
         target_inflight=target,
         target_p99_ms=p99,
         scale_down_delay_s=30,
+        scale_up_delay_s=up_delay,
     ),
     st.integers(1, 5),
     st.integers(0, 30),
     st.floats(1, 50),
     st.none() | st.floats(10, 1000),
+    st.sampled_from([0.0, 0.0, 5.0, 30.0]),
 )
 loads = st.lists(st.tuples(st.floats(0, 2000), st.integers(1, 80)), min_size=1, max_size=8).map(
     lambda steps: [x for x, n in steps for _ in range(n)]
@@ -248,3 +278,28 @@ def test_scale_in_only_after_the_windows(
                     assert d.desired >= up.desired
         elif d.desired > d.current:
             ups.append(d)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    policy=policies,
+    inflight=loads,
+    start=st.integers(1, 30),
+    delay=st.sampled_from([5.0, 30.0]),
+    step=st.sampled_from([1.0, 10.0]),
+)
+def test_a_scale_out_comes_a_whole_delay_after_the_last_change(
+    policy: AutoscalingPolicy, inflight: list[float], start: int, delay: float, step: float
+) -> None:
+    """With ``scale_up_delay_s``, no scale-out comes sooner than that after the first
+    reading or the previous change of the count, whatever the load (readings every
+    second, or every 10 s as Ray Serve's metrics)."""
+    policy = policy.model_copy(update={"scale_up_delay_s": delay})
+    start = min(max(start, policy.min_instances), policy.max_instances)
+    _, _, decisions = _replay(policy, inflight, start, step)
+    last_change = decisions[0].at
+    for d in decisions:
+        if d.desired > d.current:
+            assert d.at - last_change >= delay, (d, last_change)
+        if d.changes:
+            last_change = d.at

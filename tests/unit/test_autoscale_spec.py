@@ -32,6 +32,8 @@ def test_defaults_are_knatives_kpa() -> None:
     assert a == AutoscalingPolicy()
     assert (a.stable_window_s, a.panic_window_s, a.panic_threshold) == (60.0, 6.0, 2.0)
     assert a.predictive is None
+    # the fields a Ray-Serve-like baseline needs change nothing unless set
+    assert (a.scale_up_delay_s, a.reading_period_s) == (0.0, None)
 
 
 def test_a_predictive_subsection_gets_its_defaults() -> None:
@@ -54,6 +56,8 @@ def test_a_predictive_subsection_gets_its_defaults() -> None:
         ({"panic_threshold": 1}, {}, "autoscaling.panic_threshold: Input should be greater"),
         ({"target_inflight": float("nan")}, {}, "autoscaling.target_inflight: Input should"),
         ({"window": 5}, {}, "autoscaling.window: Extra inputs are not permitted"),
+        ({"reading_period_s": 0}, {}, "autoscaling.reading_period_s: Input should be greater"),
+        ({"scale_up_delay_s": -1}, {}, "autoscaling.scale_up_delay_s: Input should be greater"),
         ("fast", {}, "autoscaling: Input should be a valid dictionary"),
     ],
     ids=[
@@ -67,6 +71,8 @@ def test_a_predictive_subsection_gets_its_defaults() -> None:
         "panic threshold of 100 %",
         "NaN target",
         "unknown key",
+        "no reading period",
+        "negative scale-up delay",
         "not a mapping",
     ],
 )

@@ -401,8 +401,8 @@ def _dies_after_running(real: Any, died: set[bytes]) -> Any:
     """A HostCaller.call whose worker runs the call, then dies before replying (once per
     payload: the call's id)."""
 
-    async def call(*args: Any) -> Any:
-        result = await real(*args)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        result = await real(*args, **kwargs)
         payload = args[3]
         if payload not in died:
             died.add(payload)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ha_serving import cheap
 from ha_serving._errors import InvalidSpec, UnknownInstance, UserCodeError
+from ha_serving._marks import is_cheap
 from ha_serving._wire import CallResult
 from ha_serving.backend import BackendWorker, InstanceHost, backend_actor_options
 from tests.unit.fixtures.dataplane import ECHO, package
@@ -273,3 +277,46 @@ def test_backend_actor_options_name_and_detach_the_worker_and_forbid_task_retrie
     assert opts["lifetime"] == "detached"
     assert opts["max_task_retries"] == 0
     assert "lifetime" not in backend_actor_options("x", namespace="ns", detached=False)
+
+
+def test_sync_methods_marked_cheap_run_on_the_loop_and_the_others_in_the_pool(
+    tmp_path: Path,
+) -> None:
+    """``ha_serving.cheap`` (or the attribute set by hand) skips the thread hop; results,
+    errors and in-flight counts are as for any call."""
+
+    async def scenario(host: InstanceHost) -> None:
+        config = {"ledger": str(tmp_path / "ledger")}
+        await host.add_instance("c", package("counter"), "counter:Counter", "v1", config)
+        loop_thread = threading.current_thread().name
+        pooled = json.loads((await call(host, "thread", iid="c")).payload)
+        assert pooled.startswith("ha-call")
+        for method in ("cheap_thread", "marked_by_hand"):
+            assert json.loads((await call(host, method, iid="c")).payload) == loop_thread
+        assert json.loads((await call(host, "cheap_async", [1], iid="c")).payload) == [1]
+        failed = await call(host, "cheap_fail", 2, iid="c")
+        assert (failed.code, failed.message, failed.reached_user_code) == (
+            "UNKNOWN",
+            "ValueError: cheap and wrong: 2",
+            True,
+        )
+        assert host.inflight("c") == 0
+
+    run(scenario)
+
+
+def test_only_a_true_mark_makes_a_method_cheap() -> None:
+    class Odd:
+        def __call__(self) -> None: ...
+
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError("no attributes here")
+
+    def plain() -> None: ...
+
+    truthy = cheap(lambda: None)
+    assert is_cheap(truthy)
+    assert not is_cheap(plain)
+    assert not is_cheap(Odd())  # an attribute lookup that raises is no mark
+    plain.__ha_serving_cheap__ = "yes"  # type: ignore[attr-defined]
+    assert not is_cheap(plain)

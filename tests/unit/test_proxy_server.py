@@ -222,7 +222,7 @@ def test_every_worker_ejected_is_unavailable_and_retry_safe() -> None:
 
 def test_unexpected_backend_caller_error_is_unavailable_and_not_retry_safe() -> None:
     class Broken:
-        async def call(self, *_: object) -> CallResult:
+        async def call(self, *_: object, **__: object) -> CallResult:
             raise RuntimeError("connection reset")
 
     with running_stack() as stack:

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ha_serving._errors import CallError
 from ha_serving._settings import Settings, TlsSettings
@@ -183,6 +184,11 @@ def test_up_certifies_every_keeper_and_node_address(tmp_path: Path) -> None:
 
     assert sans(paths.keeper_cert) == {"127.0.200.1", "127.0.200.2", "127.0.200.3"}
     assert sans(paths.proxy_cert) == {f"127.0.{i}.{n}" for i in (1, 2) for n in (1, 2, 3)}
+    # the proxies' certificate is also their client certificate towards the workers'
+    # direct servers (mutual TLS), which serve with it
+    proxy = x509.load_pem_x509_certificate(paths.proxy_cert.read_bytes())
+    usages = proxy.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert (tmp_path / "tls").stat().st_mode & 0o777 == 0o700
     for key in (paths.ca_key, paths.keeper_key, paths.proxy_key, paths.appmaster_key):
         assert key.stat().st_mode & 0o777 == 0o600
