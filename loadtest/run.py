@@ -357,6 +357,8 @@ def _wait_op(
     while time.monotonic() < deadline:
         for op in keeper.operations(service):
             if op["op_id"] == op_id and op["status"] not in ACTIVE:
+                if op.get("error"):
+                    print(f"[loadtest] {op_id} {op['status']}: {op['error']}", flush=True)
                 return str(op["status"])
         time.sleep(1.0)
     raise TimeoutError(f"{what} did not finish in time")

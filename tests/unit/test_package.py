@@ -151,3 +151,35 @@ def test_unload_namespace_forgets_all_its_modules() -> None:
     unload_namespace(ns)
     assert not [m for m in sys.modules if m == ns or m.startswith(ns + ".")]
     assert namespace_of(int) is None
+
+
+def test_unload_namespace_while_another_thread_imports() -> None:
+    """Instances of one worker load code in parallel: one's unload (the loop thread)
+    must not trip over another's imports (a control-pool thread) changing sys.modules."""
+    import threading
+    import types
+
+    stop = threading.Event()
+
+    def importer() -> None:  # stands in for another instance importing its code
+        n = 0
+        while not stop.is_set():
+            name = f"_hasrv_test_churn_{n % 50}"
+            sys.modules[name] = types.ModuleType(name)
+            sys.modules.pop(f"_hasrv_test_churn_{(n + 25) % 50}", None)
+            n += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    thread = threading.Thread(target=importer, daemon=True)
+    thread.start()
+    try:
+        for i in range(300):
+            cls = load_class(package("echo_v1"), "echo:Echo", namespace_id=f"c{i}")
+            unload_namespace(namespace_of(cls) or "")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sys.setswitchinterval(interval)
+        for n in range(50):
+            sys.modules.pop(f"_hasrv_test_churn_{n}", None)
