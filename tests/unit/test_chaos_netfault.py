@@ -154,8 +154,10 @@ def test_latency_is_added_each_way_and_keeps_the_byte_order(
         baseline = min(round_trip(s) for _ in range(5))
         assert hub.client.set("t", Fault(mode="latency", latency_ms=100)) == 1
         slow = [round_trip(s) for _ in range(3)]
-        assert all(0.2 <= t < 0.2 + 0.15 for t in slow), slow
-        assert baseline < 0.05
+        # 100 ms each way is added to every round trip; the fastest of three shows that
+        # little else is (one slow trip is the machine's load, not the fault's)
+        assert all(t >= 0.2 for t in slow), slow
+        assert min(slow) < baseline + 0.2 + 0.15, (baseline, slow)
         # with jitter each chunk's delay differs, yet nothing overtakes what was sent first
         hub.client.set("t", Fault(mode="latency", latency_ms=40, jitter_ms=40))
         sent = b"".join(f"<{i:04d}>".encode() for i in range(200))
@@ -163,7 +165,7 @@ def test_latency_is_added_each_way_and_keeps_the_byte_order(
             s.sendall(sent[i * 6 : (i + 1) * 6])
         assert recv_exactly(s, len(sent)) == sent
         hub.client.set("t", PASS)
-        assert round_trip(s) < 0.05
+        assert min(round_trip(s) for _ in range(3)) < 0.2  # the 200 ms round trip is gone
 
 
 def test_reset_is_a_connection_reset_for_open_and_new_connections(
@@ -178,7 +180,7 @@ def test_reset_is_a_connection_reset_for_open_and_new_connections(
         round_trip(s)
     hub.client.set("t", PASS)
     with connect(listen) as s:
-        assert round_trip(s) < 0.05
+        round_trip(s)  # answered: the link passes again
     [status] = hub.client.status()
     assert status["resets"] >= 2
 
@@ -254,9 +256,9 @@ def test_a_group_fault_reaches_links_that_join_later_and_patterns_match(
             name: min(round_trip(s) for _ in range(3))
             for name, s in (("a", sa), ("b", sb), ("other", so))
         }
-    assert fastest["b"] >= 0.1
-    assert fastest["a"] < 0.05
-    assert fastest["other"] < 0.05
+    assert fastest["b"] >= 0.1  # 50 ms each way
+    assert fastest["a"] < 0.1  # below what the fault would add: a is healed
+    assert fastest["other"] < 0.1
 
 
 def test_the_hub_process_exits_when_its_stack_goes_away(tmp_path: Path) -> None:
