@@ -1,6 +1,7 @@
 """ha_serving's proxy vs Ray Serve's gRPC proxy: the same echo, side by side, one run.
 
     .venv/bin/python bench/grpc_vs_serve.py            # or: make bench
+    .venv/bin/python bench/grpc_vs_serve.py --direct-client --time-limit 180   # + (d)
 
 Both systems serve the echo of ``examples/echo`` (same code path: JSON in, JSON out, a
 sync method run in the replica's thread pool) with the same number of replicas (one
@@ -22,6 +23,16 @@ machine), read from ``/proc``: it says where the time goes, and how noisy the ru
 (c) with ``--baseline``: a bare gRPC-in-actor proxy (grpc.aio in an async actor,
     round-robin ``await replica.call.remote(payload)`` to plain sync actors), the floor
     of any proxy built on Ray actor calls.
+(d) with ``--direct-client`` (issue 14's "client -> worker direct, the proxy as a
+    directory", measured only: no such client mode exists): the same client calls the
+    workers of (a) itself, ``Direct.Call`` (``ha_serving/proto/direct.proto``) on their
+    own gRPC servers, a route per call in round-robin order. The routes (worker address,
+    worker, instance) are read once before the rounds, as the routing table carries
+    them: each worker's ``start_direct`` (idempotent: the address the AppMaster put in
+    ``RouteEntry.address``) and ``stats`` (its instances). Its CPU roles: client,
+    replicas (the workers), control (the AppMaster); the idle proxies count as other.
+    The report gives its throughput and p99 over ours: it wins only with more
+    throughput and a lower p99. Plaintext only, as the bench's client is.
 
 By default the bench brings up its own 2-cluster stack in a temporary run directory, on
 addresses and ports of its own (so it runs beside ``make up``'s stack and the tests'),
@@ -54,6 +65,7 @@ from bench.harness import (
     SERVICE,
     BareProxy,
     BareReplica,
+    Route,
     Side,
     connect,
     measure,
@@ -66,6 +78,11 @@ from bench.harness import (
 SERVE_APP = "bench-echo"
 SERVE_NAMESPACE = "hasrv-bench-serve"
 SERVICER = "ha_serving.proto.serving_pb2_grpc.add_ServingServicer_to_server"
+
+OURS = "ha_serving proxy"
+SERVE = "Ray Serve gRPC proxy"
+BARE = "bare gRPC-in-actor"
+DIRECT = "direct client->worker"
 
 
 class BenchTimeout(Exception):
@@ -110,7 +127,41 @@ def deploy_ours(topo: Any, cluster_name: str, replicas: int, proxies: int, log: 
     finally:
         ops.close()
         store.close()
-    return Side("ha_serving proxy", targets, [], processes)
+    return Side(OURS, targets, [], processes)
+
+
+def direct_side(topo: Any, cluster_name: str, replicas: int, log: Any) -> Side:
+    """The side of a client that calls the workers' direct servers itself, the proxy
+    only telling it where they are (issue 14's "proxy as a directory"): the routes are
+    read once, as the routing table carries them (``RouteEntry.address`` is what
+    ``BackendWorker.start_direct`` returns, and it is idempotent), with the worker's
+    instances from its ``stats``. Run after ``deploy_ours``, on its cluster."""
+    import ray
+
+    from ha_serving.appmaster import NAMESPACE, appmaster_name
+
+    started = time.monotonic()
+    connect(topo.cluster(cluster_name), NAMESPACE)
+    workers = [f"{SERVICE}-w{k}" for k in range(replicas)]
+    routes: list[Route] = []
+    for name in workers:
+        handle = ray.get_actor(name, namespace=NAMESPACE)
+        answers: list[Any] = ray.get(
+            [handle.start_direct.remote(), handle.stats.remote()], timeout=30
+        )
+        address: str = answers[0]
+        stats: dict[str, Any] = answers[1]
+        if not address:
+            raise RuntimeError(f"worker {name} has no direct server: nothing to call directly")
+        routes += [(address, name, instance_id) for instance_id in sorted(stats)]
+    side = Side(DIRECT, [], [], routes=routes)
+    wait_answering(side, timeout_s=30)
+    side.processes = pids({"replicas": workers, "control": [appmaster_name(SERVICE)]}, NAMESPACE)
+    log(
+        f"direct: {len(routes)} instances via "
+        f"{', '.join(dict.fromkeys(r[0] for r in routes))} ({time.monotonic() - started:.1f}s)"
+    )
+    return side
 
 
 def remove_ours(topo: Any, cluster_name: str, log: Any) -> None:
@@ -213,7 +264,7 @@ def start_serve(topo: Any, cluster_name: str, replicas: int, log: Any) -> Side:
     # an application without a route prefix is not an ingress: no proxy routes to it
     serve.run(deployment.bind(), name=SERVE_APP, route_prefix=f"/{SERVE_APP}")
     target = f"{cluster.head.address}:{grpc_port}"
-    side = Side("Ray Serve gRPC proxy", [target], [("application", SERVE_APP)])
+    side = Side(SERVE, [target], [("application", SERVE_APP)])
     wait_answering(side, timeout_s=30)
     roles: dict[str, list[str]] = {"proxy": [], "replicas": [], "control": []}
     for actor in ray.util.list_named_actors(all_namespaces=True):
@@ -245,7 +296,7 @@ def start_bare(replicas: int, log: Any) -> Side:
     ]
     proxy = proxy_cls.options(name="bare-p0", num_cpus=0.01).remote(handles)
     target = ray.get(proxy.start.remote(), timeout=60)
-    side = Side("bare gRPC-in-actor", [target], [], owned=[proxy, *handles])
+    side = Side(BARE, [target], [], owned=[proxy, *handles])
     wait_answering(side, timeout_s=30)
     names = {"proxy": ["bare-p0"], "replicas": [f"bare-r{k}" for k in range(replicas)]}
     side.processes = pids(names, SERVE_NAMESPACE)
@@ -272,7 +323,8 @@ def stop_serve(log: Any) -> None:
 
 def report(sides: list[Side], args: argparse.Namespace) -> dict[str, Any]:
     results = [s.summary() for s in sides]
-    ours, serve = results[:2]
+    by_name = {r["system"]: r for r in results}
+    ours, serve = by_name[OURS], by_name[SERVE]
     ratios = {
         "throughput_ours_over_serve": round(ours["throughput_rps"] / serve["throughput_rps"], 2)
         if serve["throughput_rps"]
@@ -292,12 +344,18 @@ def report(sides: list[Side], args: argparse.Namespace) -> dict[str, Any]:
         "results": results,
         "ratios": ratios,
     }
-    if len(results) > 2:
-        bare = results[2]
+    if (bare := by_name.get(BARE)) is not None:
         ratios["throughput_ours_over_bare"] = round(
             ours["throughput_rps"] / bare["throughput_rps"], 2
         )
+    if (direct := by_name.get(DIRECT)) is not None:
+        ratios["throughput_direct_over_ours"] = _ratio(direct["throughput_rps"], ours)
+        ratios["p99_direct_over_ours"] = _ratio(direct["p99_ms"], ours, key="p99_ms")
     return out
+
+
+def _ratio(value: float, ours: dict[str, Any], key: str = "throughput_rps") -> float:
+    return round(value / ours[key], 2) if ours[key] else math.nan
 
 
 def print_table(out: dict[str, Any]) -> None:
@@ -327,12 +385,24 @@ def print_table(out: dict[str, Any]) -> None:
         "system's cluster;\n other: the rest of the machine, i.e. anything else running "
         "meanwhile: noise)\n"
     )
+    if any(r["system"] == DIRECT for r in out["results"]):
+        w(
+            f"({DIRECT}: the client calls the workers' direct servers itself, round-robin; "
+            "ha_serving's proxies\n only told it where they are, and idle meanwhile)\n"
+        )
     ratios = out["ratios"]
     t, p = ratios["throughput_ours_over_serve"], ratios["p99_serve_over_ours"]
     w(f"\nthroughput ours/serve: {t:.2f}x   (target >= 3x: {'met' if t >= 3 else 'MISSED'})\n")
     w(f"p99 serve/ours:        {p:.2f}x   (target >= 3x: {'met' if p >= 3 else 'MISSED'})\n")
     if "throughput_ours_over_bare" in ratios:
         w(f"throughput ours/bare:  {ratios['throughput_ours_over_bare']:.2f}x\n")
+    if "throughput_direct_over_ours" in ratios:
+        t, p = ratios["throughput_direct_over_ours"], ratios["p99_direct_over_ours"]
+        verdict = "wins" if t > 1 and p < 1 else "does not win"
+        w(
+            f"direct/ours: throughput {t:.2f}x, p99 {p:.2f}x   (the direct client {verdict}: "
+            "it needs throughput > 1x and p99 < 1x)\n"
+        )
 
 
 def _alarm(_signum: int, _frame: object) -> None:
@@ -360,6 +430,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also measure a bare gRPC-in-actor proxy (the floor; +1/3 run time)",
     )
+    parser.add_argument(
+        "--direct-client",
+        action="store_true",
+        help="also measure a client calling ha_serving's workers directly, the proxy only "
+        "a directory (issue 14; +1/3 run time)",
+    )
     return parser
 
 
@@ -369,13 +445,18 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         ours: Side | None = None
         try:
             ours = deploy_ours(topo, args.ours_cluster, args.replicas, args.proxies, log)
-            ours.daemon_groups = node_groups(topo, args.ours_cluster)
+            mine = [ours]
+            if args.direct_client:
+                mine.append(direct_side(topo, args.ours_cluster, args.replicas, log))
+            for side in mine:
+                side.daemon_groups = node_groups(topo, args.ours_cluster)
             try:
-                sides = [ours, start_serve(topo, args.serve_cluster, args.replicas, log)]
+                theirs = [start_serve(topo, args.serve_cluster, args.replicas, log)]
                 if args.baseline:
-                    sides.append(start_bare(args.replicas, log))
-                for side in sides[1:]:
+                    theirs.append(start_bare(args.replicas, log))
+                for side in theirs:
                     side.daemon_groups = node_groups(topo, args.serve_cluster)
+                sides = [*mine, *theirs]
                 measure(
                     sides,
                     rounds=args.rounds,

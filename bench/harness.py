@@ -3,8 +3,9 @@ per-process CPU accounting, and the bare gRPC-in-actor baseline.
 
 ``drive`` is the client: it runs in a process of its own (spawned), so the benchmark's
 Ray driver and the load never share a GIL. A ``Side`` is one system under test: where
-its proxies listen, which processes are its own (for CPU per request, read from
-``/proc``), and what was measured. Heavy imports (ray, grpc, ha_serving) happen inside
+its proxies listen (or, for a client that skips the proxy, the workers' direct routes),
+which processes are its own (for CPU per request, read from ``/proc``), and what was
+measured. Heavy imports (ray, grpc, ha_serving) happen inside
 functions, so the spawned client starts light.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import math
@@ -38,6 +40,10 @@ PORT_BASE = 10500
 DB_ADDRESS, DB_PORT = "127.0.102.2", 9346
 REDIS_ADDRESS, REDIS_PORT = "127.0.102.3", 9399
 
+Route = tuple[str, str, str]
+"""A direct route to one instance: (its worker's direct server ``host:port``, the
+worker's name, the instance id), as a routing table entry gives them."""
+
 
 # --- the client (runs in its own process) ------------------------------------------------
 
@@ -48,15 +54,21 @@ def drive(
     concurrency: int,
     warmup_s: float,
     duration_s: float,
+    *,
+    routes: list[Route] | None = None,
 ) -> dict[str, Any]:
     """Call ``targets`` with ``concurrency`` tasks; latencies of calls started in the
-    measured window (after the warm-up), errors by status name."""
+    measured window (after the warm-up), errors by status name. With ``routes``, the
+    workers' direct servers instead (``drive_direct``; ``targets`` and ``metadata`` unused)."""
     import asyncio
 
     import grpc
 
     from ha_serving.proto.serving_pb2 import CallRequest
     from ha_serving.proto.serving_pb2_grpc import ServingStub
+
+    if routes:
+        return drive_direct(routes, concurrency, warmup_s, duration_s)
 
     async def run() -> dict[str, Any]:
         channels = [grpc.aio.insecure_channel(t) for t in targets]
@@ -99,10 +111,77 @@ def drive(
     return asyncio.run(run())
 
 
+def drive_direct(
+    routes: list[Route], concurrency: int, warmup_s: float, duration_s: float
+) -> dict[str, Any]:
+    """``drive`` for a client that skips the proxy: ``Direct.Call`` on the workers' own
+    servers (one channel per address), the route of each call taken round-robin. The
+    same loop and bookkeeping as ``drive``'s; a worker's error answer (``ok`` false)
+    counts under its code."""
+    import asyncio
+
+    import grpc
+
+    from ha_serving.proto.direct_pb2 import DirectCall
+    from ha_serving.proto.direct_pb2_grpc import DirectStub
+
+    async def run() -> dict[str, Any]:
+        channels = {a: grpc.aio.insecure_channel(a) for a in dict.fromkeys(r[0] for r in routes)}
+        stubs = {a: DirectStub(c) for a, c in channels.items()}
+        pairs = [
+            (stubs[a], DirectCall(worker=w, instance_id=i, method="echo", payload=PAYLOAD))
+            for a, w, i in routes
+        ]
+        turn = itertools.cycle(pairs)
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        calls = 0
+        cpu0 = time.process_time()
+        begin = time.perf_counter() + warmup_s
+        end = begin + duration_s
+
+        async def user() -> None:
+            nonlocal calls
+            while (started := time.perf_counter()) < end:
+                calls += 1
+                stub, request = next(turn)
+                try:
+                    reply = await stub.Call(request, timeout=5.0)
+                    code = direct_code(reply.ok, reply.code, reply.payload)
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                if started >= begin:
+                    if code == "OK":
+                        latencies.append(time.perf_counter() - started)
+                    else:
+                        errors[code] += 1
+
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        for c in channels.values():
+            await c.close()
+        return {
+            "latencies": latencies,
+            "errors": dict(errors),
+            "seconds": duration_s,
+            "all_calls": calls,
+            "client_cpu_s": time.process_time() - cpu0,
+        }
+
+    return asyncio.run(run())
+
+
+def direct_code(ok: bool, code: str, payload: bytes) -> str:
+    """The outcome of one ``DirectResult``: "OK" for the echo, else the worker's error
+    code ("NOT_OK" if it gave none) or "BAD_REPLY"."""
+    if not ok:
+        return code or "NOT_OK"
+    return "OK" if b"ping" in payload else "BAD_REPLY"
+
+
 def client_ready() -> int:
     import grpc  # noqa: F401 - imported now, not during the first turn
 
-    from ha_serving.proto import serving_pb2_grpc  # noqa: F401
+    from ha_serving.proto import direct_pb2_grpc, serving_pb2_grpc  # noqa: F401
 
     return os.getpid()
 
@@ -152,6 +231,8 @@ class Side:
     """Process groups of the nodes of the cluster this system runs on."""
     owned: list[Any] = field(default_factory=list)
     """Handles of actors this driver owns: Ray ends such an actor with its last handle."""
+    routes: list[Route] = field(default_factory=list)
+    """Direct routes to the workers: when set, the client calls them, not ``targets``."""
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -293,6 +374,9 @@ def wait_answering(side: Side, timeout_s: float) -> None:
     from ha_serving.proto.serving_pb2 import CallRequest
     from ha_serving.proto.serving_pb2_grpc import ServingStub
 
+    if side.routes:
+        wait_direct(side.routes, timeout_s)
+        return
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(side.targets[0]) as channel:
         stub = ServingStub(channel)
@@ -306,6 +390,35 @@ def wait_answering(side: Side, timeout_s: float) -> None:
                 time.sleep(0.3)
             else:
                 return
+
+
+def wait_direct(routes: list[Route], timeout_s: float) -> None:
+    """Until every route answers one ``Direct.Call`` of the echo; a worker's own error
+    answer (or a reply without the echo) raises at once."""
+    import grpc
+
+    from ha_serving.proto.direct_pb2 import DirectCall
+    from ha_serving.proto.direct_pb2_grpc import DirectStub
+
+    deadline = time.monotonic() + timeout_s
+    for address, worker, instance_id in routes:
+        call = DirectCall(worker=worker, instance_id=instance_id, method="echo", payload=PAYLOAD)
+        with grpc.insecure_channel(address) as channel:
+            stub = DirectStub(channel)
+            while True:
+                try:
+                    result = stub.Call(call, timeout=2)
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.3)
+                    continue
+                code = direct_code(result.ok, result.code, result.payload)
+                if code != "OK":
+                    raise RuntimeError(
+                        f"{worker} at {address}: {instance_id} answered {code} {result.message}"
+                    )
+                break
 
 
 # --- (c) optional baseline: the thinnest gRPC-in-actor proxy ---------------------------
@@ -375,7 +488,13 @@ def measure(
             order = sides[shift:] + sides[:shift]
             for side in order:
                 job = functools.partial(
-                    drive, side.targets, side.metadata, concurrency, warmup, seconds
+                    drive,
+                    side.targets,
+                    side.metadata,
+                    concurrency,
+                    warmup,
+                    seconds,
+                    routes=side.routes,
                 )
                 side.run(lambda job=job: pool.submit(job).result(timeout=warmup + seconds + 60))
                 log(f"round {r + 1}/{rounds} {side.name}: {side.rounds[-1]:.0f} req/s")

@@ -1,0 +1,105 @@
+"""The bench's direct-client side without Ray: its load client (``drive_direct``) and its
+readiness check against real ``DirectServer``s on loopback, and the report's ratios and
+table on synthetic sides."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+
+import pytest
+
+from bench.grpc_vs_serve import BARE, DIRECT, OURS, SERVE, print_table, report
+from bench.harness import Side, direct_code, drive, wait_direct
+from tests.unit.fixtures.dataplane import running_stack
+
+
+def test_the_direct_client_calls_every_route_and_counts_only_echoes_as_ok() -> None:
+    with running_stack(direct=True) as stack:
+        stack.add("a", worker="w1")
+        stack.add("b", worker="w2")
+        routes = [(stack.servers[w].address, w, i) for w, i in (("w1", "a"), ("w2", "b"))]
+        wait_direct(routes, timeout_s=5)
+        out = drive([], [], 4, 0.0, 0.3, routes=routes)
+    assert out["errors"] == {}
+    assert len(out["latencies"]) == out["all_calls"] > 0
+    assert out["client_cpu_s"] > 0
+
+
+def test_the_direct_client_takes_a_route_per_call_in_turn() -> None:
+    """One task, a good route and one naming another worker (refused unrun): per-call
+    round-robin alternates them, so each takes half the calls (a route per task would
+    give all to the first)."""
+    with running_stack(direct=True) as stack:
+        stack.add("a", worker="w1")
+        address = stack.servers["w1"].address
+        out = drive([], [], 1, 0.0, 0.3, routes=[(address, "w1", "a"), (address, "w9", "a")])
+    ok, refused = len(out["latencies"]), out["errors"]["FAILED_PRECONDITION"]
+    assert set(out["errors"]) == {"FAILED_PRECONDITION"}
+    assert ok > 0
+    assert abs(ok - refused) <= 1
+
+
+def test_a_worker_error_answer_counts_under_its_code_and_fails_the_readiness_check() -> None:
+    with running_stack(direct=True) as stack:
+        stack.add("a", worker="w1")
+        route = (stack.servers["w1"].address, "w1", "no-such-instance")
+        out = drive([], [], 2, 0.0, 0.2, routes=[route])
+        with pytest.raises(RuntimeError, match="no-such-instance answered"):
+            wait_direct([route], timeout_s=5)
+    assert out["latencies"] == []
+    assert sum(out["errors"].values()) == out["all_calls"] > 0
+    assert not {"OK", "BAD_REPLY", "NOT_OK"} & set(out["errors"])
+
+
+def test_direct_code() -> None:
+    assert direct_code(True, "", b'{"echo": "ping"}') == "OK"
+    assert direct_code(True, "", b"{}") == "BAD_REPLY"
+    assert direct_code(False, "USER_ERROR", b"") == "USER_ERROR"
+    assert direct_code(False, "", b"") == "NOT_OK"
+
+
+def side(name: str, rps: float, latency_ms: float, proxies: int = 1) -> Side:
+    """A side that served ``rps`` for 2 s, every call taking ``latency_ms``."""
+    s = Side(name, [f"127.0.0.1:{k}" for k in range(proxies)], [])
+    s.latencies = [latency_ms / 1000] * int(rps * 2)
+    s.seconds, s.calls, s.rounds = 2.0, int(rps * 2), [rps]
+    s.cpu_s.update({"client": 0.5, "replicas": 1.0, "machine": 2.0})
+    return s
+
+
+ARGS = argparse.Namespace(replicas=2, concurrency=16, duration=4.0, rounds=2, warmup=1.0)
+
+
+def test_the_report_gives_the_direct_side_over_ours_whatever_the_order_of_sides() -> None:
+    sides = [side(OURS, 1000, 4), side(DIRECT, 1500, 2, 0), side(SERVE, 200, 20)]
+    out = report([*sides, side(BARE, 800, 5)], ARGS)
+    ratios = out["ratios"]
+    assert ratios["throughput_ours_over_serve"] == 5.0
+    assert ratios["p99_serve_over_ours"] == 5.0
+    assert ratios["throughput_ours_over_bare"] == 1.25
+    assert ratios["throughput_direct_over_ours"] == 1.5
+    assert ratios["p99_direct_over_ours"] == 0.5
+    assert [r["proxies"] for r in out["results"]] == [1, 0, 1, 1]
+
+
+def test_without_the_direct_side_the_report_has_no_direct_ratios() -> None:
+    out = report([side(OURS, 1000, 4), side(SERVE, 200, 20)], ARGS)
+    assert set(out["ratios"]) == {"throughput_ours_over_serve", "p99_serve_over_ours"}
+
+
+@pytest.mark.parametrize(
+    ("rps", "latency_ms", "verdict"),
+    [(1500, 2, "the direct client wins"), (1500, 5, "does not win"), (900, 2, "does not win")],
+)
+def test_the_table_says_whether_the_direct_client_wins(
+    monkeypatch: pytest.MonkeyPatch, rps: float, latency_ms: float, verdict: str
+) -> None:
+    out = report([side(OURS, 1000, 4), side(SERVE, 200, 20), side(DIRECT, rps, latency_ms)], ARGS)
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buffer)
+    print_table(out)
+    line = next(x for x in buffer.getvalue().splitlines() if x.startswith("direct/ours"))
+    assert verdict in line
+    assert f"{DIRECT}:" in buffer.getvalue()
