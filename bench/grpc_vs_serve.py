@@ -92,7 +92,12 @@ class BenchTimeout(Exception):
 # --- (a) ha_serving -------------------------------------------------------------------
 
 
-def deploy_ours(topo: Any, cluster_name: str, replicas: int, proxies: int, log: Any) -> Side:
+def deploy_ours(
+    topo: Any, cluster_name: str, replicas: int, proxies: int, log: Any, *, direct: bool = False
+) -> tuple[Side, list[Route]]:
+    """Deploy bench-echo; with ``direct``, also read its workers' direct routes while this
+    process is still the cluster's Ray driver (a second ``ray.init`` to the same cluster,
+    then one to Serve's, killed the process: one Ray driver per process and cluster)."""
     from ha_serving._spec import load_spec, parse_spec
     from ha_serving.appmaster import NAMESPACE, appmaster_name
     from ha_serving.cli._services import ServiceOps
@@ -124,27 +129,25 @@ def deploy_ours(topo: Any, cluster_name: str, replicas: int, proxies: int, log: 
             },
             NAMESPACE,
         )
+        routes = direct_routes(replicas) if direct else []
     finally:
         ops.close()
         store.close()
-    return Side(OURS, targets, [], processes)
+    return Side(OURS, targets, [], processes), routes
 
 
-def direct_side(topo: Any, cluster_name: str, replicas: int, log: Any) -> Side:
-    """The side of a client that calls the workers' direct servers itself, the proxy
-    only telling it where they are (issue 14's "proxy as a directory"): the routes are
-    read once, as the routing table carries them (``RouteEntry.address`` is what
-    ``BackendWorker.start_direct`` returns, and it is idempotent), with the worker's
-    instances from its ``stats``. Run after ``deploy_ours``, on its cluster."""
+def direct_routes(replicas: int) -> list[Route]:
+    """The workers' direct routes, as the routing table carries them
+    (``RouteEntry.address`` is what ``BackendWorker.start_direct`` returns, and it is
+    idempotent), with each worker's instances from its ``stats``. Needs this process to
+    be a driver of bench-echo's cluster (``deploy_ours`` calls it)."""
     import ray
 
-    from ha_serving.appmaster import NAMESPACE, appmaster_name
+    from ha_serving.appmaster import NAMESPACE
 
-    started = time.monotonic()
-    connect(topo.cluster(cluster_name), NAMESPACE)
-    workers = [f"{SERVICE}-w{k}" for k in range(replicas)]
     routes: list[Route] = []
-    for name in workers:
+    for k in range(replicas):
+        name = f"{SERVICE}-w{k}"
         handle = ray.get_actor(name, namespace=NAMESPACE)
         answers: list[Any] = ray.get(
             [handle.start_direct.remote(), handle.stats.remote()], timeout=30
@@ -154,9 +157,17 @@ def direct_side(topo: Any, cluster_name: str, replicas: int, log: Any) -> Side:
         if not address:
             raise RuntimeError(f"worker {name} has no direct server: nothing to call directly")
         routes += [(address, name, instance_id) for instance_id in sorted(stats)]
+    return routes
+
+
+def direct_side(ours: Side, routes: list[Route], log: Any) -> Side:
+    """The side of a client that calls the workers' direct servers itself, the proxy
+    only telling it where they are (issue 14's "proxy as a directory"); the same worker
+    and AppMaster processes as ``ours``, whose proxies idle meanwhile."""
+    started = time.monotonic()
     side = Side(DIRECT, [], [], routes=routes)
     wait_answering(side, timeout_s=30)
-    side.processes = pids({"replicas": workers, "control": [appmaster_name(SERVICE)]}, NAMESPACE)
+    side.processes = {r: list(ours.processes.get(r, [])) for r in ("replicas", "control")}
     log(
         f"direct: {len(routes)} instances via "
         f"{', '.join(dict.fromkeys(r[0] for r in routes))} ({time.monotonic() - started:.1f}s)"
@@ -444,10 +455,17 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     with stack(args.run_dir, log) as (topo, own):
         ours: Side | None = None
         try:
-            ours = deploy_ours(topo, args.ours_cluster, args.replicas, args.proxies, log)
+            ours, routes = deploy_ours(
+                topo,
+                args.ours_cluster,
+                args.replicas,
+                args.proxies,
+                log,
+                direct=args.direct_client,
+            )
             mine = [ours]
             if args.direct_client:
-                mine.append(direct_side(topo, args.ours_cluster, args.replicas, log))
+                mine.append(direct_side(ours, routes, log))
             for side in mine:
                 side.daemon_groups = node_groups(topo, args.ours_cluster)
             try:
