@@ -77,7 +77,7 @@ from ha_serving.store import Store
 from loadtest import autoscale_analysis as analysis
 from loadtest import autoscale_report as report
 from loadtest import shapes
-from loadtest.run import ECHO, _stop, _wait_op
+from loadtest.run import ECHO, _wait_op, spawn_locust, stop_locust
 from loadtest.sla import Record, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,7 +350,7 @@ def _side_by_side(  # noqa: PLR0917 - the run's parts, once
             _wait_locusts(procs, t0 + trace.duration_s, deadline, out)
         finally:
             for proc in procs.values():
-                _stop(proc)
+                stop_locust(proc)
             sampler.stop()
         changes = {p: _changes(store, names[p], t0) for p in names}
     return _judge(args, load, trace, sections, names, t0, sampler, changes, out)
@@ -582,25 +582,7 @@ def _start_locust(  # noqa: PLR0917 - one process of the run
         "HA_LOADTEST_DEADLINE_S": str(load.deadline_s),
         "HA_LOADTEST_RAW": str(out / "raw.jsonl"),
     }
-    argv = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(ROOT / "loadtest" / "autoscale_locustfile.py"),
-        "--headless",
-        "--stop-timeout",
-        "5",
-        "--html",
-        str(out / "locust.html"),
-        "--only-summary",
-        "--loglevel",
-        "WARNING",
-    ]
-    log = (out / "locust.log").open("wb")
-    return subprocess.Popen(
-        argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    return spawn_locust(ROOT / "loadtest" / "autoscale_locustfile.py", [], out, env, cwd=ROOT)
 
 
 def _wait_locusts(

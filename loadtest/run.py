@@ -175,7 +175,7 @@ def _run(name: str, sc: Scenario, topo: infra.Topology, out: Path, *, deadline: 
         versions = _versions_answering(sc, topo, keeper)
         _wait_records(raw, sc.min_requests, deadline, minimum_s=sc.tail_s)
     finally:
-        _stop(locust)
+        stop_locust(locust)
     records = [Record(*json.loads(line)) for line in raw.read_text().splitlines() if line]
     sla = summarize(records, slo=sc.slo)
     sla.update(
@@ -296,19 +296,23 @@ def _start_locust(
         "HA_LOADTEST_DEADLINE_S": str(sc.deadline_s),
         "HA_LOADTEST_RAW": str(raw),
     }
+    args = ["--users", str(sc.users), "--spawn-rate", str(sc.users), "--run-time", "30m"]
+    return spawn_locust(ROOT / "loadtest" / "locustfile.py", args, out, env)
+
+
+def spawn_locust(
+    locustfile: Path, args: list[str], out: Path, env: dict[str, str], *, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Locust headless on ``locustfile`` in its own session (``stop_locust`` ends its
+    group), its HTML report and log in ``out``; ``args`` are the run's own options."""
     argv = [
         sys.executable,
         "-m",
         "locust",
         "-f",
-        str(ROOT / "loadtest" / "locustfile.py"),
+        str(locustfile),
         "--headless",
-        "--users",
-        str(sc.users),
-        "--spawn-rate",
-        str(sc.users),
-        "--run-time",
-        "30m",
+        *args,
         "--stop-timeout",
         "5",
         "--html",
@@ -319,11 +323,11 @@ def _start_locust(
     ]
     log = (out / "locust.log").open("wb")
     return subprocess.Popen(
-        argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_locust(proc: subprocess.Popen[bytes]) -> None:
     """SIGINT Locust's process group: on SIGINT it writes its HTML report before it
     exits (on SIGTERM it does not)."""
     if proc.poll() is None:
