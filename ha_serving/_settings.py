@@ -150,11 +150,10 @@ class StackSettings(_Group):
     redis_bin: str | None = Field(default_factory=lambda: shutil.which("redis-server"))
     """Redis binary for GCS fault tolerance; None starts clusters without GCS FT."""
 
-    tls: bool = False
+    tls: bool = True
     """`up` makes a private CA and certificates, and the Keepers' API, their link to the
-    AppMasters (mutual TLS) and the proxies serve TLS only. Off by default until a
-    stack run proves every caller of this repository speaks it; `up --tls` / `--no-tls`
-    choose per run (off prints a warning)."""
+    AppMasters (mutual TLS) and the proxies serve TLS only. `up --no-tls` brings a stack
+    up in plaintext (for a benchmark; it prints a warning)."""
 
     redis_auth: bool = True
     """The private Redis requires a password `up` generates (``requirepass``, from a
