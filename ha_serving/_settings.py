@@ -152,8 +152,9 @@ class StackSettings(_Group):
 
     tls: bool = True
     """`up` makes a private CA and certificates, and the Keepers' API, their link to the
-    AppMasters (mutual TLS) and the proxies serve TLS only. `up --no-tls` brings a stack
-    up in plaintext (for a benchmark; it prints a warning)."""
+    AppMasters (mutual TLS) and the proxies serve TLS only. `up --no-tls` (or
+    `HA_SERVING_STACK_TLS=0` for what brings a stack up itself: the load tests, the
+    bench) brings a stack up in plaintext, for a benchmark; `up` prints a warning."""
 
     redis_auth: bool = True
     """The private Redis requires a password `up` generates (``requirepass``, from a
@@ -526,6 +527,7 @@ SETTINGS_ENV: tuple[tuple[str, str, str], ...] = (
     ("HA_SERVING_PORT_BASE", "stack", "port_base"),
     ("HA_SERVING_DB_PORT", "stack", "db_port"),
     ("HA_SERVING_REDIS_PORT", "stack", "redis_port"),
+    ("HA_SERVING_STACK_TLS", "stack", "tls"),
     ("HA_SERVING_DB_URL", "store", "url"),
     ("HA_SERVING_DB_PASSWORD_FILE", "store", "password_file"),
     ("HA_SERVING_KEEPER_TOKEN", "keeper", "token"),
