@@ -16,6 +16,7 @@ Environment variables (all optional):
 ``HA_SERVING_PORT_BASE``                    first port of the clusters' port blocks (a second stack)
 ``HA_SERVING_DB_PORT``                      port of the private DB server
 ``HA_SERVING_REDIS_PORT``                   port of the private Redis
+``HA_SERVING_STACK_TLS``                    0: stacks come up in plaintext (default 1: TLS)
 ``HA_SERVING_KEEPER_TOKEN``                 the operator credential, inline (Kubernetes)
 ``HA_SERVING_KEEPER_TOKEN_FILE``            file holding the operator credential (set by `up`)
 ``HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE``  file holding the clients' discovery credential

@@ -37,7 +37,7 @@ module "keeper" {
   replicas      = var.keeper_replicas
   db_url_secret = module.state_db.url_secret
   token_secret  = var.secret_refs.keeper_token
-  tls_secret    = var.keeper_tls_secret == null ? null : { name = var.keeper_tls_secret }
+  tls_secret    = var.keeper_tls_secret
 }
 
 locals {

@@ -140,8 +140,10 @@ variable "secret_refs" {
 }
 
 variable "keeper_tls_secret" {
-  type        = string
+  type = object({
+    name = string
+  })
   description = "The kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt; e.g. from cert-manager) with the Keepers' server certificate and the CA of the AppMasters' link certificates, created outside Terraform: the Keepers serve TLS, as `ha-serving up` does by default. null: plaintext (a test cluster only)."
-  default     = "ha-serving-keeper-tls"
+  default     = { name = "ha-serving-keeper-tls" }
   nullable    = true
 }

@@ -30,7 +30,12 @@ locals {
   ] : []
   probe = local.tls ? { tcpSocket = { port = var.port } } : { grpc = { port = var.port } }
 
-  container = {
+  # with TLS only (absent, not empty, without: the YAML round-trips to the same objects)
+  tls_mounts  = { for k, v in { volumeMounts = [{ name = "tls", mountPath = local.tls_dir, readOnly = true }] } : k => v if local.tls }
+  tls_volumes = { for k, v in { volumes = [{ name = "tls", secret = { secretName = try(var.tls_secret.name, ""), defaultMode = 288 } }] } : k => v if local.tls } # 0440
+
+  container = merge(local.container_base, local.tls_mounts)
+  container_base = {
     name    = "keeper"
     image   = var.image
     command = ["ha-serving"]
@@ -59,7 +64,6 @@ locals {
       [{ name = "grpc", containerPort = var.port, protocol = "TCP" }],
       local.tls ? [{ name = "link", containerPort = local.link_port, protocol = "TCP" }] : [],
     )
-    volumeMounts = local.tls ? [{ name = "tls", mountPath = local.tls_dir, readOnly = true }] : []
     # plaintext: the standard gRPC health service, which the Keeper serves without the token
     readinessProbe = merge(local.probe, { periodSeconds = 5, failureThreshold = 2 })
     livenessProbe  = merge(local.probe, { periodSeconds = 10, failureThreshold = 3, initialDelaySeconds = 10 })
@@ -84,7 +88,7 @@ locals {
       strategy = { type = "RollingUpdate", rollingUpdate = { maxUnavailable = 1, maxSurge = 1 } }
       template = {
         metadata = { labels = local.labels }
-        spec = {
+        spec = merge({
           affinity = {
             podAntiAffinity = {
               requiredDuringSchedulingIgnoredDuringExecution = [{
@@ -101,11 +105,7 @@ locals {
           }
           terminationGracePeriodSeconds = 30
           containers                    = [local.container]
-          volumes = local.tls ? [{
-            name   = "tls"
-            secret = { secretName = try(var.tls_secret.name, ""), defaultMode = 288 } # 0440
-          }] : []
-        }
+        }, local.tls_volumes)
       }
     }
   }

@@ -62,6 +62,10 @@ run "renders_deployment_service_and_budget" {
     error_message = "the address clients use is the Service's"
   }
   assert {
+    condition     = !can(output.deployment.spec.template.spec.volumes) && !can(output.deployment.spec.template.spec.containers[0].volumeMounts) && can(output.deployment.spec.template.spec.containers[0].readinessProbe.grpc)
+    error_message = "without tls_secret: no volume, and the gRPC health probes"
+  }
+  assert {
     condition     = [for y in output.manifests_yaml : yamldecode(y)] == output.manifests
     error_message = "manifests_yaml must be the manifests"
   }
@@ -107,11 +111,11 @@ run "tls_mounts_the_secret_and_opens_the_link_port" {
     error_message = "the Keeper is told the mounted files' paths, never their contents"
   }
   assert {
-    condition     = output.deployment.spec.template.spec.volumes == [{ name = "tls", secret = { secretName = "ha-serving-keeper-tls", defaultMode = 288 } }]
+    condition     = jsonencode(output.deployment.spec.template.spec.volumes) == jsonencode([{ name = "tls", secret = { defaultMode = 288, secretName = "ha-serving-keeper-tls" } }])
     error_message = "the TLS Secret is a volume, 0440"
   }
   assert {
-    condition     = output.deployment.spec.template.spec.containers[0].volumeMounts == [{ name = "tls", mountPath = "/etc/ha-serving/tls", readOnly = true }]
+    condition     = jsonencode(output.deployment.spec.template.spec.containers[0].volumeMounts) == jsonencode([{ mountPath = "/etc/ha-serving/tls", name = "tls", readOnly = true }])
     error_message = "mounted read-only where the env says"
   }
   assert {
@@ -121,6 +125,10 @@ run "tls_mounts_the_secret_and_opens_the_link_port" {
   assert {
     condition     = output.deployment.spec.template.spec.containers[0].readinessProbe.tcpSocket.port == 9400 && !can(output.deployment.spec.template.spec.containers[0].livenessProbe.grpc)
     error_message = "built-in gRPC probes speak no TLS: TCP checks instead"
+  }
+  assert {
+    condition     = [for y in output.manifests_yaml : yamldecode(y)] == output.manifests
+    error_message = "manifests_yaml must be the manifests"
   }
 }
 
