@@ -51,6 +51,8 @@ from ha_serving._errors import InvalidSpec
 
 MAX_CLUSTERS = 9
 """Cluster i lives at 127.0.i.x and owns a port block; 9 keeps every block below 32768."""
+MAX_WORKERS_PER_CLUSTER = 8
+"""Worker nodes of one local cluster at most (127.0.i.2 to 127.0.i.9)."""
 
 MiB = 1024 * 1024
 
@@ -89,7 +91,7 @@ class StackSettings(_Group):
     clusters: int = Field(default=2, ge=1, le=MAX_CLUSTERS)
     """Local Ray clusters; 2 is the smallest number that shows cross-cluster failover."""
 
-    workers_per_cluster: int = Field(default=1, ge=1, le=8)
+    workers_per_cluster: int = Field(default=1, ge=1, le=MAX_WORKERS_PER_CLUSTER)
     """Worker nodes per cluster (at 127.0.i.2 upwards); the head runs no user work."""
 
     worker_cpus: int = Field(default=8, ge=1, le=256)
