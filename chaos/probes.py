@@ -119,7 +119,12 @@ def serves_everywhere(
     def everywhere() -> bool:
         eps = target.endpoints(topo, name)
         for c in clusters:
-            answers = target.ask([e.address for e in eps if e.cluster == c], name, calls=calls)
+            answers = target.ask(
+                [e.address for e in eps if e.cluster == c],
+                name,
+                calls=calls,
+                tls=topo.client_tls(),
+            )
             bad = [a for a in answers if not a.ok or a.cluster != c]
             if not answers or bad:
                 raise DrillError(f"{c}: {len(bad)} of {len(answers)} calls failed or strayed")
@@ -204,7 +209,7 @@ def wait_serving_from(
 
     def serving() -> bool:
         eps = [e.address for e in target.endpoints(topo, name, 2.0) if e.cluster == cluster]
-        answers = target.ask(eps, name, calls=1)
+        answers = target.ask(eps, name, calls=1, tls=topo.client_tls())
         return bool(answers) and answers[0].ok and answers[0].cluster == cluster
 
     return _poll(f"{name} answering from {cluster}", serving, timeout_s, every_s=0.25)

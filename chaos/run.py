@@ -276,7 +276,12 @@ class Session:
         served = {
             c: [
                 a.seq
-                for a in target.ask([e.address for e in eps if e.cluster == c], SERVICE, calls=12)
+                for a in target.ask(
+                    [e.address for e in eps if e.cluster == c],
+                    SERVICE,
+                    calls=12,
+                    tls=self.topo.client_tls(),
+                )
                 if a.ok and a.cluster == c
             ]
             for c in self.clusters

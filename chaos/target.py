@@ -23,6 +23,7 @@ from ha_serving.appmaster import NAMESPACE, appmaster_name
 from ha_serving.client import Client, Discovery, EndpointInfo
 from ha_serving.keeper import KeeperClient, keeper_status
 from ha_serving.store import Store
+from ha_serving.util.tls import TlsFiles
 from infra import procs
 from infra.topology import Keeper
 
@@ -197,13 +198,19 @@ class Answer:
 
 
 def ask(
-    addresses: list[str], service_name: str, *, calls: int, timeout_s: float = 2.0
+    addresses: list[str],
+    service_name: str,
+    *,
+    calls: int,
+    tls: TlsFiles | None,
+    timeout_s: float = 2.0,
 ) -> list[Answer]:
-    """``calls`` calls of the service's ``served`` method through ``addresses`` only."""
+    """``calls`` calls of the service's ``served`` method through ``addresses`` only, over
+    TLS verified with ``tls`` (the stack's CA: ``Topology.client_tls()``) or plaintext."""
     if not addresses:
         return []
     answers = []
-    with Client(addresses, timeout_s=timeout_s) as client:
+    with Client(addresses, timeout_s=timeout_s, tls=tls) as client:
         for _ in range(calls):
             try:
                 reply = client.call_raw(service_name, "served", b"null", timeout=timeout_s)
