@@ -111,7 +111,14 @@ def deploy_ours(
     spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
     spec.update(name=SERVICE, instances=replicas, instances_per_worker=1, proxies=proxies)
     store = Store.connect(topo.db.ref())
-    ops = ServiceOps(store, topo.db.ref(), cluster.name, cluster.gcs_address, cluster.head.address)
+    ops = ServiceOps(
+        store,
+        topo.db.ref(),
+        cluster.name,
+        cluster.gcs_address,
+        cluster.head.address,
+        proxy_tls=topo.proxy_tls(),  # on a TLS stack its proxies serve TLS, as `deploy` makes them
+    )
     try:
         started = time.monotonic()
         ops.deploy(parse_spec(spec, source="bench"), ECHO / "code")
@@ -191,7 +198,14 @@ def remove_ours(topo: Any, cluster_name: str, log: Any) -> None:
 
     cluster = topo.cluster(cluster_name)
     store = Store.connect(topo.db.ref())
-    ops = ServiceOps(store, topo.db.ref(), cluster.name, cluster.gcs_address, cluster.head.address)
+    ops = ServiceOps(
+        store,
+        topo.db.ref(),
+        cluster.name,
+        cluster.gcs_address,
+        cluster.head.address,
+        proxy_tls=topo.proxy_tls(),  # on a TLS stack its proxies serve TLS, as `deploy` makes them
+    )
     try:
         spec = store.get_service(SERVICE).spec["spec"]
         with contextlib.suppress(Exception):  # best effort: the kills below still happen
@@ -535,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error: the bench exceeded --time-limit {args.time_limit}s; cleaned up")
         return 1
     print_table(out)
+    if failed := [r for r in out["results"] if r["errors"]]:
+        counts = ", ".join(f"{r['system']}: {r['errors']:,} of {r['requests']:,}" for r in failed)
+        log(f"error: calls failed ({counts}): these figures do not measure serving")
+        return 1
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     log(f"done in {time.monotonic() - t0:.1f}s")

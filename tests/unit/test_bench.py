@@ -103,3 +103,23 @@ def test_the_table_says_whether_the_direct_client_wins(
     line = next(x for x in buffer.getvalue().splitlines() if x.startswith("direct/ours"))
     assert verdict in line
     assert f"{DIRECT}:" in buffer.getvalue()
+
+
+def test_a_run_whose_calls_failed_exits_1_and_claims_no_ratio(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A side whose every call failed (a TLS client against plaintext proxies) once gave
+    "67x": failed calls still count as requests, so such a run must not pass as one."""
+    import bench.grpc_vs_serve as bench
+
+    failing = side(OURS, 1000, 4)
+    failing.errors.update({"UNAVAILABLE": 50})
+    monkeypatch.setattr(
+        bench, "run", lambda _args, _log: report([failing, side(SERVE, 200, 20)], ARGS)
+    )
+    assert bench.main([]) == 1
+    assert "error: calls failed (ha_serving proxy: 50 of 2,050)" in capsys.readouterr().err
+    monkeypatch.setattr(
+        bench, "run", lambda _args, _log: report([side(OURS, 1000, 4), side(SERVE, 200, 20)], ARGS)
+    )
+    assert bench.main([]) == 0
