@@ -54,9 +54,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ha_serving._errors import BackendUnavailable
 from ha_serving._settings import ProxySettings
 from ha_serving._wire import RETRY_SAFE_KEY, SERVING_SERVICE, CallResult, RouteEntry, RoutingTable
+from ha_serving.dataplane import Router
 from ha_serving.proto.serving_pb2 import CallReply, CallRequest
 from ha_serving.proxy._metrics import ProxyMetrics
-from ha_serving.proxy._router import Router
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.tls import TlsFiles
 
