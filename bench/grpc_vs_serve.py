@@ -24,8 +24,10 @@ machine), read from ``/proc``: it says where the time goes, and how noisy the ru
     round-robin ``await replica.call.remote(payload)`` to plain sync actors), the floor
     of any proxy built on Ray actor calls.
 (d) with ``--direct-client`` (issue 14's "client -> worker direct, the proxy as a
-    directory", measured only: no such client mode exists): the same client calls the
-    workers of (a) itself, ``Direct.Call`` (``ha_serving/proto/direct.proto``) on their
+    directory"; the SDK's ``mode="direct"``, ``ha_serving/client/_direct.py``, is that
+    mode built, but not what is driven here: like the other sides, a bare client, so
+    the sides pay the same per-call client cost): the same client calls the workers of
+    (a) itself, ``Direct.Call`` (``ha_serving/proto/direct.proto``) on their
     own gRPC servers, a route per call in round-robin order. The routes (worker address,
     worker, instance) are read once before the rounds, as the routing table carries
     them: each worker's ``start_direct`` (idempotent: the address the AppMaster put in

@@ -33,14 +33,15 @@ Per call, decided without I/O by ``DirectCore.attempts`` (a generator, as
    ============================================  ==========================================
    the worker's answer (ok or an error)          returns it, or raises ``CallError(code)``
    never sent (no READY channel before the       ejects the worker, tries an instance of
-   call), UNIMPLEMENTED, FAILED_PRECONDITION,    another worker (once), then the proxy path
-   or "instance not hosted" (the routes are
-   stale)
+   call), UNIMPLEMENTED, FAILED_PRECONDITION     another worker (once), then the proxy path;
+                                                 marks the routes stale
+   "instance not hosted" (the routes are         the same, without ejecting the worker (its
+   stale)                                        other instances are fine)
    any other failure of a sent call              ejects the worker; ``CallError(UNAVAILABLE)``:
                                                  it may have run, so it is never retried
    the deadline passed                           ``CallError(DEADLINE_EXCEEDED)``, not retried
    every usable instance at this client's cap    ``CallError(RESOURCE_EXHAUSTED)``
-   no direct route (none yet, none with an       the proxy path (``_ViaProxy``), same deadline
+   no direct route (none yet, none with an       the proxy path (``ViaProxy``), same deadline
    address, every worker ejected)
    ============================================  ==========================================
 
@@ -217,12 +218,6 @@ class DirectCore:
         """Every direct address in the routes held (channels to others can be closed)."""
         with self.lock:
             return {e.address for b in self._books.values() for e in b.router.table.entries}
-
-    def table(self, service: str) -> RoutingTable | None:
-        """The routes held for ``service`` (None before any)."""
-        with self.lock:
-            book = self._books.get(service)
-            return None if book is None or book.router.version < 0 else book.router.table
 
     # --- one call ------------------------------------------------------------------
 
