@@ -338,7 +338,9 @@ def test_an_instance_removed_before_the_client_refreshed_is_refused_unrun_and_se
 
 def test_a_directory_that_does_not_answer_is_asked_at_most_once_per_refresh_period() -> None:
     dead = dead_address("127.0.77.251")
-    settings = FAST.model_copy(update={"routes_refresh_s": 30.0, "max_attempts": 1, "timeout_s": 1.0})
+    settings = FAST.model_copy(
+        update={"routes_refresh_s": 30.0, "max_attempts": 1, "timeout_s": 1.0}
+    )
     with Client([dead], mode="direct", settings=settings) as client:
         for _ in range(5):
             with pytest.raises(CallError) as failed:
