@@ -268,8 +268,8 @@ class DirectCore:
     def _judge(
         self, book: _Book, entry: RouteEntry, outcome: Outcome, excluded: set[str]
     ) -> CallReply | None:
-        """The reply, or raise the caller's ``CallError``; None: never ran, try another
-        worker (whose instances are then left out of ``excluded``'s complement)."""
+        """The reply, or raise the caller's ``CallError``; None: it never ran, so try
+        another worker (this one's instances are added to ``excluded``)."""
         where = f"direct: {entry.worker} at {entry.address}"
         if isinstance(outcome, CallResult):
             if outcome.ok or outcome.reached_user_code or outcome.code != "UNAVAILABLE":
