@@ -38,9 +38,13 @@ machine), read from ``/proc``: it says where the time goes, and how noisy the ru
 
 By default the bench brings up its own 2-cluster stack in a temporary run directory, on
 addresses and ports of its own (so it runs beside ``make up``'s stack and the tests'),
-and tears it down at the end. ``--run-dir`` reuses a running stack instead: it refuses
-a cluster where Serve already runs, and at the end shuts Serve down, scales
-``bench-echo`` to 0 and removes its AppMaster and proxies. The whole run is bounded
+and tears it down at the end; in plaintext by default, as Ray Serve's gRPC proxy serves
+(a warning says so), or with ``--tls``: then ha_serving's stack speaks TLS as ``up``
+brings it up by default, and the client verifies its proxies against the stack's CA,
+so two runs, one with and one without, give what TLS costs. ``--run-dir`` reuses a
+running stack instead (TLS as it was brought up): it refuses a cluster where Serve
+already runs, and at the end shuts Serve down, scales ``bench-echo`` to 0 and removes
+its AppMaster and proxies. The whole run is bounded
 by ``--time-limit``; everything is cleaned up on the way out, also after an error or
 Ctrl-C.
 """
@@ -353,6 +357,7 @@ def report(sides: list[Side], args: argparse.Namespace) -> dict[str, Any]:
             "seconds_per_system": args.duration,
             "rounds": args.rounds,
             "warmup_s_per_round": args.warmup,
+            "tls": next(s.ca is not None for s in sides if s.name == OURS),
         },
         "results": results,
         "ratios": ratios,
@@ -376,7 +381,8 @@ def print_table(out: dict[str, Any]) -> None:
     w = sys.stdout.write
     w(
         f"\necho, {c['replicas']} replicas per system, {c['concurrency']} concurrent client "
-        f"tasks, {c['rounds']} x {c['seconds_per_system'] / c['rounds']:.1f} s per system\n\n"
+        f"tasks, {c['rounds']} x {c['seconds_per_system'] / c['rounds']:.1f} s per system; "
+        f"ha_serving over {'TLS' if c.get('tls') else 'plaintext'}\n\n"
     )
     header = f"{'system':<22} {'proxies':>7} {'requests':>9} {'req/s':>8} {'p50 ms':>8} "
     header += f"{'p99 ms':>8} {'max ms':>8} {'errors':>6}  per round req/s"
@@ -444,6 +450,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also measure a bare gRPC-in-actor proxy (the floor; +1/3 run time)",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="bring the own stack up with TLS: ha_serving's Keepers, link and proxies, and "
+        "the client's calls to its proxies (Ray Serve's gRPC proxy stays plaintext); "
+        "compare with a run without to see what TLS costs",
+    )
+    parser.add_argument(
         "--direct-client",
         action="store_true",
         help="also measure a client calling ha_serving's workers directly, the proxy only "
@@ -454,8 +467,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Set up both systems, measure, clean up; the results (raises on failure)."""
-    with stack(args.run_dir, log) as (topo, own):
+    with stack(args.run_dir, log, tls=args.tls) as (topo, own):
         ours: Side | None = None
+        if args.direct_client and topo.tls is not None:
+            raise SystemExit("error: --direct-client calls the workers in plaintext, not over TLS")
         try:
             ours, routes = deploy_ours(
                 topo,
@@ -465,6 +480,13 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                 log,
                 direct=args.direct_client,
             )
+            if topo.tls is not None:
+                ours.ca = str(topo.tls.ca)
+            else:
+                log(
+                    "warning: TLS is off: ha_serving's stack, proxies and client speak "
+                    "plaintext here, as Ray Serve's gRPC proxy does (--tls measures it with TLS)"
+                )
             mine = [ours]
             if args.direct_client:
                 mine.append(direct_side(ours, routes, log))
@@ -500,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ours_cluster == args.serve_cluster:
         parser.error("--ours-cluster and --serve-cluster must differ (one Ray driver each)")
+    if args.tls and args.direct_client:
+        parser.error("--direct-client calls the workers in plaintext: not with --tls")
     t0 = time.monotonic()
 
     def log(message: str) -> None:

@@ -48,6 +48,17 @@ worker's name, the instance id), as a routing table entry gives them."""
 # --- the client (runs in its own process) ------------------------------------------------
 
 
+def open_channel(target: str, ca: str | None, *, aio: bool) -> Any:
+    """A gRPC channel to ``target``: TLS verified against ``ca`` (a CA certificate's
+    path), or plaintext without one."""
+    import grpc
+
+    if ca is None:
+        return grpc.aio.insecure_channel(target) if aio else grpc.insecure_channel(target)
+    creds = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+    return grpc.aio.secure_channel(target, creds) if aio else grpc.secure_channel(target, creds)
+
+
 def drive(
     targets: list[str],
     metadata: list[tuple[str, str]],
@@ -56,10 +67,13 @@ def drive(
     duration_s: float,
     *,
     routes: list[Route] | None = None,
+    ca: str | None = None,
 ) -> dict[str, Any]:
     """Call ``targets`` with ``concurrency`` tasks; latencies of calls started in the
-    measured window (after the warm-up), errors by status name. With ``routes``, the
-    workers' direct servers instead (``drive_direct``; ``targets`` and ``metadata`` unused)."""
+    measured window (after the warm-up), errors by status name. With ``ca`` (a CA
+    certificate's path), over TLS, verifying the targets against it, as the SDK does.
+    With ``routes``, the workers' direct servers instead (``drive_direct``; ``targets``
+    and ``metadata`` unused)."""
     import asyncio
 
     import grpc
@@ -71,7 +85,7 @@ def drive(
         return drive_direct(routes, concurrency, warmup_s, duration_s)
 
     async def run() -> dict[str, Any]:
-        channels = [grpc.aio.insecure_channel(t) for t in targets]
+        channels = [open_channel(t, ca, aio=True) for t in targets]
         stubs = [ServingStub(c) for c in channels]
         request = CallRequest(service=SERVICE, method="echo", payload=PAYLOAD)
         latencies: list[float] = []
@@ -233,6 +247,9 @@ class Side:
     """Handles of actors this driver owns: Ray ends such an actor with its last handle."""
     routes: list[Route] = field(default_factory=list)
     """Direct routes to the workers: when set, the client calls them, not ``targets``."""
+    ca: str | None = None
+    """The CA certificate ``targets`` are verified against: the client speaks TLS to
+    them; None: plaintext."""
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -300,8 +317,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def stack(run_dir: Path | None, log: Any) -> Iterator[tuple[Any, bool]]:
-    """The stack to use: ``run_dir``'s running one, or an own one, torn down after."""
+def stack(run_dir: Path | None, log: Any, *, tls: bool = False) -> Iterator[tuple[Any, bool]]:
+    """The stack to use: ``run_dir``'s running one (TLS as it was brought up), or an own
+    one, with ``tls`` or in plaintext, torn down after."""
     import infra
     from ha_serving import Settings
 
@@ -324,6 +342,7 @@ def stack(run_dir: Path | None, log: Any) -> Iterator[tuple[Any, bool]]:
             "db_port": DB_PORT,
             "redis_address": REDIS_ADDRESS,
             "redis_port": REDIS_PORT,
+            "tls": tls,
         },
         store={},
     )
@@ -378,7 +397,7 @@ def wait_answering(side: Side, timeout_s: float) -> None:
         wait_direct(side.routes, timeout_s)
         return
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(side.targets[0]) as channel:
+    with open_channel(side.targets[0], side.ca, aio=False) as channel:
         stub = ServingStub(channel)
         request = CallRequest(service=SERVICE, method="echo", payload=PAYLOAD)
         while True:
@@ -495,6 +514,7 @@ def measure(
                     warmup,
                     seconds,
                     routes=side.routes,
+                    ca=side.ca,
                 )
                 side.run(lambda job=job: pool.submit(job).result(timeout=warmup + seconds + 60))
                 log(f"round {r + 1}/{rounds} {side.name}: {side.rounds[-1]:.0f} req/s")

@@ -22,6 +22,7 @@ from typing import Any
 
 from chaos.history import ControlEvent, OpType
 from ha_serving.keeper import KeeperClient, KeeperRefused
+from ha_serving.util.tls import TlsFiles
 
 Deploy = Callable[[Sequence[str], str, str, str], str]
 """(Keeper addresses, spec JSON, kind, op id) -> op id; raises KeeperRefused/KeeperError."""
@@ -65,9 +66,12 @@ def spec_for(base: Mapping[str, Any], op: PlannedOp) -> dict[str, Any]:
     return {**base, "config": config, "instances": op.instances}
 
 
-def keeper_deploy(token: str | None, timeout_s: float) -> Deploy:
+def keeper_deploy(token: str | None, timeout_s: float, tls: TlsFiles | None = None) -> Deploy:
+    """Deploy through the Keepers with ``token``, over TLS verified with ``tls`` (the
+    stack's CA) or in plaintext when None."""
+
     def deploy(addresses: Sequence[str], spec_json: str, kind: str, op_id: str) -> str:
-        client = KeeperClient(list(addresses), token=token, timeout_s=timeout_s)
+        client = KeeperClient(list(addresses), token=token, timeout_s=timeout_s, tls=tls)
         return client.deploy(spec_json, b"", kind=kind, op_id=op_id)
 
     return deploy

@@ -218,7 +218,9 @@ class Session:
         return ControlLoad(
             keepers=[k.address for k in self.topo.keepers],
             base_spec=self.base_spec,
-            deploy=keeper_deploy(self.topo.keeper_token(), timeout_s=5.0),
+            deploy=keeper_deploy(
+                self.topo.keeper_token(), timeout_s=5.0, tls=self.topo.client_tls()
+            ),
             drill=name,
             prefix=self.prefix,
             seq=self.seq,

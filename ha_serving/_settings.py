@@ -16,6 +16,7 @@ Environment variables (all optional):
 ``HA_SERVING_PORT_BASE``                    first port of the clusters' port blocks (a second stack)
 ``HA_SERVING_DB_PORT``                      port of the private DB server
 ``HA_SERVING_REDIS_PORT``                   port of the private Redis
+``HA_SERVING_STACK_TLS``                    0: stacks come up in plaintext (default 1: TLS)
 ``HA_SERVING_KEEPER_TOKEN``                 the operator credential, inline (Kubernetes)
 ``HA_SERVING_KEEPER_TOKEN_FILE``            file holding the operator credential (set by `up`)
 ``HA_SERVING_KEEPER_DISCOVERY_TOKEN_FILE``  file holding the clients' discovery credential
@@ -50,6 +51,8 @@ from ha_serving._errors import InvalidSpec
 
 MAX_CLUSTERS = 9
 """Cluster i lives at 127.0.i.x and owns a port block; 9 keeps every block below 32768."""
+MAX_WORKERS_PER_CLUSTER = 8
+"""Worker nodes of one local cluster at most (127.0.i.2 to 127.0.i.9)."""
 
 MiB = 1024 * 1024
 
@@ -88,7 +91,7 @@ class StackSettings(_Group):
     clusters: int = Field(default=2, ge=1, le=MAX_CLUSTERS)
     """Local Ray clusters; 2 is the smallest number that shows cross-cluster failover."""
 
-    workers_per_cluster: int = Field(default=1, ge=1, le=8)
+    workers_per_cluster: int = Field(default=1, ge=1, le=MAX_WORKERS_PER_CLUSTER)
     """Worker nodes per cluster (at 127.0.i.2 upwards); the head runs no user work."""
 
     worker_cpus: int = Field(default=8, ge=1, le=256)
@@ -150,11 +153,11 @@ class StackSettings(_Group):
     redis_bin: str | None = Field(default_factory=lambda: shutil.which("redis-server"))
     """Redis binary for GCS fault tolerance; None starts clusters without GCS FT."""
 
-    tls: bool = False
+    tls: bool = True
     """`up` makes a private CA and certificates, and the Keepers' API, their link to the
-    AppMasters (mutual TLS) and the proxies serve TLS only. Off by default until a
-    stack run proves every caller of this repository speaks it; `up --tls` / `--no-tls`
-    choose per run (off prints a warning)."""
+    AppMasters (mutual TLS) and the proxies serve TLS only. `up --no-tls` (or
+    `HA_SERVING_STACK_TLS=0` for what brings a stack up itself: the load tests, the
+    bench) brings a stack up in plaintext, for a benchmark; `up` prints a warning."""
 
     redis_auth: bool = True
     """The private Redis requires a password `up` generates (``requirepass``, from a
@@ -547,6 +550,7 @@ SETTINGS_ENV: tuple[tuple[str, str, str], ...] = (
     ("HA_SERVING_PORT_BASE", "stack", "port_base"),
     ("HA_SERVING_DB_PORT", "stack", "db_port"),
     ("HA_SERVING_REDIS_PORT", "stack", "redis_port"),
+    ("HA_SERVING_STACK_TLS", "stack", "tls"),
     ("HA_SERVING_DB_URL", "store", "url"),
     ("HA_SERVING_DB_PASSWORD_FILE", "store", "password_file"),
     ("HA_SERVING_KEEPER_TOKEN", "keeper", "token"),

@@ -27,7 +27,7 @@ import tenacity
 from pydantic import BaseModel
 
 from ha_serving._errors import StackError
-from ha_serving._settings import Settings
+from ha_serving._settings import MAX_CLUSTERS, MAX_WORKERS_PER_CLUSTER, Settings
 from ha_serving.keeper import keeper_status
 from ha_serving.store import ClusterRecord, Store
 from ha_serving.util import tls
@@ -190,17 +190,22 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
 
 def make_certificates(settings: Settings, directory: Path) -> TlsPaths:
     """A new CA and, from it: the Keepers' server certificate (every Keeper address), the
-    proxies' (every node address: a proxy binds its node's; also a client certificate,
-    shown to the backend workers' direct servers, which serve with it too), the
-    AppMasters' client one."""
-    s, k = settings.stack, settings.keeper
+    proxies' (a proxy binds its node's address; also a client certificate, shown to the
+    backend workers' direct servers, which serve with it too), the AppMasters' client one.
+
+    The proxies' certificate names every address the local address scheme can give a
+    node (127.0.i.n for every cluster index and node the settings allow), not only this
+    stack's: a cluster started beside it on this machine and joined with `cluster
+    register` (its serving jobs get the same certificate's paths) serves TLS as well. A
+    cluster on other machines needs a proxy certificate for its own addresses."""
+    k = settings.keeper
     secret_dir(directory)
     ca = tls.make_ca(directory)
     keepers = [f"{k.address_prefix}.{i}" for i in range(1, k.replicas + 1)]
     nodes = [
         node_address(i, n)
-        for i in range(1, s.clusters + 1)
-        for n in range(s.workers_per_cluster + 1)
+        for i in range(1, MAX_CLUSTERS + 1)
+        for n in range(MAX_WORKERS_PER_CLUSTER + 1)
     ]
     keeper = tls.issue(ca, directory, "keeper", hosts=keepers, server=True, client=False)
     proxy = tls.issue(ca, directory, "proxy", hosts=nodes, server=True, client=True)

@@ -14,14 +14,27 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import infra
 from ha_serving._errors import CallError
 from ha_serving.client import Client, Discovery, EndpointInfo, discovered_client
+from ha_serving.util.tls import TlsFiles
 
 Payload = Callable[[str], bytes]
 """Builds a call's request body from its id."""
+
+
+def routed_tls(topo: infra.Topology) -> TlsFiles | None:
+    """What callers that dial fault links instead of the proxies verify the proxies with:
+    the stack's CA, under a node's address rather than the link's (which no certificate
+    names). Every proxy shows the stack's one proxy certificate, valid for every node
+    address, so the proxy behind any link passes; a server the CA did not sign does not.
+    None when the stack speaks plaintext."""
+    tls = topo.client_tls()
+    if tls is None:
+        return None
+    return replace(tls, server_name=topo.clusters[0].head.address)
 
 
 def constant(body: bytes) -> Payload:
@@ -86,7 +99,7 @@ class Load:
                 tls=self.topo.client_tls(),
             )
         else:
-            client = self.client = Client([])
+            client = self.client = Client([], tls=routed_tls(self.topo))
 
             def adopt(endpoints: list[EndpointInfo]) -> None:
                 dialed = [route(e) for e in endpoints]
@@ -94,7 +107,11 @@ class Load:
                 client.set_addresses(dialed, weights=weights)
 
             self.discovery = Discovery(
-                self.service, keepers, token=self.topo.discovery_token(), on_change=adopt
+                self.service,
+                keepers,
+                token=self.topo.discovery_token(),
+                on_change=adopt,
+                tls=self.topo.client_tls(),
             ).start()
         self._nonce = uuid.uuid4().hex[:8]
         self._workers = [

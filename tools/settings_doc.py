@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "settings.md"
 
 _ENV_VAR = re.compile(r"\bHA_SERVING_[A-Z0-9_]+\b")
-_PROBES = ("3", "2", "1500", "9401", "/probe")
+_PROBES = ("3", "2", "1500", "9401", "/probe", "0")
 """Values tried for each variable until one is valid and changes exactly one field."""
 
 _HEADER = """\

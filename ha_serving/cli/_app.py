@@ -111,7 +111,7 @@ def up(
     if not settings.stack.tls:
         err.print(
             "[yellow]warning:[/] TLS is off: the Keepers' API, their link to the AppMasters "
-            "and the proxies speak plaintext (`ha-serving up --tls` turns it on)"
+            "and the proxies speak plaintext (--no-tls; for benchmarks only)"
         )
     with err.status("starting the stack") as spinner:
         result = infra.up(settings, report=spinner.update)

@@ -1,7 +1,8 @@
 """Integration fixtures: a real local stack (private MariaDB, Redis, Ray clusters).
 
-``HA_SERVING_TEST_TLS=1`` brings every test stack up with TLS (``stack.tls``): the same
-tests, over TLS and the Keepers' mutual-TLS link.
+Every test stack speaks TLS, as ``up`` does by default (``stack.tls``);
+``HA_SERVING_TEST_TLS=0`` brings them up in plaintext instead: the same tests, without
+TLS.
 
 Its addresses and ports differ from `make up`'s defaults, so the tests can run while a
 developer's own stack is up.
@@ -40,7 +41,7 @@ def stack_settings(run_dir: Path, **stack: object) -> Settings:
             "redis_address": "127.0.101.3",
             "redis_port": SLOT.redis_port,
             "gcs_reconnect_timeout_s": 60,
-            "tls": os.environ.get("HA_SERVING_TEST_TLS") == "1",
+            "tls": os.environ.get("HA_SERVING_TEST_TLS", "1") != "0",
             **stack,
         },
         store={},

@@ -29,11 +29,15 @@ import pytest
 import sqlalchemy as sa
 
 import infra
+from ha_serving._errors import CallError
 from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
+from ha_serving.client import Client
 from ha_serving.keeper import KeeperClient
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
+from ha_serving.store import Store
 from ha_serving.util.secrets import read_secret
+from ha_serving.util.tls import TlsFiles, link_address
 from infra import procs
 from infra.services import admin_url
 from infra.topology import Proc
@@ -261,18 +265,37 @@ def test_status_shows_no_secret(stack: infra.Topology, secrets: dict[str, str]) 
         assert _leaks(result.stdout + result.stderr, secrets) == []
 
 
+def _keeper_channel(stack: infra.Topology, *, link: bool = False) -> grpc.Channel:
+    """A channel to the first Keeper as its clients dial it: its API port (or, with
+    ``link``, its AppMasters' link port, showing the AppMasters' certificate) over TLS
+    verified against the stack's CA; plaintext on a plaintext stack (one port)."""
+    address = stack.keepers[0].address
+    if stack.tls is None:
+        return grpc.insecure_channel(address)
+    if link:
+        files = TlsFiles(
+            str(stack.tls.ca), str(stack.tls.appmaster_cert), str(stack.tls.appmaster_key)
+        )
+        return grpc.secure_channel(link_address(address), files.channel_credentials())
+    return grpc.secure_channel(address, TlsFiles(str(stack.tls.ca)).channel_credentials())
+
+
 def test_each_credential_calls_only_what_its_scope_allows_on_the_real_keepers(
     stack: infra.Topology, secrets: dict[str, str]
 ) -> None:
     """The discovery token resolves but cannot deploy; the AppMaster's credential
-    heartbeats for its own target only."""
-    address = stack.keepers[0].address
+    heartbeats for its own target only (on a TLS stack: on the link port, under mutual
+    TLS, and nowhere else)."""
     am = next(
         v
         for k, v in secrets.items()
         if k.startswith("appmaster.a.secure") and "secret part" not in k
     )
-    with grpc.insecure_channel(address) as channel:
+    deploy = keeper_pb2.DeployRequest(spec_json="{}", kind="deploy")
+    actor = f"{SERVICE}-appmaster"
+    own = keeper_pb2.HeartbeatRequest(cluster="a", service=SERVICE, actor_name=actor)
+    other = keeper_pb2.HeartbeatRequest(cluster="b", service=SERVICE, actor_name=actor)
+    with _keeper_channel(stack) as channel:
         stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
 
         def code(method: str, request: Any, token: str) -> grpc.StatusCode:
@@ -283,11 +306,41 @@ def test_each_credential_calls_only_what_its_scope_allows_on_the_real_keepers(
             code("Resolve", keeper_pb2.ResolveRequest(service=SERVICE), discovery)
             == grpc.StatusCode.OK
         )
-        deploy = keeper_pb2.DeployRequest(spec_json="{}", kind="deploy")
         assert code("Deploy", deploy, discovery) == grpc.StatusCode.PERMISSION_DENIED
-        actor = f"{SERVICE}-appmaster"
-        own = keeper_pb2.HeartbeatRequest(cluster="a", service=SERVICE, actor_name=actor)
-        other = keeper_pb2.HeartbeatRequest(cluster="b", service=SERVICE, actor_name=actor)
-        assert code("Heartbeat", own, am) == grpc.StatusCode.OK
-        assert code("Heartbeat", other, am) == grpc.StatusCode.PERMISSION_DENIED
         assert code("Deploy", deploy, am) == grpc.StatusCode.PERMISSION_DENIED
+        if stack.tls is not None:  # the API port takes no AppMaster credential
+            assert code("Heartbeat", own, am) == grpc.StatusCode.PERMISSION_DENIED
+    with _keeper_channel(stack, link=stack.tls is not None) as channel:
+        stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+        assert rpc_code(stub, "Heartbeat", own, am, timeout_s=10) == grpc.StatusCode.OK
+        assert rpc_code(stub, "Heartbeat", other, am, timeout_s=10) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert rpc_code(stub, "Deploy", deploy, am, timeout_s=10) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+
+
+def test_a_plaintext_client_reaches_neither_the_keepers_nor_the_proxies(
+    stack: infra.Topology, secrets: dict[str, str]
+) -> None:
+    """On a TLS stack (``up``'s default) a client that skips TLS gets no answer from a
+    Keeper (API or link port) or a proxy: no handshake, so not even its request is read."""
+    if stack.tls is None:
+        pytest.skip("a plaintext stack (HA_SERVING_TEST_TLS=0): nothing to refuse")
+    resolve = keeper_pb2.ResolveRequest(service=SERVICE)
+    address = stack.keepers[0].address
+    for target in (address, link_address(address)):
+        with grpc.insecure_channel(target) as channel:
+            stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+            code = rpc_code(stub, "Resolve", resolve, secrets["discovery.token"], timeout_s=5)
+            assert code == grpc.StatusCode.UNAVAILABLE, target
+    with Store.connect(stack.db.ref()) as store:
+        endpoints = store.list_endpoints(SERVICE)
+    assert endpoints, "the service has no proxy to try"
+    for e in endpoints:
+        with Client([e.address], timeout_s=3) as plain, pytest.raises(CallError) as refused:
+            plain.call(SERVICE, "echo", {"a": 1})
+        assert refused.value.code == "UNAVAILABLE", e.address
+        with Client([e.address], timeout_s=5, tls=stack.client_tls()) as verified:
+            assert verified.call(SERVICE, "echo", {"a": 1})["echo"] == {"a": 1}

@@ -29,8 +29,11 @@ from tests.terraform_tools import TERRAFORM_DIR, is_literal_string, unquote
 SECRET_WORD = re.compile(r"(?i)(password|passwd|token|secret|credential|private_key|api_key)")
 SECRET_REF = re.compile(
     r"object\(\{\s*(name\s*=\s*string\s*,\s*key|key\s*=\s*string\s*,\s*name)\s*=\s*string\s*,?\s*\}\)"
+    r"|object\(\{\s*name\s*=\s*string\s*,?\s*\}\)"
 )
-"""A Secret reference's type: object({name = string, key = string}), in either order."""
+"""A Secret reference's type: object({name = string, key = string}), in either order
+(one data key), or object({name = string}) (a whole Secret, e.g. a kubernetes.io/tls one
+mounted as a volume)."""
 PINNED = re.compile(r"^(=\s*|~>\s*)?\d+\.\d+\.\d+$")
 """An exact version, or ~> X.Y.Z (patch releases only)."""
 EXACT = re.compile(r"^\d+\.\d+\.\d+$")
@@ -302,6 +305,10 @@ def test_secret_check_catches_plain_credentials(tmp_path: Path) -> None:
         'variable "secret_refs" {\n  type = object({\n'
         "    a = object({ key = string, name = string })\n"
         '  })\n  description = "references"\n}\n'
+        'variable "tls_secret" {\n  type = object({ name = string })\n'
+        '  description = "a whole Secret, by name"\n  default = { name = "keeper-tls" }\n}\n'
+        'variable "tls_secret_pem" {\n  type = object({ name = string, pem = string })\n'
+        '  description = "not a reference: a key in it"\n}\n'
         'variable "redis_secret" {\n'
         "  type = object({ name = string, key = string, value = string })\n"
         '  description = "a reference with a value in it"\n}\n'
@@ -313,6 +320,7 @@ def test_secret_check_catches_plain_credentials(tmp_path: Path) -> None:
     assert secret_problems(hcl) == [
         "variable db_password looks like a credential: mark it sensitive",
         "variable db_password has a default value",
+        "variable tls_secret_pem looks like a credential: mark it sensitive",
         "variable redis_secret looks like a credential: mark it sensitive",
         "resource[0].helm_release.r.set[0]: redis.password is given a literal value",
         "locals[0].admin_password is a literal credential",

@@ -171,6 +171,27 @@ def test_a_proxy_serves_tls_only_and_the_sdk_verifies_it(tmp_path: Path) -> None
             plain.call("echo", "echo", {"a": 1})
 
 
+def test_a_client_dialling_another_address_verifies_the_server_under_server_name(
+    tmp_path: Path,
+) -> None:
+    """A drill's callers dial a fault link, whose address no certificate names: they
+    verify the proxy behind it under a node's name (``server_name``), and still refuse a
+    certificate that is not valid for that name."""
+    d = tmp_path / "tls"
+    d.mkdir(mode=0o700)
+    ca = make_ca(d)
+    node, dialled = "127.0.77.251", "127.0.77.252"
+    cert = issue(ca, d, "proxy", hosts=[node], server=True, client=False)
+    with running_stack(tls=cert, bind=dialled) as stack:
+        stack.add("i1")
+        named = TlsFiles(ca.ca, server_name=node)
+        with Client([stack.address], tls=named, timeout_s=5) as client:
+            assert client.call("echo", "echo", {"a": 1})["echo"] == {"a": 1}
+        for tls in (TlsFiles(ca.ca), TlsFiles(ca.ca, server_name="127.0.77.9")):
+            with Client([stack.address], tls=tls, timeout_s=2) as wrong, pytest.raises(CallError):
+                wrong.call("echo", "echo", {"a": 1})
+
+
 def test_up_certifies_every_keeper_and_node_address(tmp_path: Path) -> None:
     settings = Settings.build(
         stack={"clusters": 2, "workers_per_cluster": 2}, keeper={"replicas": 3}
@@ -183,7 +204,9 @@ def test_up_certifies_every_keeper_and_node_address(tmp_path: Path) -> None:
         return {str(ip) for ip in ext.get_values_for_type(x509.IPAddress)}
 
     assert sans(paths.keeper_cert) == {"127.0.200.1", "127.0.200.2", "127.0.200.3"}
-    assert sans(paths.proxy_cert) == {f"127.0.{i}.{n}" for i in (1, 2) for n in (1, 2, 3)}
+    # every address the local scheme gives a node, this stack's (clusters 1-2, nodes 1-3)
+    # and a cluster's joined with `cluster register` on this machine (e.g. 127.0.3.x)
+    assert sans(paths.proxy_cert) == {f"127.0.{i}.{n}" for i in range(1, 10) for n in range(1, 10)}
     # the proxies' certificate is also their client certificate towards the workers'
     # direct servers (mutual TLS), which serve with it
     proxy = x509.load_pem_x509_certificate(paths.proxy_cert.read_bytes())

@@ -37,6 +37,7 @@ module "keeper" {
   replicas      = var.keeper_replicas
   db_url_secret = module.state_db.url_secret
   token_secret  = var.secret_refs.keeper_token
+  tls_secret    = var.keeper_tls_secret
 }
 
 locals {

@@ -138,3 +138,12 @@ variable "secret_refs" {
     error_message = "secret_refs: each a Secret name (DNS subdomain) and a data key (letters, digits, '-', '_', '.')."
   }
 }
+
+variable "keeper_tls_secret" {
+  type = object({
+    name = string
+  })
+  description = "The kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt; e.g. from cert-manager) with the Keepers' server certificate and the CA of the AppMasters' link certificates, created outside Terraform: the Keepers serve TLS, as `ha-serving up` does by default. null: plaintext (a test cluster only)."
+  default     = { name = "ha-serving-keeper-tls" }
+  nullable    = true
+}

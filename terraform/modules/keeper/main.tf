@@ -17,7 +17,25 @@ locals {
   host    = coalesce(var.advertised_host, "${var.name}.${var.namespace}.svc.cluster.local")
   address = "${local.host}:${var.port}"
 
-  container = {
+  # TLS (var.tls_secret): the Secret's files, read-only, and the settings naming them.
+  # The AppMasters' link then has a port of its own (port + 1, mutual TLS). Kubernetes'
+  # built-in gRPC probes speak no TLS, so the probes become TCP checks of the API port.
+  tls       = var.tls_secret != null
+  tls_dir   = "/etc/ha-serving/tls"
+  link_port = var.port + 1
+  tls_env = local.tls ? [
+    { name = "HA_SERVING_TLS_CA", value = "${local.tls_dir}/ca.crt" },
+    { name = "HA_SERVING_TLS_KEEPER_CERT", value = "${local.tls_dir}/tls.crt" },
+    { name = "HA_SERVING_TLS_KEEPER_KEY", value = "${local.tls_dir}/tls.key" },
+  ] : []
+  probe = local.tls ? { tcpSocket = { port = var.port } } : { grpc = { port = var.port } }
+
+  # with TLS only (absent, not empty, without: the YAML round-trips to the same objects)
+  tls_mounts  = { for k, v in { volumeMounts = [{ name = "tls", mountPath = local.tls_dir, readOnly = true }] } : k => v if local.tls }
+  tls_volumes = { for k, v in { volumes = [{ name = "tls", secret = { secretName = try(var.tls_secret.name, ""), defaultMode = 288 } }] } : k => v if local.tls } # 0440
+
+  container = merge(local.container_base, local.tls_mounts)
+  container_base = {
     name    = "keeper"
     image   = var.image
     command = ["ha-serving"]
@@ -29,7 +47,7 @@ locals {
       "--address", "$(POD_IP):${var.port}",
       "--peers", local.address,
     ]
-    env = [
+    env = concat([
       { name = "POD_NAME", valueFrom = { fieldRef = { fieldPath = "metadata.name" } } },
       { name = "POD_IP", valueFrom = { fieldRef = { fieldPath = "status.podIP" } } },
       {
@@ -41,11 +59,14 @@ locals {
         valueFrom = { secretKeyRef = { name = var.token_secret.name, key = var.token_secret.key } }
       },
       { name = "HA_SERVING_KEEPER_TTL", value = tostring(var.lease_ttl_s) },
-    ]
-    ports = [{ name = "grpc", containerPort = var.port, protocol = "TCP" }]
-    # the standard gRPC health service, which the Keeper serves without the token
-    readinessProbe = { grpc = { port = var.port }, periodSeconds = 5, failureThreshold = 2 }
-    livenessProbe  = { grpc = { port = var.port }, periodSeconds = 10, failureThreshold = 3, initialDelaySeconds = 10 }
+    ], local.tls_env)
+    ports = concat(
+      [{ name = "grpc", containerPort = var.port, protocol = "TCP" }],
+      local.tls ? [{ name = "link", containerPort = local.link_port, protocol = "TCP" }] : [],
+    )
+    # plaintext: the standard gRPC health service, which the Keeper serves without the token
+    readinessProbe = merge(local.probe, { periodSeconds = 5, failureThreshold = 2 })
+    livenessProbe  = merge(local.probe, { periodSeconds = 10, failureThreshold = 3, initialDelaySeconds = 10 })
     resources = {
       requests = { cpu = var.resources.cpu, memory = var.resources.memory }
       limits   = { cpu = var.resources.cpu, memory = var.resources.memory }
@@ -67,7 +88,7 @@ locals {
       strategy = { type = "RollingUpdate", rollingUpdate = { maxUnavailable = 1, maxSurge = 1 } }
       template = {
         metadata = { labels = local.labels }
-        spec = {
+        spec = merge({
           affinity = {
             podAntiAffinity = {
               requiredDuringSchedulingIgnoredDuringExecution = [{
@@ -79,11 +100,12 @@ locals {
           securityContext = {
             runAsNonRoot   = true
             runAsUser      = 1000
+            fsGroup        = 1000 # the TLS key's group: readable by the Keeper only
             seccompProfile = { type = "RuntimeDefault" }
           }
           terminationGracePeriodSeconds = 30
           containers                    = [local.container]
-        }
+        }, local.tls_volumes)
       }
     }
   }
@@ -95,7 +117,10 @@ locals {
     spec = {
       type     = var.service_type
       selector = local.selector
-      ports    = [{ name = "grpc", port = var.port, targetPort = "grpc", protocol = "TCP", appProtocol = "grpc" }]
+      ports = concat(
+        [{ name = "grpc", port = var.port, targetPort = "grpc", protocol = "TCP", appProtocol = "grpc" }],
+        local.tls ? [{ name = "link", port = local.link_port, targetPort = "link", protocol = "TCP", appProtocol = "grpc" }] : [],
+      )
     }
   }
 

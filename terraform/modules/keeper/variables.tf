@@ -92,6 +92,19 @@ variable "token_secret" {
   }
 }
 
+variable "tls_secret" {
+  type = object({
+    name = string
+  })
+  description = "A kubernetes.io/tls Secret (tls.crt, tls.key and ca.crt, as cert-manager writes it): the Keepers' server certificate, valid for the advertised host, and the CA the AppMasters' link certificates are verified against. Mounted read-only at /etc/ha-serving/tls; the Keeper then serves its API over TLS only and its AppMasters' link on port + 1 under mutual TLS (as `ha-serving up` does by default). null: plaintext, for a test cluster only."
+  default     = null
+
+  validation {
+    condition     = var.tls_secret == null || try(can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", var.tls_secret.name)) && length(var.tls_secret.name) <= 253, false)
+    error_message = "tls_secret.name: a Secret name (DNS subdomain)."
+  }
+}
+
 variable "lease_ttl_s" {
   type        = number
   description = "The leader lease in seconds (HA_SERVING_KEEPER_TTL): a dead leader is replaced within about this long."

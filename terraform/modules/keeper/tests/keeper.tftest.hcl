@@ -62,6 +62,10 @@ run "renders_deployment_service_and_budget" {
     error_message = "the address clients use is the Service's"
   }
   assert {
+    condition     = !can(output.deployment.spec.template.spec.volumes) && !can(output.deployment.spec.template.spec.containers[0].volumeMounts) && can(output.deployment.spec.template.spec.containers[0].readinessProbe.grpc)
+    error_message = "without tls_secret: no volume, and the gRPC health probes"
+  }
+  assert {
     condition     = [for y in output.manifests_yaml : yamldecode(y)] == output.manifests
     error_message = "manifests_yaml must be the manifests"
   }
@@ -88,6 +92,50 @@ run "five_replicas_keep_four" {
     condition     = output.address == "keeper.example.com:9500" && contains(output.deployment.spec.template.spec.containers[0].args, "keeper.example.com:9500")
     error_message = "the advertised address is what AppMasters are given"
   }
+}
+
+run "tls_mounts_the_secret_and_opens_the_link_port" {
+  command = plan
+  variables {
+    tls_secret = { name = "ha-serving-keeper-tls" }
+  }
+
+  assert {
+    condition = {
+      for e in output.deployment.spec.template.spec.containers[0].env : e.name => e.value if startswith(e.name, "HA_SERVING_TLS_")
+      } == {
+      HA_SERVING_TLS_CA          = "/etc/ha-serving/tls/ca.crt"
+      HA_SERVING_TLS_KEEPER_CERT = "/etc/ha-serving/tls/tls.crt"
+      HA_SERVING_TLS_KEEPER_KEY  = "/etc/ha-serving/tls/tls.key"
+    }
+    error_message = "the Keeper is told the mounted files' paths, never their contents"
+  }
+  assert {
+    condition     = jsonencode(output.deployment.spec.template.spec.volumes) == jsonencode([{ name = "tls", secret = { defaultMode = 288, secretName = "ha-serving-keeper-tls" } }])
+    error_message = "the TLS Secret is a volume, 0440"
+  }
+  assert {
+    condition     = jsonencode(output.deployment.spec.template.spec.containers[0].volumeMounts) == jsonencode([{ mountPath = "/etc/ha-serving/tls", name = "tls", readOnly = true }])
+    error_message = "mounted read-only where the env says"
+  }
+  assert {
+    condition     = [for p in output.service.spec.ports : p.port] == [9400, 9401] && [for p in output.deployment.spec.template.spec.containers[0].ports : p.containerPort] == [9400, 9401]
+    error_message = "the AppMasters' link on port + 1"
+  }
+  assert {
+    condition     = output.deployment.spec.template.spec.containers[0].readinessProbe.tcpSocket.port == 9400 && !can(output.deployment.spec.template.spec.containers[0].livenessProbe.grpc)
+    error_message = "built-in gRPC probes speak no TLS: TCP checks instead"
+  }
+  assert {
+    condition     = [for y in output.manifests_yaml : yamldecode(y)] == output.manifests
+    error_message = "manifests_yaml must be the manifests"
+  }
+}
+
+run "rejects_a_bad_tls_secret_name" {
+  command = plan
+  variables { tls_secret = { name = "Keeper TLS" } }
+  expect_failures = [var.tls_secret]
 }
 
 run "rejects_a_bad_name" {
