@@ -18,11 +18,14 @@ import grpc
 import pytest
 
 from ha_serving._errors import CallError, InvalidSpec
-from ha_serving._settings import ClientSettings
+from ha_serving._settings import ClientSettings, Settings
 from ha_serving._wire import ROUTES_METHOD, RouteEntry
 from ha_serving.client import AsyncClient, Client, DirectStats
 from ha_serving.proto.serving_pb2 import RoutesReply, RoutesRequest
 from ha_serving.util.tls import TlsFiles, issue, make_ca
+from infra.ports import node_address
+from infra.stack import make_certificates
+from infra.topology import Database, Topology
 from tests.unit.fixtures.dataplane import Stack, running_stack, seeded
 from tests.unit.test_direct import (
     add_counter,
@@ -375,3 +378,34 @@ def test_under_tls_direct_mode_needs_a_client_certificate_and_then_speaks_mutual
         assert proxied(stack) == 0
         assert stats is not None
         assert stats.direct == 1
+
+
+def test_the_client_certificate_up_issues_is_taken_by_the_workers_direct_servers(
+    tmp_path: Path,
+) -> None:
+    """The certificates of a TLS stack as `up` makes them: proxy and direct servers show
+    ``proxy.pem`` on a node's address and want a client certificate of the stack's CA;
+    an SDK client given ``Topology.direct_client_tls()`` (``client.pem``) calls the
+    workers directly, and the proxy routes nothing."""
+    paths = make_certificates(Settings(), tmp_path / "tls")
+    topo = Topology(
+        run_dir=tmp_path,
+        run_id="r1",
+        created_at=0.0,
+        clusters=[],
+        db=Database(kind="sqlite", public_url=f"sqlite:///{tmp_path}/x.db"),
+        redis=None,
+        tls=paths,
+    )
+    mine = topo.direct_client_tls()
+    assert mine is not None
+    assert mine.cert == str(paths.client_cert)
+    with running_stack(direct=True, tls=topo.proxy_tls(), bind=node_address(9, 8)) as stack:
+        stack.add("a", worker="w1")
+        stack.add("b", worker="w2")
+        with direct_client(stack, tls=mine) as client:
+            for k in range(6):
+                assert client.call("echo", "echo", k)["echo"] == k  # type: ignore[index]
+            stats = current(client)
+    assert proxied(stack) == 0
+    assert (stats.direct, stats.proxied, stats.ejections) == (6, 0, 0)
