@@ -61,12 +61,23 @@ What it does not give, and why that is safe:
   reaching an instance being drained is counted by its host, and the drain's
   ``wait_idle`` waits for it; a call reaching an instance already removed is refused
   unrun ("not hosted") and tried elsewhere. Canary weights lag likewise.
-* Caps are per caller: N direct clients may hold N x ``max_concurrency`` calls on one
-  instance, as N proxies may.
+* Caps are per caller, and only callers enforce them. The routes carry each instance's
+  per-proxy share (``max_concurrency`` // serving proxies,
+  ``JobState.concurrency_per_proxy``), which this client counts on its own: the P
+  proxies together stay within ``max_concurrency``, and each direct client may add one
+  more share, so N direct clients and P proxies may hold (N + P) x share calls on one
+  instance. The worker does not refuse the excess: ``InstanceHost.call`` counts calls
+  in flight but is never told ``max_concurrency`` (it lives only in the routing
+  tables), so the excess runs (coroutine methods) or waits for the worker's call
+  threads (sync ones, 64): latency, not RESOURCE_EXHAUSTED. Enforcing it there needs
+  the cap delivered to every worker and kept current across ``update`` and AppMaster
+  and worker restarts, and a refusal proxies and clients treat as retry-safe: not done.
 * Only the cluster of the proxy that answered is used; the proxy path remains the way to
   the others (when every worker is ejected, or none is known).
 * Under TLS the workers take only mutual TLS: the client must show a certificate of the
-  stack's CA (``TlsFiles(ca, cert, key)``); without one, construction fails.
+  stack's CA (``TlsFiles(ca, cert, key)``; for a stack ``up`` brought up,
+  ``infra.Topology.direct_client_tls()`` gives its ``client.pem``); without one,
+  construction fails.
 """
 
 from __future__ import annotations
