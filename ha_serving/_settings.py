@@ -273,9 +273,11 @@ class KeeperSettings(_Group):
     change having to happen."""
 
     link_period_s: float = Field(default=0.3, gt=0, le=10)
-    """How often an AppMaster's link re-reads its instructions (or beats, which the
-    AppMaster answers with its heartbeat): bounds the delay between the leader's
-    decision and the AppMaster acting on it."""
+    """How often a Keeper re-reads the instructions of the AppMaster links it holds (one
+    read for all of them) and sends each link its new ones or a beat, which the AppMaster
+    answers with its heartbeat: bounds the delay between the leader's decision and the
+    AppMaster acting on it. The heartbeats a Keeper receives within a third of it
+    (the derived ``link_heartbeat_window_s``) are written together."""
 
     link_beat_s: float = Field(default=0.2, gt=0)
     """Least time between two heartbeats of an AppMaster's link. Below ``link_period_s``,
@@ -360,6 +362,14 @@ class KeeperSettings(_Group):
     prune_batch: int = Field(default=500, ge=1, le=100_000)
     """Rows deleted per table in one pruning pass, so a pass is a short transaction
     even when a backlog of history waits."""
+
+    @property
+    def link_heartbeat_window_s(self) -> float:
+        """How long a Keeper's batch of link heartbeats stays open after its first one:
+        a third of a link period. The Keeper's beats reach its links together, so their
+        answers fall into about one batch (one write) per period, and each is answered
+        well before the next beat asks for another."""
+        return self.link_period_s / 3
 
     @model_validator(mode="after")
     def _timings_agree(self) -> Self:
