@@ -406,9 +406,14 @@ class KeeperSettings(_Group):
 
 class AppMasterSettings(_Group):
     endpoint_ttl_s: float = Field(default=15.0, gt=0)
-    """Discovery lease of a proxy's endpoint, refreshed every AppMaster round (a round
-    runs at least every second): a proxy whose AppMaster died drops out of discovery
-    this long after its last refresh."""
+    """Discovery lease of a proxy's endpoint, renewed every ``endpoint_refresh_s``: a
+    proxy whose AppMaster died drops out of discovery this long after its last renewal."""
+
+    endpoint_refresh_s: float = Field(default=5.0, gt=0)
+    """How often an AppMaster renews an unchanged endpoint's lease (at the end of the
+    first round this long after its last write; a new endpoint or a label change is
+    written at once). A third of ``endpoint_ttl_s``: a renewal may fail, or a round run
+    10 s long, before a live proxy's endpoint lapses; at most half of it."""
 
     failed_retry_s: float = Field(default=2.0, ge=0)
     """A failed instance is retried after this long, so a broken version does not spin."""
@@ -426,6 +431,16 @@ class AppMasterSettings(_Group):
 
     stop_margin_s: float = Field(default=5.0, gt=0)
     """Seconds on top of a drain grace period that a stop call may take to answer."""
+
+    @model_validator(mode="after")
+    def _lease_renewed_in_time(self) -> Self:
+        _require(
+            self.endpoint_refresh_s <= self.endpoint_ttl_s / 2,
+            f"endpoint_refresh_s ({self.endpoint_refresh_s}) must be at most half of "
+            f"endpoint_ttl_s ({self.endpoint_ttl_s}), or one late renewal lets a live "
+            "proxy's endpoint lapse",
+        )
+        return self
 
 
 class AutoscaleSettings(_Group):
