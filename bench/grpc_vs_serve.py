@@ -96,6 +96,21 @@ class BenchTimeout(Exception):
 # --- (a) ha_serving -------------------------------------------------------------------
 
 
+def service_ops(topo: Any, cluster: Any, store: Any) -> Any:
+    """``ServiceOps`` on ``cluster``: on a TLS stack its proxies serve TLS, as `deploy`
+    makes them."""
+    from ha_serving.cli._services import ServiceOps
+
+    return ServiceOps(
+        store,
+        topo.db.ref(),
+        cluster.name,
+        cluster.gcs_address,
+        cluster.head.address,
+        proxy_tls=topo.proxy_tls(),
+    )
+
+
 def deploy_ours(
     topo: Any, cluster_name: str, replicas: int, proxies: int, log: Any, *, direct: bool = False
 ) -> tuple[Side, list[Route]]:
@@ -104,21 +119,13 @@ def deploy_ours(
     then one to Serve's, killed the process: one Ray driver per process and cluster)."""
     from ha_serving._spec import load_spec, parse_spec
     from ha_serving.appmaster import NAMESPACE, appmaster_name
-    from ha_serving.cli._services import ServiceOps
     from ha_serving.store import Store
 
     cluster = topo.cluster(cluster_name)
     spec = load_spec(ECHO / "echo.yaml").model_dump(mode="json")
     spec.update(name=SERVICE, instances=replicas, instances_per_worker=1, proxies=proxies)
     store = Store.connect(topo.db.ref())
-    ops = ServiceOps(
-        store,
-        topo.db.ref(),
-        cluster.name,
-        cluster.gcs_address,
-        cluster.head.address,
-        proxy_tls=topo.proxy_tls(),  # on a TLS stack its proxies serve TLS, as `deploy` makes them
-    )
+    ops = service_ops(topo, cluster, store)
     try:
         started = time.monotonic()
         ops.deploy(parse_spec(spec, source="bench"), ECHO / "code")
@@ -193,19 +200,11 @@ def remove_ours(topo: Any, cluster_name: str, log: Any) -> None:
     import ray
 
     from ha_serving.appmaster import NAMESPACE, appmaster_name
-    from ha_serving.cli._services import ServiceOps
     from ha_serving.store import Store
 
     cluster = topo.cluster(cluster_name)
     store = Store.connect(topo.db.ref())
-    ops = ServiceOps(
-        store,
-        topo.db.ref(),
-        cluster.name,
-        cluster.gcs_address,
-        cluster.head.address,
-        proxy_tls=topo.proxy_tls(),  # on a TLS stack its proxies serve TLS, as `deploy` makes them
-    )
+    ops = service_ops(topo, cluster, store)
     try:
         spec = store.get_service(SERVICE).spec["spec"]
         with contextlib.suppress(Exception):  # best effort: the kills below still happen
