@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/grpc_vs_serve.py            # or: make bench
     .venv/bin/python bench/grpc_vs_serve.py --direct-client --time-limit 180   # + (d)
+    .venv/bin/python bench/grpc_vs_serve.py --sdk --direct-client --tls --time-limit 180
 
 Both systems serve the echo of ``examples/echo`` (same code path: JSON in, JSON out, a
 sync method run in the replica's thread pool) with the same number of replicas (one
@@ -24,15 +25,30 @@ machine), read from ``/proc``: it says where the time goes, and how noisy the ru
     round-robin ``await replica.call.remote(payload)`` to plain sync actors), the floor
     of any proxy built on Ray actor calls.
 (d) with ``--direct-client`` (issue 14's "client -> worker direct, the proxy as a
-    directory", measured only: no such client mode exists): the same client calls the
-    workers of (a) itself, ``Direct.Call`` (``ha_serving/proto/direct.proto``) on their
-    own gRPC servers, a route per call in round-robin order. The routes (worker address,
-    worker, instance) are read once before the rounds, as the routing table carries
-    them: each worker's ``start_direct`` (idempotent: the address the AppMaster put in
+    directory"): by default a bare client, like the other sides, so the sides pay the
+    same per-call client cost: it calls the workers of (a) itself, ``Direct.Call``
+    (``ha_serving/proto/direct.proto``) on their own gRPC servers, a route per call in
+    round-robin order. The routes (worker address, worker, instance) are read once
+    before the rounds, as the routing table carries them: each worker's
+    ``start_direct`` (idempotent: the address the AppMaster put in
     ``RouteEntry.address``) and ``stats`` (its instances). Its CPU roles: client,
     replicas (the workers), control (the AppMaster); the idle proxies count as other.
     The report gives its throughput and p99 over ours: it wins only with more
-    throughput and a lower p99. Plaintext only, as the bench's client is.
+    throughput and a lower p99. The bare direct client speaks plaintext only.
+
+``--sdk`` drives ha_serving's sides with the SDK instead of bare stubs: the client
+process runs ``ha_serving.client.AsyncClient`` (``call_raw``, the same deadline), for (a)
+in mode "proxy" on its proxies and, with ``--direct-client``, for (d) in mode "direct"
+(``ha_serving/client/_direct.py``: routes from the proxies' ``Serving.Routes``, the
+proxy's ``Router``, ejection and at-most-once verdicts; the same proxies as its
+directory and fallback, so its CPU roles count them as proxy; under TLS it shows the
+client certificate ``up`` issued, ``Topology.direct_client_tls()``). Both of our sides
+then run the same client code, so ``--sdk --direct-client`` measures the shipped direct
+mode against the SDK through the proxy; a readiness check first makes sure the direct
+side's calls really reach the workers directly, and the table gives its
+``DirectStats`` (calls that fell back to a proxy). Ray Serve's side (b) and the
+baseline (c) stay on bare stubs: the SDK is ours, not Serve's client, so ``--sdk`` makes
+ours/serve a comparison of SDK + proxy against bare stub + proxy (expect it lower).
 
 By default the bench brings up its own 2-cluster stack in a temporary run directory, on
 addresses and ports of its own (so it runs beside ``make up``'s stack and the tests'),
@@ -87,6 +103,8 @@ OURS = "ha_serving proxy"
 SERVE = "Ray Serve gRPC proxy"
 BARE = "bare gRPC-in-actor"
 DIRECT = "direct client->worker"
+SDK_PROXY, SDK_DIRECT = "proxy", "direct"
+"""The SDK's modes (``ha_serving.client.Mode``) the client drives our sides with."""
 
 
 class BenchTimeout(Exception):
@@ -189,6 +207,24 @@ def direct_side(ours: Side, routes: list[Route], log: Any) -> Side:
     log(
         f"direct: {len(routes)} instances via "
         f"{', '.join(dict.fromkeys(r[0] for r in routes))} ({time.monotonic() - started:.1f}s)"
+    )
+    return side
+
+
+def sdk_direct_side(ours: Side, topo: Any, log: Any) -> Side:
+    """The side of the SDK in direct mode: its directory and fallback are ``ours``'s
+    proxies (their processes count as its proxy role: they answer ``Serving.Routes``),
+    the workers and AppMaster are the same; under TLS it shows the stack's client
+    certificate (``Topology.direct_client_tls``)."""
+    started = time.monotonic()
+    side = Side(DIRECT, list(ours.targets), [], ca=ours.ca, sdk=SDK_DIRECT)
+    if (tls := topo.direct_client_tls()) is not None:
+        side.client_cert, side.client_key = tls.cert, tls.key
+    wait_answering(side, timeout_s=30)
+    side.processes = {r: list(ours.processes.get(r, [])) for r in ("proxy", "replicas", "control")}
+    log(
+        f"direct (SDK): workers called directly, {', '.join(side.targets)} the directory "
+        f"({time.monotonic() - started:.1f}s)"
     )
     return side
 
@@ -369,6 +405,7 @@ def report(sides: list[Side], args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "warmup_s_per_round": args.warmup,
             "tls": next(s.ca is not None for s in sides if s.name == OURS),
+            "sdk": next(s.sdk is not None for s in sides if s.name == OURS),
         },
         "results": results,
         "ratios": ratios,
@@ -393,7 +430,12 @@ def print_table(out: dict[str, Any]) -> None:
     w(
         f"\necho, {c['replicas']} replicas per system, {c['concurrency']} concurrent client "
         f"tasks, {c['rounds']} x {c['seconds_per_system'] / c['rounds']:.1f} s per system; "
-        f"ha_serving over {'TLS' if c.get('tls') else 'plaintext'}\n\n"
+        f"ha_serving over {'TLS' if c.get('tls') else 'plaintext'}\n"
+        + (
+            "ha_serving's sides driven by the SDK (AsyncClient), Ray Serve's by a bare stub\n\n"
+            if c.get("sdk")
+            else "every side driven by a bare gRPC stub\n\n"
+        )
     )
     header = f"{'system':<22} {'proxies':>7} {'requests':>9} {'req/s':>8} {'p50 ms':>8} "
     header += f"{'p99 ms':>8} {'max ms':>8} {'errors':>6}  per round req/s"
@@ -415,7 +457,17 @@ def print_table(out: dict[str, Any]) -> None:
         "system's cluster;\n other: the rest of the machine, i.e. anything else running "
         "meanwhile: noise)\n"
     )
-    if any(r["system"] == DIRECT for r in out["results"]):
+    direct = next((r for r in out["results"] if r["system"] == DIRECT), None)
+    if direct is not None and "direct_stats" in direct:
+        d = direct["direct_stats"]
+        w(
+            f"({DIRECT}: the SDK's mode=\"direct\": routes from the proxies' Serving.Routes, "
+            "the proxy's Router and rules;\n "
+            f"{d.get('direct', 0)} calls direct, {d.get('proxied', 0)} through a proxy, "
+            f"{d.get('ejections', 0)} ejections, {d.get('refreshes', 0)} route fetches, "
+            "warm-up included)\n"
+        )
+    elif direct is not None:
         w(
             f"({DIRECT}: the client calls the workers' direct servers itself, round-robin; "
             "ha_serving's proxies\n only told it where they are, and idle meanwhile)\n"
@@ -473,15 +525,38 @@ def _parser() -> argparse.ArgumentParser:
         help="also measure a client calling ha_serving's workers directly, the proxy only "
         "a directory (issue 14; +1/3 run time)",
     )
+    parser.add_argument(
+        "--sdk",
+        action="store_true",
+        help="drive ha_serving's sides with the SDK's AsyncClient (mode proxy; with "
+        "--direct-client, mode direct) instead of bare stubs; Ray Serve's side stays on "
+        "bare stubs",
+    )
     return parser
+
+
+def refused(args: argparse.Namespace) -> str | None:
+    """Why these arguments cannot run (None: they can)."""
+    if args.ours_cluster == args.serve_cluster:
+        return "--ours-cluster and --serve-cluster must differ (one Ray driver each)"
+    if args.tls and args.direct_client and not args.sdk:
+        return (
+            "the bare --direct-client calls the workers in plaintext: not with --tls "
+            "(--sdk --direct-client --tls measures the SDK's direct mode over TLS)"
+        )
+    return None
 
 
 def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Set up both systems, measure, clean up; the results (raises on failure)."""
     with stack(args.run_dir, log, tls=args.tls) as (topo, own):
         ours: Side | None = None
-        if args.direct_client and topo.tls is not None:
-            raise SystemExit("error: --direct-client calls the workers in plaintext, not over TLS")
+        bare_direct = args.direct_client and not args.sdk
+        if bare_direct and topo.tls is not None:
+            raise SystemExit(
+                "error: the bare --direct-client calls the workers in plaintext, not over "
+                "TLS (add --sdk to measure the SDK's direct mode over TLS)"
+            )
         try:
             ours, routes = deploy_ours(
                 topo,
@@ -489,7 +564,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                 args.replicas,
                 args.proxies,
                 log,
-                direct=args.direct_client,
+                direct=bare_direct,
             )
             if topo.tls is not None:
                 ours.ca = str(topo.tls.ca)
@@ -498,8 +573,12 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                     "warning: TLS is off: ha_serving's stack, proxies and client speak "
                     "plaintext here, as Ray Serve's gRPC proxy does (--tls measures it with TLS)"
                 )
+            if args.sdk:
+                ours.sdk = SDK_PROXY
             mine = [ours]
-            if args.direct_client:
+            if args.direct_client and args.sdk:
+                mine.append(sdk_direct_side(ours, topo, log))
+            elif args.direct_client:
                 mine.append(direct_side(ours, routes, log))
             for side in mine:
                 side.daemon_groups = node_groups(topo, args.ours_cluster)
@@ -531,10 +610,8 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.ours_cluster == args.serve_cluster:
-        parser.error("--ours-cluster and --serve-cluster must differ (one Ray driver each)")
-    if args.tls and args.direct_client:
-        parser.error("--direct-client calls the workers in plaintext: not with --tls")
+    if (problem := refused(args)) is not None:
+        parser.error(problem)
     t0 = time.monotonic()
 
     def log(message: str) -> None:

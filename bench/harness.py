@@ -2,11 +2,13 @@
 per-process CPU accounting, and the bare gRPC-in-actor baseline.
 
 ``drive`` is the client: it runs in a process of its own (spawned), so the benchmark's
-Ray driver and the load never share a GIL. A ``Side`` is one system under test: where
-its proxies listen (or, for a client that skips the proxy, the workers' direct routes),
-which processes are its own (for CPU per request, read from ``/proc``), and what was
-measured. Heavy imports (ray, grpc, ha_serving) happen inside
-functions, so the spawned client starts light.
+Ray driver and the load never share a GIL. It is bare (gRPC stubs of the protocol, no
+SDK), or, for a side with ``sdk`` set, the SDK's ``AsyncClient`` in that mode
+(``drive_sdk``). A ``Side`` is one system under test: where its proxies listen (or, for
+a bare client that skips the proxy, the workers' direct routes), which processes are
+its own (for CPU per request, read from ``/proc``), and what was measured. Heavy
+imports (ray, grpc, ha_serving) happen inside functions, so the spawned client starts
+light.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ PORT_BASE = 10500
 DB_ADDRESS, DB_PORT = "127.0.102.2", 9346
 REDIS_ADDRESS, REDIS_PORT = "127.0.102.3", 9399
 
+CALL_TIMEOUT_S = 5.0
+"""Every client's deadline per call, bare or SDK."""
+
 Route = tuple[str, str, str]
 """A direct route to one instance: (its worker's direct server ``host:port``, the
 worker's name, the instance id), as a routing table entry gives them."""
@@ -68,12 +73,16 @@ def drive(
     *,
     routes: list[Route] | None = None,
     ca: str | None = None,
+    sdk: str | None = None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
 ) -> dict[str, Any]:
     """Call ``targets`` with ``concurrency`` tasks; latencies of calls started in the
     measured window (after the warm-up), errors by status name. With ``ca`` (a CA
     certificate's path), over TLS, verifying the targets against it, as the SDK does.
     With ``routes``, the workers' direct servers instead (``drive_direct``; ``targets``
-    and ``metadata`` unused)."""
+    and ``metadata`` unused). With ``sdk`` (a ``Mode``), the SDK's ``AsyncClient`` on
+    ``targets`` (``drive_sdk``, showing ``client_cert`` under TLS; ``metadata`` unused)."""
     import asyncio
 
     import grpc
@@ -81,6 +90,17 @@ def drive(
     from ha_serving.proto.serving_pb2 import CallRequest
     from ha_serving.proto.serving_pb2_grpc import ServingStub
 
+    if sdk is not None:
+        return drive_sdk(
+            targets,
+            sdk,
+            concurrency,
+            warmup_s,
+            duration_s,
+            ca=ca,
+            client_cert=client_cert,
+            client_key=client_key,
+        )
     if routes:
         return drive_direct(routes, concurrency, warmup_s, duration_s)
 
@@ -101,7 +121,7 @@ def drive(
             while (started := time.perf_counter()) < end:
                 calls += 1
                 try:
-                    reply = await stub.Call(request, metadata=metadata, timeout=5.0)
+                    reply = await stub.Call(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
                     code = "OK" if b"ping" in reply.payload else "BAD_REPLY"
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code().name
@@ -160,7 +180,7 @@ def drive_direct(
                 calls += 1
                 stub, request = next(turn)
                 try:
-                    reply = await stub.Call(request, timeout=5.0)
+                    reply = await stub.Call(request, timeout=CALL_TIMEOUT_S)
                     code = direct_code(reply.ok, reply.code, reply.payload)
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code().name
@@ -184,6 +204,94 @@ def drive_direct(
     return asyncio.run(run())
 
 
+def sdk_tls(ca: str | None, client_cert: str | None, client_key: str | None) -> Any:
+    """The SDK's ``TlsFiles`` for a side: None in plaintext (no ``ca``)."""
+    from ha_serving.client import TlsFiles
+
+    return None if ca is None else TlsFiles(ca, client_cert, client_key)
+
+
+def drive_sdk(
+    targets: list[str],
+    mode: str,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    *,
+    ca: str | None = None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+) -> dict[str, Any]:
+    """``drive`` through the SDK: one ``AsyncClient`` in ``mode`` ("proxy": its proxies
+    are ``targets``; "direct": the workers, ``targets`` the directory and the fallback),
+    ``concurrency`` tasks calling ``call_raw`` (no JSON round trip, as the bare client
+    sends the payload's bytes), the same deadline, loop and bookkeeping as ``drive``'s;
+    a ``CallError`` counts under its code. One call before the clock starts primes the
+    client (a direct-mode client holds no routes yet: calls made while the first fetch
+    runs take the proxy path). The result adds the client's ``direct_stats`` (direct
+    mode) from then on, so a run says how many calls took the proxy path instead."""
+    import asyncio
+    import dataclasses
+
+    from ha_serving._settings import ClientSettings
+    from ha_serving.client import AsyncClient, CallError
+
+    async def measured(client: Any) -> dict[str, Any]:
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        calls = 0
+        cpu0 = time.process_time()
+        begin = time.perf_counter() + warmup_s
+        end = begin + duration_s
+
+        async def user() -> None:
+            nonlocal calls
+            while (started := time.perf_counter()) < end:
+                calls += 1
+                try:
+                    reply = await client.call_raw(SERVICE, "echo", PAYLOAD)
+                    code = "OK" if b"ping" in reply.payload else "BAD_REPLY"
+                except CallError as exc:
+                    code = exc.code
+                if started >= begin:
+                    if code == "OK":
+                        latencies.append(time.perf_counter() - started)
+                    else:
+                        errors[code] += 1
+
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        return {
+            "latencies": latencies,
+            "errors": dict(errors),
+            "seconds": duration_s,
+            "all_calls": calls,
+            "client_cpu_s": time.process_time() - cpu0,
+        }
+
+    async def run() -> dict[str, Any]:
+        client = AsyncClient(
+            targets,
+            mode="direct" if mode == "direct" else "proxy",
+            tls=sdk_tls(ca, client_cert, client_key),
+            settings=ClientSettings(timeout_s=CALL_TIMEOUT_S),
+        )
+        try:
+            with contextlib.suppress(CallError):  # a failure shows in the measured calls
+                await client.call_raw(SERVICE, "echo", PAYLOAD)
+            primed = client.direct_stats()
+            out = await measured(client)
+            stats = client.direct_stats()
+        finally:
+            await client.close()
+        since: Counter[str] = Counter()
+        if stats is not None and primed is not None:
+            since.update(dataclasses.asdict(stats))
+            since.subtract(dataclasses.asdict(primed))
+        return {**out, "direct_stats": dict(since)}
+
+    return asyncio.run(run())
+
+
 def direct_code(ok: bool, code: str, payload: bytes) -> str:
     """The outcome of one ``DirectResult``: "OK" for the echo, else the worker's error
     code ("NOT_OK" if it gave none) or "BAD_REPLY"."""
@@ -195,6 +303,7 @@ def direct_code(ok: bool, code: str, payload: bytes) -> str:
 def client_ready() -> int:
     import grpc  # noqa: F401 - imported now, not during the first turn
 
+    from ha_serving import client  # noqa: F401
     from ha_serving.proto import direct_pb2_grpc, serving_pb2_grpc  # noqa: F401
 
     return os.getpid()
@@ -250,6 +359,15 @@ class Side:
     ca: str | None = None
     """The CA certificate ``targets`` are verified against: the client speaks TLS to
     them; None: plaintext."""
+    sdk: str | None = None
+    """The SDK's mode ("proxy" or "direct") the client drives ``targets`` with, through
+    ``AsyncClient``; None: bare gRPC stubs."""
+    client_cert: str | None = None
+    """The client certificate (and ``client_key``) the SDK shows in direct mode under
+    TLS: the workers' direct servers take only callers with one of the stack's CA."""
+    client_key: str | None = None
+    direct_stats: Counter[str] = field(default_factory=Counter)
+    """The SDK's ``DirectStats`` summed over the turns (direct mode; warm-up included)."""
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -275,6 +393,7 @@ class Side:
         self.latencies.extend(result["latencies"])
         self.errors.update(result["errors"])
         self.seconds += result["seconds"]
+        self.direct_stats.update(result.get("direct_stats", {}))
         calls = len(result["latencies"]) + sum(result["errors"].values())
         self.rounds.append(calls / result["seconds"])
 
@@ -291,8 +410,9 @@ class Side:
     def summary(self) -> dict[str, Any]:
         ms = sorted(x * 1000 for x in self.latencies)
         calls = len(ms) + sum(self.errors.values())
-        return {
+        out: dict[str, Any] = {
             "system": self.name,
+            "client": f"SDK AsyncClient, mode {self.sdk}" if self.sdk else "bare gRPC stub",
             "proxies": len(self.targets),
             "requests": calls,
             "throughput_rps": round(calls / self.seconds, 1) if self.seconds else 0.0,
@@ -304,6 +424,9 @@ class Side:
             "rounds_rps": [round(r, 1) for r in self.rounds],
             "cpu_ms_per_request": self.cpu_per_request_ms(),
         }
+        if self.sdk == "direct":
+            out["direct_stats"] = dict(self.direct_stats)
+        return out
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -396,6 +519,9 @@ def wait_answering(side: Side, timeout_s: float) -> None:
     if side.routes:
         wait_direct(side.routes, timeout_s)
         return
+    if side.sdk == "direct":
+        wait_sdk_direct(side, timeout_s)
+        return
     deadline = time.monotonic() + timeout_s
     with open_channel(side.targets[0], side.ca, aio=False) as channel:
         stub = ServingStub(channel)
@@ -438,6 +564,46 @@ def wait_direct(routes: list[Route], timeout_s: float) -> None:
                         f"{worker} at {address}: {instance_id} answered {code} {result.message}"
                     )
                 break
+
+
+def _direct_stats(client: Any) -> Any:
+    stats = client.direct_stats()
+    if stats is None:  # pragma: no cover - the client is made with mode="direct"
+        raise TypeError("not a direct-mode client")
+    return stats
+
+
+def wait_sdk_direct(side: Side, timeout_s: float) -> None:
+    """Until the SDK in direct mode answers a call of the echo from a worker directly
+    (not through a proxy, its fallback): else a direct side that silently measured the
+    proxy path (a refused client certificate, no direct route) fails here, not in the
+    table. A wrong answer raises at once."""
+    from ha_serving.client import CallError, Client
+
+    deadline = time.monotonic() + timeout_s
+    tls = sdk_tls(side.ca, side.client_cert, side.client_key)
+    with Client(side.targets, mode="direct", tls=tls, timeout_s=2) as client:
+        while True:
+            before = _direct_stats(client)
+            try:
+                reply = client.call_raw(SERVICE, "echo", PAYLOAD)
+            except CallError:
+                reply = None
+            if reply is not None and b"ping" not in reply.payload:
+                raise RuntimeError(f"the SDK's direct mode answered {reply.payload!r}")
+            stats = _direct_stats(client)
+            if (
+                reply is not None
+                and stats.direct > before.direct
+                and stats.proxied == before.proxied
+            ):
+                return  # this call was answered by a worker itself
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the SDK's direct mode reached no worker directly within {timeout_s} s "
+                    f"via {', '.join(side.targets)} ({stats})"
+                )
+            time.sleep(0.3)
 
 
 # --- (c) optional baseline: the thinnest gRPC-in-actor proxy ---------------------------
@@ -515,6 +681,9 @@ def measure(
                     seconds,
                     routes=side.routes,
                     ca=side.ca,
+                    sdk=side.sdk,
+                    client_cert=side.client_cert,
+                    client_key=side.client_key,
                 )
                 side.run(lambda job=job: pool.submit(job).result(timeout=warmup + seconds + 60))
                 log(f"round {r + 1}/{rounds} {side.name}: {side.rounds[-1]:.0f} req/s")

@@ -251,6 +251,26 @@ class ClientSettings(_Group):
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     """Largest reply the client accepts, in bytes; matches the proxy's request limit."""
 
+    routes_refresh_s: float = Field(default=0.3, gt=0)
+    """Direct mode: age in seconds at which a call fetches a service's direct routes
+    again from a proxy (and the least wait after a failed fetch). A few hundred ms: a
+    drained or moved instance is seen about as soon as a proxy sees it, at one small RPC
+    per service per period, paid by one call."""
+
+    routes_timeout_s: float = Field(default=1.0, gt=0)
+    """Direct mode: longest wait for a proxy's routes (within the call's deadline); a call
+    whose fetch fails goes on with the routes held, or through a proxy."""
+
+    direct_connect_timeout_s: float = Field(default=1.0, gt=0)
+    """Direct mode: longest wait for a connection to a worker's direct server (within the
+    call's deadline); a call that could not connect was never sent, so it is tried on
+    another worker. As the proxies' ``proxy.direct_connect_timeout_s``."""
+
+    direct_eject_s: float = Field(default=2.0, gt=0)
+    """Direct mode: seconds a worker whose direct call failed is skipped (unless the
+    routes give it a new address first). About the time Ray takes to restart a killed
+    worker here, and the proxies' longest pause between pings of an ejected worker."""
+
 
 class KeeperSettings(_Group):
     replicas: int = Field(default=3, ge=1, le=9)

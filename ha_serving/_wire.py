@@ -21,6 +21,9 @@ SERVING_SERVICE = "ha_serving.v1.Serving"
 CALL_METHOD = f"/{SERVING_SERVICE}/Call"
 """Full gRPC method path of ``Serving.Call``, used by the client and the proxy."""
 
+ROUTES_METHOD = f"/{SERVING_SERVICE}/Routes"
+"""``Serving.Routes``: a proxy's direct routes, for clients in direct mode."""
+
 DIRECT_SERVICE = "ha_serving.v1.Direct"
 """Full gRPC name of a backend worker's own server (``ha_serving/proto/direct.proto``),
 called by proxies on the direct path."""
@@ -89,7 +92,8 @@ class RouteEntry:
     """Name of the Ray actor (BackendWorker) hosting the instance."""
     version: str
     max_concurrency: int
-    """Calls one proxy sends the instance at once; the cap is per proxy."""
+    """Calls one proxy sends the instance at once; the cap is per caller (each proxy, and
+    each client in direct mode, counts its own)."""
     group: str = "stable"
     """Version group: "stable", "candidate" (canary, blue-green) or "retiring"."""
     address: str = ""

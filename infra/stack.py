@@ -191,7 +191,9 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
 def make_certificates(settings: Settings, directory: Path) -> TlsPaths:
     """A new CA and, from it: the Keepers' server certificate (every Keeper address), the
     proxies' (a proxy binds its node's address; also a client certificate, shown to the
-    backend workers' direct servers, which serve with it too), the AppMasters' client one.
+    backend workers' direct servers, which serve with it too), the AppMasters' client one,
+    and a client one for SDK clients in direct mode (``Topology.direct_client_tls``: the
+    workers' direct servers take only callers showing a certificate of the CA).
 
     The proxies' certificate names every address the local address scheme can give a
     node (127.0.i.n for every cluster index and node the settings allow), not only this
@@ -212,6 +214,8 @@ def make_certificates(settings: Settings, directory: Path) -> TlsPaths:
     appmaster = tls.issue(
         ca, directory, "appmaster", hosts=["appmaster"], server=False, client=True
     )
+    # client auth only: it cannot serve as a proxy or a worker, only call them
+    client = tls.issue(ca, directory, "client", hosts=["client"], server=False, client=True)
     return TlsPaths(
         ca=Path(ca.ca),
         ca_key=ca.paths()[1],
@@ -221,6 +225,8 @@ def make_certificates(settings: Settings, directory: Path) -> TlsPaths:
         proxy_key=proxy.paths()[1],
         appmaster_cert=appmaster.paths()[0],
         appmaster_key=appmaster.paths()[1],
+        client_cert=client.paths()[0],
+        client_key=client.paths()[1],
     )
 
 

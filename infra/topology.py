@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from ha_serving._errors import StackError
 from ha_serving.store import StoreRef
 from ha_serving.util.secrets import read_secret
 from ha_serving.util.tls import TlsFiles
@@ -132,6 +133,11 @@ class TlsPaths(_Model):
     proxy_key: Path
     appmaster_cert: Path
     appmaster_key: Path
+    client_cert: Path | None = None
+    """An SDK client's certificate (client auth only), for direct mode: the workers'
+    direct servers take only callers showing one of the CA. None in a topology written
+    before `up` issued it."""
+    client_key: Path | None = None
 
     def env(self) -> dict[str, str]:
         """The settings' variables naming these files (what a Keeper is started with; it
@@ -194,6 +200,18 @@ class Topology(_Model):
         if self.tls is None:
             return None
         return TlsFiles(str(self.tls.ca), str(self.tls.proxy_cert), str(self.tls.proxy_key))
+
+    def direct_client_tls(self) -> TlsFiles | None:
+        """What an SDK client in direct mode (``mode="direct"``) is given: the stack's CA
+        and the client certificate `up` issued; None when the stack speaks plaintext."""
+        if self.tls is None:
+            return None
+        if self.tls.client_cert is None or self.tls.client_key is None:
+            raise StackError(
+                f"the stack in {self.run_dir} was brought up without a client certificate "
+                "for direct mode (before `up` issued one): bring it up again"
+            )
+        return TlsFiles(str(self.tls.ca), str(self.tls.client_cert), str(self.tls.client_key))
 
     def discovery_token(self) -> str | None:
         """What a client resolving services presents: the discovery credential."""

@@ -1,7 +1,8 @@
 """DirectServer: a backend worker's own gRPC server, the direct proxy -> worker path.
 
 A proxy used to reach a worker by a Ray actor call per request (``BackendWorker.call``).
-On the direct path it calls this server instead (``ha_serving/proxy/_direct.py``), which
+On the direct path it calls this server instead (``ha_serving/proxy/_direct.py``; so does
+a client in direct mode, ``ha_serving/client/_direct.py``), which
 runs in the worker actor's own event loop and hands each call to the same
 ``InstanceHost.call``: in-flight counts, draining (``wait_idle``), per-generation code
 swaps and the shielded user task are the host's, whichever path a call came by.
@@ -16,8 +17,8 @@ FAILED_PRECONDITION before the host sees it.
 
 Security: with ``tls`` (the proxies' certificate, valid for every node address) the
 server speaks mutual TLS and takes only callers showing a certificate of the stack's CA
-(the proxies); without it, plaintext on the node's address, as the stack's other
-internal traffic runs when TLS is off.
+(the proxies, and SDK clients in direct mode given one); without it, plaintext on the
+node's address, as the stack's other internal traffic runs when TLS is off.
 
 Limits: like the Ray call it replaces, the hop has no message size limit of its own:
 the proxy bounds requests (``proxy.max_message_bytes``) and clients bound replies.

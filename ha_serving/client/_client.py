@@ -23,6 +23,10 @@ retry) is decided in one place without I/O, ``_Core.attempts``: a generator that
 what to do next (``_Wait``, ``_Try``, ``_Pause``) and is sent each try's outcome. The two
 drivers, ``Client.call_raw`` (blocking) and ``AsyncClient.call_raw`` (asyncio), only do
 what it says, each with its own kind of waiting, calling and sleeping.
+
+``mode="direct"`` skips the proxy hop: calls go to the backend workers' own servers, the
+proxies serving as a directory of routes, and the proxy path above is the fallback
+(``ha_serving/client/_direct.py``, decided likewise by ``DirectCore.attempts``).
 """
 
 from __future__ import annotations
@@ -36,22 +40,37 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import grpc
 
 from ha_serving._errors import CallError
 from ha_serving._settings import ClientSettings
-from ha_serving._wire import CALL_METHOD, RETRY_SAFE_KEY
+from ha_serving._wire import CALL_METHOD, RETRY_SAFE_KEY, ROUTES_METHOD
+from ha_serving.client._direct import (
+    DirectCore,
+    DirectStats,
+    Outcome,
+    Refresh,
+    SyncLinks,
+    ViaProxy,
+    check_tls,
+    outcome_of,
+)
 from ha_serving.client._discovery import Discovery, EndpointInfo, rank
-from ha_serving.proto.serving_pb2 import CallReply, CallRequest
+from ha_serving.dataplane import WorkerLinks
+from ha_serving.proto.serving_pb2 import CallReply, CallRequest, RoutesReply, RoutesRequest
 from ha_serving.util.tls import TlsFiles, aio_channel
 from ha_serving.util.tls import channel as tls_channel
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 C = TypeVar("C")  # a channel: grpc.Channel or grpc.aio.Channel
+Mode = Literal["proxy", "direct"]
+"""How a client reaches instances: through a proxy, or straight to the workers (the
+proxies only a directory of routes, and the fallback)."""
 
 
 class RetryBudget:
@@ -304,6 +323,15 @@ class _Core(Generic[C]):
             ep.active += 1
             return ep, remaining
 
+    def pick(self, timeout: float) -> _Endpoint[C] | None:
+        """An endpoint for a request of the client's own (the directory's routes), chosen
+        and counted as a call's first try is; None if there is none. ``end`` it after."""
+        try:
+            ep, _ = self.begin(set(), self.clock() + timeout, 1)
+        except CallError:
+            return None
+        return ep
+
     def end(self, ep: _Endpoint[C]) -> bool:
         """The call on ``ep`` ended; True if its channel should now be closed."""
         with self.lock:
@@ -380,9 +408,15 @@ class Client:
         settings: ClientSettings | None = None,
         rng: random.Random | None = None,
         tls: TlsFiles | None = None,
+        mode: Mode = "proxy",
     ) -> None:
-        """``tls``: the CA the proxies' certificate must be signed by; None: plaintext."""
+        """``tls``: the CA the proxies' certificate must be signed by; None: plaintext.
+        ``mode="direct"``: call the workers' own servers, the proxies a directory and the
+        fallback (``ha_serving/client/_direct.py``); under TLS it needs ``tls`` with a
+        client certificate of the stack's CA (``InvalidSpec`` otherwise)."""
         s = settings or ClientSettings()
+        if mode == "direct":
+            check_tls(tls)
 
         def open_channel(address: str) -> tuple[grpc.Channel, Any]:
             channel = tls_channel(address, tls, _options(s))
@@ -401,6 +435,16 @@ class Client:
             rng=rng,
             open_channel=open_channel,
         )
+        self._direct: DirectCore | None = None
+        self._links: SyncLinks | None = None
+        if mode == "direct":
+            self._direct = DirectCore(s, rng=self._core.rng)
+            self._links = SyncLinks(tls=tls, connect_timeout_s=s.direct_connect_timeout_s)
+
+    def direct_stats(self) -> DirectStats | None:
+        """Direct mode's counters (direct and proxied calls, fallbacks, ejections, route
+        fetches); None in proxy mode."""
+        return None if self._direct is None else self._direct.stats()
 
     def set_addresses(
         self,
@@ -438,7 +482,69 @@ class Client:
     ) -> CallReply:
         core = self._core
         request = core.request(service, method, payload, metadata)
-        loop = core.attempts(core.deadline(timeout))
+        deadline = core.deadline(timeout)
+        if self._direct is not None:
+            reply = self._call_direct(self._direct, request, deadline)
+            if isinstance(reply, CallReply):
+                return reply
+            self._direct.count("proxied")
+        return self._call_proxy(request, deadline)
+
+    def _call_direct(
+        self, direct: DirectCore, request: CallRequest, deadline: float
+    ) -> CallReply | ViaProxy:
+        assert self._links is not None  # noqa: S101 - made with the DirectCore
+        links = self._links
+        plan = direct.attempts(request.service, deadline)
+        refreshed = False
+        try:
+            step = next(plan)
+            while True:
+                outcome: Outcome
+                if isinstance(step, Refresh):
+                    outcome, refreshed = self._fetch_routes(step), True
+                else:
+                    e = step.entry
+                    call = partial(
+                        links.call,
+                        e.worker,
+                        e.instance_id,
+                        request.method,
+                        request.payload,
+                        step.timeout,
+                        address=e.address,
+                    )
+                    outcome = outcome_of(call)
+                step = plan.send(outcome)
+        except StopIteration as done:
+            result: CallReply | ViaProxy = done.value
+            return result
+        finally:
+            plan.close()
+            if refreshed:  # channels to workers the routes no longer list
+                links.retain(direct.addresses())
+
+    def _fetch_routes(self, step: Refresh) -> RoutesReply | None:
+        ep = self._core.pick(step.timeout)
+        if ep is None:
+            return None
+        try:
+            fetch = ep.channel.unary_unary(
+                ROUTES_METHOD,
+                request_serializer=RoutesRequest.SerializeToString,
+                response_deserializer=RoutesReply.FromString,
+            )
+            reply: RoutesReply = fetch(RoutesRequest(service=step.service), timeout=step.timeout)
+        except grpc.RpcError:
+            return None  # counted as a failed fetch; the routes held stay
+        finally:
+            if self._core.end(ep):
+                ep.channel.close()
+        return reply
+
+    def _call_proxy(self, request: CallRequest, deadline: float) -> CallReply:
+        core = self._core
+        loop = core.attempts(deadline)
         step = next(loop)
         while True:
             outcome: CallReply | _Failure | None = None
@@ -465,6 +571,8 @@ class Client:
 
     def close(self) -> None:
         self.set_addresses([])
+        if self._links is not None:
+            self._links.close()
 
     def __enter__(self) -> Client:
         return self
@@ -485,8 +593,12 @@ class AsyncClient:
         settings: ClientSettings | None = None,
         rng: random.Random | None = None,
         tls: TlsFiles | None = None,
+        mode: Mode = "proxy",
     ) -> None:
+        """As ``Client``'s."""
         s = settings or ClientSettings()
+        if mode == "direct":
+            check_tls(tls)
 
         def open_channel(address: str) -> tuple[grpc.aio.Channel, Any]:
             channel = aio_channel(address, tls, _options(s))
@@ -505,6 +617,15 @@ class AsyncClient:
             rng=rng,
             open_channel=open_channel,
         )
+        self._direct: DirectCore | None = None
+        self._links: WorkerLinks | None = None
+        if mode == "direct":
+            self._direct = DirectCore(s, rng=self._core.rng)
+            self._links = WorkerLinks(tls=tls, connect_timeout_s=s.direct_connect_timeout_s)
+
+    def direct_stats(self) -> DirectStats | None:
+        """As ``Client``'s."""
+        return None if self._direct is None else self._direct.stats()
 
     async def set_addresses(
         self,
@@ -541,7 +662,72 @@ class AsyncClient:
     ) -> CallReply:
         core = self._core
         request = core.request(service, method, payload, metadata)
-        loop = core.attempts(core.deadline(timeout))
+        deadline = core.deadline(timeout)
+        if self._direct is not None:
+            reply = await self._call_direct(self._direct, request, deadline)
+            if isinstance(reply, CallReply):
+                return reply
+            self._direct.count("proxied")
+        return await self._call_proxy(request, deadline)
+
+    async def _call_direct(
+        self, direct: DirectCore, request: CallRequest, deadline: float
+    ) -> CallReply | ViaProxy:
+        assert self._links is not None  # noqa: S101 - made with the DirectCore
+        links = self._links
+        plan = direct.attempts(request.service, deadline)
+        refreshed = False
+        try:
+            step = next(plan)
+            while True:
+                outcome: Outcome
+                if isinstance(step, Refresh):
+                    outcome, refreshed = await self._fetch_routes(step), True
+                else:
+                    e = step.entry
+                    try:
+                        outcome = await links.call(
+                            e.worker,
+                            e.instance_id,
+                            request.method,
+                            request.payload,
+                            step.timeout,
+                            address=e.address,
+                        )
+                    except Exception as exc:  # judged by DirectCore, never swallowed
+                        outcome = exc
+                step = plan.send(outcome)
+        except StopIteration as done:
+            result: CallReply | ViaProxy = done.value
+            return result
+        finally:
+            plan.close()
+            if refreshed:  # channels to workers the routes no longer list
+                links.retain(direct.addresses())
+
+    async def _fetch_routes(self, step: Refresh) -> RoutesReply | None:
+        ep = self._core.pick(step.timeout)
+        if ep is None:
+            return None
+        try:
+            fetch = ep.channel.unary_unary(
+                ROUTES_METHOD,
+                request_serializer=RoutesRequest.SerializeToString,
+                response_deserializer=RoutesReply.FromString,
+            )
+            reply: RoutesReply = await fetch(
+                RoutesRequest(service=step.service), timeout=step.timeout
+            )
+        except grpc.aio.AioRpcError:
+            return None  # counted as a failed fetch; the routes held stay
+        finally:
+            if self._core.end(ep):
+                await ep.channel.close()
+        return reply
+
+    async def _call_proxy(self, request: CallRequest, deadline: float) -> CallReply:
+        core = self._core
+        loop = core.attempts(deadline)
         step = next(loop)
         while True:
             outcome: CallReply | _Failure | None = None
@@ -566,6 +752,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self.set_addresses([])
+        if self._links is not None:
+            await self._links.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -584,11 +772,14 @@ def discovered_client(
     zone: str | None = None,
     settings: ClientSettings | None = None,
     tls: TlsFiles | None = None,
+    mode: Mode = "proxy",
 ) -> tuple[Client, Discovery]:
     """A Client whose endpoints follow the Keepers' discovery for ``service``, nearest
     (``cluster``, then ``zone``) first. Stop the Discovery and close the Client after use.
-    ``tls``: the stack's CA, which signs the Keepers' and the proxies' certificates."""
-    client = Client([], settings=settings, tls=tls)
+    ``tls``: the stack's CA, which signs the Keepers' and the proxies' certificates.
+    ``mode="direct"``: calls go to the workers, the discovered proxies are the directory
+    (see ``Client``)."""
+    client = Client([], settings=settings, tls=tls, mode=mode)
 
     def adopt(endpoints: list[EndpointInfo]) -> None:
         tiers = rank(endpoints, cluster=cluster, zone=zone)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eha_serving/proto/serving.proto\x12\rha_serving.v1\"\xac\x01\n\x0b\x43\x61llRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12:\n\x08metadata\x18\x04 \x03(\x0b\x32(.ha_serving.v1.CallRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\tCallReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t2G\n\x07Serving\x12<\n\x04\x43\x61ll\x12\x1a.ha_serving.v1.CallRequest\x1a\x18.ha_serving.v1.CallReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eha_serving/proto/serving.proto\x12\rha_serving.v1\"\xac\x01\n\x0b\x43\x61llRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12:\n\x08metadata\x18\x04 \x03(\x0b\x32(.ha_serving.v1.CallRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\tCallReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\" \n\rRoutesRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x88\x01\n\x0bRoutesReply\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x18\n\x10\x63\x61ndidate_weight\x18\x04 \x01(\x05\x12,\n\x07workers\x18\x05 \x03(\x0b\x32\x1b.ha_serving.v1.DirectWorker\"a\n\x0c\x44irectWorker\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x30\n\tinstances\x18\x03 \x03(\x0b\x32\x1d.ha_serving.v1.DirectInstance\"^\n\x0e\x44irectInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x32\x8b\x01\n\x07Serving\x12<\n\x04\x43\x61ll\x12\x1a.ha_serving.v1.CallRequest\x1a\x18.ha_serving.v1.CallReply\x12\x42\n\x06Routes\x12\x1c.ha_serving.v1.RoutesRequest\x1a\x1a.ha_serving.v1.RoutesReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLREQUEST_METADATAENTRY']._serialized_end=222
   _globals['_CALLREPLY']._serialized_start=224
   _globals['_CALLREPLY']._serialized_end=307
-  _globals['_SERVING']._serialized_start=309
-  _globals['_SERVING']._serialized_end=380
+  _globals['_ROUTESREQUEST']._serialized_start=309
+  _globals['_ROUTESREQUEST']._serialized_end=341
+  _globals['_ROUTESREPLY']._serialized_start=344
+  _globals['_ROUTESREPLY']._serialized_end=480
+  _globals['_DIRECTWORKER']._serialized_start=482
+  _globals['_DIRECTWORKER']._serialized_end=579
+  _globals['_DIRECTINSTANCE']._serialized_start=581
+  _globals['_DIRECTINSTANCE']._serialized_end=675
+  _globals['_SERVING']._serialized_start=678
+  _globals['_SERVING']._serialized_end=817
 # @@protoc_insertion_point(module_scope)

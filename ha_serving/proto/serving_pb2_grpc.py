@@ -39,6 +39,11 @@ class ServingStub:
                 request_serializer=ha__serving_dot_proto_dot_serving__pb2.CallRequest.SerializeToString,
                 response_deserializer=ha__serving_dot_proto_dot_serving__pb2.CallReply.FromString,
                 _registered_method=True)
+        self.Routes = channel.unary_unary(
+                '/ha_serving.v1.Serving/Routes',
+                request_serializer=ha__serving_dot_proto_dot_serving__pb2.RoutesRequest.SerializeToString,
+                response_deserializer=ha__serving_dot_proto_dot_serving__pb2.RoutesReply.FromString,
+                _registered_method=True)
 
 
 class ServingServicer:
@@ -51,6 +56,14 @@ class ServingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Routes(self, request, context):
+        """The proxy as a directory: the direct routes of its current routing table, for a
+        client in direct mode (ha_serving/client/_direct.py) that calls the workers itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_ServingServicer_to_server(servicer, server):
                     servicer.Call,
                     request_deserializer=ha__serving_dot_proto_dot_serving__pb2.CallRequest.FromString,
                     response_serializer=ha__serving_dot_proto_dot_serving__pb2.CallReply.SerializeToString,
+            ),
+            'Routes': grpc.unary_unary_rpc_method_handler(
+                    servicer.Routes,
+                    request_deserializer=ha__serving_dot_proto_dot_serving__pb2.RoutesRequest.FromString,
+                    response_serializer=ha__serving_dot_proto_dot_serving__pb2.RoutesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class Serving:
             '/ha_serving.v1.Serving/Call',
             ha__serving_dot_proto_dot_serving__pb2.CallRequest.SerializeToString,
             ha__serving_dot_proto_dot_serving__pb2.CallReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Routes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ha_serving.v1.Serving/Routes',
+            ha__serving_dot_proto_dot_serving__pb2.RoutesRequest.SerializeToString,
+            ha__serving_dot_proto_dot_serving__pb2.RoutesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,40 +1,17 @@
 """DirectBackendCaller: the proxy's direct path to backend workers, over gRPC.
 
 A routing table entry with an ``address`` (the worker's ``DirectServer``, started by
-``BackendWorker.start_direct`` and reported by the AppMaster) is called there, on one
-cached ``grpc.aio`` channel per address; an entry without one goes to the ``fallback``
-caller (the Ray actor call), so a worker whose direct server could not be set up still
-serves. ``probe`` follows the same split.
+``BackendWorker.start_direct`` and reported by the AppMaster) is called there through
+``WorkerLinks`` (``ha_serving/dataplane/_direct.py``: one cached ``grpc.aio`` channel per
+address, and the at-most-once verdict on every failure, shared with the direct client);
+an entry without one goes to the ``fallback`` caller (the Ray actor call), so a worker
+whose direct server could not be set up still serves. ``probe`` follows the same split.
 
-At most once. The proxy retries a failed call on another worker only when the call
-provably never reached user code (``BackendUnavailable(reached_user_code=False)``). On
-this path that is claimed in exactly these cases, and nowhere else:
-
-1. the channel could not be made READY before the call was issued: the connection was
-   refused, failed its TLS handshake, or did not come up within
-   ``connect_timeout_s``. No RPC was started, so no byte of the request left the proxy;
-2. the server answered UNIMPLEMENTED: whatever listens there has no ``Direct.Call``, and
-   gRPC answers so before any handler runs;
-3. the server answered FAILED_PRECONDITION: ``DirectServer`` refuses, before calling the
-   host, a call that names another worker (the address is stale: its port now belongs
-   to another worker).
-
-Every other failure of an issued call counts as "may have run" (``reached_user_code=
-True``), UNAVAILABLE included: gRPC reports UNAVAILABLE both for a connection that broke
-before the request was written and for a worker that died while running it, and nothing
-tells the two apart. (gRPC itself replays a call only when the server provably never
-saw it: its "transparent retry" of a stream the server refused or never received.) The
-one race this leaves is a channel seen READY whose connection dies before the call is
-written: that call fails as "may have run" although it did not. That errs towards an
-error the client sees, never towards running user code twice. The call is issued with
-``wait_for_ready=False``, so it never waits for a connection of its own.
-
-A gRPC DEADLINE_EXCEEDED is raised as ``TimeoutError``, which the proxy answers as it
-answers its own deadline (DEADLINE_EXCEEDED, not retry-safe). The remaining time of the
-client's deadline is passed on as the call's gRPC deadline.
-
-Any other answer of the worker is the ``CallResult`` it made (``direct.proto``'s
-``DirectResult``), mapped by the proxy exactly as a result that came through Ray.
+The proxy retries a failed call on another worker only when ``WorkerLinks`` says it
+provably never reached user code (a channel that could not connect before the call was
+issued, UNIMPLEMENTED, FAILED_PRECONDITION); every other failure of an issued call may
+have run. A gRPC DEADLINE_EXCEEDED is raised as ``TimeoutError``, which the proxy
+answers as it answers its own deadline (DEADLINE_EXCEEDED, not retry-safe).
 
 TLS: with ``tls`` (the proxy's own certificate and the stack's CA) the channel verifies
 the worker's server against the CA and shows the proxy's certificate (mutual TLS);
@@ -43,45 +20,16 @@ without it, plaintext on the node-local network, as the stack runs with TLS off.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import Any
 
-import grpc
-
-from ha_serving._errors import BackendUnavailable
-from ha_serving._wire import DIRECT_CALL, DIRECT_PING, CallResult
-from ha_serving.proto.direct_pb2 import DirectCall, DirectPing, DirectResult
+from ha_serving._wire import CallResult
+from ha_serving.dataplane import WorkerLinks
 from ha_serving.proxy._server import BackendCaller
-from ha_serving.util.aiotasks import guard
-from ha_serving.util.tls import TlsFiles, aio_channel
-
-log = logging.getLogger(__name__)
-
-READY = grpc.ChannelConnectivity.READY
-_FAILED = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
-UNLIMITED = -1
-"""gRPC's "no limit": the proxy bounds requests and clients bound replies."""
-NEVER_RAN_CODES = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION})
-"""Statuses of an issued call that prove the handler never ran (see the docstring)."""
-
-
-@dataclass(frozen=True)
-class _Link:
-    """One worker address: its channel and the two methods bound to it."""
-
-    channel: grpc.aio.Channel
-    call: Any  # grpc.aio.UnaryUnaryMultiCallable[DirectCall, DirectResult]
-    ping: Any  # grpc.aio.UnaryUnaryMultiCallable[DirectPing, DirectPing]
+from ha_serving.util.tls import TlsFiles
 
 
 class DirectBackendCaller:
     """``BackendCaller`` over the workers' direct servers, ``fallback`` where none is."""
-
-    CLOSE_GRACE_S = 1.0
-    """A channel dropped after a failed connect is closed this long later."""
 
     def __init__(
         self,
@@ -91,11 +39,7 @@ class DirectBackendCaller:
         connect_timeout_s: float = 1.0,
     ) -> None:
         self.fallback = fallback
-        self._tls = tls
-        self._connect_timeout_s = connect_timeout_s
-        self._links: dict[str, _Link] = {}
-        self._busy: dict[str, int] = {}
-        """Direct calls in flight per address (``retain`` keeps their channels)."""
+        self._links = WorkerLinks(tls=tls, connect_timeout_s=connect_timeout_s)
 
     async def call(
         self,
@@ -109,41 +53,8 @@ class DirectBackendCaller:
     ) -> CallResult:
         if not address:
             return await self.fallback.call(worker, instance_id, method, payload, timeout_s)
-        self._busy[address] = self._busy.get(address, 0) + 1
-        try:
-            request = DirectCall(
-                worker=worker, instance_id=instance_id, method=method, payload=payload
-            )
-            return await self._call(request, timeout_s, address)
-        finally:
-            left = self._busy[address] - 1
-            if left:
-                self._busy[address] = left
-            else:
-                del self._busy[address]
-
-    async def _call(self, request: DirectCall, timeout_s: float | None, address: str) -> CallResult:
-        worker = request.worker
-        link = await self._ready(worker, address, timeout_s)
-        try:
-            reply: DirectResult = await link.call(request, timeout=timeout_s, wait_for_ready=False)
-        except grpc.aio.AioRpcError as err:
-            code = err.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimeoutError(f"{address}: {err.details()}") from None
-            raise BackendUnavailable(
-                worker,
-                f"direct call to {address} failed: {code.name}: {err.details()}",
-                reached_user_code=code not in NEVER_RAN_CODES,
-            ) from None
-        return CallResult(
-            ok=reply.ok,
-            payload=reply.payload,
-            code=reply.code,
-            message=reply.message,
-            instance_id=reply.instance_id,
-            version=reply.version,
-            reached_user_code=reply.reached_user_code,
+        return await self._links.call(
+            worker, instance_id, method, payload, timeout_s, address=address
         )
 
     async def probe(self, worker: str, timeout_s: float, *, address: str = "") -> bool:
@@ -151,96 +62,16 @@ class DirectBackendCaller:
         has none) within ``timeout_s``, as itself: a server of another worker is no answer."""
         if not address:
             return await self.fallback.probe(worker, timeout_s)
-        try:
-            link = await self._ready(worker, address, timeout_s)
-            reply: DirectPing = await link.ping(
-                DirectPing(worker=worker), timeout=timeout_s, wait_for_ready=False
-            )
-        except (BackendUnavailable, grpc.aio.AioRpcError):
-            return False
-        return reply.worker == worker
+        return await self._links.probe(worker, timeout_s, address)
 
     async def close(self) -> None:
         """Close every channel (calls still on them are cancelled)."""
-        links, self._links = self._links, {}
-        await asyncio.gather(*(link.channel.close() for link in links.values()))
+        await self._links.close()
 
     def addresses(self) -> list[str]:
         """Worker addresses with a cached channel."""
-        return list(self._links)
+        return self._links.addresses()
 
     def retain(self, addresses: Collection[str]) -> None:
-        """Close the channels to addresses not in ``addresses`` (workers gone from the
-        routing table) that no call is using; a channel still carrying a call (a drained
-        instance finishing) is left for a later ``retain``."""
-        for address in [a for a in self._links if a not in addresses and a not in self._busy]:
-            link = self._links.pop(address)
-            guard(link.channel.close(), name=f"close {address}", logger=log, finite=True)
-
-    # --- channels ------------------------------------------------------------------
-
-    async def _ready(self, worker: str, address: str, timeout_s: float | None) -> _Link:
-        """The link to ``address`` once its channel is READY; ``BackendUnavailable``
-        (never sent) if it cannot connect within the connect timeout."""
-        link = self._links.get(address)
-        if link is None:
-            link = self._links[address] = self._open(address)
-        state = link.channel.get_state(try_to_connect=True)
-        if state is READY:
-            return link
-        budget = self._connect_timeout_s
-        if timeout_s is not None:
-            budget = min(budget, timeout_s)
-        try:
-            async with asyncio.timeout(budget):
-                while state is not READY:
-                    if state in _FAILED:
-                        break
-                    await link.channel.wait_for_state_change(state)
-                    state = link.channel.get_state(try_to_connect=True)
-        except TimeoutError:
-            pass
-        if state is READY:
-            return link
-        self._drop(address, link)
-        raise BackendUnavailable(
-            worker,
-            f"cannot connect to its direct server {address} ({state.name.lower()})",
-            reached_user_code=False,
-        )
-
-    def _open(self, address: str) -> _Link:
-        channel = aio_channel(
-            address,
-            self._tls,
-            options=[
-                ("grpc.max_receive_message_length", UNLIMITED),
-                ("grpc.max_send_message_length", UNLIMITED),
-            ],
-        )
-        return _Link(
-            channel=channel,
-            call=channel.unary_unary(
-                DIRECT_CALL,
-                request_serializer=DirectCall.SerializeToString,
-                response_deserializer=DirectResult.FromString,
-            ),
-            ping=channel.unary_unary(
-                DIRECT_PING,
-                request_serializer=DirectPing.SerializeToString,
-                response_deserializer=DirectPing.FromString,
-            ),
-        )
-
-    def _drop(self, address: str, link: _Link) -> None:
-        """Forget a channel that could not connect: the next call opens a fresh one (a
-        restarted worker has a new address anyway, and a fresh channel has no back-off).
-        Closed a little later, so calls still waiting on it fail as they would anyway."""
-        if self._links.get(address) is link:
-            del self._links[address]
-            guard(
-                link.channel.close(grace=self.CLOSE_GRACE_S),
-                name=f"close {address}",
-                logger=log,
-                finite=True,
-            )
+        """Close the channels to workers no longer routed, once no call uses them."""
+        self._links.retain(addresses)

@@ -34,6 +34,12 @@ once, as Envoy's outlier detection does: calls that arrive meanwhile go to other
 instead of queueing on a dead or restarting actor, and a background probe readmits the
 worker when it answers a ping again (or the AppMaster's next table drops it).
 
+The proxy is also a directory for clients in direct mode: ``Serving.Routes`` answers the
+entries of its routing table that have a direct address, grouped by worker, with the
+table's version, the cluster and the candidate weight (``routes_reply``). It takes what
+``Call`` takes: the same port, TLS and (no) credentials, NOT_FOUND for another service
+and UNAVAILABLE while stopping.
+
 The standard health service reports SERVING for "" and the service name while the
 routing table has instances, NOT_SERVING while it is empty or the proxy is stopping.
 """
@@ -54,14 +60,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ha_serving._errors import BackendUnavailable
 from ha_serving._settings import ProxySettings
 from ha_serving._wire import RETRY_SAFE_KEY, SERVING_SERVICE, CallResult, RouteEntry, RoutingTable
-from ha_serving.proto.serving_pb2 import CallReply, CallRequest
+from ha_serving.dataplane import Router
+from ha_serving.proto.serving_pb2 import (
+    CallReply,
+    CallRequest,
+    DirectInstance,
+    DirectWorker,
+    RoutesReply,
+    RoutesRequest,
+)
 from ha_serving.proxy._metrics import ProxyMetrics
-from ha_serving.proxy._router import Router
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 _Context = grpc.aio.ServicerContext[CallRequest, CallReply]
+_RoutesContext = grpc.aio.ServicerContext[RoutesRequest, RoutesReply]
 
 
 class BackendCaller(Protocol):
@@ -143,8 +157,17 @@ class ProxyServer:
             request_deserializer=CallRequest.FromString,
             response_serializer=CallReply.SerializeToString,
         )
+        routes = grpc.unary_unary_rpc_method_handler(
+            self._routes,
+            request_deserializer=RoutesRequest.FromString,
+            response_serializer=RoutesReply.SerializeToString,
+        )
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVING_SERVICE, {"Call": handler}),)
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVING_SERVICE, {"Call": handler, "Routes": routes}
+                ),
+            )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.tls is None:
@@ -188,6 +211,18 @@ class ProxyServer:
         if self._server is not None:
             await self._server.stop(0)
         await asyncio.to_thread(self.metrics.stop_http)  # blocks up to its 0.5 s poll
+
+    # --- the directory --------------------------------------------------------------
+
+    async def _routes(self, request: RoutesRequest, context: _RoutesContext) -> RoutesReply:
+        if self._stopping:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy is shutting down")
+        if request.service != self.service:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown service {request.service!r}: this proxy serves {self.service!r}",
+            )
+        return routes_reply(self.router.table, self._cluster)
 
     # --- one call ------------------------------------------------------------------
 
@@ -357,6 +392,33 @@ class ProxyServer:
         )
         await self._health.set("", status)
         await self._health.set(self.service, status)
+
+
+def routes_reply(table: RoutingTable, cluster: str) -> RoutesReply:
+    """The directory's answer for ``table``: its entries with a direct address, by worker
+    (in the table's order)."""
+    workers: dict[tuple[str, str], DirectWorker] = {}
+    for e in table.entries:
+        if not e.address:
+            continue
+        key = (e.worker, e.address)
+        if key not in workers:
+            workers[key] = DirectWorker(worker=e.worker, address=e.address)
+        workers[key].instances.append(
+            DirectInstance(
+                instance_id=e.instance_id,
+                version=e.version,
+                group=e.group,
+                max_concurrency=e.max_concurrency,
+            )
+        )
+    return RoutesReply(
+        service=table.service,
+        version=table.version,
+        cluster=cluster,
+        candidate_weight=table.candidate_weight,
+        workers=list(workers.values()),
+    )
 
 
 def _refuse(code: str, message: str) -> CallResult:

@@ -1,18 +1,25 @@
-"""The bench's direct-client side without Ray: its load client (``drive_direct``) and its
-readiness check against real ``DirectServer``s on loopback, and the report's ratios and
-table on synthetic sides."""
+"""The bench without Ray: its bare direct client (``drive_direct``) and its readiness
+check against real ``DirectServer``s on loopback, the SDK's sides (``drive_sdk`` in
+proxy and direct mode, plaintext and TLS with the certificates `up` makes, and the check
+that the direct side really goes direct) against a real proxy, which arguments it
+refuses, and the report's ratios and table on synthetic sides."""
 
 from __future__ import annotations
 
 import argparse
 import io
 import sys
+from pathlib import Path
 
 import pytest
 
-from bench.grpc_vs_serve import BARE, DIRECT, OURS, SERVE, print_table, report
-from bench.harness import Side, direct_code, drive, wait_direct
-from tests.unit.fixtures.dataplane import running_stack
+from bench.grpc_vs_serve import BARE, DIRECT, OURS, SERVE, _parser, print_table, refused, report
+from bench.harness import SERVICE, Side, direct_code, drive, wait_answering, wait_direct
+from ha_serving._settings import Settings
+from ha_serving.util.tls import TlsFiles
+from infra.ports import node_address
+from infra.stack import make_certificates
+from tests.unit.fixtures.dataplane import Stack, running_stack
 
 
 def test_the_direct_client_calls_every_route_and_counts_only_echoes_as_ok() -> None:
@@ -60,6 +67,96 @@ def test_direct_code() -> None:
     assert direct_code(False, "", b"") == "NOT_OK"
 
 
+# --- the SDK's sides (--sdk) ------------------------------------------------------------
+
+
+def routed(stack: Stack) -> int:
+    """Calls the proxy routed (0: none took the proxy path)."""
+    return sum(stack.server.routed().values())
+
+
+def test_the_sdk_in_proxy_mode_calls_through_the_proxy_and_counts_only_echoes_as_ok() -> None:
+    with running_stack(SERVICE) as stack:
+        stack.add("a", worker="w1")
+        out = drive([stack.address], [], 4, 0.0, 0.3, sdk="proxy")
+        assert routed(stack) == out["all_calls"] + 1 > 1  # + the call priming the client
+    assert out["errors"] == {}
+    assert len(out["latencies"]) == out["all_calls"]
+    assert out["direct_stats"] == {}  # proxy mode has none
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_the_sdk_in_direct_mode_calls_the_workers_and_never_the_proxy(
+    tmp_path: Path, tls: bool
+) -> None:
+    """Under TLS with the certificates `up` makes: the proxy and the direct servers show
+    ``proxy.pem`` and the SDK shows ``client.pem``, as the bench's direct side does."""
+    direct = Side(DIRECT, [], [], sdk="direct")
+    server_tls = None
+    if tls:
+        paths = make_certificates(Settings(), tmp_path / "tls")
+        direct.ca, direct.client_cert, direct.client_key = (
+            str(paths.ca),
+            str(paths.client_cert),
+            str(paths.client_key),
+        )
+        server_tls = TlsFiles(str(paths.ca), str(paths.proxy_cert), str(paths.proxy_key))
+    with running_stack(SERVICE, direct=True, tls=server_tls, bind=node_address(9, 8)) as stack:
+        stack.add("a", worker="w1")
+        stack.add("b", worker="w2")
+        direct.targets = [stack.address]
+        wait_answering(direct, timeout_s=5)
+        out = drive(
+            direct.targets,
+            [],
+            4,
+            0.0,
+            0.3,
+            ca=direct.ca,
+            sdk=direct.sdk,
+            client_cert=direct.client_cert,
+            client_key=direct.client_key,
+        )
+        assert routed(stack) == 0
+    assert out["errors"] == {}
+    assert len(out["latencies"]) == out["all_calls"] > 0
+    stats = out["direct_stats"]
+    assert (stats["direct"], stats["proxied"], stats["ejections"]) == (out["all_calls"], 0, 0)
+
+
+def test_the_direct_sides_readiness_check_refuses_a_client_that_only_reaches_the_proxy() -> None:
+    """No direct route (the worker has no direct address): the SDK answers through the
+    proxy, its fallback, and the check says so rather than let the bench measure the
+    proxy path under the direct side's name."""
+    with running_stack(SERVICE, direct=True) as stack:
+        stack.add("a", worker="w1", direct=False)
+        direct = Side(DIRECT, [stack.address], [], sdk="direct")
+        with pytest.raises(RuntimeError, match="reached no worker directly"):
+            wait_answering(direct, timeout_s=0.5)
+        assert routed(stack) > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        ([], None),
+        (["--direct-client"], None),
+        (["--tls"], None),
+        (["--sdk"], None),
+        (["--sdk", "--direct-client", "--tls"], None),
+        (["--direct-client", "--tls"], "bare --direct-client calls the workers in plaintext"),
+        (["--ours-cluster", "b"], "must differ"),
+    ],
+)
+def test_only_the_bare_direct_client_is_refused_tls(argv: list[str], problem: str | None) -> None:
+    found = refused(_parser().parse_args(argv))
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
 def side(name: str, rps: float, latency_ms: float, proxies: int = 1) -> Side:
     """A side that served ``rps`` for 2 s, every call taking ``latency_ms``."""
     s = Side(name, [f"127.0.0.1:{k}" for k in range(proxies)], [])
@@ -70,6 +167,13 @@ def side(name: str, rps: float, latency_ms: float, proxies: int = 1) -> Side:
 
 
 ARGS = argparse.Namespace(replicas=2, concurrency=16, duration=4.0, rounds=2, warmup=1.0)
+
+
+def table(out: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> str:
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buffer)
+    print_table(out)  # type: ignore[arg-type]
+    return buffer.getvalue()
 
 
 def test_the_report_gives_the_direct_side_over_ours_whatever_the_order_of_sides() -> None:
@@ -123,3 +227,34 @@ def test_a_run_whose_calls_failed_exits_1_and_claims_no_ratio(
         bench, "run", lambda _args, _log: report([side(OURS, 1000, 4), side(SERVE, 200, 20)], ARGS)
     )
     assert bench.main([]) == 0
+
+
+def test_with_the_sdk_the_table_says_who_drove_which_side_and_where_direct_calls_went(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, direct = side(OURS, 1000, 4), side(DIRECT, 1500, 2)
+    ours.sdk, direct.sdk = "proxy", "direct"
+    direct.direct_stats.update({"direct": 2990, "proxied": 10, "ejections": 1, "refreshes": 7})
+    out = report([ours, side(SERVE, 200, 20), direct], ARGS)
+    assert out["config"]["sdk"] is True
+    clients = {r["system"]: r["client"] for r in out["results"]}
+    assert clients == {
+        OURS: "SDK AsyncClient, mode proxy",
+        SERVE: "bare gRPC stub",
+        DIRECT: "SDK AsyncClient, mode direct",
+    }
+    assert "direct_stats" not in out["results"][0]
+    text = table(out, monkeypatch)
+    assert "driven by the SDK (AsyncClient), Ray Serve's by a bare stub" in text
+    assert "2990 calls direct, 10 through a proxy, 1 ejections, 7 route fetches" in text
+
+
+def test_without_the_sdk_the_table_says_every_side_is_a_bare_stub(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = report([side(OURS, 1000, 4), side(SERVE, 200, 20), side(DIRECT, 1500, 2)], ARGS)
+    assert out["config"]["sdk"] is False
+    text = table(out, monkeypatch)
+    assert "every side driven by a bare gRPC stub" in text
+    assert "round-robin" in text
+    assert "calls direct" not in text

@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ha_serving._errors import CallError
+from ha_serving._errors import CallError, StackError
 from ha_serving._settings import Settings, TlsSettings
 from ha_serving.appmaster._link import KeeperLink
 from ha_serving.client import Client
@@ -26,6 +26,7 @@ from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import Store, StoreRef
 from ha_serving.util.tls import TlsFiles, issue, link_address, make_ca
 from infra.stack import make_certificates
+from infra.topology import Database, TlsPaths, Topology
 from tests.unit.fixtures.control import (
     KeeperThread,
     credential_settings,
@@ -215,6 +216,43 @@ def test_up_certifies_every_keeper_and_node_address(tmp_path: Path) -> None:
     assert (tmp_path / "tls").stat().st_mode & 0o777 == 0o700
     for key in (paths.ca_key, paths.keeper_key, paths.proxy_key, paths.appmaster_key):
         assert key.stat().st_mode & 0o777 == 0o600
+
+
+def _topology(run_dir: Path, tls: TlsPaths | None) -> Topology:
+    db = Database(kind="sqlite", public_url=f"sqlite:///{run_dir}/x.db")
+    return Topology(
+        run_dir=run_dir, run_id="r1", created_at=0.0, clusters=[], db=db, redis=None, tls=tls
+    )
+
+
+def test_up_issues_a_client_only_certificate_for_direct_mode(tmp_path: Path) -> None:
+    """`up` issues ``client.pem`` (signed by the stack's CA, client auth only, key 0600),
+    and the topology hands it to SDK clients in direct mode; a plaintext stack gives
+    none, and a TLS topology written before it existed still loads but says why it
+    cannot give one."""
+    paths = make_certificates(Settings(), tmp_path / "tls")
+    assert paths.client_cert == tmp_path / "tls" / "client.pem"
+    assert paths.client_key == tmp_path / "tls" / "client.key"
+    cert = x509.load_pem_x509_certificate(paths.client_cert.read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(paths.ca.read_bytes()))
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert paths.client_key.stat().st_mode & 0o777 == 0o600
+    assert "PRIVATE KEY" in paths.client_key.read_text()
+    assert str(paths.client_key) not in paths.env().values()  # no serving job needs it
+
+    topo = _topology(tmp_path, paths)
+    assert topo.direct_client_tls() == TlsFiles(
+        str(paths.ca), str(paths.client_cert), str(paths.client_key)
+    )
+    assert topo.client_tls() == TlsFiles(str(paths.ca))  # proxy mode shows no certificate
+    assert _topology(tmp_path, None).direct_client_tls() is None
+
+    older = _topology(tmp_path, paths).model_dump(mode="json")
+    del older["tls"]["client_cert"], older["tls"]["client_key"]
+    loaded = Topology.model_validate(older)
+    with pytest.raises(StackError, match="without a client certificate"):
+        loaded.direct_client_tls()
 
 
 def test_a_serving_job_gets_the_link_port_and_the_tls_files_paths(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """Router: picks a backend instance for each call, pure and synchronous.
 
+Its caller is a proxy (``ProxyServer``) or a client in direct mode (``ha_serving.client``),
+which holds one per service: the same choice, caps and ejection either way.
+
 It holds the latest ``RoutingTable`` (a table older than the one held is ignored, so a
-late, reordered update cannot resurrect a drained instance) and this proxy's in-flight
+late, reordered update cannot resurrect a drained instance) and its caller's in-flight
 count per instance. ``acquire`` chooses by *power of two choices*: two random instances
 under their ``max_concurrency`` cap, the one with fewer calls in flight wins. That
 balances nearly as well as "least loaded" at O(1) cost and without the herding of a
@@ -15,9 +18,9 @@ other, and "retiring" instances are used only when neither has room, because an 
 is worth more than an exact split.
 
 Outlier ejection (as Envoy's): a worker that could not be reached is ``eject``ed at once,
-and none of its instances is chosen until ``readmit`` (the proxy probes it) or until a
-table no longer lists it; the AppMaster's next table may be seconds away, and every call
-routed to a dead worker meanwhile would fail.
+and none of its instances is chosen until ``readmit`` (the caller probes it, or lets
+time pass) or until a table no longer lists it; the AppMaster's next table may be
+seconds away, and every call routed to a dead worker meanwhile would fail.
 
 An instance absent from the table is never chosen; that is how draining works. Its
 in-flight count stays visible in ``inflight()`` until its last call is released, so the
@@ -116,6 +119,10 @@ class Router:
     def at_capacity(self) -> bool:
         """True if the table has instances but each is at its cap."""
         return bool(self._entries) and all(not self._free(e) for e in self._entries)
+
+    def has_room(self, entry: RouteEntry) -> bool:
+        """Whether ``entry`` is under its cap (calls this caller has in flight on it)."""
+        return self._free(entry)
 
     def _count(self, entry: RouteEntry) -> int:
         return self._inflight.get(entry.instance_id, 0)
