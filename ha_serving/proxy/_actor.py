@@ -202,6 +202,11 @@ class ProxyActor:
         """Calls this proxy ever sent per instance (a counter)."""
         return self._server.routed()
 
+    async def ejected(self) -> list[str]:
+        """Workers this proxy has ejected (failed to reach) and not yet readmitted."""
+        router = self._server.router
+        return sorted({e.worker for e in router.table.entries if router.ejected(e.worker)})
+
     async def metrics_text(self) -> str:
         return self._server.metrics.metrics_text()
 
