@@ -296,9 +296,11 @@ class KeeperSettings(_Group):
     change having to happen."""
 
     link_period_s: float = Field(default=0.3, gt=0, le=10)
-    """How often an AppMaster's link re-reads its instructions (or beats, which the
-    AppMaster answers with its heartbeat): bounds the delay between the leader's
-    decision and the AppMaster acting on it."""
+    """How often a Keeper re-reads the instructions of the AppMaster links it holds (one
+    read for all of them) and sends each link its new ones or a beat, which the AppMaster
+    answers with its heartbeat: bounds the delay between the leader's decision and the
+    AppMaster acting on it. The heartbeats a Keeper receives within a third of it
+    (the derived ``link_heartbeat_window_s``) are written together."""
 
     link_beat_s: float = Field(default=0.2, gt=0)
     """Least time between two heartbeats of an AppMaster's link. Below ``link_period_s``,
@@ -384,6 +386,14 @@ class KeeperSettings(_Group):
     """Rows deleted per table in one pruning pass, so a pass is a short transaction
     even when a backlog of history waits."""
 
+    @property
+    def link_heartbeat_window_s(self) -> float:
+        """How long a Keeper's batch of link heartbeats stays open after its first one:
+        a third of a link period. The Keeper's beats reach its links together, so their
+        answers fall into about one batch (one write) per period, and each is answered
+        well before the next beat asks for another."""
+        return self.link_period_s / 3
+
     @model_validator(mode="after")
     def _timings_agree(self) -> Self:
         """The link's and the leader's timings depend on each other (see each field)."""
@@ -419,9 +429,14 @@ class KeeperSettings(_Group):
 
 class AppMasterSettings(_Group):
     endpoint_ttl_s: float = Field(default=15.0, gt=0)
-    """Discovery lease of a proxy's endpoint, refreshed every AppMaster round (a round
-    runs at least every second): a proxy whose AppMaster died drops out of discovery
-    this long after its last refresh."""
+    """Discovery lease of a proxy's endpoint, renewed every ``endpoint_refresh_s``: a
+    proxy whose AppMaster died drops out of discovery this long after its last renewal."""
+
+    endpoint_refresh_s: float = Field(default=5.0, gt=0)
+    """How often an AppMaster renews an unchanged endpoint's lease (at the end of the
+    first round this long after its last write; a new endpoint or a label change is
+    written at once). A third of ``endpoint_ttl_s``: a renewal may fail, or a round run
+    10 s long, before a live proxy's endpoint lapses; at most half of it."""
 
     failed_retry_s: float = Field(default=2.0, ge=0)
     """A failed instance is retried after this long, so a broken version does not spin."""
@@ -439,6 +454,16 @@ class AppMasterSettings(_Group):
 
     stop_margin_s: float = Field(default=5.0, gt=0)
     """Seconds on top of a drain grace period that a stop call may take to answer."""
+
+    @model_validator(mode="after")
+    def _lease_renewed_in_time(self) -> Self:
+        _require(
+            self.endpoint_refresh_s <= self.endpoint_ttl_s / 2,
+            f"endpoint_refresh_s ({self.endpoint_refresh_s}) must be at most half of "
+            f"endpoint_ttl_s ({self.endpoint_ttl_s}), or one late renewal lets a live "
+            "proxy's endpoint lapse",
+        )
+        return self
 
 
 class AutoscaleSettings(_Group):

@@ -38,6 +38,7 @@ from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.store import (
     SCHEMA_VERSION,
     AlreadyExists,
+    AppMasterBeat,
     ClusterRecord,
     Lease,
     OperationRecord,
@@ -799,6 +800,76 @@ def keeper_records_round_trip(b: Backend) -> None:
 
 
 STORE_CHECKS.append(keeper_records_round_trip)
+
+
+def batched_instruction_reads_give_each_target_what_its_own_read_gives(b: Backend) -> None:
+    """A Keeper's one read for all its links: per (cluster, service), the instructions
+    after that target's own id, oldest first, at most ``limit`` - as many single reads
+    would give - and every target asked for is in the answer, even with none."""
+    store = b.connect()
+    ids: dict[tuple[str, str], list[int]] = {
+        ("a", "echo"): [],
+        ("b", "echo"): [],
+        ("a", "other"): [],
+    }
+    for n in range(4):  # interleaved: each target's ids have gaps
+        for target, made in ids.items():
+            made.append(store.add_instruction(*target, f"op-{n}", 1, {"n": n}))
+    after = {
+        ("a", "echo"): 0,
+        ("b", "echo"): ids[("b", "echo")][1],
+        ("a", "other"): ids[("a", "other")][3],
+        ("c", "echo"): 0,
+    }
+    batched = store.list_instructions_for(after)
+    assert set(batched) == set(after)
+    for target, since in after.items():
+        assert batched[target] == store.list_instructions(*target, after=since), target
+    assert [i.id for i in batched[("a", "echo")]] == ids[("a", "echo")]
+    assert [i.id for i in batched[("b", "echo")]] == ids[("b", "echo")][2:]
+    assert batched[("a", "other")] == batched[("c", "echo")] == []
+    limited = store.list_instructions_for(after, limit=2)
+    for target, since in after.items():
+        assert limited[target] == store.list_instructions(*target, after=since, limit=2)
+    assert [i.id for i in limited[("a", "echo")]] == ids[("a", "echo")][:2]
+    assert store.list_instructions_for({}) == {}
+
+
+def batched_heartbeats_write_every_row_at_once_the_last_beat_of_a_target_winning(
+    b: Backend,
+) -> None:
+    """A Keeper's heartbeat batch updates the AppMasters already registered, registers
+    the new ones, stamps all with the store's now, and keeps the last of several beats of
+    one target, as single heartbeats one after another would."""
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    store.heartbeat_appmaster("a", "echo", "echo-appmaster", 1)
+    clock.advance(5)
+    store.heartbeat_appmasters(
+        [
+            AppMasterBeat("a", "echo", "echo-appmaster", 2),
+            AppMasterBeat("b", "echo", "echo-appmaster", 7),
+            AppMasterBeat("a", "other", "other-appmaster", 0),
+            AppMasterBeat("a", "echo", "echo-appmaster-2", 3),
+        ]
+    )
+    rows = {(r.cluster, r.service): r for r in store.list_appmasters()}
+    assert set(rows) == {("a", "echo"), ("b", "echo"), ("a", "other")}
+    assert (rows[("a", "echo")].actor_name, rows[("a", "echo")].epoch_seen) == (
+        "echo-appmaster-2",
+        3,
+    )
+    assert rows[("b", "echo")].epoch_seen == 7
+    assert {r.heartbeat_at for r in rows.values()} == {clock.now()}
+    clock.advance(1)
+    store.heartbeat_appmasters([])
+    assert {r.heartbeat_at for r in store.list_appmasters()} == {clock.now() - 1}
+
+
+STORE_CHECKS += [
+    batched_instruction_reads_give_each_target_what_its_own_read_gives,
+    batched_heartbeats_write_every_row_at_once_the_last_beat_of_a_target_winning,
+]
 
 
 def clusters_keep_their_tier_and_can_be_removed(b: Backend) -> None:

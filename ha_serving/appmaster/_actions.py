@@ -43,6 +43,7 @@ from ha_serving.appmaster._planner import (
     proxy_names,
     successor,
 )
+from ha_serving.appmaster._publication import Publication
 from ha_serving.appmaster._state import (
     MAX_RETIRED_WORKERS,
     Group,
@@ -64,9 +65,9 @@ Bookkeeping = CreateInstances | Assign | MarkLost | RollBack | FinishRollout | D
 class Actions:
     """What the planner's actions do on the runtime, the store and the state.
 
-    It holds no state of its own but two caches, of code packages and of the workers'
-    direct addresses: the job state is the core's, read through ``current`` and changed
-    only through ``mutate``."""
+    It holds no state of its own but caches: of code packages, of the workers' direct
+    addresses and of what it wrote to discovery (``publication``). The job state is the
+    core's, read through ``current`` and changed only through ``mutate``."""
 
     def __init__(
         self,
@@ -93,6 +94,8 @@ class Actions:
         (``start_direct``): asked of every live worker not in here (``learn_direct``, so
         again after an AppMaster restart) and after every instance load (a worker Ray
         restarted comes back empty, on a new port, and its instances are loaded anew)."""
+        self.publication = Publication(settings.endpoint_refresh_s)
+        """The endpoints this process wrote to discovery, and when: what is due next."""
 
     async def execute(self, actions: list[Action], observed: Observed) -> None:
         """Bookkeeping first, then side effects concurrently, then routes to proxies."""
@@ -211,23 +214,30 @@ class Actions:
                 )
             )
         )
-        await self._publish(state, state.proxies[name], endpoint.address)
+        proxy = state.proxies[name]
+        await self._publish(endpoint.address, self._labels(state, proxy))
 
-    async def _publish(self, state: JobState, proxy: Proxy, address: str) -> None:
-        """Register (or heartbeat) a serving proxy's endpoint in discovery."""
+    def _labels(self, state: JobState, proxy: Proxy) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "proxy": proxy.name,
+            "metrics": proxy.metrics_address,
+            "weight": _weight(state, self.cluster),
+        }
+
+    async def _publish(self, address: str, labels: dict[str, Any]) -> None:
+        """Register (or renew) a serving proxy's endpoint in discovery."""
+        started = self.clock.monotonic()
+        self.publication.writing(address, started)
         await asyncio.to_thread(
             self.store.upsert_endpoint,
             self.service,
             self.cluster,
             address,
-            {
-                "cluster": self.cluster,
-                "proxy": proxy.name,
-                "metrics": proxy.metrics_address,
-                "weight": _weight(state, self.cluster),
-            },
+            labels,
             self.settings.endpoint_ttl_s,
         )
+        self.publication.wrote(address, labels, started)
 
     async def withdraw_proxy(self, name: str, addresses: tuple[str, ...]) -> None:
         """Take the proxy out of discovery, then record when it may be stopped.
@@ -238,6 +248,7 @@ class Actions:
         meanwhile, since only wanted proxies are published."""
         for address in addresses:
             await asyncio.to_thread(self.store.remove_endpoint, self.service, self.cluster, address)
+            self.publication.removed(address)
         stop_at = self.clock.now() + self.settings.withdraw_s
         await self._mutate(
             lambda s: s.with_proxy(s.proxies[name].to(ProxyPhase.WITHDRAWN, stop_at=stop_at))
@@ -506,19 +517,27 @@ class Actions:
     async def heartbeat_endpoints(self, observed: Observed, started: set[str]) -> None:
         """Publish the serving proxies the spec asks for, and nothing else: a withdrawn
         one stays out, a dead one is taken out. ``started``: proxies started this round
-        (observed dead before it, so alive by their record)."""
+        (observed dead before it, so alive by their record). Only what changed, or is
+        due for renewal, is written (``Publication``)."""
         state = self._current()
         if state is None:
             return
-        live: set[str] = set()
+        live: dict[str, dict[str, Any]] = {}
         for name in proxy_names(state):
             proxy = state.proxies.get(name)
             if proxy is None or proxy.phase != ProxyPhase.SERVING or proxy.address is None:
                 continue
             if observed.proxies.get(name) is not None or name in started:
-                live.add(proxy.address)
-                await self._publish(state, proxy, proxy.address)
-        await asyncio.to_thread(self.store.remove_endpoints, self.service, self.cluster, keep=live)
+                live[proxy.address] = self._labels(state, proxy)
+        due = self.publication.due(live, self.clock.monotonic())
+        for address in due.write:
+            await self._publish(address, live[address])
+        if due.prune:
+            keep = set(live)
+            await asyncio.to_thread(
+                self.store.remove_endpoints, self.service, self.cluster, keep=keep
+            )
+            self.publication.pruned_to(keep)
 
     def _inst(self, instance_id: str) -> Instance:
         return self._state().instances[instance_id]

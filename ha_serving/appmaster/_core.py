@@ -477,6 +477,12 @@ class AppMasterCore:
         await self._mutate(consumed)
         return outcome
 
+    def republish_endpoints(self, for_s: float) -> None:
+        """Write every endpoint again, and prune, each round for ``for_s`` seconds: the
+        link's heartbeat lapsed, so the leader may have taken this cluster for lost and
+        withdrawn its endpoints meanwhile (``Publication``)."""
+        self.actions.publication.in_doubt(self.clock.monotonic() + for_s)
+
     # --- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:

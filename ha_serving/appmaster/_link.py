@@ -46,6 +46,8 @@ class KeeperLink:
         self.consumed = 0
         self._beat_at = 0.0
         self._beat_failed = False
+        self._acked_at: float | None = None
+        """When (monotonic) a Heartbeat was last acknowledged; None before the first."""
         self._beating: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -133,7 +135,20 @@ class KeeperLink:
                 self.core.log.warning("heartbeat to keeper %s failed: %s", keeper, exc.code().name)
             self._beat_failed = True
         else:
-            self._beat_failed = False
+            self._acknowledged()
+
+    def _acknowledged(self) -> None:
+        """A heartbeat is committed. After a failed one, or a gap in which the stored
+        heartbeat may have grown older than the leader's cluster-loss silence, the
+        leader may have withdrawn this cluster's endpoints: the AppMaster writes its
+        own again every round until the leader has surely read the fresh heartbeat
+        (within ``heartbeat_stale_s``, rounds included)."""
+        now = self.core.clock.monotonic()
+        gap = None if self._acked_at is None else now - self._acked_at
+        if self._beat_failed or (gap is not None and gap >= self.settings.loss_silence_s / 2):
+            self.core.republish_endpoints(self.settings.heartbeat_stale_s)
+        self._acked_at = now
+        self._beat_failed = False
 
 
 def _channel_options(settings: KeeperSettings) -> list[tuple[str, int]]:

@@ -30,10 +30,11 @@ from ha_serving.keeper._auth import (
 from ha_serving.keeper._client import channel_options
 from ha_serving.keeper._control_api import command, deploy
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, keeper_of
+from ha_serving.keeper._linkhub import LinkHub
 from ha_serving.keeper._paging import operations_page
 from ha_serving.keeper._reconciler import JobSubmitter, Reconciler
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
-from ha_serving.store import Lease, OperationRecord, Store
+from ha_serving.store import AppMasterBeat, Lease, OperationRecord, Store
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
@@ -65,6 +66,8 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         self.log = bound("ha_serving.keeper", keeper=keeper_id)
         self.auth = Authenticator.from_settings(settings, store)
         clock = clock or SystemClock()
+        self.links = LinkHub(store, settings, log=self.log, clock=clock)
+        """The AppMaster links this replica holds: their reads and heartbeats, batched."""
         self.leadership = Leadership(store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock)
         self._server: grpc.aio.Server | None = None
         self._servers: list[grpc.aio.Server] = []
@@ -211,51 +214,40 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         """An AppMaster's link: register it (its request is a heartbeat) and stream the
         instructions after ``after``, or an empty message (id 0) each period with none,
         so a Keeper that stops answering (paused, partitioned) is noticed by its silence,
-        not by TCP. The loop itself heartbeats nothing: an open stream is no proof that
-        the AppMaster lives (a paused one keeps it open); its ``Heartbeat`` calls are.
-        Its credential is checked again each period: a revoked one ends the stream."""
+        not by TCP. The instructions come from this replica's ``LinkHub``, which reads
+        them for all its links at once each ``link_period_s``. The loop itself
+        heartbeats nothing: an open stream is no proof that the AppMaster lives (a
+        paused one keeps it open); its ``Heartbeat`` calls are. Its credential is checked
+        again each period: a revoked one ends the stream."""
         await check_target(self.auth, context, request.cluster, request.service)
         with contextlib.suppress(StoreUnavailable):
-            await asyncio.to_thread(
-                self.store.heartbeat_appmaster,
-                request.cluster,
-                request.service,
-                request.actor_name,
-                request.epoch_seen,
-            )
-        after = request.after
-        while True:
-            try:
-                found = await asyncio.to_thread(
-                    self.store.list_instructions, request.cluster, request.service, after=after
-                )
-            except StoreUnavailable:
-                found = []
-            for i in found:
-                yield keeper_pb2.InstructionMsg(
-                    id=i.id, op_id=i.op_id, epoch=i.epoch, body_json=json.dumps(i.body)
-                )
-                after = i.id
-            if not found:  # a beat: the AppMaster knows this Keeper still answers
-                yield keeper_pb2.InstructionMsg(id=0)
-            await asyncio.sleep(self.settings.link_period_s)
-            await check_target(self.auth, context, request.cluster, request.service)
+            await self.links.beat(_beat_of(request))
+        link = self.links.open(request.cluster, request.service, request.after)
+        try:
+            while True:
+                found = await link.next()
+                for i in found:
+                    yield keeper_pb2.InstructionMsg(
+                        id=i.id, op_id=i.op_id, epoch=i.epoch, body_json=json.dumps(i.body)
+                    )
+                    link.after = i.id
+                if not found:  # a beat: the AppMaster knows this Keeper still answers
+                    yield keeper_pb2.InstructionMsg(id=0)
+                await check_target(self.auth, context, request.cluster, request.service)
+        finally:
+            link.close()
 
     async def Heartbeat(  # noqa: N802 - the gRPC method's name
         self, request: keeper_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> keeper_pb2.HeartbeatReply:
-        """An AppMaster's link says it lives: the only refresh of its heartbeat."""
+        """An AppMaster's link says it lives: the only refresh of its heartbeat. Written
+        with the other links' heartbeats of the moment (``LinkHub.beat``) and answered
+        once committed."""
         if not (request.cluster and request.service):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cluster and service required")
         await check_target(self.auth, context, request.cluster, request.service)
         try:
-            await asyncio.to_thread(
-                self.store.heartbeat_appmaster,
-                request.cluster,
-                request.service,
-                request.actor_name,
-                request.epoch_seen,
-            )
+            await self.links.beat(_beat_of(request))
         except StoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"state store unavailable: {exc}")
             raise
@@ -344,6 +336,12 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
             await self._server.wait_for_termination()
         finally:
             await asyncio.to_thread(self.leadership.resign)
+
+
+def _beat_of(
+    request: keeper_pb2.InstructionsRequest | keeper_pb2.HeartbeatRequest,
+) -> AppMasterBeat:
+    return AppMasterBeat(request.cluster, request.service, request.actor_name, request.epoch_seen)
 
 
 def _operation_info(o: OperationRecord) -> keeper_pb2.OperationInfo:

@@ -6,7 +6,12 @@ versioned and migrated by ``Store.connect``.
 """
 
 from ha_serving.store._catalog import Endpoint, UnknownPackage
-from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
+from ha_serving.store._control import (
+    AppMasterBeat,
+    AppMasterRecord,
+    ClusterRecord,
+    Instruction,
+)
 from ha_serving.store._credentials import CredentialRecord
 from ha_serving.store._engine import TimeSource, db_now, safe_url, store_retry
 from ha_serving.store._lease import KEEPER_LEADER, Lease
@@ -25,6 +30,7 @@ __all__ = [
     "KEEPER_LEADER",
     "SCHEMA_VERSION",
     "AlreadyExists",
+    "AppMasterBeat",
     "AppMasterRecord",
     "ClusterRecord",
     "CredentialRecord",

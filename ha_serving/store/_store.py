@@ -28,7 +28,12 @@ from ha_serving._errors import (
 from ha_serving._status import ACTIVE, OPERATION_TRANSITIONS, OperationStatus, check_move
 from ha_serving.store import _catalog, _control, _credentials, _lease, _rates, _retention
 from ha_serving.store._catalog import Endpoint
-from ha_serving.store._control import AppMasterRecord, ClusterRecord, Instruction
+from ha_serving.store._control import (
+    AppMasterBeat,
+    AppMasterRecord,
+    ClusterRecord,
+    Instruction,
+)
 from ha_serving.store._credentials import CredentialRecord
 from ha_serving.store._engine import (
     TimeSource,
@@ -641,6 +646,13 @@ class Store:
                 conn, self._now_sql(), cluster, service, actor_name, epoch_seen
             )
 
+    def heartbeat_appmasters(self, beats: Iterable[AppMasterBeat]) -> None:
+        """Many AppMasters' heartbeats in one transaction and one statement (a Keeper's
+        batch, ``keeper._linkhub``): each row as ``heartbeat_appmaster`` writes it, the
+        last beat of a (cluster, service) winning. All are committed or none."""
+        with self._tx() as conn:
+            _control.heartbeat_appmasters(conn, self._now_sql(), beats)
+
     def list_appmasters(self, service: str | None = None) -> list[AppMasterRecord]:
         with self._tx() as conn:
             return _control.list_appmasters(conn, service)
@@ -672,6 +684,18 @@ class Store:
     ) -> list[Instruction]:
         with self._tx() as conn:
             return _control.list_instructions(conn, cluster, service, after=after, limit=limit)
+
+    def list_instructions_for(
+        self, after_by_target: Mapping[tuple[str, str], int], *, limit: int = 100
+    ) -> dict[tuple[str, str], list[Instruction]]:
+        """``list_instructions`` for many (cluster, service) targets, each after its own
+        id, in one transaction (one statement per ``TARGETS_PER_STATEMENT`` targets): a
+        Keeper's read for every link it holds open (``keeper._linkhub``). Every target
+        given is a key of the result; none given reads nothing."""
+        if not after_by_target:
+            return {}
+        with self._tx() as conn:
+            return _control.list_instructions_for(conn, after_by_target, limit=limit)
 
     def last_instruction(self, cluster: str, service: str) -> Instruction | None:
         with self._tx() as conn:

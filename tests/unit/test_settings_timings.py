@@ -18,6 +18,9 @@ def test_the_defaults_keep_every_relation() -> None:
     assert keeper.link_beat_s < keeper.link_period_s < keeper.link_silence_s
     assert keeper.link_silence_s + keeper.link_retry_s < keeper.heartbeat_stale_s
     assert settings.appmaster.withdraw_s > keeper.watch_period_s
+    assert settings.appmaster.endpoint_refresh_s * 2 <= settings.appmaster.endpoint_ttl_s
+    # a heartbeat batch is written, and answered, well within one link period
+    assert keeper.link_heartbeat_window_s <= keeper.link_period_s / 3
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,10 @@ def test_the_defaults_keep_every_relation() -> None:
         (
             {"appmaster": {"withdraw_s": 0.2}},
             "appmaster.withdraw_s (0.2) must exceed keeper.watch_period_s (0.5)",
+        ),
+        (
+            {"appmaster": {"endpoint_refresh_s": 8.0}},
+            "appmaster: endpoint_refresh_s (8.0) must be at most half of endpoint_ttl_s (15.0)",
         ),
     ],
 )

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ha_serving._settings import AppMasterSettings
 from ha_serving.runtime import ActorSpec, ActorUnavailable
 from ha_serving.testing import ActorTimings, FakeRuntime, FakeWorker
 from ha_serving.util.clock import FakeClock
@@ -224,7 +225,9 @@ def test_a_tiny_steady_run_end_to_end(mysql_server: str, tmp_path: Path) -> None
         services=2,
         clusters=2,
         instances=2,
-        hold_s=2.0,
+        # long enough for every AppMaster to renew its endpoints once (2 s used to do,
+        # when they were written every round)
+        hold_s=AppMasterSettings().endpoint_refresh_s + 2.0,
         timeout_s=120,
         timings=scaled(TIMINGS, 0.05),
     )
@@ -246,7 +249,7 @@ def test_a_tiny_steady_run_end_to_end(mysql_server: str, tmp_path: Path) -> None
     assert f["round_s"]["count"] >= 2
     assert f["reconciler_transactions_per_round"] >= 1
     assert f["db_per_s"]["keeper.reconciler.queries"] > 0
-    assert f["db_per_s"]["appmasters.writes"] > 0  # endpoint heartbeats
+    assert f["db_per_s"]["appmasters.writes"] > 0  # endpoint renewals
     assert f["db_cpu_cores"] is None  # no pid given
     assert ("deploying", 2, 2) in seen
     assert not any(sim.keepers[k].pid and _alive(sim.keepers[k].pid) for k in sim.keepers)
