@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -206,6 +207,15 @@ def wait_for(
             detail = f": {on_fail()}" if on_fail else ""
             raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s{detail}")
         time.sleep(interval_s)
+
+
+def log_lines(path: Path, pattern: re.Pattern[str], last: int) -> str:
+    """The last ``last`` lines of a log matching ``pattern``, joined; "" if none."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return " | ".join([line for line in text if pattern.search(line)][-last:])
 
 
 def log_tail(path: Path, lines: int = 5) -> str:

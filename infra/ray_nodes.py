@@ -136,8 +136,15 @@ def alive_since(gcs_address: str) -> dict[str, float] | None:
 
     A node restarted at the same address registers anew, so callers compare the time
     with the restart to avoid mistaking the predecessor's not-yet-expired entry for it.
+    Both may be listed ALIVE at once (a GCS restarted from Redis keeps the predecessor's
+    entry, and its health checks reach the successor at the same address and port): the
+    latest registration is the address's.
     """
     nodes = gcs_nodes(gcs_address)
     if nodes is None:
         return None
-    return {n.address: n.start_time_s for n in nodes if n.alive}
+    since: dict[str, float] = {}
+    for n in nodes:
+        if n.alive:
+            since[n.address] = max(n.start_time_s, since.get(n.address, n.start_time_s))
+    return since

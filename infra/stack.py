@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import re
 import shutil
 import time
 import uuid
@@ -381,8 +382,15 @@ def node_evidence(node: Node, lines: int = 8) -> str:
     parts = [f"ray start: {procs.log_tail(node.proc.log, lines)}"]
     raylet = node.temp_dir / "session_latest" / "logs" / "raylet.out"
     if raylet.exists():
+        # a crash ends the log with a stack trace; the reason is the error lines above it
+        errors = procs.log_lines(raylet, _RAY_ERROR, 3)
+        parts.append(f"raylet errors: {errors}" if errors else "raylet: no error lines")
         parts.append(f"raylet: {procs.log_tail(raylet, lines)}")
     return " || ".join(parts)
+
+
+_RAY_ERROR = re.compile(r"^\[[^\]]* [EC] \d+ \d+\]|Check failed|\*\*\* SIG")
+"""A Ray C++ log line at level E (error) or C (fatal), a failed RAY_CHECK, a signal."""
 
 
 def await_nodes(

@@ -104,3 +104,49 @@ def test_starts_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(NodeStartFailed, match="exited at start"):
         await_nodes(topo, cluster, [node], 5.0, spawned_at=1000.0, attempts=3)
     assert fake.starts == 2  # the caller's spawn, then 2 more starts: 3 in all
+
+
+def test_a_restarted_node_counts_from_its_own_registration_whatever_order_the_gcs_lists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GCS restarted from Redis may list a node's dead predecessor at the same address
+    as ALIVE beside it; whichever it lists last, the address counts as registered when
+    the newest of them registered (CI run 19: a restarted worker was never seen)."""
+    from infra import ray_nodes
+    from infra.ray_nodes import GcsNode
+
+    old = GcsNode(address="127.0.2.2", alive=True, is_head=False, start_time_s=100.0)
+    new = GcsNode(address="127.0.2.2", alive=True, is_head=False, start_time_s=200.0)
+    gone = GcsNode(address="127.0.2.3", alive=False, is_head=False, start_time_s=300.0)
+    head = GcsNode(address="127.0.2.1", alive=True, is_head=True, start_time_s=150.0)
+    for listing in ([new, old, gone, head], [old, new, gone, head]):
+        monkeypatch.setattr(ray_nodes, "gcs_nodes", lambda _gcs, _l=listing: list(_l))
+        assert ray_nodes.alive_since("127.0.2.1:15000") == {"127.0.2.2": 200.0, "127.0.2.1": 150.0}
+    monkeypatch.setattr(ray_nodes, "gcs_nodes", lambda _gcs: None)
+    assert ray_nodes.alive_since("127.0.2.1:15000") is None
+
+
+def test_a_crashed_raylets_evidence_names_its_error_lines_not_only_its_stack_trace(
+    tmp_path: Path,
+) -> None:
+    """A raylet that crashes ends its log with a stack trace; the node's evidence must
+    carry the error line that says why (CI run 19 showed only the trace)."""
+    node = _node(tmp_path, "b-w1", "127.0.2.2")
+    node.proc.log.write_text("Local node IP: 127.0.2.2\n")
+    logs = node.temp_dir / "session_latest" / "logs"
+    logs.mkdir(parents=True)
+    trace = [f"raylet(+0x{n:x}) boost::asio::detail::scheduler::run()" for n in range(12)]
+    (logs / "raylet.out").write_text(
+        "\n".join(
+            [
+                "[2026-11-30 15:13:20,001 I 42 42] main.cc:10: starting",
+                "[2026-11-30 15:13:24,296 C 42 42] node_manager.cc:99: marked dead",
+                "*** StackTrace Information ***",
+                *trace,
+            ]
+        )
+    )
+    evidence = stack.node_evidence(node)
+    assert "raylet errors: [2026-11-30 15:13:24,296 C 42 42] node_manager.cc:99" in evidence
+    assert "starting" not in evidence.split("raylet errors:")[1].split("||")[0]
+    assert "scheduler::run()" in evidence  # the tail is still there
