@@ -190,7 +190,7 @@ def test_an_instance_its_worker_holds_at_its_cap_is_refused_unrun_and_the_call_r
         add_counter(stack, "b", "w2", second, host_cap=1)
         with direct_client(stack) as client:
             client.call("echo", "thread", 0)  # the routes are held from here (no run noted)
-            held_a = stack.hold("w1", "a", "awork", 1.5)
+            held_a = stack.hold("w1", "a", "awork", 2.0)
             answered = [client.call_raw("echo", "work", b"0").instance_id for _ in range(20)]
             assert stack.host("w1").inflight("a") == 1  # held all along
             held_b = stack.hold("w2", "b", "awork", 1.0)

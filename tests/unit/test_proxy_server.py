@@ -146,7 +146,7 @@ def test_an_instance_its_worker_holds_at_its_cap_is_refused_unrun_and_served_by_
     with running_stack(direct=direct) as stack:
         stack.add("a", worker="w1", host_cap=1)
         stack.add("b", worker="w1", host_cap=1)
-        held = stack.hold("w1", "a", "aslow", 1.5)
+        held = stack.hold("w1", "a", "aslow", 2.0)
         answered = []
         for _ in range(20):
             code, _, _, reply = raw(stack, "echo")
