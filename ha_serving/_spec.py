@@ -227,7 +227,8 @@ class ServiceSpec(_Spec):
     """Proxy actors publishing the service (2+ so one can die without an outage)."""
 
     max_concurrency: int = Field(default=32, ge=1, le=10_000)
-    """In-flight requests per instance before proxies shed load with RESOURCE_EXHAUSTED."""
+    """In-flight requests per instance, whoever sends them, before RESOURCE_EXHAUSTED:
+    each proxy sheds beyond its share, the instance's worker beyond the whole."""
 
     resources: Resources = Resources()
     config: dict[str, Any] = {}

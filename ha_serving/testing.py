@@ -224,11 +224,13 @@ class FakeWorker:
         import_path: str,  # noqa: ARG002
         version: str,
         config: Config | None = None,
+        max_concurrency: int | None = None,
     ) -> ControlResult:
         self.instances[instance_id] = {
             "inflight": 0,
             "version": version,
             "healthy": True,
+            "max_concurrency": max_concurrency,
             "config": config,
         }
         return ControlResult(ok=True)
@@ -252,6 +254,7 @@ class FakeWorker:
             import_path=import_path,
             version=version,
             config=config,
+            max_concurrency=self.instances[instance_id]["max_concurrency"],  # code, not cap
         )
 
     async def reconfigure(self, instance_id: str, config: Config) -> ControlResult:
@@ -259,6 +262,15 @@ class FakeWorker:
         if inst is None:
             return ControlResult.failed("NOT_FOUND", f"no instance {instance_id}")
         inst["config"] = config
+        return ControlResult(ok=True)
+
+    async def set_max_concurrency(
+        self, instance_id: str, max_concurrency: int | None
+    ) -> ControlResult:
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            return ControlResult.failed("NOT_FOUND", f"no instance {instance_id}")
+        inst["max_concurrency"] = max_concurrency
         return ControlResult(ok=True)
 
     async def remove_instance(self, instance_id: str) -> ControlResult:

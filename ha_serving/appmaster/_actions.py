@@ -98,7 +98,8 @@ class Actions:
         """The endpoints this process wrote to discovery, and when: what is due next."""
 
     async def execute(self, actions: list[Action], observed: Observed) -> None:
-        """Bookkeeping first, then side effects concurrently, then routes to proxies."""
+        """Bookkeeping first, then side effects concurrently, then routes to proxies,
+        between the workers' raised caps and their lowered ones (``set_caps``)."""
         book = [
             a
             for a in actions
@@ -116,11 +117,37 @@ class Actions:
             elif isinstance(a, Remove):
                 steps.append(self.remove(a.id))
         await _gather(steps)
+        await self.set_caps(observed, lower=False)
         state = self._state()
         if state.routes_acked < state.routes_version or any(
             isinstance(a, PushRoutes) for a in actions
         ):
             await self.push_routes(observed)
+        state = self._state()
+        if state.routes_acked >= state.routes_version:
+            await self.set_caps(observed, lower=True)
+
+    async def set_caps(self, observed: Observed, *, lower: bool) -> None:
+        """Give every hosted instance that enforces another cap the spec's
+        ``max_concurrency``: raised caps (``lower=False``) before the proxies get the
+        tables with their larger shares, lowered ones (and where none was set) once
+        every proxy acknowledged a table within them, so the proxies' shares never sum
+        above what a worker enforces. Repeated each round until the workers report it."""
+        cap = self._state().spec.max_concurrency
+        steps: list[Awaitable[None]] = [
+            self._set_cap(worker, instance_id, cap)
+            for worker, view in observed.workers.items()
+            if view is not None
+            for instance_id, held in view.caps.items()
+            if held != cap and (held is None or held > cap) == lower
+        ]
+        await _gather(steps)
+
+    async def _set_cap(self, worker: str, instance_id: str, cap: int) -> None:
+        with contextlib.suppress(ActorUnavailable):  # asked again next round if still there
+            result = await self._control(worker, "set_max_concurrency", instance_id, cap)
+            if not result.ok:  # removed meanwhile: nothing to cap
+                self.log.info("cap of %s not set: %s", instance_id, result.message)
 
     def _effects(self, actions: list[Action]) -> list[Awaitable[None]]:
         """The actor side effects among ``actions`` (run concurrently, before loads)."""
@@ -352,7 +379,13 @@ class Actions:
     async def load(self, instance_id: str, rev: Revision) -> None:
         inst = self._inst(instance_id)
         code = await self._code(rev)
-        result = await self._control(inst.worker, "add_instance", instance_id, **code)
+        cap = self._state().spec.max_concurrency
+        try:
+            result = await self._control(
+                inst.worker, "add_instance", instance_id, **code, max_concurrency=cap
+            )
+        except TypeError:  # a worker of older code, without the cap: it enforces none
+            result = await self._control(inst.worker, "add_instance", instance_id, **code)
         if result.ok:  # the worker may be a new process (Ray restarted it): a new address
             await self._ask_direct(inst.worker)
         await self._settle(instance_id, rev, result, loaded=result.ok)

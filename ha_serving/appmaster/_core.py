@@ -301,7 +301,8 @@ class AppMasterCore:
                 rollout = Rollout(
                     op_id=op_id, kind=kind, from_rev=state.desired, to_rev=desired, started_at=now
                 )
-            # the proxies' share of max_concurrency is in the routing table
+            # the proxies' share of max_concurrency is in the routing table (and the
+            # workers' cap follows it: Actions.set_caps)
             resend = spec.max_concurrency != state.spec.max_concurrency
             # an operator's new count overrides the autoscaler's (it starts from there)
             rescaled = spec.instances != state.spec.instances
@@ -544,7 +545,8 @@ class AppMasterCore:
         except ActorUnavailable:
             return None
         await self.actions.learn_direct(name)
-        return WorkerView(hosted=frozenset(stats))
+        caps = {i: s["max_concurrency"] for i, s in stats.items() if "max_concurrency" in s}
+        return WorkerView(hosted=frozenset(stats), caps=caps)
 
     async def _observe_proxy(self, name: str) -> ProxyView | None:
         if not await self.runtime.exists(name):

@@ -12,6 +12,7 @@ whose last round half-failed, simply plans again from the persisted state.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ha_serving._spec import Revision
@@ -31,6 +32,9 @@ class WorkerView:
     """A live worker actor and the ids of the instances it hosts."""
 
     hosted: frozenset[str]
+    caps: Mapping[str, int | None] = field(default_factory=dict)
+    """The ``max_concurrency`` each hosted instance enforces (None: no cap); a worker of
+    older code, which enforces none and cannot be told one, reports none."""
 
 
 @dataclass(frozen=True)

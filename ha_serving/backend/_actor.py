@@ -9,7 +9,9 @@ instead of raising, so errors cross Ray as plain values.
 Calls arrive two ways, both counted by the same ``InstanceHost``: ``call`` (a Ray actor
 call: the fallback path) and the worker's own gRPC server (``DirectServer``, the direct
 path), which ``start_direct`` starts on this node's address and the AppMaster puts in
-the routing table. No Ray import at module level: the class is plain Python and
+the routing table. Either way the host enforces each instance's ``max_concurrency``, which
+the AppMaster gives ``add_instance`` and changes with ``set_max_concurrency``. No Ray
+import at module level: the class is plain Python and
 unit-testable; only ``start_direct`` asks Ray for the node's address, and only when it
 was given none.
 """
@@ -122,13 +124,18 @@ class BackendWorker:
         import_path: str,
         version: str,
         config: Config | None = None,
+        max_concurrency: int | None = None,
     ) -> ControlResult:
         """Load ``import_path`` from the package bytes (checked against ``digest``) and
-        construct a new instance. Repeating an identical add is a no-op."""
+        construct a new instance, which refuses calls beyond ``max_concurrency`` in
+        flight (None, what callers that predate the cap send: no cap). Repeating an
+        identical add only sets the cap."""
 
         async def add() -> None:
             pkg = Package.from_bytes(package, expected_digest=digest)
-            await self._host.add_instance(instance_id, pkg, import_path, version, config)
+            await self._host.add_instance(
+                instance_id, pkg, import_path, version, config, max_concurrency=max_concurrency
+            )
 
         return await _control(add())
 
@@ -154,6 +161,16 @@ class BackendWorker:
         """In-place config change on the same object (``reconfigure(config)``)."""
         return await _control(self._host.reconfigure(instance_id, config))
 
+    async def set_max_concurrency(
+        self, instance_id: str, max_concurrency: int | None
+    ) -> ControlResult:
+        """Change the instance's cap (None: none) for calls that start from now."""
+
+        async def change() -> None:
+            self._host.set_max_concurrency(instance_id, max_concurrency)
+
+        return await _control(change())
+
     async def remove_instance(self, instance_id: str) -> ControlResult:
         """Forget the instance; drain it first (``wait_idle``). Unknown ids are a no-op."""
         return await _control(self._host.remove_instance(instance_id))
@@ -176,7 +193,7 @@ class BackendWorker:
         return await self._host.wait_idle(instance_id, timeout_s)
 
     async def stats(self) -> dict[str, InstanceStats]:
-        """Per instance: in-flight calls, code version, last health answer."""
+        """Per instance: in-flight calls, code version, last health answer, cap."""
         return self._host.stats()
 
     async def shutdown(self, grace_s: float = 5.0) -> bool:

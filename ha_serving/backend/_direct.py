@@ -4,8 +4,9 @@ A proxy used to reach a worker by a Ray actor call per request (``BackendWorker.
 On the direct path it calls this server instead (``ha_serving/proxy/_direct.py``; so does
 a client in direct mode, ``ha_serving/client/_direct.py``), which
 runs in the worker actor's own event loop and hands each call to the same
-``InstanceHost.call``: in-flight counts, draining (``wait_idle``), per-generation code
-swaps and the shielded user task are the host's, whichever path a call came by.
+``InstanceHost.call``: in-flight counts, the cap (``max_concurrency``), draining
+(``wait_idle``), per-generation code swaps and the shielded user task are the host's,
+whichever path a call came by.
 
 The protocol is ``ha_serving/proto/direct.proto``: ``Call`` carries the worker's name,
 the instance, the method and the payload; the deadline is gRPC's own. Every answer of

@@ -1,8 +1,9 @@
 """InstanceHost: several instances of user classes in one process, pure asyncio.
 
 Theory of operation. An *instance* is one replica: an id, a code version, one object of
-the user's class, a health flag and an in-flight count. The host keeps, per instance, the
-*generation* now serving (object + version + the namespace its code was loaded into).
+the user's class, a health flag, an in-flight count and a cap on it. The host keeps, per
+instance, the *generation* now serving (object + version + the namespace its code was
+loaded into).
 A call takes the current generation and holds on to it until it returns, so
 
 * ``load_code`` builds the new generation fully (import in a fresh namespace, construct,
@@ -20,6 +21,13 @@ method takes one JSON value and returns one. Sync methods run in the host's own 
 pool (the loop's default pool has only cores+4 threads, far below a service's concurrency
 cap), coroutine methods run on the loop, and so do sync methods marked
 ``ha_serving.cheap`` (no thread hop: for methods that never block).
+
+Each instance may have a cap, ``max_concurrency`` (the service spec's, across every
+caller: proxies, direct clients and the Ray path alike; None: no cap). A call that finds
+the instance holding that many calls is refused before it runs, with
+RESOURCE_EXHAUSTED and ``reached_user_code=False``, so its caller may try another
+instance. ``add_instance`` sets the cap and ``set_max_concurrency`` changes it; a change
+applies to calls that start after it (calls in flight are never cut short).
 
 Control operations on one instance are serialised by a per-instance lock; calls are not.
 """
@@ -49,6 +57,8 @@ class InstanceStats(TypedDict):
     inflight: int
     version: str
     healthy: bool
+    max_concurrency: int | None
+    """The cap the host enforces (None: none)."""
 
 
 @dataclass(eq=False)
@@ -71,12 +81,28 @@ class _Generation:
 
 
 class _Instance:
-    def __init__(self, generation: _Generation) -> None:
+    def __init__(self, generation: _Generation, max_concurrency: int | None) -> None:
         self.generation = generation
+        self.max_concurrency = max_concurrency
         self.inflight = 0
         self.healthy = True
         self.idle = asyncio.Event()
         self.idle.set()
+
+    def full(self) -> bool:
+        return self.max_concurrency is not None and self.inflight >= self.max_concurrency
+
+    def enter(self, gen: _Generation) -> None:
+        self.inflight += 1
+        gen.inflight += 1
+        self.idle.clear()
+
+    def leave(self, gen: _Generation) -> None:
+        self.inflight -= 1
+        gen.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+        gen.unload_if_idle()
 
 
 class InstanceHost:
@@ -101,19 +127,25 @@ class InstanceHost:
         import_path: str,
         version: str,
         config: Config | None = None,
+        *,
+        max_concurrency: int | None = None,
     ) -> None:
-        """Load, construct and configure a new instance. Idempotent for the same code."""
+        """Load, construct and configure a new instance, capped at ``max_concurrency``
+        calls in flight (None: no cap). Idempotent for the same code (the cap given
+        replaces the one held)."""
+        _check_cap(instance_id, max_concurrency)
         async with self._lock(instance_id):
             if (inst := self._instances.get(instance_id)) is not None:
                 gen = inst.generation
                 if gen.spec == (package.digest, import_path) and gen.version == version:
+                    inst.max_concurrency = max_concurrency
                     return  # a retried add after an AppMaster restart
                 raise InvalidSpec(
                     "instance",
                     [f"{instance_id} already runs version {gen.version}; use load_code"],
                 )
             gen = await self._build(instance_id, package, import_path, version, config)
-            self._instances[instance_id] = _Instance(gen)
+            self._instances[instance_id] = _Instance(gen, max_concurrency)
 
     async def load_code(
         self,
@@ -136,6 +168,12 @@ class InstanceHost:
         async with self._lock(instance_id):
             obj = self._require(instance_id).generation.obj
             await self._apply_config(instance_id, obj, config)
+
+    def set_max_concurrency(self, instance_id: str, max_concurrency: int | None) -> None:
+        """Change the instance's cap (None: no cap) for the calls that start from now;
+        calls in flight run on, even above a lowered cap."""
+        _check_cap(instance_id, max_concurrency)
+        self._require(instance_id).max_concurrency = max_concurrency
 
     async def remove_instance(self, instance_id: str) -> None:
         """Stop routing calls to the instance (drain it with ``wait_idle`` first).
@@ -180,58 +218,59 @@ class InstanceHost:
                 instance_id=instance_id,
                 version=gen.version,
             )
-        # Shielded task: if our caller is cancelled, the user code still runs to its end
-        # and the in-flight count stays true, which is what draining relies on.
-        task = asyncio.ensure_future(self._run_call(instance_id, inst, gen, fn, value))
+        if inst.full():  # the cap counts every caller's calls: refused before it runs
+            return CallResult.failure(
+                "RESOURCE_EXHAUSTED",
+                f"instance {instance_id!r} is at its max_concurrency "
+                f"({inst.max_concurrency} calls in flight)",
+                reached_user_code=False,
+                instance_id=instance_id,
+                version=gen.version,
+            )
+        # Counted now, not when the task starts, so the next call sees it at once. The
+        # task is shielded: if our caller is cancelled, the user code still runs to its
+        # end and the in-flight count stays true, which is what draining relies on.
+        inst.enter(gen)
+        task = asyncio.ensure_future(self._run_call(instance_id, gen, fn, value))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: inst.leave(gen))
         return await asyncio.shield(task)
 
     async def _run_call(
         self,
         instance_id: str,
-        inst: _Instance,
         gen: _Generation,
         fn: Callable[..., Any],
         value: Any,
     ) -> CallResult:
-        inst.inflight += 1
-        gen.inflight += 1
-        inst.idle.clear()
         try:
-            try:
-                if is_cheap(fn):  # declared non-blocking: run on the loop, no thread hop
-                    result = fn(value)
-                    if inspect.isawaitable(result):
-                        result = await result
-                else:
-                    result = await self._invoke(self._calls, fn, value)
-            except Exception as exc:  # the user's error goes back to the caller, not up
-                message = f"{type(exc).__name__}: {exc}"
-                return CallResult.failure(
-                    "UNKNOWN",
-                    message,
-                    reached_user_code=True,
-                    instance_id=instance_id,
-                    version=gen.version,
-                )
-            try:
-                data = json.dumps(result).encode()
-            except (TypeError, ValueError, RecursionError) as exc:
-                return CallResult.failure(
-                    "UNKNOWN",
-                    f"result of {getattr(fn, '__name__', '?')} is not JSON: {exc}",
-                    reached_user_code=True,
-                    instance_id=instance_id,
-                    version=gen.version,
-                )
-            return CallResult.success(data, instance_id=instance_id, version=gen.version)
-        finally:
-            inst.inflight -= 1
-            gen.inflight -= 1
-            if inst.inflight == 0:
-                inst.idle.set()
-            gen.unload_if_idle()
+            if is_cheap(fn):  # declared non-blocking: run on the loop, no thread hop
+                result = fn(value)
+                if inspect.isawaitable(result):
+                    result = await result
+            else:
+                result = await self._invoke(self._calls, fn, value)
+        except Exception as exc:  # the user's error goes back to the caller, not up
+            message = f"{type(exc).__name__}: {exc}"
+            return CallResult.failure(
+                "UNKNOWN",
+                message,
+                reached_user_code=True,
+                instance_id=instance_id,
+                version=gen.version,
+            )
+        try:
+            data = json.dumps(result).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            return CallResult.failure(
+                "UNKNOWN",
+                f"result of {getattr(fn, '__name__', '?')} is not JSON: {exc}",
+                reached_user_code=True,
+                instance_id=instance_id,
+                version=gen.version,
+            )
+        return CallResult.success(data, instance_id=instance_id, version=gen.version)
 
     async def check_health(self, instance_id: str) -> bool:
         """The user's ``check_health()`` (True if absent); False on error, timeout, or
@@ -259,7 +298,10 @@ class InstanceHost:
     def stats(self) -> dict[str, InstanceStats]:
         return {
             iid: InstanceStats(
-                inflight=inst.inflight, version=inst.generation.version, healthy=inst.healthy
+                inflight=inst.inflight,
+                version=inst.generation.version,
+                healthy=inst.healthy,
+                max_concurrency=inst.max_concurrency,
             )
             for iid, inst in self._instances.items()
         }
@@ -353,6 +395,11 @@ class InstanceHost:
         if inspect.isawaitable(result):  # a sync callable that returned a coroutine
             result = await result
         return result
+
+
+def _check_cap(instance_id: str, max_concurrency: int | None) -> None:
+    if max_concurrency is not None and max_concurrency < 1:
+        raise InvalidSpec("max_concurrency", [f"{instance_id}: {max_concurrency} is below 1"])
 
 
 def _public_method(obj: Any, method: str) -> Callable[..., Any] | None:

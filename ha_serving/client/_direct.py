@@ -37,6 +37,9 @@ Per call, decided without I/O by ``DirectCore.attempts`` (a generator, as
                                                  marks the routes stale
    "instance not hosted" (the routes are         the same, without ejecting the worker (its
    stale)                                        other instances are fine)
+   the worker's refusal at the instance's        tries another instance (once), then
+   ``max_concurrency`` (RESOURCE_EXHAUSTED,      ``CallError(RESOURCE_EXHAUSTED)``, not the
+   unrun: the worker counts every caller)        proxy path (its calls meet the same caps)
    any other failure of a sent call              ejects the worker; ``CallError(UNAVAILABLE)``:
                                                  it may have run, so it is never retried
    the deadline passed                           ``CallError(DEADLINE_EXCEEDED)``, not retried
@@ -48,8 +51,8 @@ Per call, decided without I/O by ``DirectCore.attempts`` (a generator, as
    At most once: user code runs at most once per call, as on the proxy path.
 
    At its cap the client answers RESOURCE_EXHAUSTED, as a proxy does, rather than
-   falling back to a proxy: caps are per caller, so a proxy would add its own share on
-   top, on instances already holding this client's, exactly when they are saturated.
+   falling back to a proxy: the instances are saturated, and a proxy's calls would only
+   add to their load (or meet the workers' caps).
 
    An ejected worker is skipped for ``direct_eject_s``, or until the routes give it a new
    address (a restarted worker), or until they drop it.
@@ -61,17 +64,15 @@ What it does not give, and why that is safe:
   reaching an instance being drained is counted by its host, and the drain's
   ``wait_idle`` waits for it; a call reaching an instance already removed is refused
   unrun ("not hosted") and tried elsewhere. Canary weights lag likewise.
-* Caps are per caller, and only callers enforce them. The routes carry each instance's
-  per-proxy share (``max_concurrency`` // serving proxies,
-  ``JobState.concurrency_per_proxy``), which this client counts on its own: the P
-  proxies together stay within ``max_concurrency``, and each direct client may add one
-  more share, so N direct clients and P proxies may hold (N + P) x share calls on one
-  instance. The worker does not refuse the excess: ``InstanceHost.call`` counts calls
-  in flight but is never told ``max_concurrency`` (it lives only in the routing
-  tables), so the excess runs (coroutine methods) or waits for the worker's call
-  threads (sync ones, 64): latency, not RESOURCE_EXHAUSTED. Enforcing it there needs
-  the cap delivered to every worker and kept current across ``update`` and AppMaster
-  and worker restarts, and a refusal proxies and clients treat as retry-safe: not done.
+* Two caps apply. The routes carry each instance's per-proxy share (``max_concurrency``
+  // serving proxies, ``JobState.concurrency_per_proxy``), which this client counts on
+  its own, as each proxy counts its own; so N direct clients and P proxies may send up
+  to (N + P) x share calls to one instance. The worker itself holds it to the spec's
+  ``max_concurrency`` across all of them (``InstanceHost``: the AppMaster gives it the
+  cap), refusing the excess unrun with RESOURCE_EXHAUSTED, which this client (and a
+  proxy) tries once on another instance. So direct clients can crowd out the proxies'
+  calls (those are then refused and retried, retry-safe) but never push an instance
+  past ``max_concurrency``.
 * Only the cluster of the proxy that answered is used; the proxy path remains the way to
   the others (when every worker is ejected, or none is known).
 * Under TLS the workers take only mutual TLS: the client must show a certificate of the
@@ -88,7 +89,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import grpc
 
@@ -115,8 +116,10 @@ MIN_REFRESH_GAP_S = 0.05
 """Least time between two route fetches of one service, also after a failure on the
 direct path (so a burst of failures costs one fetch, not one per call)."""
 DIRECT_TRIES = 2
-"""Direct tries per call: the first and one on another worker when the first provably
-never ran (as a proxy retries once); then the proxy path."""
+"""Direct tries per call: the first and one more when the first provably never ran (as
+a proxy retries once): on another worker, or on another instance after a worker's
+refusal at the instance's cap; then the proxy path (or RESOURCE_EXHAUSTED after a
+refusal)."""
 
 
 def check_tls(tls: TlsFiles | None) -> None:
@@ -253,6 +256,7 @@ class DirectCore:
                 self._adopt(book, reply if isinstance(reply, RoutesReply) else None)
         excluded: set[str] = set()
         reason = "no direct route"
+        refused: CallResult | None = None
         for _ in range(DIRECT_TRIES):
             with self.lock:
                 self._readmit_due(book)
@@ -272,7 +276,15 @@ class DirectCore:
             reply_now = self._judge(book, entry, outcome, excluded)
             if reply_now is not None:
                 return reply_now
+            if _at_cap(outcome):
+                refused = outcome
             reason = "the direct path to every worker tried was unavailable (never sent)"
+        if refused is not None:  # a proxy would meet the same workers' caps
+            self.count("direct")
+            raise CallError(
+                "RESOURCE_EXHAUSTED",
+                f"{refused.message} (direct: every instance tried is at its cap)",
+            )
         self.count("fallbacks")
         return ViaProxy(reason)
 
@@ -280,8 +292,13 @@ class DirectCore:
         self, book: _Book, entry: RouteEntry, outcome: Outcome, excluded: set[str]
     ) -> CallReply | None:
         """The reply, or raise the caller's ``CallError``; None: it never ran, so try
-        another worker (this one's instances are added to ``excluded``)."""
+        another worker (this one's instances are added to ``excluded``), or after a
+        refusal at the instance's cap another instance (it alone is excluded)."""
         where = f"direct: {entry.worker} at {entry.address}"
+        if _at_cap(outcome):  # the worker refused it unrun: another instance may have room
+            with self.lock:
+                excluded.add(entry.instance_id)
+            return None
         if isinstance(outcome, CallResult):
             if outcome.ok or outcome.reached_user_code or outcome.code != "UNAVAILABLE":
                 self.count("direct")
@@ -430,6 +447,16 @@ class DirectCore:
             if now - since >= self.settings.direct_eject_s:
                 book.router.readmit(worker)
                 del book.ejected_at[worker]
+
+
+def _at_cap(outcome: Outcome) -> TypeGuard[CallResult]:
+    """Whether ``outcome`` is a worker's refusal at the instance's ``max_concurrency``
+    (before any user code ran)."""
+    return (
+        isinstance(outcome, CallResult)
+        and outcome.code == "RESOURCE_EXHAUSTED"
+        and not outcome.reached_user_code
+    )
 
 
 # --- blocking links ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ empty method                       INVALID_ARGUMENT       1
 request over max_message_bytes     RESOURCE_EXHAUSTED     (by gRPC, no trailer)
 no instance in service             UNAVAILABLE            1
 every instance at its cap          RESOURCE_EXHAUSTED     1
+instance at its worker-side cap    RESOURCE_EXHAUSTED     1 (after one retry here)
 proxy shutting down                UNAVAILABLE            1
 deadline gone before sending       DEADLINE_EXCEEDED      1
 no answer within the deadline      DEADLINE_EXCEEDED      0
@@ -25,8 +26,11 @@ backend failed after sending       UNAVAILABLE            0
 backend's own answer               its code               1 unless user code ran
 =================================  =====================  =========================
 
-A failure known not to have reached user code is retried once here, on an instance of
-another worker, within the deadline. The trailer tells the client whether it may retry;
+A failure known not to have reached user code is retried once here, within the
+deadline: an unreachable worker or lost instance (UNAVAILABLE) on an instance of another
+worker, a worker's refusal at the instance's ``max_concurrency`` (RESOURCE_EXHAUSTED: the
+worker counts every caller's calls, direct clients' too) on another instance. Nothing
+that may have run is retried. The trailer tells the client whether it may retry;
 its absence marks an error from the transport rather than from a proxy.
 
 A worker that could not be reached (``BackendUnavailable``) is ejected from routing at
@@ -75,6 +79,8 @@ from ha_serving.util.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 _Context = grpc.aio.ServicerContext[CallRequest, CallReply]
+_RETRIED = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+"""Codes of a backend's answer that, unrun, are retried once on another instance."""
 _RoutesContext = grpc.aio.ServicerContext[RoutesRequest, RoutesReply]
 
 
@@ -293,14 +299,15 @@ class ProxyServer:
                 result = await self._call_once(entry, request, deadline - self._clock())
             finally:
                 self.router.release(entry.instance_id)
-            if result.ok or result.reached_user_code or result.code != "UNAVAILABLE":
+            if result.ok or result.reached_user_code or result.code not in _RETRIED:
                 return result
             last = result
-            # The worker is gone or lost the instance: try an instance of another worker.
-            excluded.update(
-                e.instance_id for e in self.router.table.entries if e.worker == entry.worker
-            )
-            excluded.add(entry.instance_id)
+            excluded.add(entry.instance_id)  # full (RESOURCE_EXHAUSTED): any other will do
+            if result.code == "UNAVAILABLE":
+                # The worker is gone or lost the instance: try an instance of another worker.
+                excluded.update(
+                    e.instance_id for e in self.router.table.entries if e.worker == entry.worker
+                )
         assert last is not None  # noqa: S101 - the loop runs at least once
         return last
 

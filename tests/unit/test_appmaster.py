@@ -15,10 +15,12 @@ from ha_serving._errors import StoreUnavailable
 from ha_serving._instructions import EndReleaseBody, ReleaseBody, TrafficBody
 from ha_serving._spec import Revision
 from ha_serving._status import ReleaseMode
+from ha_serving._wire import ControlResult
 from ha_serving.appmaster import JobState, Phase, StaleInstruction, UnknownEpoch
 from ha_serving.appmaster._actor import worker_spec
 from ha_serving.appmaster._state import OUT_OF_SERVICE
 from ha_serving.backend import BackendWorker
+from ha_serving.runtime import ActorSpec
 from tests.unit.fixtures.control import Harness, run, spec
 
 
@@ -275,6 +277,117 @@ def test_routes_carry_each_workers_direct_address_across_restarts(h: Harness) ->
         finally:
             for worker in [*workers().values(), *crashed]:
                 await worker.shutdown(grace_s=0)
+
+    run(scenario())
+
+
+def test_workers_enforce_max_concurrency_told_with_each_add_and_each_change(h: Harness) -> None:
+    """Each worker holds its instances to the spec's ``max_concurrency`` (the proxies to
+    their shares of it): given with the instance, changed in place with the spec, a
+    raised cap before the proxies' tables, a lowered one after they acknowledged
+    theirs; an instance with none (added by an AppMaster that predates the cap) gets
+    it, and a worker Ray restarted gets it with its reloaded instances."""
+
+    def workers() -> dict[str, BackendWorker]:
+        return {n: a for n, a in h.runtime.actors.items() if isinstance(a, BackendWorker)}
+
+    async def caps() -> dict[str, int | None]:
+        return {
+            i: s["max_concurrency"]
+            for w in workers().values()
+            for i, s in (await w.stats()).items()
+        }
+
+    def shares() -> set[int]:
+        return {e.max_concurrency for p in h.proxies() for e in p.table.entries}
+
+    def since(mark: int) -> list[str]:
+        """The control calls made since ``mark``: caps told and tables pushed."""
+        told = {"set_max_concurrency", "update_routes"}
+        return [m for _, m in h.runtime.calls[mark:] if m in told]
+
+    async def scenario() -> None:
+        await h.deploy(spec(max_concurrency=32), "echo_v1", "op-1")
+        await h.converge()
+        assert set((await caps()).values()) == {32}  # given with add_instance
+        assert shares() == {16}
+        assert "set_max_concurrency" not in since(0)
+
+        mark = len(h.runtime.calls)
+        await h.deploy(spec(max_concurrency=8), "echo_v1", "op-2")
+        await h.converge()
+        assert set((await caps()).values()) == {8}
+        assert shares() == {4}
+        told = since(mark)
+        assert told.index("set_max_concurrency") > max(
+            i for i, m in enumerate(told) if m == "update_routes"
+        )  # lowered once every proxy held a table within it
+
+        mark = len(h.runtime.calls)
+        await h.deploy(spec(max_concurrency=64), "echo_v1", "op-3")
+        await h.converge()
+        assert set((await caps()).values()) == {64}
+        assert shares() == {32}
+        told = since(mark)
+        assert told.index("update_routes") > max(
+            i for i, m in enumerate(told) if m == "set_max_concurrency"
+        )  # raised before any proxy held a table with the larger share
+
+        h.core = h.new_core()  # a new AppMaster, and an instance it finds uncapped
+        await h.core.load()
+        some = next(iter(await workers()["echo-w0"].stats()))
+        assert (await workers()["echo-w0"].set_max_concurrency(some, None)).ok
+        assert None in (await caps()).values()
+        await h.converge()
+        assert set((await caps()).values()) == {64}
+
+        h.runtime.crash("echo-w1")
+        await h.converge()
+        assert set((await caps()).values()) == {64}
+        assert len(await caps()) == 6
+
+    run(scenario())
+
+
+class _PreCapWorker(BackendWorker):
+    """A worker of the code before the cap: ``add_instance`` takes no ``max_concurrency``
+    and ``stats`` reports none."""
+
+    async def add_instance(  # type: ignore[override]
+        self,
+        instance_id: str,
+        *,
+        package: bytes,
+        digest: str,
+        import_path: str,
+        version: str,
+        config: dict[str, Any] | None = None,
+    ) -> ControlResult:
+        return await super().add_instance(
+            instance_id,
+            package=package,
+            digest=digest,
+            import_path=import_path,
+            version=version,
+            config=config,
+        )
+
+    async def stats(self) -> dict[str, Any]:  # type: ignore[override]
+        stats = await super().stats()
+        return {i: {k: v for k, v in s.items() if k != "max_concurrency"} for i, s in stats.items()}
+
+
+def test_workers_of_code_before_the_cap_still_get_their_instances(h: Harness) -> None:
+    """A new AppMaster loads instances on a worker that cannot take a cap (without one:
+    it enforces none, as before) and tells it none."""
+    h.worker_actor = lambda name, _state: ActorSpec(name=name, cls=_PreCapWorker, args=(name,))
+    h.core = h.new_core()
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        assert len(await h.call_all()) == 6
+        assert not [c for c in h.runtime.calls if c[1] == "set_max_concurrency"]
 
     run(scenario())
 

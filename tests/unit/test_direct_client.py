@@ -177,6 +177,38 @@ def test_at_its_cap_the_client_answers_resource_exhausted_and_sends_nothing() ->
         assert stats.fallbacks == 0
 
 
+def test_an_instance_its_worker_holds_at_its_cap_is_refused_unrun_and_the_call_runs_on_another(
+    tmp_path: Path,
+) -> None:
+    """The worker counts every caller: another caller (a proxy) holds a's cap of 1,
+    which this client's own count does not see. a's worker refuses the calls routed
+    there unrun and the client tries b, directly; with b held too, the call is
+    RESOURCE_EXHAUSTED after trying both, never sent through the proxy."""
+    first, second = tmp_path / "w1.ledger", tmp_path / "w2.ledger"
+    with running_stack(direct=True) as stack:
+        add_counter(stack, "a", "w1", first, host_cap=1)
+        add_counter(stack, "b", "w2", second, host_cap=1)
+        with direct_client(stack) as client:
+            client.call("echo", "thread", 0)  # the routes are held from here (no run noted)
+            held_a = stack.hold("w1", "a", "awork", 2.0)
+            answered = [client.call_raw("echo", "work", b"0").instance_id for _ in range(20)]
+            assert stack.host("w1").inflight("a") == 1  # held all along
+            held_b = stack.hold("w2", "b", "awork", 1.0)
+            with pytest.raises(CallError) as full:
+                client.call("echo", "work", 0)
+            stats = current(client)
+        assert answered == ["b"] * 20
+        assert full.value.code == "RESOURCE_EXHAUSTED"
+        assert "at its max_concurrency" in str(full.value)
+        assert "every instance tried is at its cap" in str(full.value)
+        assert held_a.result(5).ok
+        assert held_b.result(5).ok
+        assert ledger_lines(first) == ["ran"]  # only the held call ran on a
+        assert ledger_lines(second) == ["ran"] * 21  # and the held call
+        assert proxied(stack) == 0
+        assert (stats.direct, stats.fallbacks, stats.ejections) == (22, 0, 0)  # and "thread"
+
+
 def test_the_deadline_is_carried_to_the_worker_and_a_late_call_is_not_retried() -> None:
     """The call ends at the client's deadline with DEADLINE_EXCEEDED, not retried
     anywhere: the user code may be (and is) still running on the worker."""

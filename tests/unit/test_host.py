@@ -262,7 +262,12 @@ def test_worker_returns_control_errors_as_values_not_exceptions() -> None:
         assert (missing.ok, missing.code) == (False, "NOT_FOUND")
         assert (await worker.call("i1", "echo", b"1")).ok
         assert await worker.check_health_all() == {"i1": True}
-        assert (await worker.stats())["i1"] == {"inflight": 0, "version": "v1", "healthy": True}
+        assert (await worker.stats())["i1"] == {
+            "inflight": 0,
+            "version": "v1",
+            "healthy": True,
+            "max_concurrency": None,
+        }
         assert await worker.ping() == "w1"
         assert (await worker.remove_instance("i1")).ok
         assert await worker.shutdown(grace_s=1)
@@ -320,3 +325,142 @@ def test_only_a_true_mark_makes_a_method_cheap() -> None:
     assert not is_cheap(Odd())  # an attribute lookup that raises is no mark
     plain.__ha_serving_cheap__ = "yes"  # type: ignore[attr-defined]
     assert not is_cheap(plain)
+
+
+# --- the cap: max_concurrency across every caller ----------------------------------------
+
+COUNTER = "counter:Counter"
+
+
+async def add_counter(host: InstanceHost, ledger: Path, cap: int | None, iid: str = "i1") -> None:
+    """A counter instance (each run of its user code is a line of ``ledger``), capped."""
+    config = {"ledger": str(ledger)}
+    await host.add_instance(iid, package("counter"), COUNTER, "v1", config, max_concurrency=cap)
+
+
+async def until_inflight(host: InstanceHost, n: int, iid: str = "i1") -> None:
+    while host.inflight(iid) != n:
+        await asyncio.sleep(0.005)
+
+
+def runs(ledger: Path) -> int:
+    return len(ledger.read_text().splitlines()) if ledger.exists() else 0
+
+
+def test_the_call_beyond_the_cap_is_refused_retry_safe_before_user_code_runs(
+    tmp_path: Path,
+) -> None:
+    ledger = tmp_path / "ledger"
+
+    async def scenario(host: InstanceHost) -> None:
+        await add_counter(host, ledger, cap=2)
+        held = [asyncio.ensure_future(call(host, "awork", 0.3)) for _ in range(2)]
+        await until_inflight(host, 2)
+        refused = await call(host, "awork", 0)
+        assert (refused.ok, refused.code, refused.reached_user_code) == (
+            False,
+            "RESOURCE_EXHAUSTED",
+            False,
+        )
+        assert (refused.instance_id, refused.version) == ("i1", "v1")
+        assert "max_concurrency (2 calls in flight)" in refused.message
+        assert host.inflight("i1") == 2  # a refusal is not counted
+        assert [r.ok for r in await asyncio.gather(*held)] == [True, True]
+        assert runs(ledger) == 2  # the refused call never ran
+        assert (await call(host, "awork", 0)).ok  # room again once they ended
+        assert runs(ledger) == 3
+
+    run(scenario)
+
+
+def test_calls_arriving_together_are_counted_as_they_enter_so_the_cap_holds(
+    tmp_path: Path,
+) -> None:
+    """Three calls sent at once on a cap of 2: one is refused, though none had started
+    running when the third arrived."""
+    ledger = tmp_path / "ledger"
+
+    async def scenario(host: InstanceHost) -> None:
+        await add_counter(host, ledger, cap=2)
+        results = await asyncio.gather(*(call(host, "awork", 0.05) for _ in range(3)))
+        assert sorted(r.code for r in results) == ["OK", "OK", "RESOURCE_EXHAUSTED"]
+        assert runs(ledger) == 2
+
+    run(scenario)
+
+
+def test_a_cap_change_applies_to_the_calls_that_start_after_it(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+
+    async def scenario(host: InstanceHost) -> None:
+        await add_counter(host, ledger, cap=2)
+        held = [asyncio.ensure_future(call(host, "awork", 0.3)) for _ in range(2)]
+        await until_inflight(host, 2)
+        host.set_max_concurrency("i1", 1)  # lowered under two running calls: they run on
+        assert host.stats()["i1"]["max_concurrency"] == 1
+        assert (await call(host, "awork", 0)).code == "RESOURCE_EXHAUSTED"
+        host.set_max_concurrency("i1", 3)
+        assert (await call(host, "awork", 0)).ok  # the third slot
+        host.set_max_concurrency("i1", None)  # no cap
+        more = await asyncio.gather(*(call(host, "awork", 0) for _ in range(5)))
+        assert all(r.ok for r in more)
+        assert [r.ok for r in await asyncio.gather(*held)] == [True, True]
+        assert runs(ledger) == 8
+        with pytest.raises(UnknownInstance):
+            host.set_max_concurrency("ghost", 1)
+        with pytest.raises(InvalidSpec, match="below 1"):
+            host.set_max_concurrency("i1", 0)
+        with pytest.raises(InvalidSpec, match="below 1"):
+            await add_counter(host, ledger, cap=0, iid="i2")
+        assert "i2" not in host.stats()
+
+    run(scenario)
+
+
+def test_a_capped_instance_still_drains_and_counts_a_cancelled_callers_call(
+    tmp_path: Path,
+) -> None:
+    """Refusals leave the in-flight count and ``wait_idle`` as they were; a call whose
+    caller was cancelled holds its slot until its user code ends."""
+    ledger = tmp_path / "ledger"
+
+    async def scenario(host: InstanceHost) -> None:
+        await add_counter(host, ledger, cap=1)
+        waiter = asyncio.ensure_future(call(host, "awork", 0.3))
+        await until_inflight(host, 1)
+        waiter.cancel()
+        assert (await call(host, "awork", 0)).code == "RESOURCE_EXHAUSTED"
+        assert host.stats()["i1"]["inflight"] == 1
+        assert not await host.wait_idle("i1", 0.01)
+        assert await host.wait_idle("i1", 5)
+        assert host.inflight("i1") == 0
+        assert (await call(host, "awork", 0)).ok
+        assert runs(ledger) == 2
+
+    run(scenario)
+
+
+def test_a_worker_takes_the_cap_with_the_instance_and_changes_it_as_a_control_call() -> None:
+    """``add_instance`` without ``max_concurrency`` (callers that predate the cap) caps
+    nothing; a repeated add sets the cap it carries; errors come back as values."""
+
+    async def scenario() -> None:
+        worker = BackendWorker("w1", call_threads=4)
+        pkg = package("echo_v1")
+        args = {"package": pkg.data, "digest": pkg.digest, "import_path": ECHO, "version": "v1"}
+        assert (await worker.add_instance("old", **args)).ok
+        assert (await worker.add_instance("i1", **args, max_concurrency=4)).ok
+        caps = {i: s["max_concurrency"] for i, s in (await worker.stats()).items()}
+        assert caps == {"old": None, "i1": 4}
+        assert (await worker.add_instance("i1", **args, max_concurrency=6)).ok  # a re-add
+        assert (await worker.set_max_concurrency("old", 2)).ok
+        caps = {i: s["max_concurrency"] for i, s in (await worker.stats()).items()}
+        assert caps == {"old": 2, "i1": 6}
+        missing = await worker.set_max_concurrency("ghost", 2)
+        assert (missing.ok, missing.code) == (False, "NOT_FOUND")
+        bad = await worker.set_max_concurrency("i1", 0)
+        assert (bad.ok, bad.code) == (False, "INVALID_ARGUMENT")
+        assert (await worker.stats())["i1"]["max_concurrency"] == 6
+        await worker.shutdown(grace_s=0)
+
+    asyncio.run(scenario())

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -132,6 +133,61 @@ def test_every_instance_at_its_cap_is_backpressure_resource_exhausted() -> None:
         assert code == "RESOURCE_EXHAUSTED"
         assert "concurrency cap" in details
         assert trailers == {RETRY_SAFE_KEY: "1"}
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_an_instance_its_worker_holds_at_its_cap_is_refused_unrun_and_served_by_another(
+    direct: bool,
+) -> None:
+    """Another caller (a direct client) holds instance a's whole cap of 1 on its worker;
+    the proxy's own count of a is 0, so it still routes there: the worker refuses unrun
+    and the proxy retries on b, of the same worker (the instance is full, not the
+    worker), which it does not eject. Through Ray or the direct path alike."""
+    with running_stack(direct=direct) as stack:
+        stack.add("a", worker="w1", host_cap=1)
+        stack.add("b", worker="w1", host_cap=1)
+        held = stack.hold("w1", "a", "aslow", 2.0)
+        answered = []
+        for _ in range(20):
+            code, _, _, reply = raw(stack, "echo")
+            assert code == "OK"
+            assert reply is not None
+            answered.append(reply.instance_id)
+        assert stack.host("w1").inflight("a") == 1  # held all along
+        assert answered == ["b"] * 20
+        routed = stack.server.routed()
+        assert routed["a"] >= 1  # tried, refused, and each time retried on b
+        assert routed["b"] == 20
+        assert not stack.server.router.ejected("w1")
+        assert held.result(5).ok
+
+
+def test_the_only_instance_at_its_workers_cap_answers_resource_exhausted_retry_safe() -> None:
+    with running_stack() as stack:
+        stack.add("a", worker="w1", host_cap=1)
+        held = stack.hold("w1", "a", "aslow", 1.0)
+        code, details, trailers, _ = raw(stack, "echo")
+        assert (code, trailers) == ("RESOURCE_EXHAUSTED", {RETRY_SAFE_KEY: "1"})
+        assert "'a' is at its max_concurrency" in details
+        assert stack.caller.calls == [("w1", "a")]  # not sent to it twice
+        assert held.result(5).ok
+        assert raw(stack, "echo")[0] == "OK"
+
+
+def test_a_proxy_within_its_share_is_never_refused_by_a_worker() -> None:
+    """Alone, the proxy's share is the whole cap: 12 calls at once on 2 instances of cap
+    4 run 8 and the proxy itself sheds 4; every call it sends runs (no refusal by a
+    worker, no retry)."""
+    with running_stack() as stack:
+        stack.add("a", worker="w1", max_concurrency=4, host_cap=4)
+        stack.add("b", worker="w2", max_concurrency=4, host_cap=4)
+
+        with ThreadPoolExecutor(12) as pool:
+            outcomes = list(pool.map(lambda _: raw(stack, "aslow", b"1.0"), range(12)))
+        shed = [o for o in outcomes if o[0] != "OK"]
+        assert 1 <= len(shed) <= 4  # 4 when the 12 overlap, as they do but on a slow machine
+        assert all(o[0] == "RESOURCE_EXHAUSTED" and "concurrency cap" in o[1] for o in shed)
+        assert len(stack.caller.calls) == 12 - len(shed)  # the shed calls were never sent
 
 
 def test_no_instance_in_service_is_unavailable_and_retry_safe() -> None:

@@ -70,7 +70,7 @@ def test_actor_start_and_load_take_their_time_in_fake_time() -> None:
         await _settle()
         assert (await load).ok
         assert await rt.call("w", "stats") == {
-            "i1": {"inflight": 0, "version": "v1", "healthy": True}
+            "i1": {"inflight": 0, "version": "v1", "healthy": True, "max_concurrency": None}
         }
 
     asyncio.run(scenario())
