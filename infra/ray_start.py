@@ -17,11 +17,24 @@ lookup in that wait (``ray._private.services.get_node``) keeps asking until
 fails, later. ``infra.stack.await_nodes`` bounds the whole start from outside and retries
 it (tenacity) from a clean temp dir. ``tests/unit/test_ray_start.py`` fails if a Ray
 upgrade changes the code this relies on.
+
+And a second wait, in the raylet (C++): it waits for its dashboard agent to write its
+HTTP port to ``<session dir>/dashboard_agent_listen_port_<node id>``, 15 s hard-coded
+(``agent_register_timeout_ms`` does not reach it), and then crashes on purpose ("An
+unexpected system state has occurred ... Timed out waiting for file"). The agent writes
+it only once its HTTP server is up, after importing much: on this machine, under a
+drill's load, a restarted head's agent took ~43 s, so every start of the head crashed
+(CI run 20, `kill-head`; run 19, a cluster restart). Our nodes are given a fixed
+``--dashboard-agent-listen-port``, so the file's content is known before the agent
+starts: the launcher writes it (``announced``) just before Ray starts the raylet, and the
+agent later overwrites it with the same port. Until the agent is up, what asks it (the
+Job Submission API's agent) fails and is retried, as on any slow start.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from collections.abc import Callable
@@ -52,6 +65,28 @@ def patient(
     return call
 
 
+def announced(
+    start_raylet: Callable[..., Any], persist_port: Callable[..., Any]
+) -> Callable[..., Any]:
+    """``start_raylet`` (``ray._private.services``) that first writes the dashboard
+    agent's listen port file when that port is fixed, so the raylet need not wait for
+    the agent (``persist_port``: ``ray._raylet.persist_port``)."""
+    signature = inspect.signature(start_raylet)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs).arguments
+        port = bound.get("dashboard_agent_listen_port")
+        if isinstance(port, int) and port > 0:
+            persist_port(bound["session_dir"], bound["node_id"], LISTEN_PORT_NAME, port)
+        return start_raylet(*args, **kwargs)
+
+    return call
+
+
+LISTEN_PORT_NAME = "dashboard_agent_listen_port"
+"""Ray's ``DASHBOARD_AGENT_LISTEN_PORT_NAME`` (checked by a test)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--register-wait-s", type=float, required=True)
@@ -59,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ray._private import services
+    from ray._raylet import persist_port  # type: ignore[attr-defined]
     from ray.scripts.scripts import main as ray_main
 
     services.get_node = patient(services.get_node, args.register_wait_s)
+    services.start_raylet = announced(services.start_raylet, persist_port)
     sys.argv = ["ray", *args.ray_args]
     ray_main()  # type: ignore[no-untyped-call]  # Ray leaves its CLI unannotated
     return 0
