@@ -190,6 +190,10 @@ class AppMasterCore:
         self._granted = 0
         """Highest epoch the store's leadership lease was seen at (it only grows)."""
         self.rounds = 0
+        self._reconciled = False
+        """True once a round has observed the actors and acted on what it saw since this
+        process loaded its state: until then the state is what was persisted, which may
+        list as serving actors that died with the previous process."""
         self.log = bound("ha_serving.appmaster", cluster=cluster, service=service)
         job = JobContext(store, runtime, cluster, service, self.clock, self.log)
         self.autoscaler = Autoscaler(job, settings=autoscale or AutoscaleSettings())
@@ -518,6 +522,7 @@ class AppMasterCore:
         await self.actions.heartbeat_endpoints(
             observed, {a.name for a in actions if isinstance(a, StartProxy)}
         )
+        self._reconciled = True
         return bool(actions)
 
     async def observe(self, state: JobState) -> Observed:
@@ -647,9 +652,17 @@ class AppMasterCore:
         return view
 
     def converged(self) -> bool:
-        """Every instance serves the desired revision and no rollout is open."""
+        """Every instance serves the desired revision and no rollout is open, as seen by
+        a round of this process (never from the persisted state alone: after a restart
+        it may call dead actors serving until the first round has looked)."""
         s = self.state
-        return s is not None and s.rollout is None and s.converged() and s.routed()
+        return (
+            self._reconciled
+            and s is not None
+            and s.rollout is None
+            and s.converged()
+            and s.routed()
+        )
 
     def _state(self) -> JobState:
         if self.state is None:

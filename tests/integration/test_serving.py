@@ -251,17 +251,21 @@ def test_job_gone_is_rebuilt_from_persisted_spec_and_version(ops: ServiceOps) ->
     """Every actor of the job killed at once (proxies and workers for good, the AppMaster
     by SIGKILL): the restarted AppMaster rebuilds them at version 2 with the last config,
     not the spec file's defaults."""
+    killed = {e.address for e in ops.store.list_endpoints("echo")}
+    assert len(killed) == 2
     for n in ("echo-p0", "echo-p1", "echo-w0-r1", "echo-w1-r1"):
         ray.kill(ray.get_actor(n, namespace=NAMESPACE), no_restart=True)
     os.kill(_pid(appmaster_name("echo")), signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            view = _settle(ops, timeout_s=60)
-            if len(ops.store.list_endpoints("echo")) == 2:
-                break
-        except Exception:
-            time.sleep(0.5)
+    # rebuilt: the new AppMaster says converged (only after a round of its own has looked)
+    # and discovery lists exactly the new proxies (on new ports), none of the killed ones
+    view = _settle(ops, timeout_s=180)
+    deadline = time.monotonic() + 30
+    while (live := {e.address for e in ops.store.list_endpoints("echo")}) != {
+        p["address"] for p in view["proxies"]
+    } or live & killed:
+        assert time.monotonic() < deadline, (live, killed, view["proxies"])
+        time.sleep(0.2)
+        view = _settle(ops, timeout_s=30)
     with Load(ops.store, "echo", threads=2, tls=ops.client_tls) as load:
         load.wait_for(100)
     _assert_no_failures(load)

@@ -136,6 +136,26 @@ def test_restarted_appmaster_resumes_a_rollout_and_reattaches_by_name(h: Harness
     run(scenario())
 
 
+def test_a_restarted_appmaster_is_not_converged_until_it_has_looked(h: Harness) -> None:
+    """The job's actors all died with the AppMaster: the new one loads a persisted state
+    that calls them serving, and must not report ``converged`` from it (a caller
+    waiting for it would route to dead proxies) until a round has seen and rebuilt."""
+
+    async def scenario() -> None:
+        await h.deploy(spec(), "echo_v1", "op-1")
+        await h.converge()
+        for name in list(h.runtime.actors):
+            await h.runtime.kill(name)
+        h.core = h.new_core()
+        assert await h.core.load() is not None
+        assert not h.core.converged()
+        assert h.core.describe()["converged"] is False
+        await h.converge()
+        assert len(await h.call_all()) == 6
+
+    run(scenario())
+
+
 async def _die_during(h: Harness, method: str, change: Any, phase: Phase) -> None:
     """Run rounds with every worker's ``method`` hanging, until an instance is saved in
     ``phase``; then the AppMaster dies there (its task cancelled, as SIGKILL would) and
