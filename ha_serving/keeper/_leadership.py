@@ -96,6 +96,10 @@ class Leadership:
         self._lease: Lease | None = None
         self._term: Term | None = None
         self._on_change = on_change
+        self.store_failed_at: float | None = None
+        """When (monotonic) a tick last found the store unavailable; None if never.
+        The leader reads it: heartbeats could not be written while the store was down
+        (``Reconciler``)."""
         self.log = bound("ha_serving.keeper", keeper=holder)
 
     @property
@@ -138,6 +142,7 @@ class Leadership:
         except LeaseLost:
             self._demote("lease lost to another replica")
         except StoreUnavailable as exc:
+            self.store_failed_at = self.clock.monotonic()
             self.log.warning("store unavailable during %s: %s", self.role.value, exc)
             self.term()  # demotes once the local deadline has passed
         return self.role

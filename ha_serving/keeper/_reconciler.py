@@ -121,6 +121,8 @@ class Reconciler:
         self._unreadable: dict[tuple[str, str], int | None] = {}
         """(cluster, service) -> version of its AppMaster state row that does not parse,
         so each bad version is logged once, not every round."""
+        self._store_failed_at: float | None = None
+        """When (monotonic) a round of this leader last failed on an unavailable store."""
         self._next_prune = 0.0
         """When (monotonic) this leader prunes next: at once, then every prune period."""
         self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
@@ -132,6 +134,8 @@ class Reconciler:
                 try:
                     await asyncio.to_thread(self.round, term)
                 except (StoreUnavailable, HAServingError) as exc:
+                    if isinstance(exc, StoreUnavailable):
+                        self._store_failed_at = self.clock.monotonic()
                     self.log.warning("round failed: %s", exc)
                 except Exception:  # a bug must not stop the leader's loop
                     self.log.exception("round crashed")
@@ -345,17 +349,36 @@ class Reconciler:
                 self.log.warning("cluster %s is back", cluster.name)
                 self.store.append_event("cluster_back", cluster=cluster.name)
 
+    def _store_was_down(self) -> bool:
+        """Whether the store failed this Keeper (as leader or follower) within the last
+        ``heartbeat_stale_s``: then no AppMaster could have its heartbeat written for a
+        while, and a stale one says nothing about it yet."""
+        times = (self._store_failed_at, self.leadership.store_failed_at)
+        failed = [t for t in times if t is not None]
+        return bool(failed) and self.clock.monotonic() - max(failed) < (
+            self.settings.heartbeat_stale_s
+        )
+
     def _ensure_appmasters(self, view: _View | None = None) -> None:
+        """Submit the serving job of every target whose AppMaster is silent. Not while
+        the store has just been down: after a 30 s DB outage every heartbeat is 30 s old,
+        and the first round after it used to resubmit every job (each a new driver
+        process on its cluster's head, for an AppMaster that lives), which under load
+        held pending operations up for 10 s and more. Silent ``heartbeat_stale_s`` after
+        the store is back is silent."""
         view = view or self._view()
         clusters = {c.name: c for c in view.clusters}
         beats = {(a.cluster, a.service): a.heartbeat_at for a in view.beats}
         now = view.now
+        blind = self._store_was_down()
         for target, service in self._targets():
             beat = beats.get((target, service))
             if beat is not None and now - beat < self.settings.heartbeat_stale_s:
                 # the job did its work: should this AppMaster go silent later (its cluster
                 # restarted faster than we could call it lost), start one again at once
                 self._next_submit.pop((target, service), None)
+                continue
+            if blind and beat is not None:  # it had linked: it may not have been heard
                 continue
             cluster = clusters.get(target)
             key = (target, service)

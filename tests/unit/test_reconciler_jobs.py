@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ha_serving._errors import StoreUnavailable
 from ha_serving._settings import KeeperSettings
 from ha_serving._spec import Revision, ServiceSpec
 from ha_serving.backend import make_package
@@ -93,6 +94,54 @@ def test_an_appmaster_that_linked_and_then_went_silent_gets_a_job_at_once(
         reconciler._ensure_appmasters()
         assert clock.monotonic() - killed < 30, "resubmitted only after resubmit_s"
     assert jobs.accepted[1] - killed <= settings.heartbeat_stale_s + 0.5
+
+
+def _store_down_for(reconciler: Any, store: Store, clock: FakeClock, seconds: float) -> None:
+    """The DB is down for ``seconds``: the leadership's ticks (every 0.5 s) fail."""
+    renew = store.renew_lease
+
+    def down(*_: object, **__: object) -> Any:
+        raise StoreUnavailable("db down")
+
+    store.renew_lease = down  # type: ignore[method-assign]
+    for _ in range(int(seconds / 0.5)):
+        clock.advance(0.5)
+        reconciler.leadership.tick()
+    store.renew_lease = renew  # type: ignore[method-assign]
+
+
+def test_after_a_store_outage_a_live_appmaster_is_heard_before_any_job_is_resubmitted(
+    tmp_path: Path,
+) -> None:
+    """After 30 s without a DB every heartbeat is 30 s old: the first rounds must not
+    take that for silence and submit the job of every AppMaster again (each a driver
+    process on a head, for an AppMaster that lives: under CI load it held the pending
+    operations of the db-down-30s drill up for 10-14 s). One still silent
+    ``heartbeat_stale_s`` after the store came back does get its job."""
+    clock = FakeClock()
+    store = _store(tmp_path, clock)
+    jobs = FlakyJobs(refusals=0, clock=clock)
+    settings = KeeperSettings(resubmit_s=30.0)
+    reconciler = leader(store, jobs, clock, settings=settings)
+    deploy_echo(store)
+    reconciler._ensure_appmasters()
+    store.heartbeat_appmaster("a", "echo", "echo-appmaster", 1)
+    reconciler._ensure_appmasters()  # its AppMaster linked
+    assert len(jobs.accepted) == 1
+    _store_down_for(reconciler, store, clock, 30)
+    for n in range(10):  # the store is back; the AppMaster's first beat lands 1 s later
+        reconciler._ensure_appmasters()
+        clock.advance(0.5)
+        if n >= 2:
+            store.heartbeat_appmaster("a", "echo", "echo-appmaster", 1)
+    assert len(jobs.accepted) == 1, "a live AppMaster's job was submitted again"
+    _store_down_for(reconciler, store, clock, 30)
+    back = clock.monotonic()
+    while len(jobs.accepted) < 2:  # this time it stays silent (its cluster died meanwhile)
+        reconciler._ensure_appmasters()
+        clock.advance(0.5)
+        assert clock.monotonic() - back < 30, "never resubmitted"
+    assert settings.heartbeat_stale_s <= jobs.accepted[1] - back <= settings.heartbeat_stale_s + 0.5
 
 
 def test_a_round_reads_the_active_operations_and_each_services_latest_not_the_history(
