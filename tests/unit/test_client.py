@@ -18,6 +18,7 @@ from ha_serving._wire import RETRY_SAFE_KEY
 from ha_serving.client import AsyncClient, CallError, Client, RetryBudget
 from ha_serving.client._client import _Core, _Pause, _retry_safe, _Try, _Wait
 from ha_serving.proto.serving_pb2 import CallReply
+from tests.unit.fixtures.control import free_address
 from tests.unit.fixtures.dataplane import Stack, running_stack, seeded
 
 DEAD = "127.0.77.254:1"  # nothing listens on port 1: connection refused, never sent
@@ -116,7 +117,7 @@ def test_a_proxy_killed_holding_a_call_is_not_retried_so_user_code_runs_once(
     UNAVAILABLE with no trailer on a connection that was made, and must not send the
     call to the healthy second proxy."""
     ran = tmp_path / "ran"
-    address = "127.0.77.253:17451"
+    address = free_address("127.0.77.253")
     proxy = subprocess.Popen(
         [sys.executable, "-c", PROXY_THAT_HANGS, address, str(ran)],
         stdout=subprocess.PIPE,

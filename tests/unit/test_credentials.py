@@ -23,10 +23,15 @@ from ha_serving._settings import KeeperSettings
 from ha_serving.keeper import ALLOWED, AppMasterCredentials, Authenticator, Caller, KeeperServer
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import CredentialRecord, Store
-from tests.unit.fixtures.control import credential_settings, rpc_code, running_keeper
+from tests.unit.fixtures.control import (
+    credential_settings,
+    free_address,
+    rpc_code,
+    running_keeper,
+)
 from tests.unit.test_cluster_registry import cli
 
-ADDRESS = "127.0.104.5:9472"
+ADDRESS = free_address("127.0.104.5")
 OPERATOR = "operator-" + "o" * 30
 DISCOVERY = "discovery-" + "d" * 30
 
@@ -227,13 +232,14 @@ def test_a_store_outage_keeps_a_known_appmaster_in_and_an_unknown_one_waiting() 
 def test_a_keeper_without_credentials_refuses_to_start_unless_insecure(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bare = KeeperServer(store, "k-bare", "127.0.104.5:9473", KeeperSettings())
+    address = free_address("127.0.104.5")
+    bare = KeeperServer(store, "k-bare", address, KeeperSettings())
     with pytest.raises(InvalidSpec, match="no credentials"):
         asyncio.run(bare.start())
     caplog.set_level(logging.WARNING)
-    with running_keeper(store, "127.0.104.5:9473", KeeperSettings(insecure=True)):
+    with running_keeper(store, address, KeeperSettings(insecure=True)):
         assert any("INSECURE" in r.getMessage() for r in caplog.records)
-        with grpc.insecure_channel("127.0.104.5:9473") as channel:
+        with grpc.insecure_channel(address) as channel:
             stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
             assert _unary(stub, "Operations", None) == grpc.StatusCode.OK
 

@@ -15,12 +15,12 @@ from ha_serving.client import Discovery, EndpointInfo
 from ha_serving.client._discovery import rank
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import Store
-from tests.unit.fixtures.control import TOKEN, running_keeper
+from tests.unit.fixtures.control import TOKEN, free_address, running_keeper
 
 
 @pytest.fixture
 def keeper(store: Store) -> Iterator[str]:
-    with running_keeper(store, "127.0.102.1:9450") as k:
+    with running_keeper(store, free_address("127.0.102.1")) as k:
         yield k.address
 
 
@@ -173,13 +173,14 @@ def test_a_silent_keeper_is_left_for_the_next_one(store: Store, keeper: str) -> 
     silent = SilentKeeper()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     keeper_pb2_grpc.add_KeeperServicer_to_server(silent, server)  # type: ignore[no-untyped-call]
-    server.add_insecure_port("127.0.102.7:9451")
+    silent_address = free_address("127.0.102.7")
+    server.add_insecure_port(silent_address)
     server.start()
     try:
         store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {}, ttl_s=30)
         seen = Seen()
         d = Discovery(
-            "echo", ["127.0.102.7:9451", keeper], token=TOKEN, on_change=seen, silence_s=1.0
+            "echo", [silent_address, keeper], token=TOKEN, on_change=seen, silence_s=1.0
         ).start()
         try:
             _wait("the silent Keeper's one answer", lambda: seen.last == ["127.0.9.9:1"])

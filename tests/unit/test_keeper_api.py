@@ -34,9 +34,16 @@ from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.store import ClusterRecord, Store, StoreRef, UnknownPackage
 from ha_serving.store._schema import CLUSTER, OP_ID
 from ha_serving.util.secrets import write_secret
-from tests.unit.fixtures.control import FIXTURES, TOKEN, fake_core, running_keeper, spec
+from tests.unit.fixtures.control import (
+    FIXTURES,
+    TOKEN,
+    fake_core,
+    free_address,
+    running_keeper,
+    spec,
+)
 
-ADDRESS = "127.0.103.1:9461"
+ADDRESS = free_address("127.0.103.1")
 ECHO = Path(__file__).resolve().parents[2] / "examples" / "echo"
 
 

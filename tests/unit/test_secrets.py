@@ -31,7 +31,7 @@ from ha_serving.util.secrets import (
 from infra import procs, stack
 from infra.services import init_sql, redis_alive, redis_ping, start_redis
 from infra.topology import Database, Proc, Redis, Topology
-from tests.unit.fixtures.control import running_keeper, sqlite_store
+from tests.unit.fixtures.control import free_address, running_keeper, sqlite_store
 
 PASSWORD = "pw-" + "x" * 20
 TOKEN = "tok-" + "y" * 20
@@ -308,7 +308,8 @@ def test_redis_requires_its_password_which_is_in_no_argv(redis: Redis) -> None:
 def test_a_keeper_reads_its_secret_from_the_file_it_is_given(tmp_path: Path) -> None:
     token_file = write_secret(tmp_path / "operator.token", TOKEN)
     settings = KeeperSettings(token_file=token_file, watch_period_s=0.05)
-    with sqlite_store(tmp_path) as store, running_keeper(store, "127.0.104.4:9471", settings):
-        assert keeper_status("127.0.104.4:9471", token=TOKEN, timeout_s=5)["alive"]
-        refused = keeper_status("127.0.104.4:9471", token="wrong", timeout_s=5)  # noqa: S106 - a wrong one
+    address = free_address("127.0.104.4")
+    with sqlite_store(tmp_path) as store, running_keeper(store, address, settings):
+        assert keeper_status(address, token=TOKEN, timeout_s=5)["alive"]
+        refused = keeper_status(address, token="wrong", timeout_s=5)  # noqa: S106 - a wrong one
         assert refused["error"] == grpc.StatusCode.UNAUTHENTICATED.name

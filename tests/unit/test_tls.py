@@ -31,13 +31,14 @@ from tests.unit.fixtures.control import (
     KeeperThread,
     credential_settings,
     fake_core,
+    free_keeper_address,
     rpc_code,
     running_keeper,
 )
 from tests.unit.fixtures.dataplane import running_stack
 
 HOST = "127.0.104.6"
-ADDRESS = f"{HOST}:9474"
+ADDRESS = free_keeper_address(HOST)
 LINK = link_address(ADDRESS)
 OPERATOR = "op-" + "o" * 30
 DISCOVERY = "disc-" + "d" * 30
