@@ -8,8 +8,8 @@ reader can verify what it got. Endpoints are leases: a row lives until ``expires
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
