@@ -147,10 +147,11 @@ class WatchHub:
         self._turn_at = self.clock.monotonic()
 
     async def _sleep_unless_nudged(self, seconds: float) -> None:
-        self._nudge = asyncio.get_running_loop().create_future()
+        """Sleep ``seconds`` on the hub's clock, or until a new stream waits (``wake``)."""
+        nudge = self._nudge = asyncio.get_running_loop().create_future()
         sleeping = asyncio.ensure_future(self.clock.sleep(seconds))
         try:
-            await asyncio.wait((sleeping, self._nudge), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((sleeping, nudge), return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeping.cancel()
             self._nudge = None
