@@ -287,8 +287,9 @@ class KeeperSettings(_Group):
     tick, ttl/3); a leader that cannot renew stops acting after ttl * 3/4."""
 
     watch_period_s: float = Field(default=0.5, gt=0, le=30)
-    """How often a Watch stream re-reads a service's endpoints; bounds how stale a
-    client's view is after a proxy appears or its lease lapses."""
+    """How often a Keeper re-reads the endpoints of the services its Watch streams watch
+    (one read for all of them, ``keeper/_watchhub.py``); bounds how stale a client's view
+    is after a proxy appears or its lease lapses."""
 
     watch_keepalive_s: float = Field(default=2.0, gt=0)
     """A Watch stream re-sends an unchanged list this often, so clients notice a dead

@@ -775,7 +775,41 @@ def endpoints_lapse_without_heartbeat(b: Backend) -> None:
     assert [e.address for e in store.list_endpoints("echo")] == ["127.0.2.2:5000"]
 
 
-STORE_CHECKS += [packages_are_content_addressed, endpoints_lapse_without_heartbeat]
+def batched_endpoint_reads_give_each_service_what_its_own_read_gives(b: Backend) -> None:
+    """A Keeper's one read for all its Watch streams: per service, the unexpired
+    endpoints by cluster then address, as ``list_endpoints`` gives them, and every
+    service asked for is in the answer, with none (``[]``) if it has none or all lapsed."""
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    store.upsert_endpoint("echo", "b", "127.0.2.2:5000", {"zone": "z2"}, ttl_s=10)
+    store.upsert_endpoint("echo", "a", "127.0.1.3:5000", {}, ttl_s=10)
+    store.upsert_endpoint("echo", "a", "127.0.1.2:5000", {"zone": "z1"}, ttl_s=10)
+    store.upsert_endpoint("other", "a", "127.0.1.9:5000", {}, ttl_s=3)
+    store.upsert_endpoint("gone", "a", "127.0.1.8:5000", {}, ttl_s=3)
+    store.upsert_endpoint("unasked", "a", "127.0.1.7:5000", {}, ttl_s=10)
+    clock.advance(2)
+    store.upsert_endpoint("other", "a", "127.0.1.9:5000", {}, ttl_s=3)
+    clock.advance(2)  # gone's lease lapsed; other's was renewed
+    services = ["echo", "other", "gone", "none"]
+    batched = store.list_endpoints_for(services)
+    assert set(batched) == set(services)
+    for service in services:
+        assert batched[service] == store.list_endpoints(service), service
+    assert [(e.cluster, e.address) for e in batched["echo"]] == [
+        ("a", "127.0.1.2:5000"),
+        ("a", "127.0.1.3:5000"),
+        ("b", "127.0.2.2:5000"),
+    ]
+    assert [e.address for e in batched["other"]] == ["127.0.1.9:5000"]
+    assert batched["gone"] == batched["none"] == []
+    assert store.list_endpoints_for([]) == {}
+
+
+STORE_CHECKS += [
+    packages_are_content_addressed,
+    endpoints_lapse_without_heartbeat,
+    batched_endpoint_reads_give_each_service_what_its_own_read_gives,
+]
 
 
 def keeper_records_round_trip(b: Backend) -> None:

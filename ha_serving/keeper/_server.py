@@ -33,8 +33,9 @@ from ha_serving.keeper._leadership import LEASE_NAME, Leadership, keeper_of
 from ha_serving.keeper._linkhub import LinkHub
 from ha_serving.keeper._paging import operations_page
 from ha_serving.keeper._reconciler import JobSubmitter, Reconciler
+from ha_serving.keeper._watchhub import WatchHub
 from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
-from ha_serving.store import AppMasterBeat, Lease, OperationRecord, Store
+from ha_serving.store import AppMasterBeat, Endpoint, Lease, OperationRecord, Store
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.clock import Clock, SystemClock
 from ha_serving.util.logs import bound
@@ -65,9 +66,11 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         self.settings = settings
         self.log = bound("ha_serving.keeper", keeper=keeper_id)
         self.auth = Authenticator.from_settings(settings, store)
-        clock = clock or SystemClock()
+        self.clock = clock = clock or SystemClock()
         self.links = LinkHub(store, settings, log=self.log, clock=clock)
         """The AppMaster links this replica holds: their reads and heartbeats, batched."""
+        self.watches = WatchHub(store, settings, log=self.log, clock=clock)
+        """The discovery Watch streams this replica serves: their reads, batched."""
         self.leadership = Leadership(store, keeper_id, ttl_s=settings.lease_ttl_s, clock=clock)
         self._server: grpc.aio.Server | None = None
         self._servers: list[grpc.aio.Server] = []
@@ -108,38 +111,32 @@ class KeeperServer(keeper_pb2_grpc.KeeperServicer):
         self, request: keeper_pb2.ResolveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[keeper_pb2.Endpoints]:
         """Push the endpoint list on every change, and at least every keepalive period.
-        While the DB is down nothing is sent (never an empty list standing for "unknown")."""
+        While the DB is down nothing is sent (never an empty list standing for "unknown").
+        The lists come from this replica's ``WatchHub``, which reads the endpoints of
+        every watched service at once each ``watch_period_s`` (a new stream's first list
+        sooner); the stream leaves the hub when it ends."""
         if not request.service:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "service is required")
         last: bytes | None = None
         last_sent = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                current = await self._endpoints(request.service)
-            except StoreUnavailable:
-                current = None
-            now = loop.time()
-            if current is not None:
+        watcher = self.watches.open(request.service)
+        try:
+            while True:
+                found = await watcher.next()
+                if found is None:  # the store did not answer: nothing known, nothing sent
+                    continue
+                current = _endpoints_of(request.service, found)
                 raw = current.SerializeToString(deterministic=True)
+                now = self.clock.monotonic()
                 if raw != last or now - last_sent >= self.settings.watch_keepalive_s:
                     yield current
                     last, last_sent = raw, now
-            await asyncio.sleep(self.settings.watch_period_s)
+        finally:
+            watcher.close()
 
     async def _endpoints(self, service: str) -> keeper_pb2.Endpoints:
         found = await asyncio.to_thread(self.store.list_endpoints, service)
-        return keeper_pb2.Endpoints(
-            service=service,
-            endpoints=[
-                keeper_pb2.Endpoint(
-                    address=e.address,
-                    cluster=e.cluster,
-                    labels={k: str(v) for k, v in e.labels.items()},
-                )
-                for e in found
-            ],
-        )
+        return _endpoints_of(service, found)
 
     async def Deploy(  # noqa: N802 - the gRPC method's name
         self, request: keeper_pb2.DeployRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -342,6 +339,22 @@ def _beat_of(
     request: keeper_pb2.InstructionsRequest | keeper_pb2.HeartbeatRequest,
 ) -> AppMasterBeat:
     return AppMasterBeat(request.cluster, request.service, request.actor_name, request.epoch_seen)
+
+
+def _endpoints_of(service: str, found: list[Endpoint]) -> keeper_pb2.Endpoints:
+    """What a client is told of ``service``'s endpoints (not their leases' expiry, so
+    a renewal alone is no change)."""
+    return keeper_pb2.Endpoints(
+        service=service,
+        endpoints=[
+            keeper_pb2.Endpoint(
+                address=e.address,
+                cluster=e.cluster,
+                labels={k: str(v) for k, v in e.labels.items()},
+            )
+            for e in found
+        ],
+    )
 
 
 def _operation_info(o: OperationRecord) -> keeper_pb2.OperationInfo:

@@ -8,6 +8,7 @@ reader can verify what it got. Endpoints are leases: a row lives until ``expires
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,12 +122,41 @@ def remove_cluster_endpoints(conn: Connection, cluster: str) -> int:
     return int(conn.execute(sa.delete(endpoints).where(endpoints.c.cluster == cluster)).rowcount)
 
 
+SERVICES_PER_STATEMENT = 1000
+"""Most services one statement of ``list_endpoints_for`` asks for (the length of its
+``IN`` list)."""
+
+
 def list_endpoints(conn: Connection, now: sa.ColumnElement[float], service: str) -> list[Endpoint]:
     rows = conn.execute(
         sa.select(endpoints)
         .where((endpoints.c.service == service) & (endpoints.c.expires_at > now))
         .order_by(endpoints.c.cluster, endpoints.c.address)
     ).all()
-    return [
-        Endpoint(r.service, r.cluster, r.address, dict(r.labels), float(r.expires_at)) for r in rows
-    ]
+    return [_endpoint(r) for r in rows]
+
+
+def list_endpoints_for(
+    conn: Connection, now: sa.ColumnElement[float], services: Iterable[str]
+) -> dict[str, list[Endpoint]]:
+    """For each service given, exactly what ``list_endpoints`` returns for it (the
+    unexpired rows, by cluster then address), in one statement per
+    ``SERVICES_PER_STATEMENT`` services (the caller's one transaction reads them all from
+    one snapshot). Every service given is a key of the result, with ``[]`` if it has none."""
+    found: dict[str, list[Endpoint]] = {s: [] for s in services}
+    wanted = sorted(found)
+    c = endpoints.c
+    for start in range(0, len(wanted), SERVICES_PER_STATEMENT):
+        chunk = wanted[start : start + SERVICES_PER_STATEMENT]
+        rows = conn.execute(
+            sa.select(endpoints)
+            .where(c.service.in_(chunk) & (c.expires_at > now))
+            .order_by(c.service, c.cluster, c.address)
+        ).all()
+        for r in rows:
+            found[r.service].append(_endpoint(r))
+    return found
+
+
+def _endpoint(r: sa.Row[Any]) -> Endpoint:
+    return Endpoint(r.service, r.cluster, r.address, dict(r.labels), float(r.expires_at))

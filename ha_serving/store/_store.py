@@ -623,6 +623,17 @@ class Store:
         with self._tx() as conn:
             return _catalog.list_endpoints(conn, self._now_sql(), service)
 
+    def list_endpoints_for(self, services: Iterable[str]) -> dict[str, list[Endpoint]]:
+        """``list_endpoints`` for many services in one transaction (one statement per
+        ``SERVICES_PER_STATEMENT`` services): a Keeper's read for every Watch stream it
+        serves (``keeper._watchhub``). Every service given is a key of the result; none
+        given reads nothing."""
+        wanted = set(services)
+        if not wanted:
+            return {}
+        with self._tx() as conn:
+            return _catalog.list_endpoints_for(conn, self._now_sql(), wanted)
+
     # --- the Keepers' records (in _control.py) ----------------------------------------
 
     def register_cluster(self, record: ClusterRecord) -> None:
