@@ -29,7 +29,6 @@ from ha_serving._wire import CallResult, ControlResult
 from ha_serving.backend._direct import DirectServer
 from ha_serving.backend._host import Config, InstanceHost, InstanceStats
 from ha_serving.backend._package import Package
-from ha_serving.util.heap import freeze_startup_heap
 from ha_serving.util.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,6 @@ class BackendWorker:
         self._tls = tls
         self._direct: DirectServer | None = None
         self._direct_lock = asyncio.Lock()
-        freeze_startup_heap()  # Ray's, gRPC's and our modules: full GC passes skip them
 
     async def ping(self) -> str:
         """The worker's name; a cheap liveness probe."""

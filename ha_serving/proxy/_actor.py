@@ -24,7 +24,6 @@ from ha_serving._settings import ProxySettings
 from ha_serving._wire import CallResult, RoutingTable
 from ha_serving.proxy._direct import DirectBackendCaller
 from ha_serving.proxy._server import BackendCaller, ProxyServer
-from ha_serving.util.heap import freeze_startup_heap
 from ha_serving.util.tls import TlsFiles
 
 
@@ -171,7 +170,6 @@ class ProxyActor:
             )
         self._server = ProxyServer(service, caller, settings=settings, cluster=cluster, tls=tls)
         self._endpoint: ProxyEndpoint | None = None
-        freeze_startup_heap()  # Ray's, gRPC's and our modules: full GC passes skip them
 
     async def start(self) -> ProxyEndpoint:
         """Bind gRPC and ``/metrics`` to this node's IP on free ports; idempotent."""
