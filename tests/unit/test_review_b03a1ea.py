@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from ha_serving._errors import ConflictError, InvalidSpec
 from ha_serving._settings import ClientSettings, KeeperSettings
@@ -29,10 +30,10 @@ from ha_serving._spec import ServiceSpec, code_dir, load_spec, parse_spec
 from ha_serving.appmaster import AppMasterCore, JobState, StaleInstruction
 from ha_serving.appmaster._actor import worker_spec
 from ha_serving.backend import make_package
-from ha_serving.cli._app import main
+from ha_serving.cli._app import app, main
 from ha_serving.cli._services import ServiceOps
 from ha_serving.client import CallError, Client
-from ha_serving.keeper import KeeperServer
+from ha_serving.keeper import KeeperError, KeeperServer
 from ha_serving.keeper._analysis import scrape
 from ha_serving.keeper._control_api import deploy
 from ha_serving.runtime import ActorSpec
@@ -42,6 +43,7 @@ from ha_serving.util.clock import FakeClock
 from tests.unit.fixtures.dataplane import Stack, running_stack, seeded
 
 FIXTURES = Path(__file__).parent / "fixtures"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 KEEPER_LEADER = "keeper-leader"
 """The Keepers' leadership lease (``ha_serving.store.KEEPER_LEADER`` today)."""
 CLI_ERROR_CAP = 2000
@@ -296,6 +298,33 @@ def test_5_a_deploy_answered_aborted_has_recorded_no_operation(store: Store) -> 
     with pytest.raises(ConflictError):
         deploy(racing, _spec_json(config={"p": 1}), b"", op_id="c-1", kind="config")  # type: ignore[arg-type]
     assert [o.op_id for o in store.list_operations()] == ["d-1"]
+
+
+class FlakyKeepers:
+    """A KeeperClient whose first Deploy fails as a Keeper failover mid-request does."""
+
+    def __init__(self) -> None:
+        self.op_ids: list[str] = []
+
+    def deploy(self, spec_json: str, package: bytes, **kw: Any) -> str:  # noqa: ARG002
+        self.op_ids.append(kw.get("op_id", ""))
+        if len(self.op_ids) == 1:
+            raise KeeperError("UNAVAILABLE", "no Keeper answered (test)")
+        return self.op_ids[-1]
+
+
+def test_5_the_cli_retries_a_deploy_under_one_op_id_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """b03a1ea's `deploy` sent no op_id and gave up at the first failure: run again,
+    it made a second operation if the first attempt had been recorded."""
+    flaky = FlakyKeepers()
+    monkeypatch.setattr("ha_serving.cli._app.keepers", lambda _run_dir: flaky)
+    result = CliRunner().invoke(app, ["deploy", str(EXAMPLES / "echo" / "echo.yaml"), "--no-wait"])
+    assert result.exit_code == 0, result.output
+    assert len(flaky.op_ids) == 2
+    assert flaky.op_ids[0]
+    assert flaky.op_ids[0] == flaky.op_ids[1]
 
 
 # --- 6. fencing that could be bypassed --------------------------------------------------
