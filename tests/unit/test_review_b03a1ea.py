@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socketserver
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from typer.testing import CliRunner
 
@@ -33,9 +35,10 @@ from ha_serving.backend import make_package
 from ha_serving.cli._app import app, main
 from ha_serving.cli._services import ServiceOps
 from ha_serving.client import CallError, Client
-from ha_serving.keeper import KeeperError, KeeperServer
+from ha_serving.keeper import KeeperClient, KeeperError, KeeperServer
 from ha_serving.keeper._analysis import scrape
 from ha_serving.keeper._control_api import deploy
+from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.runtime import ActorSpec
 from ha_serving.store import ClusterRecord, Store
 from ha_serving.testing import FakeProxy, FakeRuntime
@@ -45,6 +48,7 @@ from tests.unit.fixtures.dataplane import Stack, running_stack, seeded
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 KEEPER_LEADER = "keeper-leader"
+TOKEN = "review-token"  # noqa: S105 - a test's operator credential
 """The Keepers' leadership lease (``ha_serving.store.KEEPER_LEADER`` today)."""
 CLI_ERROR_CAP = 2000
 """``ha_serving.cli._app.MAX_ERROR_CHARS`` today (b03a1ea has no such name)."""
@@ -99,6 +103,36 @@ def _core(store: Store) -> AppMasterCore:
         worker_actor=worker_spec(),
         clock=FakeClock(),
     )
+
+
+class KeeperThread:
+    """A KeeperServer with the operator token ``TOKEN`` on its own loop in a thread."""
+
+    def __init__(self, store: Store, address: str) -> None:
+        self.address = address
+        self.server = KeeperServer(store, "k-test", address, KeeperSettings(token=TOKEN))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._run(self.server.start())
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def stop(self) -> None:
+        stop = getattr(self.server, "stop", None)  # b03a1ea's KeeperServer has none
+        self._run(stop(0) if stop is not None else self.server._server.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@contextmanager
+def running_keeper(store: Store, address: str) -> Iterator[KeeperThread]:
+    keeper = KeeperThread(store, address)
+    try:
+        yield keeper
+    finally:
+        keeper.stop()
 
 
 # --- 1. secrets: status masks the store's password ------------------------------------
@@ -367,6 +401,30 @@ def test_6_a_direct_deploy_leaves_a_keeper_managed_service_alone(
     assert store.get_service("echo") == before
 
 
+def test_6_an_open_stream_alone_does_not_keep_an_appmaster_fresh(store: Store) -> None:
+    """b03a1ea's Keeper wrote the AppMaster's heartbeat on every loop of an open
+    ``Instructions`` stream: any token holder kept a dead AppMaster "fresh"."""
+    with (
+        running_keeper(store, "127.0.104.7:9477") as keeper,
+        grpc.insecure_channel(keeper.address) as channel,
+    ):
+        stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
+        request = keeper_pb2.InstructionsRequest(
+            cluster="a", service="echo", actor_name="echo-appmaster", epoch_seen=0
+        )
+        stream = stub.Instructions(
+            request, metadata=[("authorization", f"Bearer {TOKEN}")], timeout=30
+        )
+        next(stream)
+        [registered] = store.list_appmasters("echo")
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # ~5 of the Keeper's loops (0.3 s)
+            next(stream)
+        [now] = store.list_appmasters("echo")
+        stream.cancel()
+    assert now.heartbeat_at == registered.heartbeat_at
+
+
 # --- 7. one bad proxy stalls every service ----------------------------------------------
 
 
@@ -424,6 +482,26 @@ def test_7_a_proxy_answering_garbage_does_not_abort_the_scrape(
     with _server(GOOD) as good, _server(garbage) as bad:
         sample = scrape([bad, good], "echo")
     assert sample["stable"].requests == 7.0
+
+
+# --- 8. no limits ---------------------------------------------------------------------
+
+
+def test_8_a_package_over_grpcs_default_4_mib_reaches_the_keeper(
+    store: Store, tmp_path: Path
+) -> None:
+    """b03a1ea's Keeper set no gRPC options: its 4 MiB receive limit refused packages
+    that the 50 MB package limit allows."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "echo.py").write_text("class Echo: ...\n")
+    (code / "weights.bin").write_bytes(os.urandom(5 * 1024 * 1024))  # incompressible
+    package = make_package(code).data
+    assert len(package) > 5 * 1024 * 1024
+    with running_keeper(store, "127.0.104.8:9478") as keeper:
+        client = KeeperClient([keeper.address], token=TOKEN)
+        op_id = client.deploy(_spec_json(), package, kind="deploy")
+    assert store.get_operation(op_id).service == "echo"
 
 
 # --- 9. the spec parser -----------------------------------------------------------------
