@@ -504,6 +504,30 @@ def test_8_a_package_over_grpcs_default_4_mib_reaches_the_keeper(
     assert store.get_operation(op_id).service == "echo"
 
 
+def test_8_operations_are_answered_a_page_at_a_time(store: Store) -> None:
+    """b03a1ea's ``Operations`` answered the whole history in one message (and the CLI
+    polled it every 0.5 s). The request is sent as bytes: field 1, the service, is the
+    same in b03a1ea's ``ServiceRequest`` and today's ``OperationsRequest``."""
+    package = make_package(FIXTURES / "echo_v1").data
+    deploy(store, _spec_json(), package, op_id="d-0")
+    for n in range(1, 130):
+        deploy(store, _spec_json(config={"n": n}), b"", op_id=f"c-{n}", kind="config")
+    service = b"echo"
+    request = b"\x0a" + bytes([len(service)]) + service
+    with (
+        running_keeper(store, "127.0.104.9:9479") as keeper,
+        grpc.insecure_channel(keeper.address) as channel,
+    ):
+        operations = channel.unary_unary(
+            "/ha_serving.v1.Keeper/Operations",
+            request_serializer=None,
+            response_deserializer=keeper_pb2.OperationsReply.FromString,
+        )
+        reply = operations(request, metadata=[("authorization", f"Bearer {TOKEN}")], timeout=10)
+    assert len(store.list_operations()) == 130
+    assert 0 < len(reply.operations) <= 100
+
+
 # --- 9. the spec parser -----------------------------------------------------------------
 
 HEAD = "name: echo\nversion: v1\ncode: {dir: code, import_path: 'echo:Echo'}\n"
