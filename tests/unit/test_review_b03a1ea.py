@@ -167,7 +167,7 @@ def test_1_status_masks_the_password_of_a_stacks_store_url(tmp_path: Path) -> No
 
 def test_2_a_keeper_without_credentials_refuses_to_start(store: Store) -> None:
     """b03a1ea served every RPC to anyone when no token was set, and said nothing."""
-    keeper = KeeperServer(store, "k-bare", "127.0.104.6:9475", KeeperSettings())
+    keeper = KeeperServer(store, "k-bare", "127.0.104.10:9481", KeeperSettings())
 
     async def start() -> str:
         try:
@@ -259,7 +259,7 @@ def test_4_a_proxy_killed_holding_a_call_is_not_retried_so_user_code_runs_once(
     sent the call to another proxy. (The same as test_client's, which needs names
     b03a1ea lacks.)"""
     ran = tmp_path / "ran"
-    address = "127.0.77.252:17452"
+    address = "127.0.77.249:17453"
     proxy = subprocess.Popen(
         [sys.executable, "-c", PROXY_THAT_HANGS, address, str(ran)],
         stdout=subprocess.PIPE,
@@ -405,7 +405,7 @@ def test_6_an_open_stream_alone_does_not_keep_an_appmaster_fresh(store: Store) -
     """b03a1ea's Keeper wrote the AppMaster's heartbeat on every loop of an open
     ``Instructions`` stream: any token holder kept a dead AppMaster "fresh"."""
     with (
-        running_keeper(store, "127.0.104.7:9477") as keeper,
+        running_keeper(store, "127.0.104.11:9483") as keeper,
         grpc.insecure_channel(keeper.address) as channel,
     ):
         stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
@@ -498,7 +498,7 @@ def test_8_a_package_over_grpcs_default_4_mib_reaches_the_keeper(
     (code / "weights.bin").write_bytes(os.urandom(5 * 1024 * 1024))  # incompressible
     package = make_package(code).data
     assert len(package) > 5 * 1024 * 1024
-    with running_keeper(store, "127.0.104.8:9478") as keeper:
+    with running_keeper(store, "127.0.104.12:9485") as keeper:
         client = KeeperClient([keeper.address], token=TOKEN)
         op_id = client.deploy(_spec_json(), package, kind="deploy")
     assert store.get_operation(op_id).service == "echo"
@@ -515,7 +515,7 @@ def test_8_operations_are_answered_a_page_at_a_time(store: Store) -> None:
     service = b"echo"
     request = b"\x0a" + bytes([len(service)]) + service
     with (
-        running_keeper(store, "127.0.104.9:9479") as keeper,
+        running_keeper(store, "127.0.104.13:9487") as keeper,
         grpc.insecure_channel(keeper.address) as channel,
     ):
         operations = channel.unary_unary(
