@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import socketserver
 import subprocess
 import sys
@@ -162,12 +163,21 @@ def test_1_status_masks_the_password_of_a_stacks_store_url(tmp_path: Path) -> No
     assert report["db"]["url"] == "mysql+pymysql://u:***@127.0.104.1:1/x"  # type: ignore[index]
 
 
+def _free(host: str) -> str:
+    """``host:port`` with a port from the kernel (defined here, not taken from the
+    fixtures, so the file runs on b03a1ea too): a fixed one would be shared with
+    another test run on the machine."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return f"{host}:{probe.getsockname()[1]}"
+
+
 # --- 2. credentials: no silent unauthenticated Keeper -----------------------------------
 
 
 def test_2_a_keeper_without_credentials_refuses_to_start(store: Store) -> None:
     """b03a1ea served every RPC to anyone when no token was set, and said nothing."""
-    keeper = KeeperServer(store, "k-bare", "127.0.104.10:9481", KeeperSettings())
+    keeper = KeeperServer(store, "k-bare", _free("127.0.104.10"), KeeperSettings())
 
     async def start() -> str:
         try:
@@ -405,7 +415,7 @@ def test_6_an_open_stream_alone_does_not_keep_an_appmaster_fresh(store: Store) -
     """b03a1ea's Keeper wrote the AppMaster's heartbeat on every loop of an open
     ``Instructions`` stream: any token holder kept a dead AppMaster "fresh"."""
     with (
-        running_keeper(store, "127.0.104.11:9483") as keeper,
+        running_keeper(store, _free("127.0.104.11")) as keeper,
         grpc.insecure_channel(keeper.address) as channel,
     ):
         stub = keeper_pb2_grpc.KeeperStub(channel)  # type: ignore[no-untyped-call]
@@ -498,7 +508,7 @@ def test_8_a_package_over_grpcs_default_4_mib_reaches_the_keeper(
     (code / "weights.bin").write_bytes(os.urandom(5 * 1024 * 1024))  # incompressible
     package = make_package(code).data
     assert len(package) > 5 * 1024 * 1024
-    with running_keeper(store, "127.0.104.12:9485") as keeper:
+    with running_keeper(store, _free("127.0.104.12")) as keeper:
         client = KeeperClient([keeper.address], token=TOKEN)
         op_id = client.deploy(_spec_json(), package, kind="deploy")
     assert store.get_operation(op_id).service == "echo"
@@ -515,7 +525,7 @@ def test_8_operations_are_answered_a_page_at_a_time(store: Store) -> None:
     service = b"echo"
     request = b"\x0a" + bytes([len(service)]) + service
     with (
-        running_keeper(store, "127.0.104.13:9487") as keeper,
+        running_keeper(store, _free("127.0.104.13")) as keeper,
         grpc.insecure_channel(keeper.address) as channel,
     ):
         operations = channel.unary_unary(
