@@ -60,7 +60,7 @@ from ha_serving.client._direct import (
     outcome_of,
 )
 from ha_serving.client._discovery import Discovery, EndpointInfo, rank
-from ha_serving.dataplane import WorkerLinks
+from ha_serving.dataplane import WorkerLinks, never_connected
 from ha_serving.proto.serving_pb2 import CallReply, CallRequest, RoutesReply, RoutesRequest
 from ha_serving.util.tls import TlsFiles, aio_channel
 from ha_serving.util.tls import channel as tls_channel
@@ -365,23 +365,12 @@ class _Core(Generic[C]):
         ep.down_until = 0.0
 
 
-NEVER_CONNECTED = (
-    "failed to connect to all addresses",
-    "connection refused",
-    "no route to host",
-    "dns resolution failed",
-    "name resolution failure",
-)
-"""gRPC's messages (lower case) for an UNAVAILABLE whose connection was never made."""
-
-
 def _retry_safe(
     code: grpc.StatusCode, trailers: Iterable[tuple[str, Any]] | None, details: str | None = ""
 ) -> bool:
     flag = next((str(v) for k, v in (trailers or ()) if k == RETRY_SAFE_KEY), None)
     if flag is None:  # not answered by a proxy: safe only if no proxy ever saw it
-        text = (details or "").lower()
-        return code == grpc.StatusCode.UNAVAILABLE and any(m in text for m in NEVER_CONNECTED)
+        return never_connected(code, details)
     return flag == "1" and code in _RETRYABLE
 
 

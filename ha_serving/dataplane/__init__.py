@@ -9,10 +9,12 @@ One implementation of each rule, so the direct client keeps the proxy's promises
 from ha_serving.dataplane._direct import (
     CHANNEL_OPTIONS,
     FAILED_STATES,
+    NEVER_CONNECTED,
     NEVER_RAN_CODES,
     READY,
     WorkerLinks,
     failure,
+    never_connected,
     not_connected,
     result_of,
 )
@@ -21,11 +23,13 @@ from ha_serving.dataplane._router import Router
 __all__ = [
     "CHANNEL_OPTIONS",
     "FAILED_STATES",
+    "NEVER_CONNECTED",
     "NEVER_RAN_CODES",
     "READY",
     "Router",
     "WorkerLinks",
     "failure",
+    "never_connected",
     "not_connected",
     "result_of",
 ]

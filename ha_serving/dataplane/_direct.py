@@ -18,17 +18,24 @@ this path that is claimed in exactly these cases, and nowhere else:
    gRPC answers so before any handler runs;
 3. the server answered FAILED_PRECONDITION: ``DirectServer`` refuses, before calling the
    host, a call that names another worker (the address is stale: its port now belongs
-   to another worker).
+   to another worker);
+4. UNAVAILABLE whose details say no connection was made for it (``never_connected``:
+   "failed to connect to all addresses", "connection refused", ...): the channel was
+   READY when checked, its connection went (the worker stopped) before the call was
+   issued, and gRPC failed the call at its pick, trying to connect anew. Such a call
+   was never assigned a transport. (Seen in CI: a worker shut down just before a call
+   whose channel still looked READY.) The SDK's proxy path applies the same rule.
 
 Every other failure of an issued call counts as "may have run" (``reached_user_code=
 True``), UNAVAILABLE included: gRPC reports UNAVAILABLE both for a connection that broke
-before the request was written and for a worker that died while running it, and nothing
-tells the two apart. (gRPC itself replays a call only when the server provably never
-saw it: its "transparent retry" of a stream the server refused or never received.) The
-one race this leaves is a channel seen READY whose connection dies before the call is
-written: that call fails as "may have run" although it did not. That errs towards an
-error the caller sees, never towards running user code twice. The call is issued with
-``wait_for_ready=False``, so it never waits for a connection of its own.
+after it was made, before the request was written, and for a worker that died while
+running it, and nothing tells the two apart. (gRPC itself replays a call only when the
+server provably never saw it: its "transparent retry" of a stream the server refused or
+never received.) The one race this leaves is a call issued on a connection in the
+instant it breaks, before gRPC has seen it go (else case 4): that call fails as "may
+have run" although it did not. That errs towards an error the caller sees, never
+towards running user code twice. The call is issued with ``wait_for_ready=False``, so
+it never waits for a connection of its own.
 
 A gRPC DEADLINE_EXCEEDED is raised as ``TimeoutError`` (the call may be running: not
 retry-safe). The remaining time of the caller's deadline is the call's gRPC deadline.
@@ -73,6 +80,21 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 ]
 NEVER_RAN_CODES = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION})
 """Statuses of an issued call that prove the handler never ran (see the docstring)."""
+NEVER_CONNECTED = (
+    "failed to connect to all addresses",
+    "connection refused",
+    "no route to host",
+    "dns resolution failed",
+    "name resolution failure",
+)
+"""gRPC's messages (lower case) for an UNAVAILABLE whose connection was never made."""
+
+
+def never_connected(code: grpc.StatusCode, details: str | None) -> bool:
+    """Whether a call that ended in ``code`` with ``details`` never had a connection
+    (so no byte of it reached a server): UNAVAILABLE with one of ``NEVER_CONNECTED``."""
+    text = (details or "").lower()
+    return code == grpc.StatusCode.UNAVAILABLE and any(m in text for m in NEVER_CONNECTED)
 
 
 def not_connected(worker: str, address: str, state: grpc.ChannelConnectivity) -> BackendUnavailable:
@@ -88,13 +110,14 @@ def failure(
     worker: str, address: str, code: grpc.StatusCode, details: str | None
 ) -> BackendUnavailable | TimeoutError:
     """The verdict on an issued call that ended in gRPC status ``code``: TimeoutError for
-    its deadline, else ``BackendUnavailable``, never-ran only for ``NEVER_RAN_CODES``."""
+    its deadline, else ``BackendUnavailable``, never-ran only for ``NEVER_RAN_CODES`` and
+    a call that never had a connection (``never_connected``)."""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return TimeoutError(f"{address}: {details}")
     return BackendUnavailable(
         worker,
         f"direct call to {address} failed: {code.name}: {details}",
-        reached_user_code=code not in NEVER_RAN_CODES,
+        reached_user_code=code not in NEVER_RAN_CODES and not never_connected(code, details),
     )
 
 

@@ -475,6 +475,10 @@ def test_a_worker_starts_its_direct_server_once_and_stops_it_on_shutdown() -> No
             result = await caller.call("w1", "i1", "echo", b"2", 2.0, address=addresses[0])
             assert (result.ok, result.instance_id) == (True, "i1")
             assert await worker.shutdown(grace_s=1)
+            # the call below is issued on a channel still READY (the connection's loss not
+            # yet seen: gRPC fails it at its pick, "failed to connect") or one that saw
+            # it go (refused before it is issued): never sent either way (CI run 23 had
+            # the first; it was taken for "may have run" then)
             with pytest.raises(BackendUnavailable) as refused:
                 await caller.call("w1", "i1", "echo", b"2", 2.0, address=addresses[0])
             assert not refused.value.reached_user_code
@@ -523,3 +527,30 @@ def test_the_data_plane_setting_chooses_the_proxy_actors_caller() -> None:
     assert isinstance(default.fallback, RayBackendCaller)
     ray_only = ProxyActor("echo", namespace="ns", settings=ProxySettings(data_plane="ray"))
     assert isinstance(ray_only._server._caller, RayBackendCaller)
+
+
+@pytest.mark.parametrize(
+    ("details", "ran"),
+    [
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.77.253:34435: "
+            "Failed to connect to remote host: Connection refused",
+            False,
+        ),
+        ("Connection refused", False),
+        ("Socket closed", True),
+        ("Connection reset by peer", True),
+        ("GOAWAY received", True),
+    ],
+)
+def test_an_unavailable_call_that_never_had_a_connection_never_ran(details: str, ran: bool) -> None:
+    """UNAVAILABLE is "may have run" unless its details say no connection was made for
+    it: then gRPC failed it at its pick, before any byte left (as the SDK's proxy path
+    already judged)."""
+    import grpc
+
+    from ha_serving.dataplane import failure
+
+    verdict = failure("w1", "127.0.77.253:34435", grpc.StatusCode.UNAVAILABLE, details)
+    assert isinstance(verdict, BackendUnavailable)
+    assert verdict.reached_user_code is ran
