@@ -192,7 +192,14 @@ def wait_control_back(configuration: Configuration, cluster: str, timeout_s: flo
             beats = [a for a in db.list_appmasters(name) if a.cluster == cluster]
         finally:
             db.close()
-        first[:] = [b.heartbeat_at for b in beats if b.heartbeat_at > hit.at + LINK_END_S]
+        # the standby's own link (another actor name) right after the kill, or any
+        # link's once the killed one's last beat cannot be written any more
+        first[:] = [
+            b.heartbeat_at
+            for b in beats
+            if b.heartbeat_at > hit.at
+            and (b.actor_name != hit.target or b.heartbeat_at > hit.at + LINK_END_S)
+        ]
         return bool(first)
 
     _poll(f"AppMaster of {cluster} linked", linked, timeout_s, every_s=0.1)
@@ -237,8 +244,9 @@ def wait_ops_settled(configuration: Configuration, timeout_s: float = 60.0) -> f
 
 
 def wait_stack_whole(configuration: Configuration, timeout_s: float = 60.0) -> float:
-    """Until the stack is whole again by itself, every GCS answering (nothing is
-    restarted: a head whose GCS died with Redis stays dead, and this times out)."""
+    """Until the stack is whole again by itself, every GCS answering: the drill restarts
+    nothing; a head whose GCS exited with Redis comes back only through the stack's node
+    supervisor (``infra.supervise``), and without it this times out."""
     return _poll(
         "the stack whole again", lambda: _whole(configuration, gcs=True), timeout_s, every_s=0.5
     )

@@ -125,6 +125,11 @@ class StackSettings(_Group):
     actor whose connection broke waits for the GCS to report the death before it fails
     (Ray's default: 1000). Short, so a proxy learns of a dead worker, and ejects it, fast."""
 
+    supervise: bool = True
+    """`up` starts a node supervisor (``infra.supervise``): a node that dies by itself
+    (a head whose GCS exited when it lost Redis, say) is started again, as KubeRay's
+    operator restarts a head pod. Nodes a fault killed on purpose are left to it."""
+
     dashboard: bool = True
     """Run Ray's full dashboard on heads (+~700 MB each): it serves the Job Submission API
     the Keepers start serving jobs through."""

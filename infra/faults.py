@@ -30,6 +30,11 @@ NODE_START_TIMEOUT_S: float = StackSettings.model_fields["node_start_timeout_s"]
 second number to keep in step with it."""
 
 
+LOCK_WAIT_S = NODE_START_TIMEOUT_S + 30.0
+"""How long a fault primitive waits for the run dir's lock: the supervisor holds it while
+it restarts a node (one start, at most ``node_start_timeout_s``)."""
+
+
 def _load(run_dir: Path) -> Topology:
     topo = topology.load(run_dir.resolve())
     if topo is None:
@@ -46,21 +51,28 @@ def _lookup(topo: Topology, name: str) -> tuple[Cluster, Node]:
 
 def kill_node(run_dir: Path, name: str) -> int:
     """SIGKILL node ``name`` (e.g. ``a-head``, ``b-w1``) and its Ray workers."""
-    with locked(run_dir.resolve()):
-        _, node = _lookup(_load(run_dir), name)
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
+        topo = _load(run_dir)
+        _, node = _lookup(topo, name)
+        node.held = True  # down on purpose: the supervisor leaves it to the caller
+        topo.save()
         return procs.kill(node.proc)
 
 
 def kill_cluster(run_dir: Path, cluster: str) -> int:
     """SIGKILL every node of ``cluster``; other clusters are not touched."""
-    with locked(run_dir.resolve()):
-        c = _cluster(_load(run_dir), cluster)
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
+        topo = _load(run_dir)
+        c = _cluster(topo, cluster)
+        for n in c.nodes:
+            n.held = True
+        topo.save()
         return sum(procs.kill(n.proc) for n in c.nodes)
 
 
 def restart_node(run_dir: Path, name: str, *, timeout_s: float = NODE_START_TIMEOUT_S) -> Node:
     """Start a killed node again with its old command line; wait until its GCS counts it."""
-    with locked(run_dir.resolve()):
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
         topo = _load(run_dir)
         cluster, node = _lookup(topo, name)
         _restart(topo, cluster, [node], timeout_s, report=_quiet)
@@ -77,17 +89,23 @@ def restart_cluster(
     every raylet died stalls the new head's start for longer than Ray waits.) Serving
     jobs are then re-created by the Keepers and their AppMasters recover from the DB.
     """
-    with locked(run_dir.resolve()):
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
         topo = _load(run_dir)
         c = _cluster(topo, cluster)
         dead = [n for n in c.nodes if not procs.alive(n.proc)]
         if not dead:
             raise StackError(f"every node of cluster {cluster} is running")
-        if len(dead) == len(c.nodes) and c.storage_namespace is not None:
-            base = c.storage_namespace.split("~")[0]
-            c.storage_namespace = f"{base}~{uuid.uuid4().hex[:6]}"
-            c.head.proc.env["RAY_external_storage_namespace"] = c.storage_namespace
+        fresh_namespace_if_all_dead(c, dead)
         _restart(topo, c, dead, timeout_s, report=report)
+
+
+def fresh_namespace_if_all_dead(c: Cluster, dead: list[Node]) -> None:
+    """A cluster restarting every node comes back empty: a fresh GCS storage namespace
+    for its head (see ``restart_cluster``)."""
+    if len(dead) == len(c.nodes) and c.storage_namespace is not None:
+        base = c.storage_namespace.split("~")[0]
+        c.storage_namespace = f"{base}~{uuid.uuid4().hex[:6]}"
+        c.head.proc.env["RAY_external_storage_namespace"] = c.storage_namespace
 
 
 def _restart(
@@ -120,7 +138,7 @@ def _cluster(topo: Topology, name: str) -> Cluster:
 
 def signal_keeper(run_dir: Path, keeper_id: str, sig: int) -> None:
     """Send ``sig`` to a Keeper's process group: SIGKILL (crash), SIGSTOP/SIGCONT (pause)."""
-    with locked(run_dir.resolve()):
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
         topo = _load(run_dir)
         try:
             keeper = topo.keeper(keeper_id)
@@ -143,7 +161,7 @@ def restart_keeper(
     """Start a killed Keeper again with its command line and environment, or with
     ``argv`` / ``env`` instead (a drill routes its DB traffic through a fault proxy, or
     fakes its clock); what it runs with is recorded, so a later restart repeats it."""
-    with locked(run_dir.resolve()):
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
         topo = _load(run_dir)
         try:
             keeper = topo.keeper(keeper_id)
@@ -158,7 +176,7 @@ def restart_keeper(
 
 def kill_db(run_dir: Path) -> None:
     """SIGKILL the private DB server (a crash: InnoDB recovers at the next start)."""
-    with locked(run_dir.resolve()):
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
         topo = _load(run_dir)
         if topo.db.proc is None:
             raise StackError(f"the stack's DB ({topo.db.kind}) is not a process it started")
@@ -168,7 +186,7 @@ def kill_db(run_dir: Path) -> None:
 def restart_db(run_dir: Path, *, timeout_s: float = 60.0) -> None:
     """Start the killed private DB server again on its data directory; wait until it
     answers."""
-    with locked(run_dir.resolve()):
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
         topo = _load(run_dir)
         db = topo.db
         if db.proc is None or db.address is None:
@@ -187,7 +205,7 @@ def restart_db(run_dir: Path, *, timeout_s: float = 60.0) -> None:
 def kill_redis(run_dir: Path) -> None:
     """SIGKILL the private Redis (GCS fault tolerance's store): its append-only file
     keeps what it acknowledged."""
-    with locked(run_dir.resolve()):
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
         topo = _load(run_dir)
         if topo.redis is None:
             raise StackError("the stack runs without Redis (no GCS fault tolerance)")
@@ -197,7 +215,7 @@ def kill_redis(run_dir: Path) -> None:
 def restart_redis(run_dir: Path, *, timeout_s: float = 15.0) -> None:
     """Start the killed private Redis again: same command line, so the same address,
     port, data directory and append-only file; wait until it answers PING."""
-    with locked(run_dir.resolve()):
+    with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
         topo = _load(run_dir)
         if topo.redis is None:
             raise StackError("the stack runs without Redis (no GCS fault tolerance)")
@@ -242,6 +260,6 @@ def heal(run_dir: Path, *, timeout_s: float = NODE_START_TIMEOUT_S) -> list[str]
             healed.append(f"keeper {k.id}")
     topo = _load(run_dir)
     for c in topo.clusters:
-        with locked(run_dir.resolve()):
+        with locked(run_dir.resolve(), wait_s=LOCK_WAIT_S):
             await_nodes(topo, c, c.nodes, timeout_s, spawned_at=0.0, attempts=1)
     return healed

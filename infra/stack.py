@@ -51,18 +51,25 @@ def _quiet(_: str) -> None:
 
 
 @contextlib.contextmanager
-def locked(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory's lock: one up/down/fault at a time per stack."""
+def locked(run_dir: Path, *, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold the run directory's lock: one up/down/fault at a time per stack. Busy: wait
+    up to ``wait_s`` for it (a fault primitive waits out the supervisor's restart of a
+    node), then fail with a one-line error."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = (run_dir / ".lock").open("w")
     except OSError as exc:
         raise StackError(f"run directory {run_dir} is not writable: {exc.strerror}") from None
     with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StackError(f"another ha-serving command is using {run_dir}") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StackError(f"another ha-serving command is using {run_dir}") from None
+                time.sleep(0.2)
         yield
 
 
@@ -186,6 +193,12 @@ def _start(settings: Settings, run_dir: Path, report: Report) -> Topology:
     _register_clusters(topo)
     report(f"starting {settings.keeper.replicas} Keeper replicas")
     _start_keepers(settings, topo)
+    if s.supervise:
+        topo.supervisor = procs.spawn(
+            [str(Path(s.ray_bin).with_name("python")), "-m", "infra.supervise", str(run_dir)],
+            log=run_dir / "logs" / "supervisor.log",
+        )
+        topo.save()
     return topo
 
 
@@ -371,6 +384,7 @@ class NodeStartFailed(StackError):
 
 def spawn_node(node: Node) -> None:
     """Start ``node`` with its recorded command line and environment."""
+    node.held = False
     if node.role == "head":
         # a head restarted in its old temp dir would otherwise refuse to start
         (node.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
@@ -594,6 +608,11 @@ class DownResult(BaseModel):
 
 def down(run_dir: Path, *, report: Report = _quiet) -> DownResult:
     run_dir = run_dir.resolve()
+    found = topology.load(run_dir)
+    if found is not None and found.supervisor is not None:
+        # first, and outside the lock it may hold while it restarts a node: it would
+        # otherwise start again what this stops (it saves what it spawns at once)
+        procs.kill(found.supervisor, grace_s=10)
     with locked(run_dir):
         topo = topology.load(run_dir)
         if topo is None:
@@ -605,6 +624,8 @@ def down(run_dir: Path, *, report: Report = _quiet) -> DownResult:
 
 def _stop(topo: Topology, *, report: Report) -> int:
     stopped = 0
+    if topo.supervisor is not None:
+        stopped += procs.kill(topo.supervisor, grace_s=10)
     if topo.keepers:
         report("stopping the Keepers")
     for k in topo.keepers:

@@ -73,6 +73,10 @@ class Node(_Model):
     ports: NodePorts
     temp_dir: Path
     proc: Proc
+    held: bool = False
+    """Killed on purpose (``infra.kill_node``, ``kill_cluster``): down until whoever
+    killed it restarts it, so the supervisor (``infra.supervise``) leaves it alone. Any
+    start of the node clears it."""
 
 
 class Cluster(_Model):
@@ -177,6 +181,9 @@ class Topology(_Model):
     """Where the clients' discovery credential is (Status, Resolve, Watch only)."""
     tls: TlsPaths | None = None
     """The stack's CA and certificates; None: the stack speaks plaintext (`up --no-tls`)."""
+    supervisor: Proc | None = None
+    """``python -m infra.supervise``: restarts nodes that die by themselves (None: `up`
+    ran with ``stack.supervise`` off, or before there was one)."""
 
     def keeper(self, keeper_id: str) -> Keeper:
         for k in self.keepers:
