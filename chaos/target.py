@@ -20,6 +20,7 @@ from typing import Any, Literal
 import infra
 from ha_serving._errors import CallError, StackError
 from ha_serving.appmaster import NAMESPACE, appmaster_name
+from ha_serving.appmaster._standby import Holder, lease_name
 from ha_serving.client import Client, Discovery, EndpointInfo
 from ha_serving.keeper import KeeperClient, keeper_status
 from ha_serving.store import Store
@@ -132,7 +133,8 @@ def _pattern(service_name: str, kind: ActorKind) -> re.Pattern[str]:
         {
             "worker": rf"{s}-w\d+(-r\d+)?",
             "proxy": rf"{s}-p\d+",
-            "appmaster": re.escape(appmaster_name(service_name)),
+            # the active one and its warm standby (appmaster._standby)
+            "appmaster": re.escape(appmaster_name(service_name)) + r"(-2)?",
         }[kind]
     )
 
@@ -163,7 +165,22 @@ def actors(
         for r in rows
         if r.name and pattern.fullmatch(r.name) and r.pid
     ]
+    if kind == "appmaster":  # the active one (the lease's holder) first
+        active = active_appmaster(topo, cluster, service_name)
+        return sorted(found, key=lambda a: (f"{a.name}:{a.pid}" != active, a.name))
     return sorted(found, key=lambda a: a.name)
+
+
+def active_appmaster(topo: infra.Topology, cluster: str, service_name: str) -> str | None:
+    """``<actor>:<pid>`` of the AppMaster that holds the service's lease on ``cluster``
+    (None: no lease, a service with one AppMaster)."""
+    db = store(topo)
+    try:
+        lease = db.get_lease(lease_name(cluster, service_name))
+    finally:
+        db.close()
+    holder = Holder.parse(lease.holder) if lease is not None and lease.holder else None
+    return None if holder is None else f"{holder.actor}:{holder.pid}"
 
 
 # --- endpoints and answers -----------------------------------------------------------

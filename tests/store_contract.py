@@ -1264,3 +1264,54 @@ STORE_CHECKS += [
     a_version_6_db_gains_the_credentials,
     a_version_6_db_with_credentials_but_no_rate_samples_gains_them,
 ]
+
+
+def a_lease_is_taken_only_from_the_holder_named(b: Backend) -> None:
+    """``take_lease`` (an AppMaster's standby, whose peer Ray reported dead) moves an
+    unexpired lease from the named holder, one epoch up; from anyone else, nothing."""
+    clock = FakeClock()
+    store = b.connect(clock=clock)
+    held = store.acquire_lease("am", "a@1", 1000.0)
+    assert held is not None
+    assert store.take_lease("am", "b@2", "someone-else", 1000.0) is None
+    taken = store.take_lease("am", "b@2", "a@1", 1000.0)
+    assert taken == Lease("am", "b@2", held.epoch + 1, clock.now() + 1000.0)
+    assert store.take_lease("am", "c@3", "a@1", 1000.0) is None  # a@1 no longer holds it
+    assert store.get_lease("am") == taken
+    assert store.take_lease("absent", "b@2", "a@1", 1000.0) is None
+
+
+def concurrent_takers_of_a_dead_holders_lease_exactly_one_wins(b: Backend) -> None:
+    """The standby and the restarted process race to take a dead holder's lease."""
+    first = b.connect()
+    held = first.acquire_lease("am", "dead@1", 1000.0)
+    assert held is not None
+    stores = [b.connect() for _ in range(RACERS)]
+    results = race(RACERS, lambda i: stores[i].take_lease("am", f"t{i}", "dead@1", 1000.0))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert winners[0].epoch == held.epoch + 1
+
+
+def appmaster_state_writes_fenced_by_a_lease_stop_once_it_moved(b: Backend) -> None:
+    """An AppMaster whose standby took the lease can no longer write its state."""
+    store = b.connect()
+    mine = store.acquire_lease("am", "a@1", 1000.0)
+    assert mine is not None
+    fence = ("am", mine.epoch)
+    v1 = store.save_appmaster_state("c1", "echo", {"n": 1}, expected_version=None, fence=fence)
+    v2 = store.save_appmaster_state("c1", "echo", {"n": 2}, expected_version=v1, fence=fence)
+    assert store.take_lease("am", "b@2", "a@1", 1000.0) is not None
+    with pytest.raises(LeaseLost):
+        store.save_appmaster_state("c1", "echo", {"n": 3}, expected_version=v2, fence=fence)
+    with pytest.raises(LeaseLost):
+        store.save_appmaster_state("c2", "echo", {"n": 1}, expected_version=None, fence=fence)
+    assert store.load_appmaster_state("c1", "echo") == ({"n": 2}, v2)
+    assert store.load_appmaster_state("c2", "echo") is None
+
+
+LEASE_CHECKS += [
+    a_lease_is_taken_only_from_the_holder_named,
+    concurrent_takers_of_a_dead_holders_lease_exactly_one_wins,
+]
+STORE_CHECKS.append(appmaster_state_writes_fenced_by_a_lease_stop_once_it_moved)

@@ -16,7 +16,13 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, assert_never
 
-from ha_serving._errors import ConflictError, HAServingError, InvalidSpec, TransientError
+from ha_serving._errors import (
+    ConflictError,
+    HAServingError,
+    InvalidSpec,
+    LeaseLost,
+    TransientError,
+)
 from ha_serving._instructions import (
     DeployBody,
     EndReleaseBody,
@@ -189,6 +195,10 @@ class AppMasterCore:
         self._unhealthy: frozenset[str] = frozenset()
         self._granted = 0
         """Highest epoch the store's leadership lease was seen at (it only grows)."""
+        self.fence: tuple[str, int] | None = None
+        """(lease, epoch) every state write is fenced by: set by an AppMaster with a warm
+        standby (``appmaster._standby``), so once the standby took the lease this one's
+        writes fail with ``LeaseLost`` and ``run`` ends; None: unfenced (one AppMaster)."""
         self.rounds = 0
         self._reconciled = False
         """True once a round has observed the actors and acted on what it saw since this
@@ -254,6 +264,7 @@ class AppMasterCore:
                     self.service,
                     state.to_record(),
                     expected_version=self._version,
+                    fence=self.fence,
                 )
                 self.state = state
         except Exception as exc:  # nothing of the batch is durable: all callers learn it
@@ -331,6 +342,7 @@ class AppMasterCore:
                     self.service,
                     new.to_record(),
                     expected_version=None,
+                    fence=self.fence,
                 )
                 self.state = new
         else:
@@ -495,6 +507,9 @@ class AppMasterCore:
         while True:
             try:
                 busy = await self.round()
+            except LeaseLost:  # the standby took over: this one must not act again
+                self.log.exception("the AppMaster lease moved to the standby: stopping")
+                raise
             except (TransientError, ConflictError) as exc:
                 self.log.warning("round failed, retrying: %s", exc)
                 if isinstance(exc, ConflictError):

@@ -32,8 +32,12 @@ class KeeperLink:
         *,
         settings: KeeperSettings | None = None,
         tls: TlsFiles | None = None,
+        actor_name: str | None = None,
     ) -> None:
         self.core = core
+        self.actor_name = actor_name or f"{core.service}-appmaster"
+        """The actor its link and heartbeats name: which of a service's two AppMasters
+        acts (``appmaster._standby``) is visible in the Keepers' heartbeat record."""
         self.tls = tls
         """The CA the Keepers' certificate must be signed by and this AppMaster's client
         certificate (mutual TLS on the Keepers' link port); None: plaintext."""
@@ -78,7 +82,7 @@ class KeeperLink:
             cluster=self.core.cluster,
             service=self.core.service,
             after=state.last_instruction if state else 0,
-            actor_name=f"{self.core.service}-appmaster",
+            actor_name=self.actor_name,
             epoch_seen=state.highest_epoch if state else 0,
         )
         options = _channel_options(self.settings)
@@ -125,7 +129,7 @@ class KeeperLink:
         beat = keeper_pb2.HeartbeatRequest(
             cluster=self.core.cluster,
             service=self.core.service,
-            actor_name=f"{self.core.service}-appmaster",
+            actor_name=self.actor_name,
             epoch_seen=state.highest_epoch if state else 0,
         )
         try:

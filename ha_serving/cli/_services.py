@@ -22,6 +22,7 @@ from typing import Any
 from ha_serving._errors import InvalidSpec, StackError, UnknownService
 from ha_serving._spec import ServiceSpec, code_dir, load_spec, parse_spec
 from ha_serving.appmaster import CONTROL_CPUS, NAMESPACE, AppMaster, appmaster_name
+from ha_serving.appmaster._standby import standby_name
 from ha_serving.backend import make_package
 from ha_serving.runtime import ActorSpec
 from ha_serving.runtime._ray import RayRuntime, connect, disconnect
@@ -195,32 +196,37 @@ def start_appmaster(
     link_tls: TlsFiles | None = None,
     proxy_tls: TlsFiles | None = None,
 ) -> str:
-    """Inside a Ray job on ``cluster``: create (or find) the detached AppMaster linked to
-    the Keepers, wait until it answers, and leave it running. The actor's arguments are
-    shown by Ray's state API, so they carry the secrets' file paths, not the secrets."""
+    """Inside a Ray job on ``cluster``: create (or find) the service's two detached
+    AppMasters linked to the Keepers (one acts, the other is its warm standby:
+    ``appmaster._standby``), wait until both answer, and leave them running. The actors'
+    arguments are shown by Ray's state API, so they carry the secrets' file paths, not
+    the secrets."""
     import ray
 
     ray.init(namespace=NAMESPACE, log_to_driver=False)
     runtime = RayRuntime(NAMESPACE)
-    name = appmaster_name(service)
+    pair = (appmaster_name(service), standby_name(service))
 
     async def go() -> str:
-        await runtime.create(
-            ActorSpec(
-                name=name,
-                cls=AppMaster,
-                args=(cluster, service, db, NAMESPACE),
-                kwargs={
-                    "keepers": keepers,
-                    "token_file": str(token_file) if token_file is not None else None,
-                    "link_tls": link_tls,
-                    "proxy_tls": proxy_tls,
-                },
-                num_cpus=CONTROL_CPUS,
-                max_concurrency=100,
+        for name, peer in (pair, pair[::-1]):
+            await runtime.create(
+                ActorSpec(
+                    name=name,
+                    cls=AppMaster,
+                    args=(cluster, service, db, NAMESPACE),
+                    kwargs={
+                        "keepers": keepers,
+                        "token_file": str(token_file) if token_file is not None else None,
+                        "link_tls": link_tls,
+                        "proxy_tls": proxy_tls,
+                        "peer": peer,
+                    },
+                    num_cpus=CONTROL_CPUS,
+                    max_concurrency=100,
+                )
             )
-        )
-        return str(await runtime.call(name, "ping", timeout_s=60.0))
+        answers = [str(await runtime.call(name, "ping", timeout_s=60.0)) for name in pair]
+        return answers[0]
 
     try:
         return asyncio.run(go())

@@ -28,7 +28,9 @@ expired(e, any)    acquire(h)                 held(e+1, h)       the new Lease
 held(e, h)         acquire(h)                 held(e, h)         the same Lease, as is
 held(e, h)         acquire(h2), h2 != h       held(e, h)         None
 held(e, h)         renew(h, e)                held(e, h), later  the renewed Lease
+held/exp.(e, h)    take(h2, from h)           held(e+1, h2)      the new Lease
 anything else      renew(h, e)                unchanged          raises LeaseLost
+anything else      take(h2, from h)           unchanged          None
 held/expired(e,h)  release(h, e)              free(e)            True
 anything else      release(h, e)              unchanged          False
 held(e, h)         time reaches expires_at    expired(e, h)      -
@@ -124,6 +126,25 @@ def acquire(conn: Connection, now: Now, name: str, holder: str, ttl_s: float) ->
             leases.c.epoch == current.epoch,
             sa.or_(leases.c.holder.is_(None), leases.c.expires_at <= now),
         )
+        .values(holder=holder, epoch=leases.c.epoch + 1, expires_at=now + ttl_s)
+    )
+    if taken.rowcount != 1:
+        return None
+    return _get_existing(conn, name)
+
+
+def take(  # noqa: PLR0917 - acquire's arguments and the holder it is taken from
+    conn: Connection, now: Now, name: str, holder: str, from_holder: str, ttl_s: float
+) -> Lease | None:
+    """Take ``name`` from ``from_holder``, whom the caller knows to be dead, expired or
+    not: held(e, from_holder) -> held(e+1, holder). None if it is no longer
+    ``from_holder``'s (another taker won, or it moved on). For a holder whose death is
+    learnt from elsewhere (Ray's actor table, for an AppMaster's warm standby) rather
+    than from the lease running out."""
+    _check_ttl(ttl_s)
+    taken = conn.execute(
+        sa.update(leases)
+        .where(leases.c.name == name, leases.c.holder == from_holder)
         .values(holder=holder, epoch=leases.c.epoch + 1, expires_at=now + ttl_s)
     )
     if taken.rowcount != 1:

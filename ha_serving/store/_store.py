@@ -455,18 +455,24 @@ class Store:
         state: Mapping[str, Any],
         *,
         expected_version: int | None,
+        fence: tuple[str, int] | None = None,
     ) -> int:
         """Write one job's AppMaster state; return its new version.
 
         ``expected_version=None`` creates it and requires that none exists yet;
         otherwise the stored version must equal it. A mismatch raises ``ConflictError``
         (``expected`` 0 stands for "absent", ``actual`` None for "there is none").
+        With ``fence`` (lease name, epoch) it is written only while that lease is at
+        that epoch, in the same transaction (``LeaseLost`` otherwise): an AppMaster
+        whose warm standby took over can no longer write.
         """
         key = f"{cluster}/{service}"
         now = self._now_sql()
         if expected_version is None:
             try:
                 with self._tx() as conn:
+                    if fence is not None:
+                        self._fence(conn, *fence)
                     conn.execute(
                         sa.insert(appmaster_state).values(
                             cluster=cluster,
@@ -486,6 +492,8 @@ class Store:
             appmaster_state.c.service == service,
         )
         with self._tx() as conn:
+            if fence is not None:
+                self._fence(conn, *fence)
             updated = conn.execute(
                 sa.update(appmaster_state)
                 .where(*where, appmaster_state.c.version == expected_version)
@@ -568,6 +576,12 @@ class Store:
         """Take lease ``name`` for ``ttl_s`` seconds, or None if another holder has it."""
         with self._tx() as conn:
             return _lease.acquire(conn, self._now_sql(), name, holder, ttl_s)
+
+    def take_lease(self, name: str, holder: str, from_holder: str, ttl_s: float) -> Lease | None:
+        """Take lease ``name`` from ``from_holder`` (known dead), expired or not; None
+        if it is not ``from_holder``'s any more."""
+        with self._tx() as conn:
+            return _lease.take(conn, self._now_sql(), name, holder, from_holder, ttl_s)
 
     def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
         """Extend ``lease`` by ``ttl_s`` from now; ``LeaseLost`` if it expired or moved."""
