@@ -5,6 +5,7 @@ across clusters that survives the leader's death, and fencing of a stale leader.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 import infra
 from ha_serving._errors import CallError
 from ha_serving._spec import load_spec, parse_spec
+from ha_serving.appmaster._standby import Holder, lease_name
 from ha_serving.backend import make_package
 from ha_serving.client import discovered_client
 from ha_serving.keeper import KeeperClient, KeeperError, KeeperRefused, keeper_status
@@ -264,6 +266,62 @@ def _wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> float:
 def _status_of(topo: infra.Topology, keeper_id: str) -> dict[str, Any]:
     address = next(k.address for k in topo.keepers if k.id == keeper_id)
     return keeper_status(address, token=topo.keeper_token(), timeout_s=1.0, tls=topo.client_tls())
+
+
+def _holder(store: Store, cluster: str) -> Holder:
+    lease = store.get_lease(lease_name(cluster, "multi"))
+    assert lease is not None
+    assert lease.holder is not None
+    holder = Holder.parse(lease.holder)
+    assert holder is not None
+    return holder
+
+
+def test_a_killed_appmaster_hands_over_to_its_standby(
+    mstack: infra.Topology, keeper: KeeperClient
+) -> None:
+    """SIGKILL the active AppMaster of cluster a under load: its warm standby (the other
+    actor) takes the lease at a higher epoch and links to the Keepers, a config update
+    then goes through on both clusters, no call fails, and the killed actor comes back
+    as the standby. Prints the seconds from the kill to the standby's first heartbeat."""
+    _ensure_deployed(mstack, keeper)
+    with Store.connect(mstack.db.ref()) as store, ClusterLoad(mstack) as load:
+        active = _holder(store, "a")
+        epoch = store.get_lease(lease_name("a", "multi")).epoch  # type: ignore[union-attr]
+        killed_at = store.now()
+        os.kill(active.pid, signal.SIGKILL)
+        _wait_for("the standby holding the lease", lambda: _holder(store, "a") != active, 30)
+        successor = _holder(store, "a")
+        assert successor.actor != active.actor  # the standby, not the restarted process
+        assert store.get_lease(lease_name("a", "multi")).epoch == epoch + 1  # type: ignore[union-attr]
+
+        def linked() -> bool:
+            return any(
+                b.cluster == "a" and b.actor_name == successor.actor and b.heartbeat_at > killed_at
+                for b in store.list_appmasters("multi")
+            )
+
+        _wait_for("the standby's link to the Keepers", linked, 30)
+        beat = next(
+            b.heartbeat_at
+            for b in store.list_appmasters("multi")
+            if b.cluster == "a" and b.actor_name == successor.actor
+        )
+        op_id = keeper.deploy(_spec_json(config={"prefix": "handed-over"}), b"", kind="config")
+        assert _wait_op(keeper, op_id)["status"] == "succeeded"
+        for cluster in ("a", "b"):
+            found = store.load_appmaster_state(cluster, "multi")
+            assert found is not None
+            assert found[0]["desired"]["config"]["prefix"] == "handed-over"
+        assert _holder(store, "a") == successor  # the restarted actor stood by
+    with load.lock:
+        outcomes = [o for _, o in load.results]
+    failed = [o for o in outcomes if o not in ("a", "b")]
+    print(
+        f"\nAppMaster {active} killed: {successor} heartbeat {beat - killed_at:.2f}s later; "
+        f"{len(outcomes)} requests, {len(failed)} failed"
+    )
+    assert failed == []
 
 
 def test_a_paused_leader_is_fenced_after_it_resumes(
