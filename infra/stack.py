@@ -489,20 +489,36 @@ def _wait_nodes(
 @contextlib.contextmanager
 def stack_for_run(settings: Settings, *, report: Report = _quiet) -> Iterator[Topology]:
     """The stack up in ``settings``' run dir, or else one of the run's own, with the ports
-    of a free slot (so it can run beside `make up`'s), taken down again afterwards."""
+    of a free slot (so it can run beside `make up`'s), taken down again afterwards.
+
+    A stack of the run's own starts from an empty DB and leaves none behind: `up` keeps
+    the run dir's DB (``<run_dir>/db``) across `down` and `up`, and its Keepers bring
+    back every service recorded in it, so an earlier run's services (a load test's 500
+    instances, a drill's service) would run beside this one. A DB found there is set
+    aside for the run (``db.aside-<time>``) and put back afterwards."""
     run_dir = settings.stack.run_dir.resolve()
     found = topology.load(run_dir)
     if found is not None:
         yield found
         return
     slot = claim_slot()
+    kept = run_dir / "db"
+    aside = run_dir / f"db.aside-{time.strftime('%Y%m%dT%H%M%S')}-{slot.base}"
+    if kept.exists():
+        kept.rename(aside)
+        report(f"a DB an earlier stack left in {run_dir} is set aside for this run: {aside.name}")
     report(f"no stack in {run_dir}: bringing one up (ports from {slot.base})")
     try:
         yield up(slot.settings(settings)).topology
     finally:
         report("taking the stack down again")
-        down(run_dir)
-        slot.release()
+        try:
+            down(run_dir)
+            shutil.rmtree(kept, ignore_errors=True)  # the run's own: nothing outlives it
+            if aside.exists():
+                aside.rename(kept)
+        finally:
+            slot.release()
 
 
 # --- status -------------------------------------------------------------------------

@@ -139,7 +139,8 @@ class Supervisor:
             if nodes:
                 plans.append((cluster, nodes))
             else:
-                log.info("cluster %s: %s down; waiting for Redis or the head", name, dead)
+                names = ", ".join(n.name for n in dead)
+                log.info("cluster %s: %s down; waiting for Redis or the head", name, names)
         return plans
 
     def _await(self, topo: Topology, cluster: Cluster, nodes: list[Node]) -> list[str]:
