@@ -53,11 +53,11 @@ PERIOD_S = 1.0
 """How often it looks: a head that exited is started again within a second or so of
 Redis answering (the cluster's raylets wait ``gcs_reconnect_timeout_s``, 60 s)."""
 
-Await = Callable[[Topology, Cluster, list[Node]], None]
+Await = Callable[[Topology, Cluster, list[Node], float], None]
 
 
-def _await(topo: Topology, cluster: Cluster, nodes: list[Node]) -> None:
-    await_nodes(topo, cluster, nodes, NODE_START_TIMEOUT_S, spawned_at=time.time(), attempts=1)
+def _await(topo: Topology, cluster: Cluster, nodes: list[Node], spawned_at: float) -> None:
+    await_nodes(topo, cluster, nodes, NODE_START_TIMEOUT_S, spawned_at=spawned_at, attempts=1)
 
 
 def down_by_themselves(topo: Topology) -> dict[str, list[Node]]:
@@ -115,6 +115,10 @@ class Supervisor:
         if not plans:
             return []
         self._spawning = True  # SIGTERM now would leave spawned nodes out of the topology
+        # one time for all: a node counts as started once its GCS lists it as registered
+        # after its spawn, and the clusters are waited for one after the other, so a
+        # later cluster's node may have registered before the wait for it begins
+        spawned_at = time.time()
         try:
             for cluster, nodes in plans:
                 for n in nodes:
@@ -128,7 +132,11 @@ class Supervisor:
             self._spawning = False
         if self.stopping:
             raise SystemExit(0)
-        return [name for cluster, nodes in plans for name in self._await(topo, cluster, nodes)]
+        return [
+            name
+            for cluster, nodes in plans
+            for name in self._await(topo, cluster, nodes, spawned_at)
+        ]
 
     @staticmethod
     def _plans(topo: Topology) -> list[tuple[Cluster, list[Node]]]:
@@ -143,13 +151,15 @@ class Supervisor:
                 log.info("cluster %s: %s down; waiting for Redis or the head", name, names)
         return plans
 
-    def _await(self, topo: Topology, cluster: Cluster, nodes: list[Node]) -> list[str]:
+    def _await(
+        self, topo: Topology, cluster: Cluster, nodes: list[Node], spawned_at: float
+    ) -> list[str]:
         """Names of ``nodes`` once the GCS lists them; none if a start failed (those are
         stopped and cleaned, so the next tick starts them afresh: a node that hangs
         unregistered would otherwise look alive for ever)."""
         began = time.monotonic()
         try:
-            self.wait(topo, cluster, nodes)
+            self.wait(topo, cluster, nodes, spawned_at)
         except NodeStartFailed as exc:
             log.warning("%s; trying again on the next tick", exc)
             for n in nodes:

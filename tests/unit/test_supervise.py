@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,9 @@ def topo(tmp_path: Path) -> Topology:
     t.save()
     yield t
     now = infra.load(tmp_path)
-    for n in (now or t).clusters[0].nodes:
-        procs.kill(n.proc)
+    for c in (now or t).clusters:
+        for n in c.nodes:
+            procs.kill(n.proc)
 
 
 class Waits:
@@ -66,9 +68,13 @@ class Waits:
 
     def __init__(self) -> None:
         self.waited: list[list[str]] = []
+        self.spawned_at: list[float] = []
 
-    def __call__(self, _topo: Topology, _cluster: Cluster, nodes: list[Node]) -> None:
+    def __call__(
+        self, _topo: Topology, _cluster: Cluster, nodes: list[Node], spawned_at: float
+    ) -> None:
         self.waited.append([n.name for n in nodes])
+        self.spawned_at.append(spawned_at)
 
 
 def _pid(run_dir: Path, name: str) -> int:
@@ -140,7 +146,7 @@ def test_a_start_that_fails_is_cleaned_and_tried_again_next_tick(topo: Topology)
     procs.kill(topo.cluster("a").node("a-w1").proc)
     fails = [True]
 
-    def wait(_t: Topology, cluster: Cluster, nodes: list[Node]) -> None:
+    def wait(_t: Topology, cluster: Cluster, nodes: list[Node], _spawned_at: float) -> None:
         if fails.pop(0) if fails else False:
             raise stack.NodeStartFailed(cluster.name, {n.name: "exited at start" for n in nodes})
 
@@ -175,3 +181,33 @@ def test_sigterm_while_spawning_waits_until_the_nodes_are_saved(topo: Topology) 
     sup._spawning = False
     with pytest.raises(SystemExit):
         sup.on_sigterm(signal.SIGTERM, None)
+
+
+def test_every_cluster_is_waited_for_from_the_time_its_nodes_were_spawned(
+    topo: Topology, tmp_path: Path
+) -> None:
+    """Clusters are waited for one after the other: a later cluster's wait must count a
+    node registered while the earlier one was waited for (the wait's start would not:
+    catalogue run 3 of 2026-11-30 had a b-head that registered 1.4 s before the wait for
+    it began taken for a failed start after 90 s, and killed)."""
+    other = Cluster(
+        name="b",
+        index=2,
+        gcs_address="127.0.104.9:3",
+        storage_namespace="ns-b",
+        nodes=[_node(tmp_path, "b-head", "head"), _node(tmp_path, "b-w1", "worker")],
+    )
+    topo.clusters.append(other)
+    topo.save()
+    procs.kill(topo.cluster("a").node("a-w1").proc)
+    procs.kill(other.node("b-w1").proc)
+    waits = Waits()
+
+    def slow(t: Topology, cluster: Cluster, nodes: list[Node], spawned_at: float) -> None:
+        waits(t, cluster, nodes, spawned_at)
+        time.sleep(0.3)  # waiting for the first cluster's node takes a while
+
+    before = time.time()
+    assert Supervisor(topo.run_dir, wait=slow).tick() == ["a-w1", "b-w1"]
+    assert waits.spawned_at[0] == waits.spawned_at[1]
+    assert before <= waits.spawned_at[1] < before + 0.3
