@@ -449,9 +449,10 @@ def random_summary_md(run: str, r: RandomRun, about: Mapping[str, str]) -> str:
     lines += [
         f"- seed {r.seed}: `make chaos MODE=random SEED={r.seed} DURATION={r.duration_s:g}` "
         "plans the same faults",
-        f"- {len(r.faults)} of {r.planned} planned faults ran ({injected} injected, at least "
-        f"{r.min_faults} required) in {r.ended - r.started:.0f} s, from "
-        f"{_clock(r.started)} UTC",
+        f"- {len(r.faults)} faults ran: {min(len(r.faults), r.planned)} of {r.planned} "
+        f"planned, {max(0, len(r.faults) - r.planned)} topped up after the plan "
+        f"({injected} injected, at least {r.min_faults} required), in "
+        f"{r.ended - r.started:.0f} s of {r.duration_s:g} s, from {_clock(r.started)} UTC",
     ]
     lines += [f"- {k}: {v}" for k, v in about.items()]
     lines += [

@@ -37,7 +37,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,7 +76,7 @@ from chaos.report import (
     write_journal,
     write_random,
 )
-from chaos.schedule import Slot, plan
+from chaos.schedule import Slot, TopUp, plan
 from ha_serving import Settings
 from ha_serving._spec import load_spec
 from ha_serving._status import ACTIVE
@@ -469,11 +469,15 @@ def own_checks(drill: Drill) -> Drill:
 
 
 def execute_random(
-    session: Session, slots: Sequence[Slot], catalogue: Mapping[str, Drill], ro: RandomOptions
+    session: Session,
+    slots: Sequence[Slot],
+    catalogue: Mapping[str, Drill],
+    ro: RandomOptions,
+    top_up: TopUp | None = None,
 ) -> RandomRun:
-    """The plan's faults one after another until it is done or ``ro.duration_s`` has
-    passed (no fault starts later), under one load and one control client; then the
-    checks over the whole run, and the report."""
+    """The plan's faults one after another, then top-ups while one fits, until
+    ``ro.duration_s`` has passed (no fault starts later), under one load and one control
+    client; then the checks over the whole run, and the report."""
     console, out = session.console, session.out
     console.print(f"[chaos] deploying {SERVICE} on {', '.join(session.clusters)}", markup=False)
     session.deploy()
@@ -483,7 +487,7 @@ def execute_random(
     started = time.time()
     control.start()
     try:
-        faults, stopped = _run_plan(session, slots, catalogue, ro)
+        faults, stopped = _run_plan(session, slots, catalogue, ro, top_up)
     finally:
         control.stop()
     ended = time.time()
@@ -528,29 +532,53 @@ def execute_random(
 
 
 def _run_plan(
-    session: Session, slots: Sequence[Slot], catalogue: Mapping[str, Drill], ro: RandomOptions
+    session: Session,
+    slots: Sequence[Slot],
+    catalogue: Mapping[str, Drill],
+    ro: RandomOptions,
+    top_up: TopUp | None = None,
 ) -> tuple[list[FaultRun], str]:
-    """Run the faults in order, a gap of load after each; what ran, and why it stopped
-    early ("" when the plan was done)."""
+    """Run the faults in order, a gap of load after each; then, when the plan is done
+    before ``ro.duration_s``, top-ups while one fits in the time left (``TopUp``). What
+    ran, and why it stopped early ("" when the plan was done)."""
     console = session.console
     faults: list[FaultRun] = []
     stopped = ""
     clock0 = time.monotonic()
+
+    def left() -> float:
+        return ro.duration_s - (time.monotonic() - clock0)
+
+    def sequence() -> Iterator[tuple[int, Drill]]:
+        for slot in slots:
+            yield slot.index, catalogue[slot.drill]
+        index, last = len(slots), slots[-1].drill if slots else None
+        while top_up is not None and (drill := top_up.next(last=last, room_s=left())):
+            index, last = index + 1, drill.name
+            yield index, drill
+
     try:
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
         ) as progress:
             task = progress.add_task("faults", total=len(slots))
-            for slot in slots:
-                if time.monotonic() - clock0 >= ro.duration_s:
-                    stopped = f"{ro.duration_s:g} s passed: faults {slot.index} and later not run"
+            for index, drill in sequence():
+                if left() <= 0:
+                    stopped = f"{ro.duration_s:g} s passed: faults {index} and later not run"
                     break
-                label = f"{slot.index:02d}-{slot.drill}"
+                label = f"{index:02d}-{drill.name}"
+                if index > len(slots):
+                    progress.update(task, total=index)
+                    console.print(
+                        f"[chaos] the plan is done with {left():.0f} s left: "
+                        f"top-up {label} (~{drill.meta.duration_s:g} s)",
+                        markup=False,
+                    )
 
                 def say(text: str, label: str = label) -> None:
                     progress.update(task, description=escape(f"[{label}] {text}"))
 
-                fault = session.run_fault(catalogue[slot.drill], label, say)
+                fault = session.run_fault(drill, label, say)
                 faults.append(fault)
                 progress.advance(task)
                 console.print(
@@ -675,11 +703,12 @@ def main(argv: list[str] | None = None) -> int:
         gap_s=args.gap_s,
         min_availability=args.min_availability,
     )
+    pool = [d for d in catalogue if not names or d.name in names]
     try:
         drills = select(catalogue, names, control=not args.no_control, smoke=args.set == "smoke")
         slots = (
             plan(
-                [d for d in catalogue if not names or d.name in names],
+                pool,
                 seed=ro.seed,
                 duration_s=ro.duration_s,
                 min_faults=ro.min_faults,
@@ -716,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         session = Session(topo, out, options, console)
         try:
             if args.mode == "random":
-                passed = execute_random(session, slots, catalogue_by_name, ro).passed
+                top_up = TopUp(pool, seed=ro.seed, gap_s=ro.gap_s)
+                passed = execute_random(session, slots, catalogue_by_name, ro, top_up).passed
             else:
                 results = execute(session, drills)
                 passed = bool(results) and all(r.passed for r in results)

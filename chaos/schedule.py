@@ -13,6 +13,10 @@ next, within ``duration_s``:
    ``min_faults`` whenever that many of the cheapest fit at all;
 3. then, while time is left, further drills that fit, never one after itself.
 
+The estimates are cautious, so a plan usually ends before ``duration_s`` has passed;
+``TopUp`` then draws further faults (from its own generator, seeded by the same seed)
+that fit in the time that is really left, so that a run lasts its whole duration.
+
 Pure, so it is unit-tested.
 """
 
@@ -118,3 +122,21 @@ def _greedy(
         chosen.append(pick)
         spent += cost[pick.name]
     return chosen
+
+
+class TopUp:
+    """Faults after the plan, while the run's real time allows: each drawn uniformly among
+    the eligible drills whose estimate fits in what is left (``room_s``) and that are not
+    the one just run. Its own generator, seeded from the run's seed, so the plan itself is
+    the same with or without top-ups; which top-ups come depends on how long the plan
+    really took."""
+
+    def __init__(self, catalogue: Sequence[Drill], *, seed: int, gap_s: float = 2.0) -> None:
+        self._pool = eligible(catalogue)
+        self._cost = {d.name: d.meta.duration_s + gap_s for d in self._pool}
+        self._rng = random.Random(f"top-up-{seed}")  # noqa: S311 - reproducible, not crypto
+
+    def next(self, *, last: str | None, room_s: float) -> Drill | None:
+        """The next fault, or None when none fits in ``room_s``."""
+        fits = [d for d in self._pool if self._cost[d.name] <= room_s and d.name != last]
+        return self._rng.choice(fits) if fits else None

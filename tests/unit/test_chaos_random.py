@@ -4,19 +4,21 @@ checks; its summary lists every fault with its time."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from chaos.catalogue import DRILLS_DIR, load_catalogue, load_drill
 from chaos.checker import LOST, Violation, data_plane
 from chaos.history import CallRecord
 from chaos.report import RandomRun, judge, random_reasons, random_summary_md
-from chaos.run import _parser, own_checks
-from chaos.schedule import eligible, plan
+from chaos.run import FaultRun, RandomOptions, _parser, _run_plan, own_checks
+from chaos.schedule import TopUp, eligible, plan
 from tests.unit.test_chaos_report import T0, journal
 
 GAP_S = 2.0
@@ -41,6 +43,81 @@ def test_at_least_20_faults_fit_in_600_s_with_the_catalogues_durations(seed: int
     assert all(a.at_s < b.at_s for a, b in itertools.pairwise(slots))
     assert all(a.drill != b.drill for a, b in itertools.pairwise(slots))
     assert {s.drill for s in slots} <= {d.name for d in eligible(catalogue)}
+
+
+def test_top_ups_fit_the_time_left_never_repeat_the_last_and_follow_the_seed() -> None:
+    catalogue = load_catalogue()
+    costs = {d.name: d.meta.duration_s + GAP_S for d in eligible(catalogue)}
+    top_up = TopUp(catalogue, seed=7, gap_s=GAP_S)
+    last, drawn = None, []
+    for room in (600.0, 300.0, 120.0, 60.0, 40.0) * 4:
+        drill = top_up.next(last=last, room_s=room)
+        assert drill is not None
+        assert costs[drill.name] <= room
+        assert drill.name != last
+        assert not drill.meta.control
+        last = drill.name
+        drawn.append(drill.name)
+    assert top_up.next(last=None, room_s=min(costs.values()) - 0.1) is None
+    again = TopUp(catalogue, seed=7, gap_s=GAP_S)
+    last, replay = None, []
+    for room in (600.0, 300.0, 120.0, 60.0, 40.0) * 4:
+        drill = again.next(last=last, room_s=room)
+        assert drill is not None
+        last = drill.name
+        replay.append(drill.name)
+    assert replay == drawn
+
+
+class _FastSession:
+    """Faults that take ``took_s`` of the clock (faked), far less than their estimates."""
+
+    def __init__(self, clock: list[float], took_s: float) -> None:
+        self.console = Console(file=io.StringIO(), width=200)
+        self.clock = clock
+        self.took_s = took_s
+
+    def run_fault(self, drill: object, label: str, _say: object) -> FaultRun:
+        start = self.clock[0]
+        self.clock[0] += self.took_s
+        return FaultRun(label, drill, journal(), (start, self.clock[0]), healed=True)  # type: ignore[arg-type]
+
+
+def test_a_plan_done_early_is_topped_up_until_the_duration_has_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faults that run faster than the catalogue's estimates leave time: the run draws
+    more until none fits, so it lasts its duration; without a TopUp it ends with the
+    plan."""
+    import chaos.run as run_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(run_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(run_module.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    catalogue = load_catalogue()
+    by_name = {d.name: d for d in catalogue}
+    ro = RandomOptions(seed=3, duration_s=600, gap_s=GAP_S)
+    slots = plan(catalogue, seed=3, duration_s=600, gap_s=GAP_S)
+
+    session = _FastSession(clock, took_s=5.0)
+    faults, stopped = _run_plan(session, slots, by_name, ro)  # type: ignore[arg-type]
+    assert stopped == ""
+    assert len(faults) == len(slots)
+    assert clock[0] - 1000.0 < 600 / 2  # the plan alone ended far before the duration
+
+    clock[0] = 1000.0
+    session = _FastSession(clock, took_s=5.0)
+    top_up = TopUp(catalogue, seed=3, gap_s=GAP_S)
+    faults, stopped = _run_plan(session, slots, by_name, ro, top_up)  # type: ignore[arg-type]
+    assert stopped == ""
+    assert len(faults) > len(slots)
+    labels = [f.label for f in faults]
+    assert labels[len(slots)].startswith(f"{len(slots) + 1:02d}-")
+    cheapest = min(d.meta.duration_s for d in eligible(catalogue)) + GAP_S
+    elapsed = clock[0] - 1000.0
+    assert 600 - cheapest <= elapsed <= 600 + 5.0 + GAP_S
+    assert all(a.drill.name != b.drill.name for a, b in itertools.pairwise(faults))
+    assert "the plan is done with" in session.console.file.getvalue()
 
 
 def test_a_tight_budget_still_gets_its_faults_from_the_fallback() -> None:
