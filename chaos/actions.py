@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import infra
-from chaos import clock, cpuhog, links, target
+from chaos import clock, cpuhog, links, scaling, target
 from chaos.netfault import PASS, Fault, Mode
 from chaos.target import ActorKind, DrillError, Role
 from infra import procs
@@ -47,6 +47,8 @@ ACTIVITIES = (
     "net_heal",
     "starve_cpu",
     "stop_cpu_starvation",
+    "start_scaling_load",
+    "stop_scaling_load",
     "fake_keeper_clock",
     "jump_keeper_clock",
     "restore_keeper_clocks",
@@ -131,14 +133,20 @@ def restart_keepers(configuration: Configuration) -> list[str]:
 
 
 def kill_actor(
-    configuration: Configuration, cluster: str, kind: ActorKind, index: int = 0
+    configuration: Configuration,
+    cluster: str,
+    kind: ActorKind,
+    index: int = 0,
+    service: str | None = None,
 ) -> dict[str, Any]:
     """SIGKILL the process of one of the service's actors on ``cluster``: the
-    ``index``-th (by name) backend worker, proxy, or the AppMaster. Ray restarts it."""
+    ``index``-th (by name) backend worker, proxy, or the AppMaster (the active one).
+    Ray restarts it. ``service``: another service than the drills' own."""
     topo = target.topology(configuration)
-    found = target.actors(topo, cluster, target.service(configuration), kind)
+    name = service or target.service(configuration)
+    found = target.actors(topo, cluster, name, kind)
     if len(found) <= index:
-        raise DrillError(f"{kind} #{index} of {target.service(configuration)} not on {cluster}")
+        raise DrillError(f"{kind} #{index} of {name} not on {cluster}")
     victim = found[index]
     at = time.time()
     os.kill(victim.pid, signal.SIGKILL)
@@ -353,16 +361,32 @@ def restore_keeper_clocks(configuration: Configuration) -> list[str]:
     return restored
 
 
+# --- the autoscaler's drills (chaos.scaling) ------------------------------------------
+
+
+def start_scaling_load(configuration: Configuration, cluster: str) -> dict[str, Any]:
+    """``chaos-scale`` on ``cluster`` at one instance, then a load that makes its
+    autoscaler scale out (``chaos.scaling``)."""
+    run = scaling.start(target.topology(configuration), cluster)
+    return {"service": scaling.SERVICE, "cluster": cluster, "before": run.before}
+
+
+def stop_scaling_load(configuration: Configuration) -> str | None:
+    """End the ``chaos-scale`` load, if one runs; what it saw."""
+    return scaling.stop(target.run_dir(configuration))
+
+
 # --- rollback ------------------------------------------------------------------------
 
 
 def heal(configuration: Configuration) -> list[str]:
-    """Every drill's rollback: stop CPU hogs, let every fault link pass, restart faked
-    Keepers with their real clock, then resume paused Keepers, restart whatever is dead,
-    and check every cluster's GCS counts all its nodes (``infra.heal``); returns what it
-    did."""
+    """Every drill's rollback: stop the autoscaler drills' load and CPU hogs, let every
+    fault link pass, restart faked Keepers with their real clock, then resume paused
+    Keepers, restart whatever is dead, and check every cluster's GCS counts all its nodes
+    (``infra.heal``); returns what it did."""
     run_dir = target.run_dir(configuration)
-    done = [f"cpu hog {pgid} stopped" for pgid in stop_cpu_starvation(configuration)]
+    done = [stopped] if (stopped := stop_scaling_load(configuration)) else []
+    done += [f"cpu hog {pgid} stopped" for pgid in stop_cpu_starvation(configuration)]
     done += links.heal(run_dir)
     done += [f"keeper {k} on its real clock" for k in restore_keeper_clocks(configuration)]
     return done + infra.heal(run_dir)

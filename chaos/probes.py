@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import infra
-from chaos import links, target
+from chaos import links, scaling, target
 from chaos.actions import Injected, last_injected
 from chaos.target import ActorKind, DrillError, KeeperView
 from ha_serving._errors import HAServingError
@@ -45,6 +45,8 @@ ACTIVITIES = (
     "no_stale_leader",
     "one_leader_per_epoch",
     "wait_link_traffic",
+    "wait_scale_decision",
+    "scaling_settled",
 )
 """The functions a drill may name."""
 
@@ -175,15 +177,21 @@ this (the stream ends with the TCP connection; links beat every 0.3 s), and Ray 
 start a new AppMaster process sooner: a heartbeat later than this is the new process's."""
 
 
-def wait_control_back(configuration: Configuration, cluster: str, timeout_s: float = 60.0) -> float:
+def wait_control_back(
+    configuration: Configuration,
+    cluster: str,
+    timeout_s: float = 60.0,
+    service: str | None = None,
+) -> float:
     """Until the AppMaster of ``cluster`` killed by the last ``kill_actor`` runs again and
     its link to the Keepers heartbeats (it takes instructions again). Returns the seconds
-    from the kill to that first heartbeat, by the heartbeat's own time."""
+    from the kill to that first heartbeat, by the heartbeat's own time. ``service``:
+    another service than the drills' own."""
     hit = last_injected("kill_actor:appmaster")
     if hit is None:
         raise DrillError("no AppMaster was killed in this run")
     topo = target.topology(configuration)
-    name = target.service(configuration)
+    name = service or target.service(configuration)
     first: list[float] = []
 
     def linked() -> bool:
@@ -412,3 +420,22 @@ def wait_link_traffic(
         return total > first[0]
 
     return _poll(f"traffic through the {link} links", flowing, timeout_s, every_s=0.2)
+
+
+# --- the autoscaler's drills (chaos.scaling) ------------------------------------------
+
+
+def wait_scale_decision(configuration: Configuration, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Until ``chaos-scale``'s autoscaler decides to scale out under the drill's load;
+    the decision, and how many instances served then."""
+    return scaling.wait_decision(target.topology(configuration), timeout_s)
+
+
+def scaling_settled(configuration: Configuration, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Until ``chaos-scale`` runs what its autoscaler last decided, then the checks of
+    ``chaos.scaling.check`` (no decision lost or doubled, no call run twice); raises
+    naming what failed. Seconds from the last fault injected to then, with the figures."""
+    fault = last_injected()
+    if fault is None:
+        raise DrillError("no fault was injected in this run")
+    return scaling.settle(target.topology(configuration), fault.at, timeout_s)

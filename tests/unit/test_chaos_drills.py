@@ -35,6 +35,9 @@ SLICE = {
     "cpu-starvation",
     "redis-kill-restart",
     "clock-jump-keepers",
+    # issue 13: the autoscaler's own faults (tests/unit/test_chaos_scaling.py)
+    "autoscale-kill-appmaster",
+    "autoscale-kill-keeper-leader",
 }
 
 
