@@ -311,11 +311,9 @@ def settle(topo: infra.Topology, since: float, timeout_s: float) -> dict[str, An
             return False
         counted = state.spec.scaled(state.autoscaled)
         workers = len(target.actors(topo, run.cluster, SERVICE, "worker"))
-        seen.update(
-            decisions=decisions, counted=counted, serving=len(state.serving()), workers=workers
-        )
-        last = decisions[-1][2]
-        return counted == last == seen["serving"] == workers
+        serving = len(state.serving())
+        seen.update(decisions=decisions, counted=counted, serving=serving, workers=workers)
+        return counted == decisions[-1][2] == serving == workers
 
     try:
         _poll(f"{SERVICE} carrying out its last decision", carried_out, timeout_s)
