@@ -153,14 +153,19 @@ def wait_for_leader(configuration: Configuration, timeout_s: float = 30.0) -> fl
 
 
 def wait_actor_back(
-    configuration: Configuration, cluster: str, kind: ActorKind, timeout_s: float = 60.0
+    configuration: Configuration,
+    cluster: str,
+    kind: ActorKind,
+    timeout_s: float = 60.0,
+    service: str | None = None,
 ) -> float:
-    """Until the actor the last ``kill_actor`` hit is alive again in a new process."""
+    """Until the actor the last ``kill_actor`` hit is alive again in a new process.
+    ``service``: another service than the drills' own."""
     topo = target.topology(configuration)
     hit = last_injected(f"kill_actor:{kind}")
     if hit is None:
         raise DrillError(f"no {kind} was killed in this run")
-    name = target.service(configuration)
+    name = service or target.service(configuration)
 
     def back() -> bool:
         return any(
@@ -211,7 +216,8 @@ def wait_control_back(
         return bool(first)
 
     _poll(f"AppMaster of {cluster} linked", linked, timeout_s, every_s=0.1)
-    wait_actor_back(configuration, cluster, "appmaster", timeout_s)  # a new process: check
+    # a new process: check
+    wait_actor_back(configuration, cluster, "appmaster", timeout_s, service=service)
     return round(min(first) - hit.at, 3)
 
 

@@ -60,14 +60,16 @@ POLICY: dict[str, Any] = {
 (``max_instances``) is room for a doubled decision to show."""
 
 
-def spec(topo: infra.Topology, cluster: str, *, instances: int) -> str:
+def spec(
+    topo: infra.Topology, cluster: str, *, instances: int = 1, autoscaling: bool = True
+) -> str:
     base = load_spec(DRILL_SERVICE / "drill.yaml").model_dump(mode="json")
     base.update(
         name=SERVICE,
         instances=instances,
         config={"seq": 0, "ledger_dir": str(ledger_dir(topo))},
         placement={"clusters": [{"name": cluster}]},
-        autoscaling=POLICY,
+        autoscaling=POLICY if autoscaling else None,
     )
     return json.dumps(base)
 
@@ -137,15 +139,14 @@ def prepare(topo: infra.Topology, cluster: str, timeout_s: float = 240.0) -> int
         keeper.get_service(SERVICE)
     except KeeperRefused:
         package = make_package(DRILL_SERVICE / "code").data
-        body = spec(topo, cluster, instances=1)
-        op = keeper.deploy(body, package, kind="deploy")
+        op = keeper.deploy(spec(topo, cluster), package, kind="deploy")
         _ops_done(topo, [op], timeout_s)
     else:
-        # an operator's new count resets the autoscaler's (AppMasterCore: ``autoscaled``
-        # back to None): 2, then 1, so the count starts from 1 whatever came before
-        for count in (2, 1):
-            body = spec(topo, cluster, instances=count)
-            _ops_done(topo, [keeper.deploy(body, b"", kind="scale")], timeout_s)
+        # autoscaling off at 1 instance (the autoscaler forgets its count and clears its
+        # memory, which would otherwise still ask for what an earlier drill's load
+        # needed), then on again from 1
+        for body in (spec(topo, cluster, instances=1, autoscaling=False), spec(topo, cluster)):
+            _ops_done(topo, [keeper.deploy(body, b"", kind="config")], timeout_s)
 
     def at_one() -> bool:
         state = _state(topo, cluster)

@@ -319,11 +319,13 @@ class AppMasterCore:
             # the proxies' share of max_concurrency is in the routing table (and the
             # workers' cap follows it: Actions.set_caps)
             resend = spec.max_concurrency != state.spec.max_concurrency
-            # an operator's new count overrides the autoscaler's (it starts from there)
-            rescaled = spec.instances != state.spec.instances
+            # an operator's new count overrides the autoscaler's (it starts from there),
+            # and autoscaling switched off forgets it (switched on again, it starts from
+            # ``instances``, not from a count decided under an old load)
+            forget = spec.instances != state.spec.instances or spec.autoscaling is None
             return state.model_copy(
                 update={
-                    "autoscaled": None if rescaled else state.autoscaled,
+                    "autoscaled": None if forget else state.autoscaled,
                     "spec": spec,
                     "desired": desired,
                     "rollout": rollout,

@@ -229,6 +229,29 @@ def test_an_operators_scale_overrides_the_autoscalers_count(h: Harness) -> None:
     run(scenario())
 
 
+def test_autoscaling_switched_off_and_on_again_starts_from_instances(h: Harness) -> None:
+    """Switched off, the autoscaler's count is forgotten and its memory cleared: switched
+    on again with the same ``instances`` and no load, the count is ``instances``, not the
+    6 decided earlier (nor the 6 its scale-in delay remembered)."""
+
+    async def scenario() -> None:
+        await scaled_out_to_6(h)
+        await h.converge()
+        load(h, {})
+        await h.deploy(spec(instances=2), "echo_v1", "op-2", kind="config")
+        assert h.core.state is not None
+        assert h.core.state.autoscaled is None
+        await h.converge()
+        assert len(h.core.state.serving()) == 2
+        await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-3", kind="config")
+        assert h.core.state.wanted() == 2
+        await rounds(h, 10)
+        assert h.core.state.wanted() < 6
+        assert [(e["current"], e["desired"]) for e in events(h)][-1] != (2, 6)
+
+    run(scenario())
+
+
 def test_a_policys_own_reading_period_and_scale_up_delay(h: Harness) -> None:
     """A Ray-Serve-like policy (figures every 10 s, a scale-out only after 30 s of asking
     for it): the AppMaster reads its proxies once per 10 s however often its round runs,
