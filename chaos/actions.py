@@ -72,6 +72,12 @@ class Injected:
 INJECTED: list[Injected] = []
 
 
+def forget_injected() -> None:
+    """A new experiment begins: its probes wait only for its own faults (in a random run,
+    an action that failed must not leave a probe timing an earlier fault's target)."""
+    INJECTED.clear()
+
+
 def last_injected(action: str | None = None) -> Injected | None:
     """The latest fault this process injected (of ``action``, if given)."""
     for f in reversed(INJECTED):

@@ -229,6 +229,7 @@ class Session:
         )
 
     def experiment(self, drill: Drill, on_event: Callable[[str], None]) -> dict[str, Any]:
+        actions.forget_injected()  # its probes wait for its own faults only
         journal: dict[str, Any] = run_experiment(
             drill.fresh_experiment(),
             settings=CHAOS_SETTINGS,

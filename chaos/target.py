@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import tenacity
+
 import infra
 from ha_serving._errors import CallError, StackError
 from ha_serving.appmaster import NAMESPACE, appmaster_name
@@ -139,6 +141,10 @@ def _pattern(service_name: str, kind: ActorKind) -> re.Pattern[str]:
     )
 
 
+STATE_API_WAIT_S = 30.0
+"""How long ``actors`` waits for a cluster's state API (its head's dashboard) to answer."""
+
+
 def dashboard_url(topo: infra.Topology, cluster: str) -> str:
     head = topo.cluster(cluster).head
     if head.ports.dashboard is None:
@@ -149,16 +155,27 @@ def dashboard_url(topo: infra.Topology, cluster: str) -> str:
 def actors(
     topo: infra.Topology, cluster: str, service_name: str, kind: ActorKind
 ) -> list[ActorView]:
-    """The service's live actors of ``kind`` on ``cluster``, by name."""
+    """The service's live actors of ``kind`` on ``cluster``, by name. Ray's state API is
+    the head's dashboard, which comes up some seconds after its GCS when the head
+    restarts: it is asked again for up to ``STATE_API_WAIT_S`` while it cannot be
+    reached (a drill right after ``kill-head`` would fail on it otherwise)."""
     from ray.util.state import list_actors  # heavy import: only drills that need it pay
+    from ray.util.state.exception import ServerUnavailable
 
-    rows = list_actors(
-        address=dashboard_url(topo, cluster),
-        filters=[("ray_namespace", "=", NAMESPACE), ("state", "=", "ALIVE")],
-        limit=10_000,
-        timeout=10,
-        raise_on_missing_output=False,
-    )
+    for attempt in tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ServerUnavailable),
+        stop=tenacity.stop_after_delay(STATE_API_WAIT_S),
+        wait=tenacity.wait_fixed(0.5),
+        reraise=True,
+    ):
+        with attempt:
+            rows = list_actors(
+                address=dashboard_url(topo, cluster),
+                filters=[("ray_namespace", "=", NAMESPACE), ("state", "=", "ALIVE")],
+                limit=10_000,
+                timeout=10,
+                raise_on_missing_output=False,
+            )
     pattern = _pattern(service_name, kind)
     found = [
         ActorView(str(r.name), int(r.pid or 0), str(r.state))
