@@ -121,6 +121,8 @@ class Load:
     instance_start_s: float
     slo_p99_ms: float
     deadline_s: float
+    headroom: int = 0
+    """Instances an autoscaled service may grow to above the count the peak needs."""
 
     @property
     def user_rate(self) -> float:
@@ -173,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--per-worker", type=int, default=2, help="instances per worker process")
     p.add_argument(
+        "--headroom", type=int, default=0,
+        help="autoscaled services may grow this many instances above the peak's count (0)",
+    )  # fmt: skip
+    p.add_argument(
         "--instance-start-s", type=float, default=10.0,
         help="ours' instance_start_s: the forecast's lead, and the step goal's bound",
     )  # fmt: skip
@@ -224,7 +230,7 @@ def policies(
     def section(target: float, **more: Any) -> dict[str, Any]:
         return {
             "min_instances": 1,
-            "max_instances": load.count(trace.peak, target),
+            "max_instances": load.count(trace.peak, target) + load.headroom,
             "target_inflight": target,
             "instance_start_s": load.instance_start_s,
             **more,
@@ -269,8 +275,10 @@ def service_spec(
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.users < 1 or args.rate <= 0 or args.work_s <= 0 or args.slots < 0:
-        raise ValueError("--users, --rate and --work-s must be positive, --slots not negative")
+    if args.users < 1 or args.rate <= 0 or args.work_s <= 0 or args.slots < 0 or args.headroom < 0:
+        raise ValueError(
+            "--users, --rate and --work-s must be positive, --slots and --headroom not negative"
+        )
     load = Load(
         rate=args.rate,
         users=args.users,
@@ -282,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
         instance_start_s=args.instance_start_s,
         slo_p99_ms=args.slo_p99_ms,
         deadline_s=args.deadline_s,
+        headroom=args.headroom,
     )
     params = trace_params(args)
     trace = shapes.build(params)

@@ -371,7 +371,24 @@ def load_of(args: argparse.Namespace) -> autoscale.Load:
         instance_start_s=args.instance_start_s,
         slo_p99_ms=args.slo_p99_ms,
         deadline_s=args.deadline_s,
+        headroom=args.headroom,
     )
+
+
+def test_headroom_lets_the_autoscaled_services_grow_above_the_peaks_count_only() -> None:
+    """noise at 3x: the peak (3.59x) needs 4 at a target of 2; with --headroom 3 ours and
+    the baseline may grow to 7, and static still holds the peak's 4."""
+    args = args_for("noise", "--headroom", "3")
+    load, params = load_of(args), autoscale.trace_params(args)
+    trace = build(params)
+    sections = autoscale.policies(load, trace, params)
+    without = autoscale.policies(load_of(args_for("noise")), trace, params)
+    for p in ("baseline", "reactive", "predictive"):
+        assert sections[p]["max_instances"] == without[p]["max_instances"] + 3  # type: ignore[index]
+    static = autoscale.service_spec("as-static", "a", load, trace, sections["static"])
+    assert static["instances"] == load.count(trace.peak, load.target) == 4
+    with pytest.raises(ValueError, match="--headroom not negative"):
+        autoscale.run(args_for("noise", "--headroom", "-1"))
 
 
 def test_the_four_services_specs() -> None:
