@@ -284,6 +284,10 @@ class JobState(_Frozen):
     operator's scale changes ``instances``."""
     autoscale: AutoscaleChange | None = None
     """The autoscaler's last change of the count, with its reason."""
+    autoscale_demand: int | None = None
+    """The count this cluster's own figures asked for last, before the Keeper's floor
+    (None: none decided yet): the Keeper reads it as this cluster's demand
+    (``keeper/_capacity.py:floors``), never the floor-raised count, which would ratchet."""
 
     @property
     def placement_key(self) -> str:

@@ -338,6 +338,16 @@ class KeeperSettings(_Group):
     never makes a live cluster look lost. At least 2 heartbeat intervals
     (``max(link_period_s, link_beat_s)``), so one late beat is not a loss."""
 
+    capacity_period_s: float = Field(default=2.0, gt=0, le=600)
+    """How often the leader recomputes the capacity floors of autoscaled services placed
+    on more than one cluster (``keeper/_capacity.py:floors``): one read of their
+    AppMasters' states and of the floors, and a write per floor that changed."""
+
+    capacity_stuck_s: float = Field(default=30.0, gt=0)
+    """A cluster that has served fewer instances than it decided for this long (or 3
+    times the policy's ``instance_start_s``, if longer) cannot grow: what it lacks goes
+    to the other clusters' floors."""
+
     resubmit_s: float = Field(default=30.0, gt=0)
     """Least time between two submissions of the same serving job: the AppMaster of a
     job just submitted needs time to start and link."""
@@ -481,6 +491,10 @@ class AutoscaleSettings(_Group):
     metrics_timeout_s: float = Field(default=2.0, gt=0, le=60)
     """A proxy whose figures take longer is left out of that reading (a reading needs
     at least one proxy's, or no decision is taken)."""
+
+    floor_period_s: float = Field(default=5.0, gt=0, le=600)
+    """Seconds between two reads of the Keeper's capacity floor by the AppMaster of an
+    autoscaled service placed on more than one cluster (one primary-key read each)."""
 
 
 class TlsSettings(_Group):

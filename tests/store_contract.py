@@ -1214,7 +1214,7 @@ def a_version_5_db_gains_the_rate_samples_and_the_credentials(b: Backend) -> Non
     b.execute("DROP TABLE credentials")
     b.execute("UPDATE schema_version SET version = 5")
     again = b.connect()
-    assert again.schema_version() == SCHEMA_VERSION == 7
+    assert again.schema_version() == SCHEMA_VERSION == 8
     assert [c.name for c in again.list_clusters()] == ["a"]
     again.record_rate_sample("echo", "a", 60.0, 1.5)
     assert again.list_rate_samples("echo", "a") == [(60.0, 1.5)]
@@ -1230,7 +1230,7 @@ def a_version_6_db_gains_the_credentials(b: Backend) -> None:
     b.execute("DROP TABLE credentials")
     b.execute("UPDATE schema_version SET version = 6")
     again = b.connect()
-    assert again.schema_version() == SCHEMA_VERSION == 7
+    assert again.schema_version() == SCHEMA_VERSION == 8
     assert again.list_rate_samples("echo", "a") == [(60.0, 1.5)]
     token = again.mint_credential("appmaster", "a", "echo")
     found = again.verify_credential(token)
@@ -1315,3 +1315,31 @@ LEASE_CHECKS += [
     concurrent_takers_of_a_dead_holders_lease_exactly_one_wins,
 ]
 STORE_CHECKS.append(appmaster_state_writes_fenced_by_a_lease_stop_once_it_moved)
+
+
+def capacity_floors_are_set_per_target_fenced_by_the_leaders_lease(b: Backend) -> None:
+    """A floor is one row per (service, cluster), replaced when set again; only the
+    lease's current epoch may set one; an unset target has none."""
+    store = b.connect()
+    lease = store.acquire_lease(LEASE, "k1", 1000.0)
+    assert lease is not None
+    assert store.capacity_floor("echo", "a") is None
+    store.set_capacity_floor("echo", "a", 4, "b lost", epoch=lease.epoch, fence=LEASE)
+    store.set_capacity_floor("echo", "b", 0, "", epoch=lease.epoch, fence=LEASE)
+    store.set_capacity_floor("echo", "a", 5, "b lost, c full", epoch=lease.epoch, fence=LEASE)
+    store.set_capacity_floor("other", "a", 2, "x", epoch=lease.epoch, fence=LEASE)
+    floor = store.capacity_floor("echo", "a")
+    assert floor is not None
+    assert (floor.floor, floor.reason, floor.epoch) == (5, "b lost, c full", lease.epoch)
+    assert [(f.cluster, f.floor) for f in store.list_capacity_floors("echo")] == [
+        ("a", 5),
+        ("b", 0),
+    ]
+    assert len(store.list_capacity_floors()) == 3
+    assert store.take_lease(LEASE, "k2", "k1", 1000.0) is not None
+    with pytest.raises(LeaseLost):
+        store.set_capacity_floor("echo", "a", 9, "late", epoch=lease.epoch, fence=LEASE)
+    assert store.capacity_floor("echo", "a") == floor
+
+
+STORE_CHECKS.append(capacity_floors_are_set_per_target_fenced_by_the_leaders_lease)

@@ -35,7 +35,9 @@ one, which can scale out at once but scales in only after a full window again.
 
 Modes (``Decision.mode``): ``stable``, ``panic``, ``latency``, ``forecast`` (the
 forecast raised the count), ``bounds`` (the policy asked for no change, but the count
-was outside ``min_instances..max_instances``, after an update moved them), ``hold``.
+was outside ``min_instances..max_instances``, after an update moved them), ``keeper`` (the Keeper's
+floor raised the count: demand another cluster cannot serve, ``keeper/_capacity.py``),
+``hold``.
 
 The module does no I/O and reads no clock; ``now`` is the caller's monotonic seconds.
 """
@@ -52,7 +54,7 @@ from ha_serving.util.histogram import quantile_bound
 MAX_SCALE_DOWN_RATE = 2.0
 """A scale-in at most divides the count by this (KPA's ``max-scale-down-rate``)."""
 
-Mode = Literal["stable", "panic", "latency", "forecast", "bounds", "hold"]
+Mode = Literal["stable", "panic", "latency", "forecast", "bounds", "keeper", "hold"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,15 @@ class Decision:
     mode: Mode
     reason: str
     """One line: the figures and the rule that decided."""
+    own: int | None = None
+    """The count this cluster's own figures ask for (the stable window's in-flight over
+    the target, or the forecast, within the bounds), apart from the count it holds
+    (hysteresis, panic, a floor): what the Keeper reads as this cluster's demand. None:
+    ``desired``."""
+
+    @property
+    def demand(self) -> int:
+        return self.desired if self.own is None else self.own
 
     @property
     def changes(self) -> bool:
@@ -108,10 +119,14 @@ def decide(
     *,
     ready: int | None = None,
     forecast: int | None = None,
+    floor: int | None = None,
+    floor_why: str = "",
 ) -> tuple[ScalerMemory, Decision]:
     """The count of instances wanted after ``reading``, given ``current`` (the count
     decided last) and ``ready`` (instances serving; default ``current``), and what to
-    remember for the next reading."""
+    remember for the next reading. ``floor`` (the Keeper's, ``floor_why`` its reason) is
+    applied last and only raises: it is not remembered as asked for, so when it is
+    lifted the count goes back to what the figures ask (at most halving per decision)."""
     now = reading.at
     readings = _within((*memory.readings, reading), now - policy.stable_window_s)
     memory = replace(memory, readings=readings, since=now if memory.since is None else memory.since)
@@ -131,10 +146,17 @@ def decide(
     if clamped != desired:
         mode = "bounds" if desired == current else mode  # moved by the bounds alone
         why = f"{why}; within {policy.min_instances}..{policy.max_instances}"
+    # this cluster's own demand, from its figures alone: not ``clamped``, which a count
+    # raised by a floor holds up (no scale-in before a full window, panic's no going down)
+    stable_avg = sum(r.inflight for r in readings) / len(readings)
+    own = policy.clamp(max(_count(stable_avg / policy.target_inflight), forecast or 0))
+    if floor is not None and policy.clamp(floor) > clamped:
+        clamped, mode = policy.clamp(floor), "keeper"
+        why = f"the Keeper's floor {floor} ({floor_why}; own: {why})"
     if clamped == current and mode != "panic":
         mode = "hold"
     reason = f"{current} -> {clamped}: {why}; target {policy.target_inflight:g} per instance"
-    return memory, Decision(now, current, clamped, mode, reason)
+    return memory, Decision(now, current, clamped, mode, reason, own=own)
 
 
 def _reactive(

@@ -18,6 +18,12 @@ finished step's rate is recorded in the store; once per step the history is read
 and a Holt-Winters forecast refitted (in a thread), whose count ``decide`` takes as a
 floor it may raise, never lower.
 
+A service placed on more than one cluster also reads, every ``floor_period_s``, the
+Keeper leader's capacity floor for its cluster (``Store.capacity_floor``): demand a lost
+or full cluster cannot serve, which ``decide`` takes as a floor applied last. The count
+its own figures ask for is saved as ``autoscale_demand`` whenever it changes: what the
+Keeper reads as this cluster's demand.
+
 If no proxy answers, no reading is taken and nothing is decided: the count stays.
 """
 
@@ -60,11 +66,14 @@ class Autoscaler:
         self._delta = (0.0, 0.0)
         """Calls answered, and over how many seconds, between the last two readings."""
         self._silent = False
+        self._floor: tuple[int, str] | None = None
+        """The Keeper's floor for this cluster (count, reason), as last read."""
+        self._floor_at = -math.inf
 
     def reset(self) -> None:
         """Autoscaling switched off: forget everything (a later policy starts afresh)."""
         self.memory, self.last, self._figures, self._step = ScalerMemory(), None, {}, None
-        self._forecast = None
+        self._forecast, self._floor, self._floor_at = None, None, -math.inf
 
     async def tick(self, state: JobState, mutate: Mutate) -> Decision | None:
         """Read, decide and, if the count changes, persist it; the decision, or None
@@ -86,15 +95,46 @@ class Autoscaler:
             await self._predict(policy, policy.predictive)
         current = state.spec.scaled(state.autoscaled)
         ready = len(state.serving())
+        floor, floor_why = await self._keeper_floor(state, now) or (None, "")
         self.memory, decision = decide(
-            policy, self.memory, reading, current, ready=ready, forecast=self._forecast
+            policy,
+            self.memory,
+            reading,
+            current,
+            ready=ready,
+            forecast=self._forecast,
+            floor=floor,
+            floor_why=floor_why,
         )
         previous, self.last = self.last, decision
         if decision.changes:
             await self._record(decision, mutate)
+        elif decision.demand != state.autoscale_demand:
+            await mutate(lambda s: s.model_copy(update={"autoscale_demand": decision.demand}))
         elif previous is not None and previous.mode != decision.mode == "panic":
             self.log.info("autoscale: %s", decision.reason)
         return decision
+
+    async def _keeper_floor(self, state: JobState, now: float) -> tuple[int, str] | None:
+        """The Keeper's floor for this cluster, read again every ``floor_period_s``; a
+        store that does not answer keeps the last one read. None: no floor (or a service
+        on one cluster, which has no other cluster's demand to take)."""
+        if len(state.spec.placement.clusters) < 2:
+            return None
+        if now - self._floor_at >= self.settings.floor_period_s:
+            self._floor_at = now
+            try:
+                found = await asyncio.to_thread(
+                    self.store.capacity_floor, self.service, self.cluster
+                )
+            except TransientError as exc:
+                self.log.warning("autoscale: the Keeper's floor unreadable, kept: %s", exc)
+            else:
+                floor = None if found is None or found.floor < 1 else (found.floor, found.reason)
+                if floor != self._floor:
+                    self.log.info("autoscale: the Keeper's floor is now %s", floor)
+                self._floor = floor
+        return self._floor
 
     async def _read(self, state: JobState, now: float) -> Reading | None:
         names = sorted(
@@ -148,7 +188,13 @@ class Autoscaler:
             reason=decision.reason,
         )
         await mutate(
-            lambda s: s.model_copy(update={"autoscaled": decision.desired, "autoscale": change})
+            lambda s: s.model_copy(
+                update={
+                    "autoscaled": decision.desired,
+                    "autoscale": change,
+                    "autoscale_demand": decision.demand,
+                }
+            )
         )
         self.log.info("autoscale: %s", decision.reason)
         detail = {k: v for k, v in asdict(decision).items() if k != "at"}

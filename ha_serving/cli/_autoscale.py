@@ -23,7 +23,8 @@ autoscale_app = typer.Typer(no_args_is_help=True, help="The autoscaler: counts a
 
 
 def autoscale_view(store: Store, service: str, limit: int) -> dict[str, Any]:
-    """Per cluster: the policy, the spec's and the autoscaled count, the last change;
+    """Per cluster: the policy, the spec's and the autoscaled count, the last change,
+    its own demand and the Keeper's floor (``keeper/_capacity.py``);
     and the latest ``limit`` decisions (newest last). UnknownService if no cluster has
     a state for ``service``."""
     decisions = store.list_events(service=service, kind="autoscale", limit=limit)
@@ -32,6 +33,7 @@ def autoscale_view(store: Store, service: str, limit: int) -> dict[str, Any]:
         | {c.name for c in store.list_clusters()}
         | {e.cluster for e in decisions if e.cluster}
     )
+    floors = {f.cluster: f for f in store.list_capacity_floors(service)}
     clusters = []
     for name in sorted(names):
         found = store.load_appmaster_state(name, service)
@@ -48,6 +50,9 @@ def autoscale_view(store: Store, service: str, limit: int) -> dict[str, Any]:
                 "spec_instances": spec.instances,
                 "instances": spec.scaled(autoscaled if isinstance(autoscaled, int) else None),
                 "last_change": state.get("autoscale"),
+                "demand": state.get("autoscale_demand"),
+                "floor": floors[name].floor if name in floors else 0,
+                "floor_reason": floors[name].reason if name in floors else "",
             }
         )
     if not clusters:
@@ -74,13 +79,16 @@ def status(
         sys.stdout.write(json.dumps(view, indent=2) + "\n")
         return
     table = Table(title=f"{service}: autoscaling")
-    for col in ("cluster", "instances", "spec", "min..max", "target in-flight", "p99 target"):
+    columns = ("cluster", "instances", "spec", "min..max", "target in-flight", "p99 target")
+    for col in (*columns, "own demand", "Keeper floor"):
         table.add_column(col)
     for c in view["clusters"]:
         p = c["policy"]
+        demand = "" if c["demand"] is None else str(c["demand"])
+        floor = f"{c['floor']}: {c['floor_reason']}" if c["floor"] else ""
         if p is None:
             table.add_row(
-                c["cluster"], str(c["instances"]), str(c["spec_instances"]), "off", "", ""
+                c["cluster"], str(c["instances"]), str(c["spec_instances"]), "off", "", "", "", ""
             )
             continue
         p99 = f"{p['target_p99_ms']:g} ms" if p["target_p99_ms"] is not None else ""
@@ -91,6 +99,8 @@ def status(
             f"{p['min_instances']}..{p['max_instances']}",
             f"{p['target_inflight']:g}" + (" + forecast" if p["predictive"] else ""),
             p99,
+            demand,
+            floor,
         )
     out.print(table)
     if not view["decisions"]:

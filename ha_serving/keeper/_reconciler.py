@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from ha_serving._errors import HAServingError, StoreUnavailable
 from ha_serving._jobstate import JobState
 from ha_serving._settings import KeeperSettings
+from ha_serving._spec import AutoscalingPolicy
 from ha_serving._status import ACTIVE, OperationStatus
 from ha_serving.keeper._analysis import (
     MetricsScraper,
@@ -41,10 +42,13 @@ from ha_serving.keeper._analysis import (
     analyze,
     metrics_addresses,
 )
+from ha_serving.keeper._capacity import ClusterDemand, floors, takers_demand, unmet_sources
 from ha_serving.keeper._control_api import record_service
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, Term
 from ha_serving.keeper._plan import (
+    ClusterTarget,
     Operation,
+    Plan,
     ReleaseProgress,
     UnreadableOperation,
     target_clusters,
@@ -78,6 +82,8 @@ class _View:
     beats: list[AppMasterRecord]
     now: float
     """The DB's clock, read with the heartbeats it is compared with."""
+    latest: list[OperationRecord]
+    """Each service's newest operation that got anywhere (not superseded)."""
 
 
 class _Unreadable:
@@ -125,6 +131,14 @@ class Reconciler:
         """When (monotonic) a round of this leader last failed on an unavailable store."""
         self._next_prune = 0.0
         """When (monotonic) this leader prunes next: at once, then every prune period."""
+        self._next_spread = 0.0
+        """When (monotonic) this leader recomputes the capacity floors next."""
+        self._plans: dict[str, Plan | None] = {}
+        """op_id -> its plan (None: it does not parse), for each service's latest."""
+        self._unmet_base: dict[str, int] = {}
+        """service -> its growing clusters' own demand when some demand went unmet."""
+        self._short_since: dict[tuple[str, str], float] = {}
+        """(service, cluster) -> since when (monotonic) it serves fewer than it decided."""
         self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
 
     async def run(self) -> None:
@@ -159,10 +173,16 @@ class Reconciler:
         view = self._view()
         self._watch_clusters(view)
         self._ensure_appmasters(view)
+        self._spread_capacity(term, view)
         self._prune()
 
     def _view(self) -> _View:
-        return _View(self.store.list_clusters(), self.store.list_appmasters(), self.store.now())
+        return _View(
+            self.store.list_clusters(),
+            self.store.list_appmasters(),
+            self.store.now(),
+            self.store.latest_operations(exclude_status=OperationStatus.SUPERSEDED),
+        )
 
     def _prune(self) -> None:
         """Every prune period, one bounded batch per table of history older than the
@@ -371,7 +391,7 @@ class Reconciler:
         beats = {(a.cluster, a.service): a.heartbeat_at for a in view.beats}
         now = view.now
         blind = self._store_was_down()
-        for target, service in self._targets():
+        for target, service in self._targets(view):
             beat = beats.get((target, service))
             if beat is not None and now - beat < self.settings.heartbeat_stale_s:
                 # the job did its work: should this AppMaster go silent later (its cluster
@@ -395,11 +415,114 @@ class Reconciler:
             self._next_submit[key] = self.clock.monotonic() + self.settings.resubmit_s
             self.log.info("submitted serving job %s for %s on %s", job, service, target)
 
-    def _targets(self) -> list[tuple[str, str]]:
+    def _spread_capacity(self, term: Term, view: _View | None = None) -> None:
+        """Every ``capacity_period_s``: for each autoscaled service placed on more than
+        one cluster, the floor under each cluster's count (``_capacity.floors``: a lost
+        cluster's demand, and what a cluster that cannot grow lacks, go to the others by
+        weight), written where it changed. A new leader starts from the floors in the
+        store and from no memory of short clusters (they are stuck again after
+        ``capacity_stuck_s``)."""
+        now = self.clock.monotonic()
+        if now < self._next_spread:
+            return
+        self._next_spread = now + self.settings.capacity_period_s
+        plans: dict[str, Plan] = {}
+        parsed: dict[str, Plan | None] = {}
+        for record in (view or self._view()).latest:
+            if record.op_id in self._plans:  # a plan never changes once made
+                plan = self._plans[record.op_id]
+            else:
+                try:
+                    plan = Operation.parse(record).plan
+                except UnreadableOperation:
+                    plan = None
+            parsed[record.op_id] = plan
+            if plan is not None and plan.spec.autoscaling is not None and len(plan.clusters) > 1:
+                plans[record.service] = plan
+        self._plans = parsed  # each plan parsed once, not every pass: thousands of services
+        if not plans:
+            return
+        read = self.store.read_targets(
+            (t.name, service) for service, plan in plans.items() for t in plan.clusters
+        )
+        stored = {(f.service, f.cluster): f for f in self.store.list_capacity_floors()}
+        for service, plan in plans.items():
+            policy = plan.spec.autoscaling
+            if policy is None:
+                continue
+            demands = {
+                t.name: self._demand(service, policy, t, read[(t.name, service)], now)
+                for t in plan.clusters
+            }
+            # the others' own demand when demand first went unmet: what it grows by since
+            # is the unmet calls' clients arriving there, not to be counted twice
+            if unmet_sources(demands):
+                base = self._unmet_base.setdefault(service, takers_demand(demands))
+                absorbed = max(0, takers_demand(demands) - base)
+            else:
+                self._unmet_base.pop(service, None)
+                absorbed = 0
+            found, unplaced = floors(demands, absorbed=absorbed)
+            for cluster, floor in found.items():
+                old = stored.get((service, cluster))
+                if (old is None and floor.count == 0) or (
+                    old is not None and (old.floor, old.reason) == (floor.count, floor.reason)
+                ):
+                    continue
+                self.leadership.require()
+                self.store.set_capacity_floor(
+                    service, cluster, floor.count, floor.reason, epoch=term.epoch, fence=LEASE_NAME
+                )
+                self.log.info(
+                    "capacity floor of %s on %s: %d%s",
+                    service,
+                    cluster,
+                    floor.count,
+                    f" ({floor.reason})" if floor.reason else "",
+                )
+                self.store.append_event(
+                    "capacity_floor",
+                    cluster=cluster,
+                    service=service,
+                    epoch=term.epoch,
+                    detail={"floor": floor.count, "reason": floor.reason, "unplaced": unplaced},
+                )
+
+    def _demand(
+        self,
+        service: str,
+        policy: AutoscalingPolicy,
+        target: ClusterTarget,
+        read: Target,
+        now: float,
+    ) -> ClusterDemand:
+        """One cluster's demand, as its AppMaster's state shows it (none saved yet: no
+        demand, room for the maximum)."""
+        cluster, weight = target.name, target.weight
+        state = self._state(cluster, service, read)
+        alive = cluster not in self.lost
+        if not isinstance(state, JobState):
+            self._short_since.pop((service, cluster), None)
+            return ClusterDemand(weight, 0, 0, policy.max_instances, alive=alive)
+        serving = len(state.serving())
+        key = (service, cluster)
+        if state.wanted() > serving:
+            self._short_since.setdefault(key, now)
+        else:
+            self._short_since.pop(key, None)
+        wait = max(self.settings.capacity_stuck_s, 3 * policy.instance_start_s)
+        stuck = alive and now - self._short_since.get(key, now) >= wait
+        demand = state.autoscale_demand if state.autoscale_demand is not None else state.wanted()
+        if state.cluster_weight is not None:
+            weight = state.cluster_weight
+        return ClusterDemand(
+            weight, demand, serving, policy.max_instances, alive=alive, stuck=stuck
+        )
+
+    def _targets(self, view: _View) -> list[tuple[str, str]]:
         """(cluster, service) pairs that must have an AppMaster: the targets of each
         service's newest operation that got anywhere."""
-        latest = self.store.latest_operations(exclude_status=OperationStatus.SUPERSEDED)
-        return [(c, op.service) for op in latest for c in target_clusters(op.plan)]
+        return [(c, op.service) for op in view.latest for c in target_clusters(op.plan)]
 
 
 def _answers(address: str, timeout_s: float = 0.5) -> bool:

@@ -17,6 +17,7 @@ from ha_serving.store._engine import TimeSource, db_now, safe_url, store_retry
 from ha_serving.store._lease import KEEPER_LEADER, Lease
 from ha_serving.store._records import (
     AlreadyExists,
+    CapacityFloor,
     EventRecord,
     OperationRecord,
     ServiceRecord,
@@ -32,6 +33,7 @@ __all__ = [
     "AlreadyExists",
     "AppMasterBeat",
     "AppMasterRecord",
+    "CapacityFloor",
     "ClusterRecord",
     "CredentialRecord",
     "Endpoint",

@@ -106,6 +106,19 @@ class OperationRecord:
 
 
 @dataclass(frozen=True)
+class CapacityFloor:
+    """The Keeper leader's floor under an autoscaled service's count on one cluster."""
+
+    service: str
+    cluster: str
+    floor: int
+    """Fewest instances the cluster's autoscaler may decide (0: no floor)."""
+    reason: str
+    epoch: int
+    updated_at: float
+
+
+@dataclass(frozen=True)
 class EventRecord:
     """One line of the audit log."""
 

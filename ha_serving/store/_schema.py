@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ha_serving._errors import PlatformError, StoreUnavailable
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """The schema version this code reads and writes."""
 
 _MIGRATE_LOCK = "ha_serving_migrate"
@@ -222,10 +222,33 @@ credentials = sa.Table(
 """Credentials the Keepers mint (one per AppMaster): the secret's hash, never the secret.
 Added in schema version 7."""
 
+capacity_floors = sa.Table(
+    "capacity_floors",
+    metadata,
+    sa.Column("service", NAME, primary_key=True),
+    sa.Column("cluster", CLUSTER, primary_key=True),
+    sa.Column("floor", sa.Integer, nullable=False),  # 0: none
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),  # the writing leader's fencing token
+    sa.Column("updated_at", TIME, nullable=False),
+    **_MYSQL_TABLE,
+)
+"""The Keeper leader's floor under each autoscaled service's count per cluster: the
+share of demand other clusters cannot carry (one lost, one that cannot grow). Added in
+schema version 8."""
+
 _V1_TABLES = [
     t
     for t in metadata.sorted_tables
-    if t.name not in {"packages", "clusters", "instructions", "rate_samples", "credentials"}
+    if t.name
+    not in {
+        "packages",
+        "clusters",
+        "instructions",
+        "rate_samples",
+        "credentials",
+        "capacity_floors",
+    }
 ]  # what version 1 created, for migration 1
 
 
@@ -297,6 +320,10 @@ def _v7_credentials(conn: Connection) -> None:
     credentials.create(conn, checkfirst=True)
 
 
+def _v8_capacity_floors(conn: Connection) -> None:
+    capacity_floors.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _v1_initial),
     Migration(2, "content-addressed code packages", _v2_packages),
@@ -305,6 +332,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "a tier for each registered cluster", _v5_cluster_tier),
     Migration(6, "request-rate history for the autoscaler's forecast", _v6_rate_samples),
     Migration(7, "credentials the Keepers mint for AppMasters", _v7_credentials),
+    Migration(8, "the Keeper's capacity floors for autoscaled services", _v8_capacity_floors),
 )
 
 

@@ -26,7 +26,15 @@ from ha_serving._errors import (
     UnknownService,
 )
 from ha_serving._status import ACTIVE, OPERATION_TRANSITIONS, OperationStatus, check_move
-from ha_serving.store import _catalog, _control, _credentials, _lease, _rates, _retention
+from ha_serving.store import (
+    _catalog,
+    _control,
+    _credentials,
+    _floors,
+    _lease,
+    _rates,
+    _retention,
+)
 from ha_serving.store._catalog import Endpoint
 from ha_serving.store._control import (
     AppMasterBeat,
@@ -45,6 +53,7 @@ from ha_serving.store._engine import (
 from ha_serving.store._lease import Lease
 from ha_serving.store._records import (
     AlreadyExists,
+    CapacityFloor,
     EventRecord,
     OperationRecord,
     ServiceRecord,
@@ -740,6 +749,28 @@ class Store:
         """(step start, rate) of ``service`` on ``cluster`` from ``since`` on, oldest first."""
         with self._tx() as conn:
             return _rates.list_rates(conn, service, cluster, since)
+
+    # --- capacity floors (in _floors.py) -----------------------------------------------
+
+    def set_capacity_floor(
+        self, service: str, cluster: str, floor: int, reason: str, *, epoch: int, fence: str
+    ) -> None:
+        """Set the floor under ``service``'s autoscaled count on ``cluster`` (0: none),
+        only while lease ``fence`` is at ``epoch`` (``LeaseLost`` otherwise)."""
+        with self._tx() as conn:
+            self._fence(conn, fence, epoch)
+            record = CapacityFloor(service, cluster, floor, reason, epoch, 0.0)
+            _floors.set_floor(conn, self._now_sql(), record)
+
+    def list_capacity_floors(self, service: str | None = None) -> list[CapacityFloor]:
+        """Every floor set (of ``service``), by service and cluster."""
+        with self._tx() as conn:
+            return _floors.list_floors(conn, service)
+
+    def capacity_floor(self, service: str, cluster: str) -> CapacityFloor | None:
+        """The floor under ``service`` on ``cluster``, None if never set."""
+        found = [f for f in self.list_capacity_floors(service) if f.cluster == cluster]
+        return found[0] if found else None
 
     # --- credentials (in _credentials.py) ----------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ha_serving.cli._app import main
-from ha_serving.store import Store
+from ha_serving.store import KEEPER_LEADER, Store
 from tests.unit.fixtures.control import Harness, run
 from tests.unit.test_appmaster_autoscale import deployed, load, rounds
 
@@ -64,11 +64,36 @@ def test_status_shows_the_count_policy_and_each_decision_with_its_reason(
     assert (decision["cluster"], decision["current"], decision["desired"]) == ("a", 2, 8)
     assert decision["reason"].startswith("2 -> 8: panic: in-flight peak 80.0")
 
+    # its own demand is the stable window's average (its earlier readings had nothing in
+    # flight), not the panic peak: what the Keeper reads must not swing per second
+    assert (cluster["demand"], cluster["floor"]) == (5, 0)
+
     code, table, _ = _run(["autoscale", "status", "echo"], monkeypatch, capsys)
     assert code == 0
     assert "1..8" in table
     assert "panic" in table
     assert "in-flight peak 80.0" in table
+
+
+def test_status_shows_the_keepers_floor_with_its_reason(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = Store.connect(db)
+    store.set_capacity_floor(
+        "echo", "a", 6, "2 own + 4 of 4 unmet: b lost (4 unmet)",
+        epoch=Harness.EPOCH, fence=KEEPER_LEADER,
+    )  # fmt: skip
+    store.close()
+    code, text, _ = _run(["autoscale", "status", "echo", "--json"], monkeypatch, capsys)
+    assert code == 0
+    (cluster,) = json.loads(text)["clusters"]
+    assert (cluster["floor"], cluster["floor_reason"]) == (
+        6,
+        "2 own + 4 of 4 unmet: b lost (4 unmet)",
+    )
+    code, table, _ = _run(["autoscale", "status", "echo"], monkeypatch, capsys)
+    assert "Keeper floor" in table
+    assert "6: 2 own + 4 of 4 unmet: b lost" in table
 
 
 def test_an_unknown_service_is_one_error_line_and_exit_2(

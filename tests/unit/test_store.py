@@ -30,7 +30,7 @@ def test_migrations_are_one_linear_history() -> None:
     6 is the autoscaler's rate history, 7 the Keepers' credentials (two branches that
     each called theirs 6, merged into one line)."""
     assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
-    assert SCHEMA_VERSION == 7
+    assert SCHEMA_VERSION == 8
     assert "request-rate" in MIGRATIONS[5].description
     assert "credentials" in MIGRATIONS[6].description
 
