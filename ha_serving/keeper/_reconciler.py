@@ -426,20 +426,7 @@ class Reconciler:
         if now < self._next_spread:
             return
         self._next_spread = now + self.settings.capacity_period_s
-        plans: dict[str, Plan] = {}
-        parsed: dict[str, Plan | None] = {}
-        for record in (view or self._view()).latest:
-            if record.op_id in self._plans:  # a plan never changes once made
-                plan = self._plans[record.op_id]
-            else:
-                try:
-                    plan = Operation.parse(record).plan
-                except UnreadableOperation:
-                    plan = None
-            parsed[record.op_id] = plan
-            if plan is not None and plan.spec.autoscaling is not None and len(plan.clusters) > 1:
-                plans[record.service] = plan
-        self._plans = parsed  # each plan parsed once, not every pass: thousands of services
+        plans = self._autoscaled_plans(view or self._view())
         if not plans:
             return
         read = self.store.read_targets(
@@ -487,6 +474,25 @@ class Reconciler:
                     epoch=term.epoch,
                     detail={"floor": floor.count, "reason": floor.reason, "unplaced": unplaced},
                 )
+
+    def _autoscaled_plans(self, view: _View) -> dict[str, Plan]:
+        """service -> the plan of its latest operation, for each autoscaled service
+        placed on more than one cluster (each plan parsed once: thousands of services)."""
+        plans: dict[str, Plan] = {}
+        parsed: dict[str, Plan | None] = {}
+        for record in view.latest:
+            if record.op_id in self._plans:  # a plan never changes once made
+                plan = self._plans[record.op_id]
+            else:
+                try:
+                    plan = Operation.parse(record).plan
+                except UnreadableOperation:
+                    plan = None
+            parsed[record.op_id] = plan
+            if plan is not None and plan.spec.autoscaling is not None and len(plan.clusters) > 1:
+                plans[record.service] = plan
+        self._plans = parsed
+        return plans
 
     def _demand(
         self,

@@ -34,19 +34,6 @@ def test_in_proportion_to_weight() -> None:
     assert split(40, rooms).counts == {"a": 30, "b": 10}
 
 
-def test_demand_the_others_absorbed_is_not_placed_twice() -> None:
-    clusters = {
-        "a": ClusterDemand(100, 5, 5, 20),
-        "b": ClusterDemand(100, 4, 4, 20, alive=False),
-    }
-    assert floors(clusters, absorbed=3)[0]["a"].count == 5 + 1
-    assert floors(clusters, absorbed=4)[0]["a"].count == 0
-    assert floors(clusters, absorbed=9) == floors(clusters, absorbed=4)
-    assert unmet_sources(clusters)
-    assert takers_demand(clusters) == 5
-    assert not unmet_sources({"a": clusters["a"]})
-
-
 def test_a_cluster_that_cannot_grow_leaves_the_demand_to_the_others() -> None:
     rooms = {"a": ClusterRoom(300, 12), "b": ClusterRoom(100, 100)}
     assert split(40, rooms).counts == {"a": 12, "b": 28}
