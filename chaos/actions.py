@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import infra
-from chaos import clock, cpuhog, links, scaling, target
+from chaos import clock, cpuhog, links, scaling, spread, target
 from chaos.netfault import PASS, Fault, Mode
 from chaos.target import ActorKind, DrillError, Role
 from infra import procs
@@ -49,6 +49,8 @@ ACTIVITIES = (
     "stop_cpu_starvation",
     "start_scaling_load",
     "stop_scaling_load",
+    "start_spread_load",
+    "stop_spread_load",
     "fake_keeper_clock",
     "jump_keeper_clock",
     "restore_keeper_clocks",
@@ -382,16 +384,29 @@ def stop_scaling_load(configuration: Configuration) -> str | None:
     return scaling.stop(target.run_dir(configuration))
 
 
+def start_spread_load(configuration: Configuration) -> dict[str, Any]:
+    """``chaos-spread`` at one instance on each of its clusters, then a load its
+    autoscalers share (``chaos.spread``)."""
+    spread.start(target.topology(configuration))
+    return {"service": spread.SERVICE, "clusters": list(spread.CLUSTERS)}
+
+
+def stop_spread_load(configuration: Configuration) -> str | None:
+    """End the ``chaos-spread`` load, if one runs; what it saw."""
+    return spread.stop(target.run_dir(configuration))
+
+
 # --- rollback ------------------------------------------------------------------------
 
 
 def heal(configuration: Configuration) -> list[str]:
-    """Every drill's rollback: stop the autoscaler drills' load and CPU hogs, let every
+    """Every drill's rollback: stop the autoscaler drills' loads and CPU hogs, let every
     fault link pass, restart faked Keepers with their real clock, then resume paused
     Keepers, restart whatever is dead, and check every cluster's GCS counts all its nodes
     (``infra.heal``); returns what it did."""
     run_dir = target.run_dir(configuration)
     done = [stopped] if (stopped := stop_scaling_load(configuration)) else []
+    done += [stopped] if (stopped := stop_spread_load(configuration)) else []
     done += [f"cpu hog {pgid} stopped" for pgid in stop_cpu_starvation(configuration)]
     done += links.heal(run_dir)
     done += [f"keeper {k} on its real clock" for k in restore_keeper_clocks(configuration)]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import infra
-from chaos import links, scaling, target
+from chaos import links, scaling, spread, target
 from chaos.actions import Injected, last_injected
 from chaos.target import ActorKind, DrillError, KeeperView
 from ha_serving._errors import HAServingError
@@ -47,6 +47,9 @@ ACTIVITIES = (
     "wait_link_traffic",
     "wait_scale_decision",
     "scaling_settled",
+    "spread_steady",
+    "spread_carried",
+    "spread_floor_lifted",
 )
 """The functions a drill may name."""
 
@@ -445,3 +448,28 @@ def scaling_settled(configuration: Configuration, timeout_s: float = 120.0) -> d
     if fault is None:
         raise DrillError("no fault was injected in this run")
     return scaling.settle(target.topology(configuration), fault.at, timeout_s)
+
+
+def spread_steady(configuration: Configuration, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Until ``chaos-spread``'s autoscalers have settled on their shares of the load
+    (``chaos.spread.wait_steady``); each cluster's own demand."""
+    return spread.wait_steady(target.topology(configuration), timeout_s)
+
+
+def spread_carried(
+    configuration: Configuration, survivor: str, timeout_s: float = 90.0, max_s: float = 30.0
+) -> dict[str, Any]:
+    """Until ``survivor`` serves the instances the whole ``chaos-spread`` load needs,
+    within ``max_s`` of the last fault injected (``chaos.spread.check``); when the
+    Keeper's floor came, and the survivor's decisions since the fault."""
+    fault = last_injected()
+    if fault is None:
+        raise DrillError("no fault was injected in this run")
+    return spread.wait_carried(target.topology(configuration), survivor, fault.at, timeout_s, max_s)
+
+
+def spread_floor_lifted(
+    configuration: Configuration, survivor: str, timeout_s: float = 120.0
+) -> dict[str, Any]:
+    """Until the Keeper's floor under ``chaos-spread`` on ``survivor`` is 0 again."""
+    return spread.wait_lifted(target.topology(configuration), survivor, timeout_s)

@@ -29,7 +29,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,36 +99,14 @@ _LOCK = threading.Lock()
 
 
 def _ops_done(topo: infra.Topology, ops: Sequence[str], timeout_s: float) -> None:
-    keeper = target.keeper_client(topo, timeout_s=10.0)
-    deadline = time.monotonic() + timeout_s
-    for op in ops:
-        while True:
-            status = (keeper.operation(op) or {}).get("status")
-            if status == "succeeded":
-                break
-            if status in {"failed", "aborted"}:
-                raise DrillError(f"{SERVICE}: operation {op} {status}")
-            if time.monotonic() > deadline:
-                raise DrillError(f"{SERVICE}: operation {op} not done in {timeout_s:g} s")
-            time.sleep(0.25)
+    target.ops_done(topo, SERVICE, ops, timeout_s)
 
 
 def _state(topo: infra.Topology, cluster: str) -> JobState | None:
-    db = target.store(topo)
-    try:
-        found = db.load_appmaster_state(cluster, SERVICE)
-    finally:
-        db.close()
-    return None if found is None else JobState.model_validate(found[0])
+    return target.job_state(topo, cluster, SERVICE)
 
 
-def _poll(what: str, check: Callable[[], bool], timeout_s: float) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout_s:
-            raise DrillError(f"{what}: not within {timeout_s:g} s")
-        time.sleep(0.25)
-    return time.monotonic() - start
+_poll = target.poll
 
 
 def prepare(topo: infra.Topology, cluster: str, timeout_s: float = 240.0) -> int:

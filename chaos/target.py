@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import tenacity
 
 import infra
 from ha_serving._errors import CallError, StackError
+from ha_serving._jobstate import JobState
 from ha_serving.appmaster import NAMESPACE, appmaster_name
 from ha_serving.appmaster._standby import Holder, lease_name
 from ha_serving.client import Client, Discovery, EndpointInfo
@@ -65,6 +66,43 @@ def keeper_client(topo: infra.Topology, timeout_s: float = 5.0) -> KeeperClient:
 
 def store(topo: infra.Topology) -> Store:
     return Store.connect(topo.db.ref(), connect_timeout_s=2.0, query_timeout_s=5.0)
+
+
+def poll(what: str, check: Callable[[], bool], timeout_s: float, every_s: float = 0.25) -> float:
+    """Seconds until ``check()`` held; DrillError naming ``what`` after ``timeout_s``."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout_s:
+            raise DrillError(f"{what}: not within {timeout_s:g} s")
+        time.sleep(every_s)
+    return time.monotonic() - start
+
+
+def ops_done(topo: infra.Topology, service: str, ops: Sequence[str], timeout_s: float) -> None:
+    """Until every operation of ``ops`` (of ``service``) succeeded; DrillError if one
+    failed or was aborted, or after ``timeout_s``."""
+    keeper = keeper_client(topo, timeout_s=10.0)
+    deadline = time.monotonic() + timeout_s
+    for op in ops:
+        while True:
+            status = (keeper.operation(op) or {}).get("status")
+            if status == "succeeded":
+                break
+            if status in {"failed", "aborted"}:
+                raise DrillError(f"{service}: operation {op} {status}")
+            if time.monotonic() > deadline:
+                raise DrillError(f"{service}: operation {op} not done in {timeout_s:g} s")
+            time.sleep(0.25)
+
+
+def job_state(topo: infra.Topology, cluster: str, service: str) -> JobState | None:
+    """The AppMaster state of ``service`` on ``cluster``, as saved in the store."""
+    db = store(topo)
+    try:
+        found = db.load_appmaster_state(cluster, service)
+    finally:
+        db.close()
+    return None if found is None else JobState.model_validate(found[0])
 
 
 # --- Keepers -------------------------------------------------------------------------

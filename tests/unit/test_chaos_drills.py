@@ -38,6 +38,7 @@ SLICE = {
     # issue 13: the autoscaler's own faults (tests/unit/test_chaos_scaling.py)
     "autoscale-kill-appmaster",
     "autoscale-kill-keeper-leader",
+    "autoscale-lose-cluster",
 }
 
 

@@ -1,0 +1,308 @@
+"""The autoscaler across clusters: a cluster lost under load, the survivor scales up to
+carry the whole of it (issue 13: "after a cluster is lost, the survivors scale up to
+carry the whole load"), and the Keeper's floor is lifted once the cluster is back.
+
+A third service, ``chaos-spread`` (the drill service's code, on clusters a and b with
+equal weights, with an ``autoscaling:`` policy), is brought to one instance on each
+(``prepare``); ``CALLERS`` callers whose calls each hold ``HOLD_S`` keep about
+``CALLERS`` calls in flight, split between the clusters by weight. ``wait_steady``
+waits until each cluster's autoscaler has settled on its share (its own demand, its
+count and its serving instances equal, together the whole load's need) and notes each
+cluster's own demand. After the survivor's peer is killed, ``wait_carried`` waits until
+the survivor serves the whole demand, and reports when the Keeper's floor for it came
+(``capacity_floor`` event) and the modes of its decisions since the kill (``keeper``:
+the floor raised the count; ``panic``/``stable``: its own figures did first). After the
+peer is back, ``wait_lifted`` waits until the survivor's floor is 0 again. ``check``
+(pure) judges the outcome; ``stop`` ends the load (``actions.heal`` calls it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import infra
+from chaos import target
+from chaos.target import DrillError
+from ha_serving._spec import load_spec
+from ha_serving.backend import make_package
+from ha_serving.keeper import KeeperRefused
+from loadtest.callers import Load
+
+SERVICE = "chaos-spread"
+DRILL_SERVICE = Path(__file__).resolve().parents[1] / "examples" / "drill"
+CLUSTERS = ("a", "b")
+CALLERS = 8
+HOLD_S = 0.5
+POLICY: dict[str, Any] = {
+    "min_instances": 1,
+    "max_instances": 6,
+    "target_inflight": 2.0,
+    "stable_window_s": 12.0,
+    "panic_window_s": 3.0,
+    "scale_down_delay_s": 600.0,  # no scale-in while the drill runs
+    "instance_start_s": 5.0,
+}
+"""``CALLERS`` calls in flight at ``target_inflight`` 2 need 4 instances, 2 per cluster
+while both serve; the survivor alone needs 4 (``max_instances`` 6 leaves room)."""
+
+
+def need() -> int:
+    return math.ceil(CALLERS / float(POLICY["target_inflight"]))
+
+
+def spec(topo: infra.Topology, *, instances: int = 1, autoscaling: bool = True) -> str:
+    base = load_spec(DRILL_SERVICE / "drill.yaml").model_dump(mode="json")
+    base.update(
+        name=SERVICE,
+        instances=instances,
+        config={"seq": 0, "ledger_dir": str(ledger_dir(topo))},
+        placement={"clusters": [{"name": c, "weight": 100} for c in CLUSTERS]},
+        autoscaling=POLICY if autoscaling else None,
+    )
+    return json.dumps(base)
+
+
+def ledger_dir(topo: infra.Topology) -> Path:
+    return topo.run_dir / "chaos-spread-ledger"
+
+
+@dataclass
+class Spread:
+    """One drill's load and what it saw."""
+
+    load: Load
+    started: float
+    since_event: int
+    demand: dict[str, int] = field(default_factory=dict)
+    """Each cluster's own demand once steady, before the fault."""
+
+
+RUNNING: dict[Path, Spread] = {}
+_LOCK = threading.Lock()
+
+
+def prepare(topo: infra.Topology, timeout_s: float = 240.0) -> None:
+    """``chaos-spread`` on every cluster of ``CLUSTERS`` at one instance with its policy,
+    the autoscaler's earlier count and memory forgotten (autoscaling off, then on)."""
+    keeper = target.keeper_client(topo, timeout_s=30.0)
+    try:
+        keeper.get_service(SERVICE)
+    except KeeperRefused:
+        package = make_package(DRILL_SERVICE / "code").data
+        target.ops_done(
+            topo, SERVICE, [keeper.deploy(spec(topo), package, kind="deploy")], timeout_s
+        )
+    else:
+        for body in (spec(topo, autoscaling=False), spec(topo)):
+            target.ops_done(topo, SERVICE, [keeper.deploy(body, b"", kind="config")], timeout_s)
+
+    def at_one() -> bool:
+        for cluster in CLUSTERS:
+            state = target.job_state(topo, cluster, SERVICE)
+            if state is None or state.spec.scaled(state.autoscaled) != 1:
+                return False
+            if len(state.serving()) != 1:
+                return False
+        return True
+
+    target.poll(f"{SERVICE} at one instance on {', '.join(CLUSTERS)}", at_one, timeout_s)
+
+
+def start(topo: infra.Topology) -> Spread:
+    stop(topo.run_dir)
+    prepare(topo)
+    db = target.store(topo)
+    try:
+        latest = db.list_events(limit=1)
+    finally:
+        db.close()
+    load = Load(
+        topo,
+        SERVICE,
+        method="call",
+        payload=lambda call_id: json.dumps({"id": call_id, "hold_s": HOLD_S}).encode(),
+        threads=CALLERS,
+        rate=CALLERS / HOLD_S * 2,  # more than they can do: always one call in flight each
+        deadline_s=10.0,
+    )
+    target.poll(
+        f"discovery of {SERVICE} on {', '.join(CLUSTERS)}",
+        lambda: {e.cluster for e in load.discovery.endpoints} >= set(CLUSTERS),
+        60,
+    )
+    run = Spread(load, time.time(), latest[-1].id if latest else 0)
+    with _LOCK:
+        RUNNING[topo.run_dir] = run
+    load.start()
+    return run
+
+
+def stop(run_dir: Path) -> str | None:
+    with _LOCK:
+        run = RUNNING.pop(run_dir, None)
+    if run is None:
+        return None
+    run.load.close()
+    calls = run.load.since(0)
+    failed = sum(1 for c in calls if not c.ok)
+    return f"{SERVICE} load stopped: {len(calls)} calls, {failed} failed"
+
+
+def running(run_dir: Path) -> Spread:
+    with _LOCK:
+        run = RUNNING.get(run_dir)
+    if run is None:
+        raise DrillError(f"no {SERVICE} load runs (start it with start_spread_load)")
+    return run
+
+
+def wait_steady(topo: infra.Topology, timeout_s: float) -> dict[str, Any]:
+    """Until every cluster's own demand, count and serving instances agree and together
+    meet the load's need; each cluster's own demand then."""
+    run = running(topo.run_dir)
+    seen: dict[str, int] = {}
+
+    def steady() -> bool:
+        seen.clear()
+        for cluster in CLUSTERS:
+            state = target.job_state(topo, cluster, SERVICE)
+            if state is None or state.autoscale_demand is None:
+                return False
+            count = state.spec.scaled(state.autoscaled)
+            if not state.autoscale_demand == count == len(state.serving()):
+                return False
+            seen[cluster] = count
+        return sum(seen.values()) >= need()
+
+    took = target.poll(f"{SERVICE} steady on {', '.join(CLUSTERS)}", steady, timeout_s)
+    run.demand = dict(seen)
+    return {"demand": run.demand, "after_s": round(took, 3)}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    need: int
+    """Instances the whole load needs at the target."""
+    before: dict[str, int]
+    """Each cluster's own demand before the fault."""
+    serving: int
+    """The survivor's serving instances at the end of the wait (or when it gave up)."""
+    carried_s: float | None
+    """Seconds from the fault until the survivor served ``need`` (None: never)."""
+    max_s: float
+    floor_s: float | None = None
+    """Seconds from the fault to the survivor's first floor (None: none came)."""
+    floor: int = 0
+    ran_twice: tuple[str, ...] = ()
+
+
+def check(o: Outcome) -> list[str]:
+    """Why the survivor did not carry the whole load in time, or a call ran twice
+    (empty: it did, none did). Pure, so each case is unit-tested with a planted bug."""
+    problems = []
+    if sum(o.before.values()) < o.need:
+        problems.append(f"before the fault the clusters asked {o.before}, short of {o.need}")
+    if o.carried_s is None or o.carried_s > o.max_s:
+        when = "never" if o.carried_s is None else f"after {o.carried_s:.1f} s"
+        problems.append(
+            f"the survivor served {o.serving} of the {o.need} instances the load needs: "
+            f"carried {when} (bound {o.max_s:g} s)"
+        )
+    if o.ran_twice:
+        problems.append(f"{len(o.ran_twice)} calls ran twice, e.g. {o.ran_twice[0]}")
+    return problems
+
+
+def _events(topo: infra.Topology, since: int, cluster: str) -> list[Any]:
+    db = target.store(topo)
+    try:
+        found = db.list_events(service=SERVICE, limit=1000)
+    finally:
+        db.close()
+    return [e for e in found if e.id > since and e.cluster == cluster]
+
+
+def _ran_twice(topo: infra.Topology, ids: set[str]) -> tuple[str, ...]:
+    counts: Counter[str] = Counter()
+    for path in ledger_dir(topo).glob("calls-*.log"):
+        counts.update(line for line in path.read_text().split() if line in ids)
+    return tuple(sorted(i for i, n in counts.items() if n > 1))
+
+
+def wait_carried(
+    topo: infra.Topology, survivor: str, since: float, timeout_s: float, max_s: float
+) -> dict[str, Any]:
+    """Until ``survivor`` serves the instances the whole load needs; then ``check``.
+    Seconds from ``since`` (the fault), when the Keeper's floor came and what it was, and
+    the survivor's decisions since the fault with their modes; DrillError naming every
+    problem."""
+    run = running(topo.run_dir)
+    serving = [0]
+
+    def carried() -> bool:
+        state = target.job_state(topo, survivor, SERVICE)
+        serving[0] = 0 if state is None else len(state.serving())
+        return serving[0] >= need()
+
+    try:
+        target.poll(f"{SERVICE} carried by {survivor}", carried, timeout_s)
+        carried_s: float | None = round(time.time() - since, 3)
+    except DrillError:
+        carried_s = None
+    events = _events(topo, run.since_event, survivor)
+    floors = [e for e in events if e.kind == "capacity_floor" and e.at >= since - 1]
+    first = next((e for e in floors if (e.detail or {}).get("floor", 0) > 0), None)
+    decisions = [
+        f"{d['current']}->{d['desired']} {d['mode']} at +{e.at - since:.1f} s"
+        for e in events
+        if e.kind == "autoscale" and e.at >= since - 1 and (d := e.detail or {})
+    ]
+    calls = run.load.since(0)
+    outcome = Outcome(
+        need=need(),
+        before=run.demand,
+        serving=serving[0],
+        carried_s=carried_s,
+        max_s=max_s,
+        floor_s=None if first is None else round(first.at - since, 3),
+        floor=0 if first is None else int((first.detail or {})["floor"]),
+        ran_twice=_ran_twice(topo, {c.call_id for c in calls}),
+    )
+    problems = check(outcome)
+    if problems:
+        raise DrillError("; ".join(problems) + f" (decisions: {decisions})")
+    return {
+        "seconds": carried_s,
+        "need": outcome.need,
+        "before": outcome.before,
+        "serving": outcome.serving,
+        "floor": outcome.floor,
+        "floor_after_s": outcome.floor_s,
+        "floor_reason": None if first is None else (first.detail or {}).get("reason"),
+        "decisions": decisions,
+        "calls": len(calls),
+        "failed": sum(1 for c in calls if not c.ok),
+    }
+
+
+def wait_lifted(topo: infra.Topology, survivor: str, timeout_s: float) -> dict[str, Any]:
+    """Until the Keeper's floor for ``survivor`` is 0 again (nothing unmet: the lost
+    cluster is back and its own AppMaster reports its demand)."""
+
+    def lifted() -> bool:
+        db = target.store(topo)
+        try:
+            floor = db.capacity_floor(SERVICE, survivor)
+        finally:
+            db.close()
+        return floor is None or floor.floor == 0
+
+    took = target.poll(f"the floor of {SERVICE} on {survivor} lifted", lifted, timeout_s)
+    return {"after_s": round(took, 3)}
