@@ -25,26 +25,22 @@ instance again by the next drill's ``prepare``; it is never on the other cluster
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import infra
-from chaos import target
+from chaos import heldload, target
 from chaos.target import DrillError
 from ha_serving._jobstate import JobState
-from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
 from ha_serving.keeper import KeeperRefused
 from loadtest.callers import Load
 
 SERVICE = "chaos-scale"
-DRILL_SERVICE = Path(__file__).resolve().parents[1] / "examples" / "drill"
+DRILL_SERVICE = heldload.DRILL_SERVICE
 CALLERS = 6
 HOLD_S = 0.5
 POLICY: dict[str, Any] = {
@@ -60,18 +56,10 @@ POLICY: dict[str, Any] = {
 (``max_instances``) is room for a doubled decision to show."""
 
 
-def spec(
-    topo: infra.Topology, cluster: str, *, instances: int = 1, autoscaling: bool = True
-) -> str:
-    base = load_spec(DRILL_SERVICE / "drill.yaml").model_dump(mode="json")
-    base.update(
-        name=SERVICE,
-        instances=instances,
-        config={"seq": 0, "ledger_dir": str(ledger_dir(topo))},
-        placement={"clusters": [{"name": cluster}]},
-        autoscaling=POLICY if autoscaling else None,
+def spec(topo: infra.Topology, cluster: str, *, autoscaling: bool = True) -> str:
+    return heldload.drill_spec(
+        SERVICE, ledger_dir(topo), [cluster], POLICY if autoscaling else None
     )
-    return json.dumps(base)
 
 
 def ledger_dir(topo: infra.Topology) -> Path:
@@ -94,8 +82,7 @@ class Scaling:
     decision: dict[str, Any] = field(default_factory=dict)
 
 
-RUNNING: dict[Path, Scaling] = {}
-_LOCK = threading.Lock()
+LOADS: heldload.Loads[Scaling] = heldload.Loads(SERVICE, "start_scaling_load")
 
 
 def _ops_done(topo: infra.Topology, ops: Sequence[str], timeout_s: float) -> None:
@@ -123,7 +110,7 @@ def prepare(topo: infra.Topology, cluster: str, timeout_s: float = 240.0) -> int
         # autoscaling off at 1 instance (the autoscaler forgets its count and clears its
         # memory, which would otherwise still ask for what an earlier drill's load
         # needed), then on again from 1
-        for body in (spec(topo, cluster, instances=1, autoscaling=False), spec(topo, cluster)):
+        for body in (spec(topo, cluster, autoscaling=False), spec(topo, cluster)):
             _ops_done(topo, [keeper.deploy(body, b"", kind="config")], timeout_s)
 
     def at_one() -> bool:
@@ -144,46 +131,21 @@ def start(topo: infra.Topology, cluster: str) -> Scaling:
     ``HOLD_S``); returns the run."""
     stop(topo.run_dir)
     before = prepare(topo, cluster)
-    db = target.store(topo)
-    try:
-        latest = db.list_events(service=SERVICE, limit=1)
-    finally:
-        db.close()
-    load = Load(
-        topo,
-        SERVICE,
-        method="call",
-        payload=lambda call_id: json.dumps({"id": call_id, "hold_s": HOLD_S}).encode(),
-        threads=CALLERS,
-        rate=CALLERS / HOLD_S * 2,  # more than they can do: always one call in flight each
-        deadline_s=10.0,
-    )
-    _poll(f"discovery of {SERVICE}", lambda: bool(load.discovery.endpoints), 60)
-    run = Scaling(cluster, load, time.time(), latest[-1].id if latest else 0, before)
-    with _LOCK:
-        RUNNING[topo.run_dir] = run
+    since = heldload.latest_event(topo)
+    load = heldload.start_load(topo, SERVICE, CALLERS, HOLD_S)
+    run = Scaling(cluster, load, time.time(), since, before)
+    LOADS.put(topo.run_dir, run)
     load.start()
     return run
 
 
 def stop(run_dir: Path) -> str | None:
     """End the load of the drill on the stack in ``run_dir``, if one runs."""
-    with _LOCK:
-        run = RUNNING.pop(run_dir, None)
-    if run is None:
-        return None
-    run.load.close()
-    calls = run.load.since(0)
-    failed = sum(1 for c in calls if not c.ok)
-    return f"{SERVICE} load stopped: {len(calls)} calls, {failed} failed"
+    return LOADS.stop(run_dir)
 
 
 def running(run_dir: Path) -> Scaling:
-    with _LOCK:
-        run = RUNNING.get(run_dir)
-    if run is None:
-        raise DrillError(f"no {SERVICE} load runs (start it with start_scaling_load)")
-    return run
+    return LOADS.get(run_dir)
 
 
 def _decisions(topo: infra.Topology, cluster: str, since: int) -> list[tuple[int, int, int]]:
@@ -269,13 +231,6 @@ def check(o: Outcome) -> list[str]:
     return problems
 
 
-def _ran_twice(topo: infra.Topology, ids: set[str]) -> tuple[str, ...]:
-    counts: Counter[str] = Counter()
-    for path in ledger_dir(topo).glob("calls-*.log"):
-        counts.update(line for line in path.read_text().split() if line in ids)
-    return tuple(sorted(i for i, n in counts.items() if n > 1))
-
-
 def settle(topo: infra.Topology, since: float, timeout_s: float) -> dict[str, Any]:
     """Until the cluster carries out the last decision (the state's count serving, as
     many worker actors alive); then ``check``. Seconds from ``since`` (the fault) to
@@ -307,7 +262,7 @@ def settle(topo: infra.Topology, since: float, timeout_s: float) -> dict[str, An
         counted=seen["counted"],
         serving=seen["serving"],
         workers=seen["workers"],
-        ran_twice=_ran_twice(topo, {c.call_id for c in calls}),
+        ran_twice=heldload.ran_twice(ledger_dir(topo), {c.call_id for c in calls}),
     )
     problems = check(outcome)
     if problems:

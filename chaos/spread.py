@@ -18,25 +18,21 @@ peer is back, ``wait_lifted`` waits until the survivor's floor is 0 again. ``che
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import infra
-from chaos import target
+from chaos import heldload, target
 from chaos.target import DrillError
-from ha_serving._spec import load_spec
 from ha_serving.backend import make_package
 from ha_serving.keeper import KeeperRefused
 from loadtest.callers import Load
 
 SERVICE = "chaos-spread"
-DRILL_SERVICE = Path(__file__).resolve().parents[1] / "examples" / "drill"
+DRILL_SERVICE = heldload.DRILL_SERVICE
 CLUSTERS = ("a", "b")
 CALLERS = 8
 HOLD_S = 0.5
@@ -57,16 +53,8 @@ def need() -> int:
     return math.ceil(CALLERS / float(POLICY["target_inflight"]))
 
 
-def spec(topo: infra.Topology, *, instances: int = 1, autoscaling: bool = True) -> str:
-    base = load_spec(DRILL_SERVICE / "drill.yaml").model_dump(mode="json")
-    base.update(
-        name=SERVICE,
-        instances=instances,
-        config={"seq": 0, "ledger_dir": str(ledger_dir(topo))},
-        placement={"clusters": [{"name": c, "weight": 100} for c in CLUSTERS]},
-        autoscaling=POLICY if autoscaling else None,
-    )
-    return json.dumps(base)
+def spec(topo: infra.Topology, *, autoscaling: bool = True) -> str:
+    return heldload.drill_spec(SERVICE, ledger_dir(topo), CLUSTERS, POLICY if autoscaling else None)
 
 
 def ledger_dir(topo: infra.Topology) -> Path:
@@ -84,8 +72,7 @@ class Spread:
     """Each cluster's own demand once steady, before the fault."""
 
 
-RUNNING: dict[Path, Spread] = {}
-_LOCK = threading.Lock()
+LOADS: heldload.Loads[Spread] = heldload.Loads(SERVICE, "start_spread_load")
 
 
 def prepare(topo: infra.Topology, timeout_s: float = 240.0) -> None:
@@ -116,51 +103,29 @@ def prepare(topo: infra.Topology, timeout_s: float = 240.0) -> None:
 
 
 def start(topo: infra.Topology) -> Spread:
+    """Prepare the service, then start the load; returns the run."""
     stop(topo.run_dir)
     prepare(topo)
-    db = target.store(topo)
-    try:
-        latest = db.list_events(limit=1)
-    finally:
-        db.close()
-    load = Load(
-        topo,
-        SERVICE,
-        method="call",
-        payload=lambda call_id: json.dumps({"id": call_id, "hold_s": HOLD_S}).encode(),
-        threads=CALLERS,
-        rate=CALLERS / HOLD_S * 2,  # more than they can do: always one call in flight each
-        deadline_s=10.0,
-    )
+    since = heldload.latest_event(topo)
+    load = heldload.start_load(topo, SERVICE, CALLERS, HOLD_S)
     target.poll(
         f"discovery of {SERVICE} on {', '.join(CLUSTERS)}",
         lambda: {e.cluster for e in load.discovery.endpoints} >= set(CLUSTERS),
         60,
     )
-    run = Spread(load, time.time(), latest[-1].id if latest else 0)
-    with _LOCK:
-        RUNNING[topo.run_dir] = run
+    run = Spread(load, time.time(), since)
+    LOADS.put(topo.run_dir, run)
     load.start()
     return run
 
 
 def stop(run_dir: Path) -> str | None:
-    with _LOCK:
-        run = RUNNING.pop(run_dir, None)
-    if run is None:
-        return None
-    run.load.close()
-    calls = run.load.since(0)
-    failed = sum(1 for c in calls if not c.ok)
-    return f"{SERVICE} load stopped: {len(calls)} calls, {failed} failed"
+    """End the load of the drill on the stack in ``run_dir``, if one runs."""
+    return LOADS.stop(run_dir)
 
 
 def running(run_dir: Path) -> Spread:
-    with _LOCK:
-        run = RUNNING.get(run_dir)
-    if run is None:
-        raise DrillError(f"no {SERVICE} load runs (start it with start_spread_load)")
-    return run
+    return LOADS.get(run_dir)
 
 
 def wait_steady(topo: infra.Topology, timeout_s: float) -> dict[str, Any]:
@@ -229,13 +194,6 @@ def _events(topo: infra.Topology, since: int, cluster: str) -> list[Any]:
     return [e for e in found if e.id > since and e.cluster == cluster]
 
 
-def _ran_twice(topo: infra.Topology, ids: set[str]) -> tuple[str, ...]:
-    counts: Counter[str] = Counter()
-    for path in ledger_dir(topo).glob("calls-*.log"):
-        counts.update(line for line in path.read_text().split() if line in ids)
-    return tuple(sorted(i for i, n in counts.items() if n > 1))
-
-
 def wait_carried(
     topo: infra.Topology, survivor: str, since: float, timeout_s: float, max_s: float
 ) -> dict[str, Any]:
@@ -273,7 +231,7 @@ def wait_carried(
         max_s=max_s,
         floor_s=None if first is None else round(first.at - since, 3),
         floor=0 if first is None else int((first.detail or {})["floor"]),
-        ran_twice=_ran_twice(topo, {c.call_id for c in calls}),
+        ran_twice=heldload.ran_twice(ledger_dir(topo), {c.call_id for c in calls}),
     )
     problems = check(outcome)
     if problems:
