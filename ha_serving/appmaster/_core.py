@@ -326,6 +326,9 @@ class AppMasterCore:
             return state.model_copy(
                 update={
                     "autoscaled": None if forget else state.autoscaled,
+                    "autoscale_demand": (
+                        None if spec.autoscaling is None else state.autoscale_demand
+                    ),
                     "spec": spec,
                     "desired": desired,
                     "rollout": rollout,
@@ -647,6 +650,8 @@ class AppMasterCore:
             "instances": state.spec.scaled(state.autoscaled),
             "last_change": state.autoscale.model_dump() if state.autoscale else None,
             "last_decision": dataclasses.asdict(last) if last is not None else None,
+            "own_demand": state.autoscale_demand,
+            "keeper_floor": self.autoscaler.floor,
         }
 
     async def describe_live(self) -> dict[str, Any]:

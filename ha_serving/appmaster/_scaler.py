@@ -115,6 +115,11 @@ class Autoscaler:
             self.log.info("autoscale: %s", decision.reason)
         return decision
 
+    @property
+    def floor(self) -> int | None:
+        """The Keeper's floor for this cluster as last read (None: none)."""
+        return None if self._floor is None else self._floor[0]
+
     async def _keeper_floor(self, state: JobState, now: float) -> tuple[int, str] | None:
         """The Keeper's floor for this cluster, read again every ``floor_period_s``; a
         store that does not answer keeps the last one read. None: no floor (or a service

@@ -241,6 +241,7 @@ def test_autoscaling_switched_off_and_on_again_starts_from_instances(h: Harness)
         await h.deploy(spec(instances=2), "echo_v1", "op-2", kind="config")
         assert h.core.state is not None
         assert h.core.state.autoscaled is None
+        assert h.core.state.autoscale_demand is None  # the Keeper reads no stale demand
         await h.converge()
         assert len(h.core.state.serving()) == 2
         await h.deploy(spec(instances=2, autoscaling=AUTO), "echo_v1", "op-3", kind="config")

@@ -72,6 +72,8 @@ def test_the_appmaster_takes_the_keepers_floor_and_saves_its_own_demand(h: Harne
         assert state is not None
         assert state.autoscale is not None
         assert (state.autoscale.mode, state.autoscale_demand) == ("keeper", 2)
+        described = h.core.describe()["autoscale"]
+        assert (described["own_demand"], described["keeper_floor"]) == (2, 6)
         assert "b lost" in state.autoscale.reason
         await h.converge()
         for _ in range(10):  # held at the floor's count, its own demand 2 all along
