@@ -35,7 +35,7 @@ from ha_serving._errors import HAServingError, StoreUnavailable
 from ha_serving._jobstate import JobState
 from ha_serving._settings import KeeperSettings
 from ha_serving._spec import AutoscalingPolicy
-from ha_serving._status import ACTIVE, OperationStatus
+from ha_serving._status import ACTIVE, OperationStatus, RolloutStatus
 from ha_serving.keeper._analysis import (
     MetricsScraper,
     Sample,
@@ -512,7 +512,8 @@ class Reconciler:
             return ClusterDemand(weight, 0, 0, policy.max_instances, alive=alive)
         serving = len(state.serving())
         key = (service, cluster)
-        if state.wanted() > serving:
+        rolling = state.rollout is not None and state.rollout.status == RolloutStatus.RUNNING
+        if state.wanted() > serving and not rolling:  # a rollout's replacements are not growth
             self._short_since.setdefault(key, now)
         else:
             self._short_since.pop(key, None)

@@ -19,7 +19,7 @@ from ha_serving.keeper._reconciler import Reconciler
 from ha_serving.store import KEEPER_LEADER, ClusterRecord, Store
 from ha_serving.util.clock import FakeClock
 from tests.unit.fixtures.control import Harness, deploy_echo, leader, run, spec
-from tests.unit.jobstates import job_state
+from tests.unit.jobstates import job_state, rollout
 from tests.unit.test_appmaster_autoscale import load, until
 
 AUTO = {"min_instances": 1, "max_instances": 8, "target_inflight": 4}
@@ -214,3 +214,22 @@ def test_a_deposed_leader_writes_no_floor(tmp_path: Path) -> None:
 class _NoJobs:
     def submit(self, _cluster: ClusterRecord, _service: str) -> str:
         raise AssertionError("no job is submitted in these tests")
+
+
+def test_a_cluster_short_while_it_rolls_is_not_judged_stuck(tmp_path: Path) -> None:
+    """Instances replaced by a rolling update serve fewer than decided for a while: that
+    is not a cluster out of room, so no floor goes to the others however long it takes."""
+    clock = FakeClock()
+    store = _store(tmp_path, clock)
+    settings = KeeperSettings(capacity_stuck_s=20.0, capacity_period_s=2.0)
+    reconciler = leader(store, _NoJobs(), clock, settings=settings)
+    deploy_echo(store, ("a", "b"), autoscaling=AUTO)
+    s = spec(instances=1, autoscaling=AUTO)
+    rolling = job_state(
+        s, REV, count=3, autoscaled=6, autoscale_demand=6, rollout=rollout("op-2", REV)
+    )
+    _save(store, "a", rolling)
+    _save(store, "b", job_state(s, REV, autoscaled=2, autoscale_demand=2))
+    for _ in range(30):  # 60 s
+        _pass(reconciler, clock)
+    assert _floors(store) == {}
