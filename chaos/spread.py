@@ -8,12 +8,13 @@ equal weights, with an ``autoscaling:`` policy), is brought to one instance on e
 ``CALLERS`` calls in flight, split between the clusters by weight. ``wait_steady``
 waits until each cluster's autoscaler has settled on its share (it serves the count it
 decided, at least its own demand, and the own demands together meet the whole load's
-need) and notes each cluster's own demand. After the survivor's peer is killed, ``wait_carried`` waits until
-the survivor serves the whole demand, and reports when the Keeper's floor for it came
-(``capacity_floor`` event) and the modes of its decisions since the kill (``keeper``:
-the floor raised the count; ``panic``/``stable``: its own figures did first). After the
-peer is back, ``wait_lifted`` waits until the survivor's floor is 0 again. ``check``
-(pure) judges the outcome; ``stop`` ends the load (``actions.heal`` calls it).
+need) and notes each cluster's own demand. After the survivor's peer is killed,
+``wait_carried`` waits until the survivor serves the whole demand, and reports the
+Keeper's first floor for it if one came by then (``capacity_floor`` event) and the modes
+of its decisions since the kill (``keeper``: the floor raised the count;
+``panic``/``stable``: its own figures did). After the peer is back, ``wait_lifted``
+waits until the survivor's floor is 0 again and lists every floor and decision since
+the kill. ``check`` (pure) judges the outcome; ``stop`` ends the load (``actions.heal`` calls it).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class Spread:
     since_event: int
     demand: dict[str, int] = field(default_factory=dict)
     """Each cluster's own demand once steady, before the fault."""
+    fault_at: float | None = None
+    """When the fault ``wait_carried`` timed from was injected."""
 
 
 LOADS: heldload.Loads[Spread] = heldload.Loads(SERVICE, "start_spread_load")
@@ -204,6 +207,7 @@ def wait_carried(
     the survivor's decisions since the fault with their modes; DrillError naming every
     problem."""
     run = running(topo.run_dir)
+    run.fault_at = since
     serving = [0]
 
     def carried() -> bool:
@@ -254,7 +258,9 @@ def wait_carried(
 
 def wait_lifted(topo: infra.Topology, survivor: str, timeout_s: float) -> dict[str, Any]:
     """Until the Keeper's floor for ``survivor`` is 0 again (nothing unmet: the lost
-    cluster is back and its own AppMaster reports its demand)."""
+    cluster is back); every floor set for it since the fault, and its decisions, each
+    with its time from the fault: what the Keeper did beside the survivor's own figures."""
+    run = running(topo.run_dir)
 
     def lifted() -> bool:
         db = target.store(topo)
@@ -265,4 +271,18 @@ def wait_lifted(topo: infra.Topology, survivor: str, timeout_s: float) -> dict[s
         return floor is None or floor.floor == 0
 
     took = target.poll(f"the floor of {SERVICE} on {survivor} lifted", lifted, timeout_s)
-    return {"after_s": round(took, 3)}
+    since = run.fault_at if run.fault_at is not None else run.started
+    events = [e for e in _events(topo, run.since_event, survivor) if e.at >= since - 1]
+    return {
+        "after_s": round(took, 3),
+        "floors": [
+            f"{d.get('floor')} at +{e.at - since:.1f} s ({d.get('reason')})"
+            for e in events
+            if e.kind == "capacity_floor" and (d := e.detail or {})
+        ],
+        "decisions": [
+            f"{d['current']}->{d['desired']} {d['mode']} at +{e.at - since:.1f} s"
+            for e in events
+            if e.kind == "autoscale" and (d := e.detail or {})
+        ],
+    }
