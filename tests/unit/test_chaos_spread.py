@@ -41,9 +41,12 @@ def test_each_planted_failure_is_caught(planted: dict[str, Any], expected: str) 
 
 
 def test_the_policy_needs_two_instances_per_cluster_and_room_for_all_on_one() -> None:
+    """...and neither the load's start (2x on one instance) nor the survivor's doubling
+    (2x on two) panics, so the survivor stands at its share when the peer dies."""
     assert spread.need() == 4
     assert spread.POLICY["max_instances"] >= spread.need()
     assert spread.POLICY["scale_down_delay_s"] > 90  # one direction while the drill runs
+    assert spread.POLICY["panic_threshold"] > 2
 
 
 def test_the_drill_kills_b_after_settled_shares_and_checks_the_survivor() -> None:
