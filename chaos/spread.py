@@ -35,24 +35,25 @@ from loadtest.callers import Load
 SERVICE = "chaos-spread"
 DRILL_SERVICE = heldload.DRILL_SERVICE
 CLUSTERS = ("a", "b")
-CALLERS = 8
+CALLERS = 12
 HOLD_S = 0.5
 POLICY: dict[str, Any] = {
     "min_instances": 1,
-    "max_instances": 6,
+    "max_instances": 8,
     "target_inflight": 2.0,
     "stable_window_s": 12.0,
     "panic_window_s": 3.0,
-    "panic_threshold": 3.0,  # the load's start (2x on one instance) is no panic: no overshoot
+    "panic_threshold": 3.5,  # the load's start (3x on one instance) is no panic: no overshoot
     "scale_down_delay_s": 600.0,  # no scale-in while the drill runs
     "instance_start_s": 5.0,
 }
-"""``CALLERS`` calls in flight at ``target_inflight`` 2 need 4 instances, 2 per cluster
-while both serve; the survivor alone needs 4 (``max_instances`` 6 leaves room). No
-panic at the load's start (4 in flight on 1 instance is 2x, below the threshold), which
-would leave a count above the share (a first run had the survivor at 4 before the kill,
-so "carrying" the load took nothing); the survivor's doubling after the kill is no panic
-either: its stable window and the Keeper's floor race."""
+"""``CALLERS`` calls in flight at ``target_inflight`` 2 need 6 instances, 3 per cluster
+while both serve; the survivor alone needs 6 (``max_instances`` 8 leaves room). No
+panic at the load's start (6 in flight on 1 instance is 3x, below the threshold 3.5),
+which would leave a count far above the share; the survivor's doubling after the kill
+is no panic either: its stable window and the Keeper's floor race. (With 8 callers, the
+survivor's count, rounded up from a random split, was at the whole need before the kill
+in a first run, so "carrying" the load took nothing; ``check`` now refuses that.)"""
 
 
 def need() -> int:
@@ -76,6 +77,8 @@ class Spread:
     since_event: int
     demand: dict[str, int] = field(default_factory=dict)
     """Each cluster's own demand once steady, before the fault."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Each cluster's serving instances once steady, before the fault."""
     fault_at: float | None = None
     """When the fault ``wait_carried`` timed from was injected."""
 
@@ -143,6 +146,7 @@ def wait_steady(topo: infra.Topology, timeout_s: float) -> dict[str, Any]:
     scales in within the drill.)"""
     run = running(topo.run_dir)
     seen: dict[str, int] = {}
+    counts: dict[str, int] = {}
 
     def steady() -> bool:
         seen.clear()
@@ -154,11 +158,12 @@ def wait_steady(topo: infra.Topology, timeout_s: float) -> dict[str, Any]:
             if not count == len(state.serving()) >= state.autoscale_demand:
                 return False
             seen[cluster] = state.autoscale_demand
+            counts[cluster] = count
         return sum(seen.values()) >= need()
 
     took = target.poll(f"{SERVICE} steady on {', '.join(CLUSTERS)}", steady, timeout_s)
-    run.demand = dict(seen)
-    return {"demand": run.demand, "after_s": round(took, 3)}
+    run.demand, run.counts = dict(seen), dict(counts)
+    return {"demand": run.demand, "serving": run.counts, "after_s": round(took, 3)}
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,8 @@ class Outcome:
     """Instances the whole load needs at the target."""
     before: dict[str, int]
     """Each cluster's own demand before the fault."""
+    at_fault: int
+    """The survivor's serving instances before the fault."""
     serving: int
     """The survivor's serving instances at the end of the wait (or when it gave up)."""
     carried_s: float | None
@@ -184,6 +191,11 @@ def check(o: Outcome) -> list[str]:
     problems = []
     if sum(o.before.values()) < o.need:
         problems.append(f"before the fault the clusters asked {o.before}, short of {o.need}")
+    if o.at_fault >= o.need:
+        problems.append(
+            f"the survivor served {o.at_fault} before the fault, already the whole need "
+            f"({o.need}): nothing was carried"
+        )
     if o.carried_s is None or o.carried_s > o.max_s:
         when = "never" if o.carried_s is None else f"after {o.carried_s:.1f} s"
         problems.append(
@@ -237,6 +249,7 @@ def wait_carried(
     outcome = Outcome(
         need=need(),
         before=run.demand,
+        at_fault=run.counts.get(survivor, 0),
         serving=serving[0],
         carried_s=carried_s,
         max_s=max_s,
@@ -251,6 +264,7 @@ def wait_carried(
         "seconds": carried_s,
         "need": outcome.need,
         "before": outcome.before,
+        "at_fault": outcome.at_fault,
         "serving": outcome.serving,
         "floor": outcome.floor,
         "floor_after_s": outcome.floor_s,

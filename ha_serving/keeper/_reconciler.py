@@ -42,7 +42,12 @@ from ha_serving.keeper._analysis import (
     analyze,
     metrics_addresses,
 )
-from ha_serving.keeper._capacity import ClusterDemand, floors, takers_demand, unmet_sources
+from ha_serving.keeper._capacity import (
+    ClusterDemand,
+    floors,
+    takers_demand,
+    unmet_sources,
+)
 from ha_serving.keeper._control_api import record_service
 from ha_serving.keeper._leadership import LEASE_NAME, Leadership, Term
 from ha_serving.keeper._plan import (
@@ -137,6 +142,8 @@ class Reconciler:
         """op_id -> its plan (None: it does not parse), for each service's latest."""
         self._unmet_base: dict[str, int] = {}
         """service -> its growing clusters' own demand when some demand went unmet."""
+        self._calm: dict[str, dict[str, int]] = {}
+        """service -> each live cluster's own demand at the last pass with none unmet."""
         self._short_since: dict[tuple[str, str], float] = {}
         """(service, cluster) -> since when (monotonic) it serves fewer than it decided."""
         self.log = bound("ha_serving.keeper.reconciler", keeper=leadership.holder)
@@ -441,14 +448,7 @@ class Reconciler:
                 t.name: self._demand(service, policy, t, read[(t.name, service)], now)
                 for t in plan.clusters
             }
-            # the others' own demand when demand first went unmet: what it grows by since
-            # is the unmet calls' clients arriving there, not to be counted twice
-            if unmet_sources(demands):
-                base = self._unmet_base.setdefault(service, takers_demand(demands))
-                absorbed = max(0, takers_demand(demands) - base)
-            else:
-                self._unmet_base.pop(service, None)
-                absorbed = 0
+            absorbed = self._absorbed(service, demands)
             found, unplaced = floors(demands, absorbed=absorbed)
             for cluster, floor in found.items():
                 old = stored.get((service, cluster))
@@ -474,6 +474,23 @@ class Reconciler:
                     epoch=term.epoch,
                     detail={"floor": floor.count, "reason": floor.reason, "unplaced": unplaced},
                 )
+
+    def _absorbed(self, service: str, demands: dict[str, ClusterDemand]) -> int:
+        """How much the clusters that take unmet demand grew their own demand since it
+        went unmet: the unmet calls' clients arriving there, not to be counted twice.
+        Measured from each one's own demand at the last pass with nothing unmet (the
+        loss is seen ~2 s after it, and the clients move at once), or from when this
+        leader first saw it unmet."""
+        now = {n: c.demand for n, c in demands.items() if c.alive and not c.stuck}
+        if not unmet_sources(demands):
+            self._calm[service] = now
+            self._unmet_base.pop(service, None)
+            return 0
+        calm = self._calm.get(service, {})
+        base = self._unmet_base.setdefault(
+            service, sum(min(calm.get(n, d), d) for n, d in now.items())
+        )
+        return max(0, takers_demand(demands) - base)
 
     def _autoscaled_plans(self, view: _View) -> dict[str, Plan]:
         """service -> the plan of its latest operation, for each autoscaled service

@@ -233,3 +233,24 @@ def test_a_cluster_short_while_it_rolls_is_not_judged_stuck(tmp_path: Path) -> N
     for _ in range(30):  # 60 s
         _pass(reconciler, clock)
     assert _floors(store) == {}
+
+
+def test_growth_before_the_loss_is_seen_counts_as_absorbed(tmp_path: Path) -> None:
+    """b's clients move to a the moment b dies; the leader sees the loss ~2 s later. What
+    a's own demand grew by since the last pass with nothing unmet is b's demand already
+    absorbed: a asked 2 then, asks 4 when b is seen lost, so nothing is unmet."""
+    clock = FakeClock()
+    store = _store(tmp_path, clock)
+    reconciler = leader(store, _NoJobs(), clock)
+    deploy_echo(store, ("a", "b"), autoscaling=AUTO)
+    s = spec(instances=1, autoscaling=AUTO)
+    _save(store, "a", job_state(s, REV, autoscaled=2, autoscale_demand=2))
+    _save(store, "b", job_state(s, REV, autoscaled=2, autoscale_demand=2))
+    _pass(reconciler, clock)  # calm: a asks 2
+    _save(store, "a", job_state(s, REV, autoscaled=4, autoscale_demand=4))
+    reconciler.lost.add("b")
+    _pass(reconciler, clock)
+    assert _floors(store) == {}
+    _save(store, "a", job_state(s, REV, autoscaled=3, autoscale_demand=3))
+    _pass(reconciler, clock)  # a's figures lag behind: 1 of b's 2 is still unmet
+    assert _floors(store) == {"a": 4}

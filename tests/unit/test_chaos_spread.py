@@ -14,7 +14,7 @@ from chaos import spread
 from chaos.catalogue import DRILLS_DIR, load_drill
 from chaos.spread import Outcome, check
 
-GOOD = Outcome(need=4, before={"a": 2, "b": 2}, serving=4, carried_s=6.5, max_s=30.0)
+GOOD = Outcome(need=6, before={"a": 3, "b": 3}, at_fault=3, serving=6, carried_s=6.5, max_s=30.0)
 
 
 def test_a_survivor_that_carries_the_load_in_time_passes() -> None:
@@ -26,11 +26,12 @@ def test_a_survivor_that_carries_the_load_in_time_passes() -> None:
     ("planted", "expected"),
     [
         (
-            {"carried_s": None, "serving": 2},
-            "served 2 of the 4 instances the load needs: carried never",
+            {"carried_s": None, "serving": 3},
+            "served 3 of the 6 instances the load needs: carried never",
         ),
         ({"carried_s": 41.0}, "carried after 41.0 s (bound 30 s)"),
-        ({"before": {"a": 2, "b": 1}}, "short of 4"),
+        ({"before": {"a": 3, "b": 2}}, "short of 6"),
+        ({"at_fault": 6}, "the survivor served 6 before the fault, already the whole need"),
         ({"ran_twice": ("c-7",)}, "1 calls ran twice, e.g. c-7"),
     ],
 )
@@ -40,13 +41,14 @@ def test_each_planted_failure_is_caught(planted: dict[str, Any], expected: str) 
     assert expected in problems[0]
 
 
-def test_the_policy_needs_two_instances_per_cluster_and_room_for_all_on_one() -> None:
-    """...and neither the load's start (2x on one instance) nor the survivor's doubling
-    (2x on two) panics, so the survivor stands at its share when the peer dies."""
-    assert spread.need() == 4
+def test_the_policy_needs_three_instances_per_cluster_and_room_for_all_on_one() -> None:
+    """...and neither the load's start (3x on one instance) nor the survivor's doubling
+    (2x on three) panics, so the survivor stands at its share when the peer dies."""
+    assert spread.need() == 6
     assert spread.POLICY["max_instances"] >= spread.need()
     assert spread.POLICY["scale_down_delay_s"] > 90  # one direction while the drill runs
-    assert spread.POLICY["panic_threshold"] > 2
+    share = spread.CALLERS / 2 / spread.POLICY["target_inflight"]  # 3x one instance
+    assert spread.POLICY["panic_threshold"] > share
 
 
 def test_the_drill_kills_b_after_settled_shares_and_checks_the_survivor() -> None:
