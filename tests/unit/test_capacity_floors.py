@@ -166,14 +166,20 @@ def test_the_leader_floors_the_survivors_when_a_cluster_is_lost(tmp_path: Path) 
     assert reconciler._unmet_base == {}
 
 
-def test_a_cluster_short_for_longer_than_capacity_stuck_s_cannot_grow(tmp_path: Path) -> None:
-    """a decided 6 but serves 3 (its nodes are full): after ``capacity_stuck_s`` its 3
-    missing go to b, whose own demand is 2; once a serves its 6, b's floor is lifted."""
+def _on_a_and_b(tmp_path: Path) -> tuple[FakeClock, Store, Reconciler, KeeperSettings]:
+    """echo autoscaled on a and b; a leader that judges a cluster stuck after 20 s."""
     clock = FakeClock()
     store = _store(tmp_path, clock)
     settings = KeeperSettings(capacity_stuck_s=20.0, capacity_period_s=2.0)
     reconciler = leader(store, _NoJobs(), clock, settings=settings)
     deploy_echo(store, ("a", "b"), autoscaling=AUTO)
+    return clock, store, reconciler, settings
+
+
+def test_a_cluster_short_for_longer_than_capacity_stuck_s_cannot_grow(tmp_path: Path) -> None:
+    """a decided 6 but serves 3 (its nodes are full): after ``capacity_stuck_s`` its 3
+    missing go to b, whose own demand is 2; once a serves its 6, b's floor is lifted."""
+    clock, store, reconciler, settings = _on_a_and_b(tmp_path)
     s = spec(instances=1, autoscaling=AUTO)
     short = job_state(s, REV, count=3, autoscaled=6, autoscale_demand=6)
     _save(store, "a", short)
@@ -219,11 +225,7 @@ class _NoJobs:
 def test_a_cluster_short_while_it_rolls_is_not_judged_stuck(tmp_path: Path) -> None:
     """Instances replaced by a rolling update serve fewer than decided for a while: that
     is not a cluster out of room, so no floor goes to the others however long it takes."""
-    clock = FakeClock()
-    store = _store(tmp_path, clock)
-    settings = KeeperSettings(capacity_stuck_s=20.0, capacity_period_s=2.0)
-    reconciler = leader(store, _NoJobs(), clock, settings=settings)
-    deploy_echo(store, ("a", "b"), autoscaling=AUTO)
+    clock, store, reconciler, _ = _on_a_and_b(tmp_path)
     s = spec(instances=1, autoscaling=AUTO)
     rolling = job_state(
         s, REV, count=3, autoscaled=6, autoscale_demand=6, rollout=rollout("op-2", REV)
