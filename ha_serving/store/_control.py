@@ -44,6 +44,14 @@ class AppMasterBeat:
     epoch_seen: int
 
 
+UNCACHED = {"compiled_cache": None}
+"""Execution options for a statement whose shape varies with its input (one bind
+parameter per row or target): SQLAlchemy caches each compiled shape, and a Keeper's
+batches of 1 to 1,000 targets or rows each made one more entry of the engine's
+500-entry cache - 2.2 GB measured for 500 shapes of the batched instructions read. Such
+a statement is compiled each time instead (its cost grows with the statement anyway)."""
+
+
 @dataclass(frozen=True)
 class Instruction:
     id: int
@@ -52,6 +60,19 @@ class Instruction:
     op_id: str
     epoch: int
     body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InstructionsRead:
+    """One read of the instructions for a Keeper's links (``Store.read_instructions``)."""
+
+    high: int
+    """The highest instruction id this read knows of: every instruction with an id up
+    to it is in ``new`` or was below the ``since`` asked for."""
+    new: tuple[Instruction, ...]
+    """The instructions above ``since``, of every target, oldest first."""
+    behind: dict[tuple[str, str], list[Instruction]]
+    """Per target asked for: what ``list_instructions_for`` gives."""
 
 
 def _upsert(conn: Connection, table: sa.Table, key: Any, values: dict[str, Any]) -> None:
@@ -117,14 +138,18 @@ def heartbeat_appmasters(conn: Connection, now: Any, beats: Iterable[AppMasterBe
     dialect = conn.dialect.name
     if dialect in {"mysql", "mariadb"}:
         upsert = mysql.insert(appmasters).values(rows)
-        conn.execute(upsert.on_duplicate_key_update({c: upsert.inserted[c] for c in changed}))
+        conn.execute(
+            upsert.on_duplicate_key_update({c: upsert.inserted[c] for c in changed}),
+            execution_options=UNCACHED,
+        )
     elif dialect == "sqlite":
         insert = sqlite.insert(appmasters).values(rows)
         conn.execute(
             insert.on_conflict_do_update(
                 index_elements=[appmasters.c.cluster, appmasters.c.service],
                 set_={c: insert.excluded[c] for c in changed},
-            )
+            ),
+            execution_options=UNCACHED,
         )
     else:  # no multi-row upsert known for it: one upsert each, still one transaction
         for row in rows:
@@ -211,11 +236,41 @@ def list_instructions_for(
             .where(ranked.c.rank <= limit)
             .order_by(ranked.c.id)
         )
-        for r in conn.execute(query).all():
+        for r in conn.execute(query, execution_options=UNCACHED).all():
             found[(r.cluster, r.service)].append(
                 Instruction(int(r.id), r.cluster, r.service, r.op_id, int(r.epoch), dict(r.body))
             )
     return found
+
+
+def read_instructions(
+    conn: Connection,
+    since: int | None,
+    behind: Mapping[tuple[str, str], int],
+    *,
+    limit: int = 100,
+    new_limit: int = 10_000,
+) -> InstructionsRead:
+    """The instructions above id ``since`` of every target (at most ``new_limit``, the
+    lowest ids first), and ``list_instructions_for(behind)``, from one snapshot. With
+    ``since`` None, no rows for the first part: only the highest id there is. A primary
+    key range, so a read with nothing new costs an index probe whatever the number of
+    targets and links."""
+    c = instructions.c
+    new: list[Instruction] = []
+    if since is None:
+        high = int(conn.execute(sa.select(sa.func.max(c.id))).scalar() or 0)
+    else:
+        rows = conn.execute(
+            sa.select(instructions).where(c.id > since).order_by(c.id).limit(new_limit)
+        ).all()
+        new = [
+            Instruction(int(r.id), r.cluster, r.service, r.op_id, int(r.epoch), dict(r.body))
+            for r in rows
+        ]
+        high = new[-1].id if new else since
+    found = list_instructions_for(conn, behind, limit=limit) if behind else {}
+    return InstructionsRead(high, tuple(new), found)
 
 
 def _past(target: tuple[str, str], after: int) -> sa.ColumnElement[bool]:
