@@ -26,6 +26,8 @@ class QueryCounter:
     queries: int = 0
     writes: int = 0
     transactions: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    """Writes by kind ("UPDATE appmaster_state"): which statements make the write rate."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -39,6 +41,9 @@ class QueryCounter:
             with counter._lock:
                 counter.queries += 1
                 counter.writes += int(write)
+                if write:
+                    kind = statement_kind(statement)
+                    counter.kinds[kind] = counter.kinds.get(kind, 0) + 1
 
         def begin(_conn: Any) -> None:
             with counter._lock:
@@ -54,7 +59,18 @@ class QueryCounter:
                 f"{role}.queries": self.queries,
                 f"{role}.writes": self.writes,
                 f"{role}.transactions": self.transactions,
+                **{f"{role}.write.{k}": v for k, v in self.kinds.items()},
             }
+
+
+def statement_kind(statement: str) -> str:
+    """ "UPDATE appmaster_state" from a statement: its verb and the table it names first."""
+    words = statement.split(None, 4)
+    verb = words[0].upper() if words else "?"
+    table = next(
+        (w.strip("`(") for w in words[1:] if w.upper() not in ("INTO", "FROM", "IGNORE")), "?"
+    )
+    return f"{verb} {table}"
 
 
 def cpu_seconds(pid: int) -> float:

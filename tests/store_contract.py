@@ -869,6 +869,36 @@ def batched_instruction_reads_give_each_target_what_its_own_read_gives(b: Backen
     assert store.list_instructions_for({}) == {}
 
 
+def instruction_reads_past_a_cursor_give_every_targets_new_rows_in_id_order(
+    b: Backend,
+) -> None:
+    """``read_instructions``: with no cursor, only the highest id (and the targets asked
+    for); past a cursor, every target's rows above it, oldest first, at most
+    ``new_limit`` (the cursor then the last one read); the targets asked for as
+    ``list_instructions_for`` gives them, from the same transaction."""
+    store = b.connect()
+    empty = store.read_instructions(None, {})
+    assert (empty.high, empty.new, empty.behind) == (0, (), {})
+    first = store.add_instruction("a", "echo", "op-1", 1, {"n": 1})
+    second = store.add_instruction("b", "echo", "op-2", 1, {"n": 2})
+    start = store.read_instructions(None, {("a", "echo"): 0})
+    assert (start.high, start.new) == (second, ())
+    assert [i.id for i in start.behind[("a", "echo")]] == [first]
+    third = store.add_instruction("a", "other", "op-3", 1, {"n": 3})
+    fourth = store.add_instruction("a", "echo", "op-4", 2, {"n": 4})
+    past = store.read_instructions(second, {("b", "echo"): 0})
+    assert past.high == fourth
+    assert [(i.id, i.cluster, i.service, i.op_id, i.epoch, i.body) for i in past.new] == [
+        (third, "a", "other", "op-3", 1, {"n": 3}),
+        (fourth, "a", "echo", "op-4", 2, {"n": 4}),
+    ]
+    assert past.behind == store.list_instructions_for({("b", "echo"): 0})
+    some = store.read_instructions(first, {}, new_limit=2)
+    assert ([i.id for i in some.new], some.high) == ([second, third], third)
+    assert store.read_instructions(fourth, {}) == store.read_instructions(fourth, {})
+    assert store.read_instructions(fourth, {}).new == ()
+
+
 def batched_heartbeats_write_every_row_at_once_the_last_beat_of_a_target_winning(
     b: Backend,
 ) -> None:
@@ -902,6 +932,7 @@ def batched_heartbeats_write_every_row_at_once_the_last_beat_of_a_target_winning
 
 STORE_CHECKS += [
     batched_instruction_reads_give_each_target_what_its_own_read_gives,
+    instruction_reads_past_a_cursor_give_every_targets_new_rows_in_id_order,
     batched_heartbeats_write_every_row_at_once_the_last_beat_of_a_target_winning,
 ]
 

@@ -8,21 +8,32 @@ a second per AppMaster, each through the thread pool. Now:
 - **Instructions.** Each link keeps its own cursor (``Link.after``: the id of the last
   instruction its stream sent) and, once it has sent what it had, waits
   (``Link.next``). Every ``link_period_s`` the hub reads, in one transaction
-  (``Store.list_instructions_for``), each waiting link's target after that link's
-  cursor (the lowest, if several links wait on one target), and hands each link the
-  rows past its own cursor, or ``[]`` (a beat) when there are none or the store is
-  down. A link's cursor is read only while it waits and moved only by its stream after
-  the stream sent the instruction, so nothing is sent twice.
+  (``Store.read_instructions``), the instructions of *every* target above its own
+  global cursor (``LinkHub.high``, the highest id it has read), and, for the waiting
+  links that are *behind* (new, or absent from the last read because their stream was
+  sending, or handed only ``limit`` rows), their targets after their own cursors (the
+  lowest, if several links wait on one target). A link caught up at the last read
+  (``Link.synced`` is the hub's cursor) is handed the new rows of its target; a link
+  behind, its own rows. Either way only rows past its own cursor, or ``[]`` (a beat)
+  when there are none or the store is down. A link's cursor is read only while it
+  waits and moved only by its stream after the stream sent the instruction, so nothing
+  is sent twice.
 
-  Nothing is skipped either, although ``id > after`` passes over an id that commits
-  after a higher one: instruction ids are committed in id order. Only the leader writes
-  them (``Reconciler``), one at a time (a round is sequential, every ``add_instruction``
+  In steady state (nothing new, every link caught up) a period's read is one primary-key
+  range probe, whatever the number of links: the per-target read it replaced named
+  every waiting target (3,000 at 1,000 services x 3 clusters), and building and
+  running that statement was the largest part of a Keeper's CPU in the scale
+  simulation (``docs/scale.md``).
+
+  Nothing is skipped, although ``id > cursor`` passes over an id that commits after a
+  higher one: instruction ids are committed in id order. Only the leader writes them
+  (``Reconciler``), one at a time (a round is sequential, every ``add_instruction``
   its own transaction, awaited before the next), and fenced: the write locks the lease
   row (``FOR UPDATE``) and checks the epoch in its transaction, so a new leader's
   lease takeover waits for an old leader's pending write to commit (or be refused)
-  before any instruction of the new epoch gets an id. The batched read is the per-link
-  read it replaces (the same predicate per target, ``Store.list_instructions``) taken
-  for all links from one snapshot: it relies on that order no more than the old poll.
+  before any instruction of the new epoch gets an id. When the hub's cursor is behind
+  the highest id a link has already sent (ids are not reused), the link's own cursor
+  still filters what it is handed.
 
 - **Heartbeats.** ``beat`` queues one heartbeat and waits for it to be committed: the
   first beat of a batch opens it, those arriving within ``link_heartbeat_window_s``
@@ -44,7 +55,7 @@ from dataclasses import dataclass, field
 
 from ha_serving._errors import StoreUnavailable
 from ha_serving._settings import KeeperSettings
-from ha_serving.store import AppMasterBeat, Instruction, Store
+from ha_serving.store import AppMasterBeat, Instruction, InstructionsRead, Store
 from ha_serving.util.aiotasks import guard
 from ha_serving.util.clock import Clock, SystemClock
 
@@ -63,6 +74,10 @@ class Link:
     moved by the stream only, after sending, and never while it waits."""
     waiter: asyncio.Future[list[Instruction]] | None = field(default=None, repr=False)
     """Set while the stream waits for the hub's next read (``next``)."""
+    synced: int | None = None
+    """The hub's cursor after the last read that handed this link every instruction of
+    its target up to it; None: never. Equal to the hub's cursor: the next read hands it
+    the new rows of its target only."""
 
     async def next(self) -> list[Instruction]:
         """Wait for the hub's next read: this target's instructions after ``after``,
@@ -91,6 +106,7 @@ class LinkHub:
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
         clock: Clock | None = None,
         limit: int = 100,
+        new_limit: int = 10_000,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -98,6 +114,8 @@ class LinkHub:
         self.clock = clock or SystemClock()
         self.limit = limit
         """Most instructions one link is handed per period (as the per-link read's)."""
+        self.new_limit = new_limit
+        """Most new instructions (of all targets) one period reads past the cursor."""
         self._links: set[Link] = set()
         self._reader: asyncio.Task[None] | None = None
         self._beats: list[tuple[AppMasterBeat, asyncio.Future[None]]] = []
@@ -105,6 +123,9 @@ class LinkHub:
         self._writer: asyncio.Task[None] | None = None
         self.reads = 0
         """Batched instruction reads done (one per period with links waiting)."""
+        self.high: int | None = None
+        """The highest instruction id read (None before the first read): the global
+        cursor every period's read starts after."""
 
     # --- instructions -----------------------------------------------------------------
 
@@ -137,25 +158,61 @@ class LinkHub:
         ]
         if not waiting:
             return
-        after: dict[Target, int] = {}
-        for link, _ in waiting:
-            after[link.target] = min(after.get(link.target, link.after), link.after)
+        since = self.high
+        late = {link for link, _ in waiting if since is None or link.synced != since}
+        behind: dict[Target, int] = {}
+        for link in late:
+            behind[link.target] = min(behind.get(link.target, link.after), link.after)
         self.reads += 1
         try:
-            found = await asyncio.to_thread(
-                self.store.list_instructions_for, after, limit=self.limit
+            read = await asyncio.to_thread(
+                self.store.read_instructions,
+                since,
+                behind,
+                limit=self.limit,
+                new_limit=self.new_limit,
             )
         except StoreUnavailable:  # a beat for each: silence would drop a live Keeper
-            found = {}
+            read = None
         except Exception as exc:  # a bug: each stream ends with it, as its own read would
             for _, waiter in waiting:
                 if not waiter.done():
                     waiter.set_exception(exc)
             return
+        if read is None:
+            for _, waiter in waiting:
+                if not waiter.done():
+                    waiter.set_result([])
+            return
+        self.high = read.high
+        new: dict[Target, list[Instruction]] = {}
+        for i in read.new:
+            new.setdefault((i.cluster, i.service), []).append(i)
         for link, waiter in waiting:
             if not waiter.done():  # else its stream ended meanwhile
-                rows = found.get(link.target, [])
-                waiter.set_result([i for i in rows if i.id > link.after])
+                waiter.set_result(self._hand(link, read, new, behind=link in late))
+
+    def _hand(
+        self,
+        link: Link,
+        read: InstructionsRead,
+        new: dict[Target, list[Instruction]],
+        *,
+        behind: bool,
+    ) -> list[Instruction]:
+        """What ``link`` gets from ``read`` (``new``: its new rows by target): its
+        target's rows past its own cursor, at most ``limit``; it is caught up to the
+        read's cursor unless some were left over."""
+        if behind:
+            rows = read.behind.get(link.target, [])
+            whole = len(rows) < self.limit  # else the read stopped at the limit
+        else:
+            rows = new.get(link.target, [])
+            whole = True
+        mine = [i for i in rows if i.id > link.after]
+        handed = mine[: self.limit]
+        link.synced = read.high if whole and len(handed) == len(mine) else None
+        return handed
 
     # --- heartbeats -------------------------------------------------------------------
 

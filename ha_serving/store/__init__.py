@@ -11,6 +11,7 @@ from ha_serving.store._control import (
     AppMasterRecord,
     ClusterRecord,
     Instruction,
+    InstructionsRead,
 )
 from ha_serving.store._credentials import CredentialRecord
 from ha_serving.store._engine import TimeSource, db_now, safe_url, store_retry
@@ -39,6 +40,7 @@ __all__ = [
     "Endpoint",
     "EventRecord",
     "Instruction",
+    "InstructionsRead",
     "Lease",
     "OperationRecord",
     "SchemaTooNew",

@@ -41,6 +41,7 @@ from ha_serving.store._control import (
     AppMasterRecord,
     ClusterRecord,
     Instruction,
+    InstructionsRead,
 )
 from ha_serving.store._credentials import CredentialRecord
 from ha_serving.store._engine import (
@@ -730,6 +731,21 @@ class Store:
             return {}
         with self._tx() as conn:
             return _control.list_instructions_for(conn, after_by_target, limit=limit)
+
+    def read_instructions(
+        self,
+        since: int | None,
+        behind: Mapping[tuple[str, str], int],
+        *,
+        limit: int = 100,
+        new_limit: int = 10_000,
+    ) -> InstructionsRead:
+        """Every target's instructions above id ``since`` (a Keeper's global cursor:
+        instruction ids commit in id order, see ``keeper._linkhub``) and, for the targets
+        in ``behind``, ``list_instructions_for(behind)``, in one transaction. ``since``
+        None: only the highest id there is, and the ``behind`` part."""
+        with self._tx() as conn:
+            return _control.read_instructions(conn, since, behind, limit=limit, new_limit=new_limit)
 
     def last_instruction(self, cluster: str, service: str) -> Instruction | None:
         with self._tx() as conn:
