@@ -9,7 +9,7 @@ from typing import Any
 
 from ha_serving._instructions import TrafficBody
 from ha_serving._settings import AppMasterSettings, KeeperSettings
-from ha_serving.appmaster._link import KeeperLink
+from ha_serving.appmaster._link import LAPSE, KeeperLink
 from ha_serving.appmaster._publication import Due, Publication
 from ha_serving.store import Store
 from tests.unit.fixtures.control import Harness, run, spec
@@ -188,22 +188,40 @@ def test_an_endpoint_the_leader_withdrew_while_the_heartbeat_lapsed_comes_back_n
 
 
 def test_the_link_puts_the_endpoints_in_doubt_after_a_lapse_of_its_heartbeat(h: Harness) -> None:
-    """A failed heartbeat, or acknowledgements further apart than half the leader's
-    cluster-loss silence, make the AppMaster write its endpoints every round for
-    ``heartbeat_stale_s``; beats at the link's pace do not."""
+    """A failed heartbeat, or one acknowledged so long after the previous one was sent
+    that the stored heartbeat may have aged to the leader's cluster-loss silence, make
+    the AppMaster write its endpoints every round for ``heartbeat_stale_s``; beats at
+    the link's pace, and slow ones that leave the stored heartbeat fresher than the
+    silence throughout, do not."""
     settings = KeeperSettings()
     link = KeeperLink(h.core, ["127.0.0.1:1"], None, settings=settings)
     publication = h.core.actions.publication
-    link._acknowledged()  # the first: nothing to compare with
+    clock = h.clock
+    link._acknowledged(clock.monotonic())  # the first: nothing to compare with
     for _ in range(5):
-        h.clock.advance(settings.link_period_s * 2)  # one beat skipped: still fine
-        link._acknowledged()
+        sent = clock.monotonic()
+        clock.advance(settings.link_period_s * 2)  # one beat skipped: still fine
+        link._acknowledged(sent)
     assert publication.doubt_until == float("-inf")
-    h.clock.advance(settings.loss_silence_s / 2)
-    link._acknowledged()
-    assert publication.doubt_until == h.clock.monotonic() + settings.heartbeat_stale_s
-    h.clock.advance(settings.heartbeat_stale_s)
+    # a beat acknowledged late, the next one sent at once and acknowledged fast: the
+    # stored beat was at most (an ack - the send before) old, under the silence
+    sent = clock.monotonic()
+    clock.advance(0.05)
+    link._acknowledged(sent)
+    sent = clock.monotonic()
+    clock.advance(settings.loss_silence_s * 0.7)
+    link._acknowledged(sent)
+    sent = clock.monotonic()
+    clock.advance(0.05)
+    link._acknowledged(sent)
+    assert publication.doubt_until == float("-inf")
+    # from one beat's send to the next one's acknowledgement, the silence (less the
+    # margin) passed
+    clock.advance(LAPSE * settings.loss_silence_s)
+    link._acknowledged(clock.monotonic())
+    assert publication.doubt_until == clock.monotonic() + settings.heartbeat_stale_s
+    clock.advance(settings.heartbeat_stale_s)
     link._beat_failed = True
-    h.clock.advance(0.1)
-    link._acknowledged()
-    assert publication.doubt_until == h.clock.monotonic() + settings.heartbeat_stale_s
+    clock.advance(0.1)
+    link._acknowledged(clock.monotonic())
+    assert publication.doubt_until == clock.monotonic() + settings.heartbeat_stale_s
