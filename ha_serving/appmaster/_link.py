@@ -22,7 +22,6 @@ from ha_serving.proto import keeper_pb2, keeper_pb2_grpc
 from ha_serving.util.secrets import read_secret
 from ha_serving.util.tls import TlsFiles, aio_channel
 
-
 LAPSE = 0.8
 """The share of the leader's cluster-loss silence (``loss_silence_s``) that a heartbeat's
 lapse may reach before the AppMaster takes its endpoints for possibly withdrawn."""
