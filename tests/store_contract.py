@@ -1200,6 +1200,26 @@ def read_targets_reads_what_the_single_reads_read(b: Backend) -> None:
     assert read[("c2", "echo")].state is None
     assert (read[("c3", "echo")].last_instruction, read[("c3", "echo")].state) == (None, None)
     assert store.read_targets([]) == {}
+    # a state at the version the reader knows is not read again; a newer one is
+    version = read[("c1", "echo")].state_version
+    assert version is not None
+    store.save_appmaster_state("c2", "echo", {"step": 1}, expected_version=None)
+    store.add_instruction("c2", "other", "op-4", 1, {"n": 4})  # another target's, later
+    again = store.read_targets(
+        [("c1", "echo"), ("c2", "echo"), ("c1", "echo")], known={("c1", "echo"): version}
+    )
+    assert set(again) == {("c1", "echo"), ("c2", "echo")}
+    c1, c2 = again[("c1", "echo")], again[("c2", "echo")]
+    assert (c1.state, c1.state_version, c1.state_unchanged) == (None, version, True)
+    assert c1.last_instruction == read[("c1", "echo")].last_instruction
+    assert (c2.state, c2.state_unchanged) == ({"step": 1}, False)
+    assert c2.last_instruction == store.last_instruction("c2", "echo")
+    store.save_appmaster_state("c1", "echo", {"step": 4}, expected_version=version)
+    moved = store.read_targets([("c1", "echo")], known={("c1", "echo"): version})
+    assert (moved[("c1", "echo")].state, moved[("c1", "echo")].state_unchanged) == (
+        {"step": 4},
+        False,
+    )
 
 
 STORE_CHECKS += [

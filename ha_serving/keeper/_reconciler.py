@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -130,6 +130,12 @@ class Reconciler:
         self._samples: dict[str, tuple[float, Sample]] = {}
         """Last metrics scrape per release being analysed (a new leader starts afresh)."""
         self._unreadable: dict[tuple[str, str], int | None] = {}
+        self._parsed: dict[tuple[str, str], tuple[int | None, JobState | _Unreadable]] = {}
+        """(cluster, service) -> the version of its AppMaster state last read and what it
+        parsed to: a state still at that version is neither read nor parsed again (in a
+        wave, decoding every target's state every round was most of the leader's CPU).
+        Kept only for the targets read in the last round: an ended operation's go."""
+        self._read_in_round: set[tuple[str, str]] = set()
         """(cluster, service) -> version of its AppMaster state row that does not parse,
         so each bad version is logged once, not every round."""
         self._store_failed_at: float | None = None
@@ -172,9 +178,7 @@ class Reconciler:
             newest[record.service] = record
         ops = [op for op in (self._parse(r, term) for r in newest.values()) if op is not None]
         # every active operation's targets in one transaction, not 2 per target
-        targets = self.store.read_targets(
-            (t.name, op.service) for op in ops for t in op.plan.clusters
-        )
+        targets = self._read_targets((t.name, op.service) for op in ops for t in op.plan.clusters)
         for op in ops:
             self._carry_out(op, term, targets)
         view = self._view()
@@ -182,6 +186,8 @@ class Reconciler:
         self._ensure_appmasters(view)
         self._spread_capacity(term, view)
         self._prune()
+        self._parsed = {k: v for k, v in self._parsed.items() if k in self._read_in_round}
+        self._read_in_round = set()
 
     def _view(self) -> _View:
         return _View(
@@ -224,7 +230,7 @@ class Reconciler:
     ) -> None:
         targets = [t.name for t in op.plan.clusters]
         if read is None:
-            read = self.store.read_targets((c, op.service) for c in targets)
+            read = self._read_targets((c, op.service) for c in targets)
         last = {c: read[(c, op.service)].last_instruction for c in targets}
         states = {c: self._state(c, op.service, read[(c, op.service)]) for c in targets}
         # a sequential op reads only the cluster at its step; a weighted one every cluster
@@ -234,14 +240,38 @@ class Reconciler:
         typed = {c: s if isinstance(s, JobState) else None for c, s in states.items()}
         self._decide(op, last, typed, term)
 
+    def _read_targets(self, targets: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Target]:
+        """``Store.read_targets``, skipping the states this leader has parsed already."""
+        wanted = list(targets)
+        self._read_in_round.update(wanted)
+        known = {
+            t: v
+            for t in wanted
+            if (p := self._parsed.get(t)) is not None and (v := p[0]) is not None
+        }
+        return self.store.read_targets(wanted, known=known)
+
     def _state(self, cluster: str, service: str, target: Target) -> JobState | _Unreadable | None:
         """The AppMaster's persisted state (None: it saved none yet); a row that does not
         parse (corrupt, or written by a newer version) is logged once and unreadable."""
+        key = (cluster, service)
+        if target.state_unchanged:
+            parsed = self._parsed.pop(key, None)
+            if parsed is None or parsed[0] != target.state_version:
+                return _UNREADABLE  # not what was asked for: read in full next round
+            self._parsed[key] = parsed
+            return parsed[1]
         if target.state is None:
+            self._parsed.pop(key, None)
             return None
+        parsed_state = self._parse_state(cluster, service, target)
+        self._parsed[key] = (target.state_version, parsed_state)
+        return parsed_state
+
+    def _parse_state(self, cluster: str, service: str, target: Target) -> JobState | _Unreadable:
         version = target.state_version
         try:
-            state = JobState.from_record(target.state)
+            state = JobState.from_record(target.state or {})
         except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError too
             if self._unreadable.get((cluster, service)) != version:
                 self._unreadable[(cluster, service)] = version
@@ -436,7 +466,7 @@ class Reconciler:
         plans = self._autoscaled_plans(view or self._view())
         if not plans:
             return
-        read = self.store.read_targets(
+        read = self._read_targets(
             (t.name, service) for service, plan in plans.items() for t in plan.clusters
         )
         stored = {(f.service, f.cluster): f for f in self.store.list_capacity_floors()}

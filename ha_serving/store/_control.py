@@ -3,7 +3,7 @@ and the leader's instructions to AppMasters (an append-only, ordered log per tar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,6 +278,30 @@ def _past(target: tuple[str, str], after: int) -> sa.ColumnElement[bool]:
     cluster, service = target
     c = instructions.c
     return (c.cluster == cluster) & (c.service == service) & (c.id > after)
+
+
+def last_instructions(
+    conn: Connection, targets: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Instruction]:
+    """Each target's last instruction (targets with none are left out), one statement
+    per ``TARGETS_PER_STATEMENT`` targets: the highest id per target (an index range
+    each, on ``ix_instructions_target``), joined back to its row."""
+    c = instructions.c
+    out: dict[tuple[str, str], Instruction] = {}
+    for start in range(0, len(targets), TARGETS_PER_STATEMENT):
+        chunk = targets[start : start + TARGETS_PER_STATEMENT]
+        highest = (
+            sa.select(sa.func.max(c.id).label("id"))
+            .where(sa.tuple_(c.cluster, c.service).in_(chunk))
+            .group_by(c.cluster, c.service)
+            .subquery()
+        )
+        query = sa.select(instructions).join(highest, c.id == highest.c.id)
+        for r in conn.execute(query).all():
+            out[(r.cluster, r.service)] = Instruction(
+                int(r.id), r.cluster, r.service, r.op_id, int(r.epoch), dict(r.body)
+            )
+    return out
 
 
 def last_instruction(conn: Connection, cluster: str, service: str) -> Instruction | None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from ha_serving._errors import StoreUnavailable
+from ha_serving._jobstate import JobState, Phase
 from ha_serving._settings import KeeperSettings
 from ha_serving._spec import Revision, ServiceSpec
 from ha_serving.backend import make_package
@@ -195,9 +196,9 @@ def test_a_round_reads_every_active_operations_targets_in_one_transaction(
     calls: list[list[tuple[str, str]]] = []
     read_targets = store.read_targets
 
-    def spy(targets: Any) -> Any:
+    def spy(targets: Any, **kw: Any) -> Any:
         calls.append(list(targets))
-        return read_targets(calls[-1])
+        return read_targets(calls[-1], **kw)
 
     store.read_targets = spy  # type: ignore[method-assign]
     store.last_instruction = store.load_appmaster_state = None  # type: ignore[assignment]
@@ -206,6 +207,48 @@ def test_a_round_reads_every_active_operations_targets_in_one_transaction(
     assert sorted(calls[0]) == [("a", "echo"), ("a", "other"), ("b", "echo"), ("b", "other")]
     for service in ("echo", "other"):  # and the round acted on what it read
         assert any(store.list_instructions(c, service) for c in "ab")
+
+
+def test_a_state_unchanged_since_the_last_round_is_neither_read_nor_parsed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader keeps each target's parsed state by version: the next round asks the
+    store only for the versions of states it holds, and parses a state again only once
+    it changed (decoding every target's state every round was most of a leader's CPU
+    in a release wave)."""
+    clock = FakeClock()
+    store = _store(tmp_path, clock)
+    reconciler = leader(store, FlakyJobs(0, clock), clock)
+    term = reconciler.leadership.require()
+    op_id = deploy_echo(store)
+    reconciler.round(term)  # instructs cluster a
+    plan = store.get_operation(op_id).plan
+    desired = Revision(
+        version=plan["spec"]["version"],
+        package=plan["package"],
+        import_path=plan["spec"]["code"]["import_path"],
+    )
+    starting = job_state(ServiceSpec.model_validate(plan["spec"]), desired, phase=Phase.PENDING)
+    version = store.save_appmaster_state("a", "echo", starting.to_record(), expected_version=None)
+    served = job_state(ServiceSpec.model_validate(plan["spec"]), desired)
+    parsed: list[dict[str, Any]] = []
+    real = JobState.from_record
+
+    def counting(record: dict[str, Any]) -> JobState:
+        parsed.append(record)
+        return real(record)
+
+    monkeypatch.setattr(JobState, "from_record", counting)
+    reconciler.round(term)
+    assert len(parsed) == 1
+    for _ in range(3):
+        reconciler.round(term)
+    assert len(parsed) == 1  # unchanged: not parsed again
+    assert store.get_operation(op_id).status == "running"  # and still decided on
+    store.save_appmaster_state("a", "echo", served.to_record(), expected_version=version)
+    reconciler.round(term)
+    assert len(parsed) == 2  # the new version
+    assert store.get_operation(op_id).status == "succeeded"
 
 
 def test_an_appmaster_state_that_does_not_parse_is_not_ready_and_logged_once(
