@@ -54,6 +54,76 @@ def scenario_rows(results: Sequence[ScenarioResult]) -> list[str]:
     return lines
 
 
+ROUND_P99_GOAL_S = 0.5
+WAVE_VS_ONE_GOAL = 2.0
+DISCOVERY_P99_GOAL_S = 2.0
+
+
+def goal_rows(results: Sequence[ScenarioResult]) -> list[str]:
+    """Issue #16's goals, each against what this run measured ("-": not measured here)."""
+    rows: list[tuple[str, str, str]] = []
+    for r in results:
+        f = r.figures
+        if "error" in f:
+            continue
+        p99 = (f.get("round_s") or {}).get("p99")
+        if p99 is not None:
+            rows.append(
+                (
+                    f"{r.scenario}: reconcile round p99 <= 500 ms",
+                    f"{p99 * 1000:.0f} ms",
+                    _met(p99 <= ROUND_P99_GOAL_S),
+                )
+            )
+        prop = f.get("propagation_s") if (f.get("propagation_s") or {}).get("count") else None
+        prop = prop or f.get("deploy", {}).get("propagation_s")
+        if prop and prop.get("p99") is not None:
+            rows.append(
+                (
+                    f"{r.scenario}: discovery p99 <= 2 s",
+                    f"{prop['p99']:.2f} s",
+                    _met(prop["p99"] <= DISCOVERY_P99_GOAL_S),
+                )
+            )
+        action = f.get("action", {})
+        if "wave_vs_one" in action:
+            rows.append(
+                (
+                    f"{r.scenario}: a {action['wave_services']}-service wave within 2x one "
+                    "service's update",
+                    f"{action['span_s']} s vs {action['one_service']['span_s']} s: "
+                    f"{action['wave_vs_one']}x",
+                    _met(action["wave_vs_one"] <= WAVE_VS_ONE_GOAL),
+                )
+            )
+        if "acknowledged_ops_lost" in action:
+            lost = len(action["acknowledged_ops_lost"])
+            rows.append(
+                (
+                    f"{r.scenario}: no acknowledged op lost",
+                    f"{lost} lost of {action['ops']}",
+                    _met(lost == 0 and action["acknowledged_ops_not_succeeded"] == 0),
+                )
+            )
+    if not rows:
+        return []
+    size = {
+        f"{c['services']}x{c['clusters']}x{c['instances']}" for c in (r.config for r in results)
+    }
+    return [
+        f"## Goals (issue #16, set for 1000x3x100; measured here at {', '.join(sorted(size))})",
+        "",
+        "| goal | measured | |",
+        "|---|---|---|",
+        *(f"| {g} | {m} | {ok} |" for g, m, ok in rows),
+        "",
+    ]
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def write_runs(out: Path, results: Sequence[ScenarioResult], profile: str | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     payload = [
@@ -82,6 +152,7 @@ def write_runs(out: Path, results: Sequence[ScenarioResult], profile: str | None
         *scenario_rows(results),
         "",
     ]
+    lines += goal_rows(results)
     for r in results:
         lines += [f"## {r.scenario}", "", "```json", json.dumps(r.figures, indent=2), "```", ""]
     if profile:

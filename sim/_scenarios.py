@@ -275,12 +275,19 @@ class Sim:
         if len(ended) < len(wanted):
             log.warning("%s: %d of %d ops not ended", what, len(wanted) - len(ended), len(wanted))
         done = [ended[o].updated_at - self.acks[o] for o in op_ids if o in ended]
+        span = (
+            max(ended[o].updated_at for o in op_ids if o in ended)
+            - min(self.acks[o] for o in op_ids)
+            if ended
+            else None
+        )
         statuses: dict[str, int] = {}
         for o in ended.values():
             statuses[o.status] = statuses.get(o.status, 0) + 1
         return {
             "ops": len(op_ids),
             "ack_to_end_s": Summary.of(done).to_json(),
+            "span_s": None if span is None else round(span, 2),
             "statuses": statuses,
             "not_ended": sorted(wanted - set(ended)),
         }
@@ -411,6 +418,11 @@ class Sim:
             killed = await self._kill_leader(ops, result)
         figures = await self._finish(ops, "release wave")
         figures["wave_services"] = len(wave)
+        if scenario == "release-wave":
+            figures["one_service"] = await self._one_update(wave)
+            one = figures["one_service"]["span_s"]
+            if one and figures["span_s"] is not None:
+                figures["wave_vs_one"] = round(figures["span_s"] / one, 2)
         if killed:
             figures.update(killed)
             figures["acknowledged_ops_lost"] = [
@@ -425,6 +437,15 @@ class Sim:
             after = [r for r in self._rounds(t, time.time()) if r[0] > t]
             figures["first_round_after_kill_s"] = round(after[0][0] - t, 2) if after else None
         return figures
+
+    async def _one_update(self, wave: list[str]) -> dict[str, Any]:
+        """The yardstick of a wave: one service's config update alone, right after the
+        wave, on the same standing control plane (a service outside the wave, or the
+        first one again if the wave took them all)."""
+        rest = [n for n in self.names if n not in wave]
+        name, generation = (rest[0], 1) if rest else (wave[0], 2)
+        op = await self._submit([name], "config", generation)
+        return await self._finish(op, "one service's update")
 
     async def _kill_leader(self, ops: list[str], result: ScenarioResult) -> dict[str, Any]:
         """Mid-wave: once an op of the wave runs (instructions went out), SIGKILL the

@@ -26,8 +26,9 @@ from sim._figures import (
     percentile,
     rate,
 )
-from sim._probe import ProbedStore, QueryCounter
-from sim._scenarios import Sim, SimConfig, scaled
+from sim._probe import ProbedStore, QueryCounter, statement_kind
+from sim._report import goal_rows
+from sim._scenarios import ScenarioResult, Sim, SimConfig, scaled
 
 TIMINGS = ActorTimings(start_s=2.0, load_s=3.0, reconfigure_s=0.5, drain_s=1.0, stop_s=0.25)
 
@@ -211,6 +212,48 @@ def test_query_counter_and_probed_store_see_what_discovery_will_show(tmp_path: P
         store.close()
 
 
+def test_writes_are_counted_by_verb_and_table() -> None:
+    assert statement_kind("UPDATE endpoints SET x=1") == "UPDATE endpoints"
+    assert statement_kind("INSERT INTO `appmasters` (a) VALUES (1)") == "INSERT appmasters"
+    assert statement_kind("DELETE FROM endpoints WHERE 1") == "DELETE endpoints"
+    assert statement_kind("") == "? ?"
+
+
+def _wave(round_p99: float, wave_s: float, one_s: float, lost: int, scenario: str) -> Any:
+    action: dict[str, Any] = {"wave_services": 100, "span_s": wave_s, "ops": 100}
+    if scenario == "release-wave":
+        action |= {"one_service": {"span_s": one_s}, "wave_vs_one": round(wave_s / one_s, 2)}
+    else:
+        action |= {
+            "acknowledged_ops_lost": [f"op-{n}" for n in range(lost)],
+            "acknowledged_ops_not_succeeded": lost,
+        }
+    figures = {
+        "round_s": {"count": 9, "p50": 0.1, "p99": round_p99, "max": round_p99},
+        "propagation_s": {"count": 9, "p50": 0.3, "p99": 0.9, "max": 1.0},
+        "action": action,
+    }
+    config = {"services": 1000, "clusters": 3, "instances": 100}
+    return ScenarioResult(scenario, config, figures)
+
+
+def test_the_goal_table_says_met_only_when_a_figure_is_within_its_goal() -> None:
+    """The report's verdicts against issue #16's goals; each planted miss is caught."""
+    good = goal_rows(
+        [_wave(0.4, 30, 20, 0, "release-wave"), _wave(0.4, 30, 20, 0, "leader-failover")]
+    )
+    assert not any("NOT met" in row for row in good)
+    assert sum(row.endswith("| met |") for row in good) == 6  # round x2, discovery x2, wave, lost
+    slow = goal_rows([_wave(0.6, 30, 20, 0, "release-wave")])
+    assert [r for r in slow if "NOT met" in r] == [
+        "| release-wave: reconcile round p99 <= 500 ms | 600 ms | NOT met |"
+    ]
+    long_wave = goal_rows([_wave(0.4, 41, 20, 0, "release-wave")])
+    assert any("wave within 2x" in r and "2.05x | NOT met" in r for r in long_wave)
+    lossy = goal_rows([_wave(0.4, 30, 20, 1, "leader-failover")])
+    assert any("no acknowledged op lost | 1 lost of 100 | NOT met" in r for r in lossy)
+
+
 # --- end to end -----------------------------------------------------------------------
 
 
@@ -255,6 +298,36 @@ def test_a_tiny_steady_run_end_to_end(mysql_server: str, tmp_path: Path) -> None
     assert not any(sim.keepers[k].pid and _alive(sim.keepers[k].pid) for k in sim.keepers)
     out = write_runs(tmp_path / "report", [result], None)
     assert {"report.md", "report.json", "rounds.png"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.mysql
+def test_a_tiny_release_wave_is_measured_against_one_services_update(
+    mysql_server: str, tmp_path: Path
+) -> None:
+    """2 x 2 x 2, a wave of one service: the wave's ops succeed, then one other
+    service's update alone is the yardstick; the report states each goal's verdict."""
+    from sim._report import write_runs
+
+    cfg = SimConfig(
+        services=2,
+        clusters=2,
+        instances=2,
+        wave_fraction=0.5,
+        hold_s=1.0,
+        timeout_s=120,
+        timings=scaled(TIMINGS, 0.05),
+    )
+    sim = Sim(cfg, mysql_server, None, tmp_path, lambda *_: None, net="127.0.121")
+    result = asyncio.run(sim.run("release-wave"))
+    action: dict[str, Any] = result.figures["action"]
+    assert action["wave_services"] == 1
+    assert action["statuses"] == {"succeeded": 1}
+    assert action["one_service"]["statuses"] == {"succeeded": 1}
+    assert action["span_s"] > 0
+    assert action["one_service"]["span_s"] > 0
+    assert action["wave_vs_one"] == round(action["span_s"] / action["one_service"]["span_s"], 2)
+    report = (write_runs(tmp_path / "report", [result], None) / "report.md").read_text()
+    assert "a 1-service wave within 2x one service's update" in report
 
 
 def _alive(pid: int) -> bool:
