@@ -28,14 +28,14 @@ def scenario_rows(results: Sequence[ScenarioResult]) -> list[str]:
         "| scenario | S x C x I | round p50 ms | round p99 ms | stmts/round | tx/round | DB q/s "
         "| DB w/s "
         "| DB CPU | ack->end p50 s | ack->end p99 s | discovery p50 s | discovery p99 s "
-        "| Keeper RSS MB | load 1m |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Keeper RSS MB | load 1m | sim CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         f, c = r.figures, r.config
         if "error" in f:
             size = f"{c['services']}x{c['clusters']}x{c['instances']}"
-            lines.append(f"| {r.scenario} | {size} | failed: {f['error']} |" + " |" * 12)
+            lines.append(f"| {r.scenario} | {size} | failed: {f['error']} |" + " |" * 13)
             continue
         ops = f.get("action", {}).get("ack_to_end_s") or f.get("deploy", {}).get("ack_to_end_s")
         prop = f.get("propagation_s") if (f.get("propagation_s") or {}).get("count") else None
@@ -49,7 +49,8 @@ def scenario_rows(results: Sequence[ScenarioResult]) -> list[str]:
             f"| {f.get('db_queries_per_s', '-')} | {f.get('db_writes_per_s', '-')} "
             f"| {f.get('db_cpu_cores', '-')} | {_s(ops, 'p50')} | {_s(ops, 'p99')} "
             f"| {_s(prop, 'p50')} | {_s(prop, 'p99')} | {rss} "
-            f"| {max(f.get('load_average_1m') or ['-'])} |"
+            f"| {max(f.get('load_average_1m') or ['-'])} "
+            f"| {(f.get('cpu_cores') or {}).get('sim', '-')} |"
         )
     return lines
 
@@ -147,7 +148,9 @@ def write_runs(out: Path, results: Sequence[ScenarioResult], profile: str | None
         "ack->end: operation acknowledged by a Keeper -> its row ended (the wave's ops, or",
         "the deploys for steady). discovery: endpoint written -> a watcher's list shows it",
         "(the loss's withdrawals for cluster-loss, else the deploys' first publications).",
-        "DB q/s and w/s: statements per second of every client in the window.",
+        "DB q/s and w/s: statements per second of every client in the window. sim CPU:",
+        "cores used by the simulation's own process (every AppMaster, link, fake actor and",
+        "watcher): near 1, it is saturated and its links hear their Keepers late.",
         "",
         *scenario_rows(results),
         "",

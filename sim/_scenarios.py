@@ -103,6 +103,9 @@ class Window:
     db_cpu_s: float | None
     load: float
     """The machine's 1-minute load average (2 cores: above 2, everything queues)."""
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds used so far by the simulation's own process ("sim": every AppMaster,
+    link, fake actor and watcher) and by each Keeper still alive."""
 
 
 @dataclass
@@ -311,7 +314,11 @@ class Sim:
         counts.update(self.am_count.snapshot("appmasters"))
         counts.update(self.observer_count.snapshot("observer"))
         cpu = cpu_seconds(self.db_pid) if self.db_pid is not None else None
-        return Window(time.time(), counts, cpu, round(os.getloadavg()[0], 1))
+        used = {"sim": cpu_seconds(os.getpid())}
+        for k, proc in self.keepers.items():
+            with contextlib.suppress(OSError):  # it died (killed by the scenario)
+                used[k] = cpu_seconds(proc.pid)
+        return Window(time.time(), counts, cpu, round(os.getloadavg()[0], 1), used)
 
     async def _sample_rss(self) -> None:
         while True:
@@ -347,6 +354,13 @@ class Sim:
                 if end.db_cpu_s is not None and start.db_cpu_s is not None
                 else None
             ),
+            # the simulation's own process near 1 core: it, not the control plane, is
+            # what saturates, and its AppMasters' links see their Keepers late
+            "cpu_cores": {
+                k: round((end.cpu_s[k] - start.cpu_s[k]) / seconds, 2)
+                for k in start.cpu_s
+                if k in end.cpu_s
+            },
             "keeper_rss_mb": {k: round(v / 2**20, 1) for k, v in self.rss_max.items()},
             "sim_rss_mb": round(rss_bytes(psutil.Process().pid) / 2**20, 1),
             "propagation_s": Summary.of(self.probe.delays).to_json(),
